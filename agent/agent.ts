@@ -1,0 +1,237 @@
+/**
+ * The agent: one per node. Wires the mesh, the status gossip and membership,
+ * the Docker runtime and the local API together, and owns their lifecycle.
+ */
+import { mkdir, open, readFile, writeFile, rename } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { Mesh } from './mesh/mesh.ts'
+import { readClusterKey, writeNewClusterKey } from './mesh/cluster-key.ts'
+import { loadOrCreateIdentity } from './mesh/identity.ts'
+import { Membership, type Member } from './status/membership.ts'
+import { StatusGossip } from './status/gossip.ts'
+import { ResourceCollector } from './status/collector.ts'
+import { DockerRuntime, dockerFromEnv } from './runtime/docker.ts'
+import { ApiServer } from './api/server.ts'
+import { AGENT_VERSION, paths } from './config.ts'
+import type { Logger } from './util/log.ts'
+import type { MetricsResponse, NodeView, StatusResponse } from '../proto/api.ts'
+import { DEFAULT_HEARTBEAT_MS } from '../scheduler/liveness.ts'
+
+export interface AgentOptions {
+  dataDir: string
+  /** Cluster key file; when it is the data directory's own and missing, a new cluster is created. */
+  keyFile: string
+  name: string
+  labels: Record<string, string>
+  listen: string[]
+  apiTcp: string | null
+  mdns: boolean
+  peers: string[]
+  dockerHost?: string
+  heartbeatMs?: number
+}
+
+const RESOURCE_REFRESH_MS = 5000
+const LIVENESS_TICK_MS = 250
+const REDIAL_MS = 2000
+/** How long we keep dialling a dead node before leaving its return to mDNS or its own dials. */
+const REDIAL_DEAD_FOR_MS = 15 * 60_000
+
+export class Agent {
+  readonly startedAt = Date.now()
+  listeningAt: number | null = null
+  private readonly opts: AgentOptions
+  private readonly log: Logger
+  private mesh: Mesh | undefined
+  private gossip: StatusGossip | undefined
+  private membership: Membership | undefined
+  private collector: ResourceCollector | undefined
+  private api: ApiServer | undefined
+  private timers: NodeJS.Timeout[] = []
+  private readonly controller = new AbortController()
+  private started = false
+
+  constructor (opts: AgentOptions, log: Logger) {
+    this.opts = opts
+    this.log = log
+  }
+
+  async start (): Promise<void> {
+    if (this.started) return
+    this.started = true
+    const { opts, log } = this
+    const p = paths(opts.dataDir)
+    await mkdir(opts.dataDir, { recursive: true, mode: 0o700 })
+
+    if (opts.keyFile === p.keyFile && !existsSync(p.keyFile)) {
+      await writeNewClusterKey(p.keyFile)
+      log.info('created a new cluster key; copy it to other nodes to let them join', { keyFile: p.keyFile })
+    }
+    const clusterKey = await readClusterKey(opts.keyFile)
+    const privateKey = await loadOrCreateIdentity(p.identity)
+    const incarnation = await nextIncarnation(p.incarnation)
+    const token = await loadOrCreateToken(p.token)
+    const intervalMs = opts.heartbeatMs ?? DEFAULT_HEARTBEAT_MS
+
+    this.collector = new ResourceCollector(new DockerRuntime(dockerFromEnv(opts.dockerHost)), log.child('resources'))
+    await this.collector.refresh(AbortSignal.timeout(5000)).catch(err => { log.warn('first resource sample failed', { error: (err as Error).message }) })
+
+    this.mesh = await Mesh.create({
+      privateKey,
+      clusterKey,
+      listen: opts.listen,
+      mdns: opts.mdns,
+      peers: opts.peers,
+      agentVersion: AGENT_VERSION,
+      log: log.child('mesh')
+    })
+    const mesh = this.mesh
+    this.membership = new Membership({
+      now: Date.now,
+      isConnected: (id) => mesh.isConnected(id),
+      onTransition: (m, from) => {
+        logTransition(log, m, from)
+        if (m.state === 'dead') void mesh.hangUp(m.status.peerId)
+      }
+    })
+    this.gossip = new StatusGossip({
+      mesh,
+      membership: this.membership,
+      collector: this.collector,
+      name: opts.name,
+      labels: opts.labels,
+      agentVersion: AGENT_VERSION,
+      incarnation,
+      intervalMs,
+      log: log.child('gossip')
+    })
+
+    await mesh.start()
+    this.listeningAt = Date.now()
+    this.gossip.start()
+    log.info('agent listening', { name: opts.name, peerId: mesh.peerId.toString(), addrs: mesh.listenAddrs(), mdns: opts.mdns })
+
+    this.api = new ApiServer({
+      socketPath: p.socket,
+      tcp: opts.apiTcp,
+      token,
+      log: log.child('api'),
+      routes: {
+        'GET /v1/health': () => ({ ok: true }),
+        'GET /v1/status': () => this.status(),
+        'GET /v1/metrics': () => this.metrics()
+      }
+    })
+    await this.api.start()
+
+    const membership = this.membership
+    const collector = this.collector
+    this.timers.push(setInterval(() => { membership.tick() }, LIVENESS_TICK_MS))
+    // Reconnect to members we lost (a healed partition, a node back from the dead);
+    // mDNS would find them too, but only at its next query.
+    this.timers.push(setInterval(() => {
+      const now = Date.now()
+      mesh.redial(membership.list().filter(m => m.state !== 'dead' || now - m.stateSince < REDIAL_DEAD_FOR_MS).map(m => m.status.peerId))
+    }, REDIAL_MS))
+    this.timers.push(setInterval(() => {
+      collector.refresh(AbortSignal.any([this.controller.signal, AbortSignal.timeout(RESOURCE_REFRESH_MS)]))
+        .catch(err => { log.debug('resource refresh failed', { error: (err as Error).message }) })
+    }, RESOURCE_REFRESH_MS))
+  }
+
+  async stop (): Promise<void> {
+    if (!this.started) return
+    this.started = false
+    this.controller.abort()
+    for (const t of this.timers) clearInterval(t)
+    this.timers = []
+    this.gossip?.stop()
+    await this.api?.stop()
+    await this.mesh?.stop()
+  }
+
+  status (): StatusResponse {
+    const self = this.requireStarted()
+    const now = Date.now()
+    const mine = self.gossip.current()
+    const nodes: NodeView[] = [{ ...viewOf(mine), state: 'alive', self: true, lastSeenMs: 0 }]
+    for (const m of self.membership.list()) nodes.push({ ...viewOf(m.status), state: m.state, self: false, lastSeenMs: now - m.lastHeardAt })
+    nodes.sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id))
+    return { self: mine.peerId, leader: null, nodes }
+  }
+
+  metrics (): MetricsResponse {
+    const self = this.requireStarted()
+    const usage = process.cpuUsage()
+    return {
+      peerId: self.mesh.peerId.toString(),
+      name: this.opts.name,
+      startedAt: this.startedAt,
+      listeningAt: this.listeningAt,
+      firstHeardAt: Object.fromEntries(self.membership.list().map(m => [m.status.peerId, m.firstHeardAt])),
+      statusPublished: self.gossip.published,
+      statusAccepted: self.gossip.accepted,
+      statusDropped: { ...self.gossip.dropped },
+      dialFailures: self.mesh.counters.dialFailures,
+      lastDialError: self.mesh.counters.lastDialError,
+      connections: self.mesh.connectionCount(),
+      rssBytes: process.memoryUsage.rss(),
+      cpuSeconds: (usage.user + usage.system) / 1e6
+    }
+  }
+
+  private requireStarted (): { mesh: Mesh, gossip: StatusGossip, membership: Membership } {
+    if (this.mesh === undefined || this.gossip === undefined || this.membership === undefined) throw new Error('agent not started')
+    return { mesh: this.mesh, gossip: this.gossip, membership: this.membership }
+  }
+}
+
+function viewOf (s: import('../proto/status.ts').NodeStatus): Omit<NodeView, 'state' | 'self' | 'lastSeenMs'> {
+  return {
+    id: s.peerId,
+    name: s.name,
+    cpu: s.cpu.load,
+    cores: s.cpu.cores,
+    memTotal: s.mem.total,
+    memFree: s.mem.free,
+    diskFree: s.diskFree,
+    arch: s.arch,
+    dockerVersion: s.dockerVersion,
+    agentVersion: s.agentVersion,
+    labels: s.labels,
+    apps: s.apps
+  }
+}
+
+function logTransition (log: Logger, m: Member, from: string | null): void {
+  const fields = { node: m.status.name, peerId: m.status.peerId }
+  if (from === null) log.info('node joined', fields)
+  else if (m.state === 'dead') log.warn('node is dead', fields)
+  else log.info(`node is ${m.state}`, { ...fields, was: from })
+}
+
+/**
+ * A number that grows with every start of this agent, even when the clock went
+ * backwards (a Pi without a real-time clock boots in the past until NTP syncs).
+ */
+async function nextIncarnation (path: string): Promise<number> {
+  let previous = 0
+  try {
+    previous = Number((await readFile(path, 'utf8')).trim()) || 0
+  } catch {}
+  const next = Math.max(Date.now(), previous + 1)
+  await writeFile(`${path}.tmp`, String(next), { mode: 0o600 })
+  await rename(`${path}.tmp`, path)
+  return next
+}
+
+async function loadOrCreateToken (path: string): Promise<string> {
+  try {
+    return (await readFile(path, 'utf8')).trim()
+  } catch {}
+  const token = randomBytes(32).toString('base64url')
+  const handle = await open(path, 'wx', 0o600)
+  try { await handle.writeFile(token + '\n') } finally { await handle.close() }
+  return token
+}

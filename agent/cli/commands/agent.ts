@@ -1,0 +1,73 @@
+/** `dcloud agent`: runs this node's agent in the foreground (systemd runs it the same way). */
+import { parseArgs } from 'node:util'
+import { Agent } from '../../agent.ts'
+import { API_PORT, P2P_PORT, defaultDataDir, defaultNodeName, paths } from '../../config.ts'
+import { createLogger } from '../../util/log.ts'
+import { UsageError } from '../../util/errors.ts'
+
+export const agentHelp = `dcloud agent [options]
+  --data-dir DIR        where the node keeps its identity, key and state (default ${defaultDataDir()})
+  --key-file FILE       the cluster key (default DATA_DIR/cluster.key, created when missing)
+  --name NAME           the node's name in the cluster (default: hostname)
+  --label KEY=VALUE     a label other nodes see (repeatable), e.g. --label ssd=true
+  --listen MULTIADDR    libp2p listen address (default /ip4/0.0.0.0/tcp/${P2P_PORT})
+  --peer MULTIADDR      a peer to dial where multicast does not reach (repeatable)
+  --api HOST:PORT       local HTTP API (default 127.0.0.1:${API_PORT}); "off" to serve only the Unix socket
+  --no-mdns             do not discover peers by mDNS (also DCLOUD_MDNS=off)
+  --heartbeat-ms N      status interval (default 1000)`
+
+export async function agentCommand (argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      'data-dir': { type: 'string' },
+      'key-file': { type: 'string' },
+      name: { type: 'string' },
+      label: { type: 'string', multiple: true, default: [] },
+      listen: { type: 'string', multiple: true },
+      peer: { type: 'string', multiple: true, default: [] },
+      api: { type: 'string' },
+      'no-mdns': { type: 'boolean', default: false },
+      'heartbeat-ms': { type: 'string' }
+    }
+  })
+  const dataDir = values['data-dir'] ?? defaultDataDir()
+  const labels: Record<string, string> = {}
+  for (const l of values.label ?? []) {
+    const eq = l.indexOf('=')
+    if (eq <= 0) throw new UsageError(`--label ${l}: expected KEY=VALUE`)
+    labels[l.slice(0, eq)] = l.slice(eq + 1)
+  }
+  const heartbeatMs = values['heartbeat-ms'] !== undefined ? Number(values['heartbeat-ms']) : undefined
+  if (heartbeatMs !== undefined && !(heartbeatMs >= 100 && heartbeatMs <= 60_000)) throw new UsageError('--heartbeat-ms must be between 100 and 60000')
+  const mdnsOff = values['no-mdns'] === true || process.env.DCLOUD_MDNS === 'off'
+  const api = values.api ?? process.env.DCLOUD_API_LISTEN ?? `127.0.0.1:${API_PORT}`
+
+  const log = createLogger('agent')
+  const agent = new Agent({
+    dataDir,
+    keyFile: values['key-file'] ?? paths(dataDir).keyFile,
+    name: values.name ?? defaultNodeName(),
+    labels,
+    listen: values.listen ?? [`/ip4/0.0.0.0/tcp/${P2P_PORT}`],
+    apiTcp: api === 'off' ? null : api,
+    mdns: !mdnsOff,
+    peers: values.peer ?? [],
+    heartbeatMs
+  }, log)
+
+  // The agent keeps running whatever a peer sends; a bug that escapes a handler is logged, not fatal.
+  process.on('unhandledRejection', (err) => { log.error('unhandled rejection', { error: (err as Error)?.stack ?? String(err) }) })
+
+  await agent.start()
+  await new Promise<void>((resolve) => {
+    const shutdown = (signal: string): void => {
+      log.info('stopping', { signal })
+      agent.stop().then(resolve, (err: Error) => { log.error('stop failed', { error: err.message }); resolve() })
+    }
+    process.once('SIGINT', () => { shutdown('SIGINT') })
+    process.once('SIGTERM', () => { shutdown('SIGTERM') })
+  })
+  return 0
+}

@@ -1,0 +1,65 @@
+/**
+ * dcloud: one command for the agent, the cluster and the lab.
+ * Exit codes follow sysexits(3): 64 usage, 69 unavailable, 78 config, ...
+ */
+import { agentCommand, agentHelp } from './commands/agent.ts'
+import { initCommand, initHelp } from './commands/init.ts'
+import { statusCommand, statusHelp } from './commands/status.ts'
+import { labCommand, labHelp } from '../../scripts/lab/cli.ts'
+import { AGENT_VERSION } from '../config.ts'
+import { EXIT, UserError } from '../util/errors.ts'
+
+interface Command {
+  run: (argv: string[]) => Promise<number>
+  help: string
+  summary: string
+}
+
+const commands: Record<string, Command> = {
+  agent: { run: agentCommand, help: agentHelp, summary: 'run this node\'s agent' },
+  init: { run: initCommand, help: initHelp, summary: 'create a new cluster key' },
+  status: { run: statusCommand, help: statusHelp, summary: 'show the cluster\'s nodes' },
+  lab: { run: labCommand, help: labHelp, summary: 'a cluster of namespaced nodes on this machine' },
+  version: { run: async () => { process.stdout.write(`dcloud ${AGENT_VERSION}\n`); return 0 }, help: 'dcloud version', summary: 'print the version' }
+}
+
+function usage (): string {
+  const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
+  return `usage: dcloud COMMAND [options]\n\n${lines.join('\n')}\n\n'dcloud COMMAND --help' for a command's options.\n`
+}
+
+async function main (argv: string[]): Promise<number> {
+  const [name, ...rest] = argv
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage())
+    return name === undefined ? EXIT.usage : 0
+  }
+  if (name === '--version') return await commands.version!.run([])
+  const command = commands[name]
+  if (command === undefined) {
+    process.stderr.write(`dcloud: unknown command '${name}'\n\n${usage()}`)
+    return EXIT.usage
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(command.help + '\n')
+    return 0
+  }
+  return await command.run(rest)
+}
+
+main(process.argv.slice(2)).then((code) => { process.exitCode = code }, (err: unknown) => {
+  if (err instanceof UserError) {
+    process.stderr.write(`dcloud: ${err.message}\n`)
+    if (err.hint !== undefined) process.stderr.write(`  ${err.hint}\n`)
+    process.exitCode = err.exitCode
+    return
+  }
+  const e = err as Error & { code?: string }
+  if (typeof e.code === 'string' && e.code.startsWith('ERR_PARSE_ARGS')) {
+    process.stderr.write(`dcloud: ${e.message}\n  see 'dcloud ${process.argv[2] ?? ''} --help'\n`)
+    process.exitCode = EXIT.usage
+    return
+  }
+  process.stderr.write(`dcloud: internal error: ${e.stack ?? String(err)}\n`)
+  process.exitCode = EXIT.software
+})

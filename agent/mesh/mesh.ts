@@ -1,0 +1,173 @@
+/**
+ * The mesh: this node's libp2p host inside the cluster's private network.
+ *
+ * TCP, then the pre-shared-key protector (a peer without the cluster key fails
+ * here), then Noise and Yamux on top, as libp2p private networks recommend: the
+ * cluster key keeps strangers out, Noise authenticates each peer id.
+ */
+import { createLibp2p, type Libp2p } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@libp2p/noise'
+import { yamux } from '@libp2p/yamux'
+import { identify } from '@libp2p/identify'
+import { mdns } from '@libp2p/mdns'
+import { preSharedKey } from '@libp2p/pnet'
+import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { PrivateKey, PeerId, PeerInfo } from '@libp2p/interface'
+import type { Logger } from '../util/log.ts'
+
+/** The service tag of our mDNS announcements: agents of other products on the LAN ignore them. */
+export const MDNS_SERVICE_TAG = '_dcloud-agent._udp.local'
+
+export interface MeshInit {
+  privateKey: PrivateKey
+  clusterKey: Uint8Array
+  listen: string[]
+  mdns: boolean
+  /** mDNS query interval; peers also answer each other's queries at once. */
+  mdnsIntervalMs?: number
+  /** Addresses to keep dialling where multicast does not reach (`--peer`). */
+  peers: string[]
+  agentVersion: string
+  log: Logger
+}
+
+export interface MeshCounters {
+  dialFailures: number
+  lastDialError: string | null
+}
+
+export type MeshHost = Libp2p<{ pubsub: GossipSub, identify: ReturnType<ReturnType<typeof identify>> }>
+
+export class Mesh {
+  readonly host: MeshHost
+  readonly counters: MeshCounters = { dialFailures: 0, lastDialError: null }
+  private readonly init: MeshInit
+  private readonly staticPeers: Multiaddr[]
+  private redialTimer: NodeJS.Timeout | undefined
+  private readonly dialing = new Set<string>()
+  private started = false
+
+  private constructor (host: MeshHost, init: MeshInit, staticPeers: Multiaddr[]) {
+    this.host = host
+    this.init = init
+    this.staticPeers = staticPeers
+  }
+
+  static async create (init: MeshInit): Promise<Mesh> {
+    const staticPeers = init.peers.map(p => multiaddr(p))
+    const host = await createLibp2p({
+      start: false,
+      privateKey: init.privateKey,
+      nodeInfo: { userAgent: `dcloud-agent/${init.agentVersion}` },
+      addresses: { listen: init.listen },
+      transports: [tcp()],
+      connectionProtector: preSharedKey({ psk: init.clusterKey }),
+      connectionEncrypters: [noise()],
+      streamMuxers: [yamux()],
+      peerDiscovery: init.mdns ? [mdns({ serviceTag: MDNS_SERVICE_TAG, interval: init.mdnsIntervalMs ?? 5000 })] : [],
+      connectionManager: { maxConnections: 64 },
+      // Ping every connection often: a peer that died without closing its TCP
+      // connections (power cut, cable pulled) must not keep a zombie connection
+      // that gossipsub goes on writing into when the peer comes back.
+      connectionMonitor: { pingInterval: 2000, pingTimeout: { minTimeout: 2000, maxTimeout: 5000 } },
+      services: {
+        identify: identify(),
+        pubsub: gossipsub({
+          allowPublishToZeroTopicPeers: true,
+          emitSelf: false,
+          floodPublish: true,
+          fallbackToFloodsub: false,
+          // Our messages are a few KiB at most; refuse multi-megabyte RPCs before decoding.
+          maxInboundDataLength: 1024 * 1024
+        })
+      }
+    }) as unknown as MeshHost
+    return new Mesh(host, init, staticPeers)
+  }
+
+  get peerId (): PeerId {
+    return this.host.peerId
+  }
+
+  async start (): Promise<void> {
+    if (this.started) return
+    this.started = true
+    this.host.addEventListener('peer:discovery', this.onDiscovery)
+    await this.host.start()
+    for (const addr of this.staticPeers) void this.dial(addr)
+    // Keep dialling the static peers: a node that was down comes back without help.
+    this.redialTimer = setInterval(() => { this.redialStatic() }, 2000)
+    this.redialTimer.unref()
+  }
+
+  async stop (): Promise<void> {
+    if (!this.started) return
+    this.started = false
+    clearInterval(this.redialTimer)
+    this.host.removeEventListener('peer:discovery', this.onDiscovery)
+    await this.host.stop()
+  }
+
+  listenAddrs (): string[] {
+    return this.host.getMultiaddrs().map(a => a.toString())
+  }
+
+  connectionCount (): number {
+    return this.host.getConnections().length
+  }
+
+  isConnected (peerId: string): boolean {
+    return this.host.getConnections().some(c => c.remotePeer.toString() === peerId)
+  }
+
+  private readonly onDiscovery = (evt: CustomEvent<PeerInfo>): void => {
+    const peer = evt.detail
+    if (peer.id.equals(this.host.peerId)) return
+    if (this.isConnected(peer.id.toString())) return
+    void this.dial(peer.id, peer.multiaddrs)
+  }
+
+  /** Dials the given peers (by id, from addresses learned before) where no connection is open. */
+  redial (peerIds: string[]): void {
+    for (const id of peerIds) {
+      if (this.isConnected(id)) continue
+      void this.dial(peerIdFromString(id))
+    }
+  }
+
+  /** Closes every connection to a peer we declared dead: whatever comes back starts afresh. */
+  async hangUp (peerId: string): Promise<void> {
+    for (const conn of this.host.getConnections()) {
+      if (conn.remotePeer.toString() === peerId) conn.abort(new Error('peer declared dead'))
+    }
+  }
+
+  private redialStatic (): void {
+    for (const addr of this.staticPeers) {
+      const id = addr.getComponents().find(c => c.name === 'p2p')?.value
+      if (id !== undefined && this.isConnected(id)) continue
+      void this.dial(addr)
+    }
+  }
+
+  private async dial (target: PeerId | Multiaddr, addrs: Multiaddr[] = []): Promise<void> {
+    const key = target.toString()
+    if (this.dialing.has(key)) return
+    this.dialing.add(key)
+    try {
+      if (addrs.length > 0 && 'equals' in target && !('getComponents' in target)) {
+        await this.host.peerStore.merge(target, { multiaddrs: addrs })
+      }
+      await this.host.dial(target, { signal: AbortSignal.timeout(5000) })
+    } catch (err) {
+      this.counters.dialFailures++
+      this.counters.lastDialError = `${key}: ${(err as Error).message}`
+      this.init.log.debug('dial failed', { target: key, error: (err as Error).message })
+    } finally {
+      this.dialing.delete(key)
+    }
+  }
+}

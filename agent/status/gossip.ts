@@ -1,0 +1,124 @@
+/**
+ * Status gossip: publishes this node's status every heartbeat and validates
+ * every status received. A bad message is rejected inside gossipsub's
+ * validation step (so it is never forwarded), counted by reason, and logged at
+ * debug level: input from the network never throws out of here.
+ */
+import { TopicValidatorResult, type Message } from '@libp2p/gossipsub'
+import type { PeerId } from '@libp2p/interface'
+import { STATUS_TOPIC, STATUS_VERSION, StatusDropError, decodeStatus, encodeStatus, type DropReason, type NodeStatus } from '../../proto/status.ts'
+import type { Mesh } from '../mesh/mesh.ts'
+import type { Membership } from './membership.ts'
+import type { ResourceCollector } from './collector.ts'
+import type { Logger } from '../util/log.ts'
+
+export interface StatusGossipInit {
+  mesh: Mesh
+  membership: Membership
+  collector: ResourceCollector
+  name: string
+  labels: Record<string, string>
+  agentVersion: string
+  incarnation: number
+  intervalMs: number
+  log: Logger
+}
+
+export class StatusGossip {
+  readonly dropped: Record<DropReason, number> = { oversized: 0, malformed: 0, version: 0, forged: 0, unsigned: 0, stale: 0 }
+  published = 0
+  accepted = 0
+  private seq = 0
+  private timer: NodeJS.Timeout | undefined
+  private soon: NodeJS.Timeout | undefined
+  private started = false
+  private readonly init: StatusGossipInit
+
+  constructor (init: StatusGossipInit) {
+    this.init = init
+  }
+
+  start (): void {
+    if (this.started) return
+    this.started = true
+    const pubsub = this.init.mesh.host.services.pubsub
+    pubsub.topicValidators.set(STATUS_TOPIC, this.validate)
+    pubsub.subscribe(STATUS_TOPIC)
+    // A new neighbour learns about us at once rather than at the next beat.
+    this.init.mesh.host.addEventListener('peer:connect', this.publishSoon)
+    pubsub.addEventListener('subscription-change', this.publishSoon)
+    this.timer = setInterval(() => { void this.publish() }, this.init.intervalMs)
+    void this.publish()
+  }
+
+  stop (): void {
+    if (!this.started) return
+    this.started = false
+    clearInterval(this.timer)
+    clearTimeout(this.soon)
+    const pubsub = this.init.mesh.host.services.pubsub
+    this.init.mesh.host.removeEventListener('peer:connect', this.publishSoon)
+    pubsub.removeEventListener('subscription-change', this.publishSoon)
+    pubsub.topicValidators.delete(STATUS_TOPIC)
+  }
+
+  /** The status this node publishes now. */
+  current (): NodeStatus {
+    const s = this.init.collector.latest()
+    return {
+      v: STATUS_VERSION,
+      peerId: this.init.mesh.peerId.toString(),
+      name: this.init.name,
+      incarnation: this.init.incarnation,
+      seq: this.seq,
+      intervalMs: this.init.intervalMs,
+      cpu: { cores: s.cores, load: s.load },
+      mem: { total: s.memTotal, free: s.memFree },
+      diskFree: s.diskFree,
+      arch: s.arch,
+      dockerVersion: s.dockerVersion,
+      agentVersion: this.init.agentVersion,
+      labels: this.init.labels,
+      apps: s.apps,
+      containers: s.containers
+    }
+  }
+
+  private readonly publishSoon = (): void => {
+    if (this.soon !== undefined || !this.started) return
+    this.soon = setTimeout(() => {
+      this.soon = undefined
+      void this.publish()
+    }, 50)
+  }
+
+  private async publish (): Promise<void> {
+    if (!this.started) return
+    this.seq++
+    try {
+      await this.init.mesh.host.services.pubsub.publish(STATUS_TOPIC, encodeStatus(this.current()))
+      this.published++
+    } catch (err) {
+      this.init.log.debug('status publish failed', { error: (err as Error).message })
+    }
+  }
+
+  private readonly validate = (_from: PeerId, msg: Message): TopicValidatorResult => {
+    try {
+      const signer = msg.type === 'signed' ? msg.from.toString() : undefined
+      const status = decodeStatus(msg.data, signer)
+      if (status.peerId === this.init.mesh.peerId.toString()) return TopicValidatorResult.Ignore
+      if (!this.init.membership.observe(status)) {
+        this.dropped.stale++
+        return TopicValidatorResult.Ignore
+      }
+      this.accepted++
+      return TopicValidatorResult.Accept
+    } catch (err) {
+      const reason: DropReason = err instanceof StatusDropError ? err.reason : 'malformed'
+      this.dropped[reason]++
+      this.init.log.debug('dropped status message', { reason, from: _from.toString(), error: (err as Error).message })
+      return TopicValidatorResult.Reject
+    }
+  }
+}

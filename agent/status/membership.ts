@@ -1,0 +1,89 @@
+/**
+ * The membership table: every node this agent has heard from, its latest
+ * status, and its liveness. Transitions use the pure rules of
+ * scheduler/liveness.ts with this agent's clock.
+ */
+import { livenessOf, isNewer, type LivenessPolicy, DEFAULT_LIVENESS } from '../../scheduler/liveness.ts'
+import type { NodeState } from '../../proto/api.ts'
+import type { NodeStatus } from '../../proto/status.ts'
+
+export interface Member {
+  status: NodeStatus
+  firstHeardAt: number
+  lastHeardAt: number
+  state: NodeState
+  stateSince: number
+}
+
+export interface MembershipInit {
+  now: () => number
+  isConnected: (peerId: string) => boolean
+  policy?: LivenessPolicy
+  onTransition?: (member: Member, from: NodeState | null) => void
+  /** Beyond this many members, the longest-dead are forgotten first. */
+  maxMembers?: number
+}
+
+export class Membership {
+  private readonly members = new Map<string, Member>()
+  private readonly init: MembershipInit
+
+  constructor (init: MembershipInit) {
+    this.init = init
+  }
+
+  /** Records a validated status; returns false when it is older than what we have. */
+  observe (status: NodeStatus): boolean {
+    const now = this.init.now()
+    const known = this.members.get(status.peerId)
+    if (!isNewer(known?.status, status)) return false
+    if (known === undefined) {
+      const member: Member = { status, firstHeardAt: now, lastHeardAt: now, state: 'alive', stateSince: now }
+      this.members.set(status.peerId, member)
+      this.evictIfFull()
+      this.init.onTransition?.(member, null)
+      return true
+    }
+    known.status = status
+    known.lastHeardAt = now
+    this.setState(known, 'alive', now)
+    return true
+  }
+
+  /** Re-evaluates liveness of every member; call it on a short timer. */
+  tick (): void {
+    const now = this.init.now()
+    for (const member of this.members.values()) {
+      const state = livenessOf({
+        now,
+        lastHeardAt: member.lastHeardAt,
+        intervalMs: member.status.intervalMs,
+        connected: this.init.isConnected(member.status.peerId)
+      }, this.init.policy ?? DEFAULT_LIVENESS)
+      this.setState(member, state, now)
+    }
+  }
+
+  list (): Member[] {
+    return [...this.members.values()]
+  }
+
+  get (peerId: string): Member | undefined {
+    return this.members.get(peerId)
+  }
+
+  private setState (member: Member, state: NodeState, now: number): void {
+    if (member.state === state) return
+    const from = member.state
+    member.state = state
+    member.stateSince = now
+    this.init.onTransition?.(member, from)
+  }
+
+  private evictIfFull (): void {
+    const max = this.init.maxMembers ?? 1024
+    if (this.members.size <= max) return
+    const dead = [...this.members.values()].filter(m => m.state === 'dead').sort((a, b) => a.lastHeardAt - b.lastHeardAt)
+    for (const m of dead.slice(0, this.members.size - max)) this.members.delete(m.status.peerId)
+  }
+}

@@ -1,0 +1,71 @@
+/**
+ * The agent's local HTTP API: response shapes and the catalogue of error codes.
+ * The CLI and the dashboard speak only this.
+ */
+import type { DropReason } from './status.ts'
+
+export const API_VERSION_PREFIX = '/v1'
+
+export type NodeState = 'alive' | 'suspect' | 'dead'
+
+export interface NodeView {
+  id: string
+  name: string
+  state: NodeState
+  /** CPU load in percent of all cores, as the node last reported it. */
+  cpu: number
+  cores: number
+  memTotal: number
+  memFree: number
+  diskFree: number
+  arch: string
+  dockerVersion: string | null
+  agentVersion: string
+  labels: Record<string, string>
+  apps: string[]
+  /** True for the node that answered this request. */
+  self: boolean
+  /** Milliseconds since this node was last heard from (0 for self). */
+  lastSeenMs: number
+}
+
+export interface StatusResponse {
+  self: string
+  /** The elected scheduler's peer id; null until a leader is elected. */
+  leader: string | null
+  nodes: NodeView[]
+}
+
+export interface MetricsResponse {
+  peerId: string
+  name: string
+  /** Wall-clock times (ms since epoch) of the agent's start and of its first listening address. */
+  startedAt: number
+  listeningAt: number | null
+  /** When each peer was first heard from (ms since epoch), by peer id. */
+  firstHeardAt: Record<string, number>
+  statusPublished: number
+  statusAccepted: number
+  statusDropped: Record<DropReason, number>
+  /** Outbound connection attempts that failed (wrong key, unreachable, refused). */
+  dialFailures: number
+  lastDialError: string | null
+  connections: number
+  rssBytes: number
+  cpuSeconds: number
+}
+
+/** Every error the API returns, with the HTTP status it maps to. Documented in docs/api.md. */
+export const API_ERRORS = {
+  unauthorized: { status: 401, message: 'a bearer token is required for requests that do not come from this machine' },
+  forbidden: { status: 403, message: 'the token is not valid' },
+  not_found: { status: 404, message: 'no such endpoint' },
+  method_not_allowed: { status: 405, message: 'method not allowed on this endpoint' },
+  internal: { status: 500, message: 'the agent failed to answer; see its log' }
+} as const
+
+export type ApiErrorCode = keyof typeof API_ERRORS
+
+export interface ApiErrorBody {
+  error: { code: ApiErrorCode, message: string }
+}

@@ -1,0 +1,121 @@
+/**
+ * Node status: the heartbeat every agent publishes on the status topic.
+ *
+ * One small JSON message serves both as liveness heartbeat and as resource
+ * report. Receivers trust nothing in it: `decodeStatus` bounds the size first,
+ * then checks the version, every field, and that the claimed peer is the peer
+ * that signed the gossip message.
+ */
+import {
+  ValidationError, array, number, parseJsonBytes, record, string, stringMap
+} from './validate.ts'
+
+export const STATUS_TOPIC = '/dcloud/status/1'
+export const STATUS_VERSION = 1
+/** A status message is a few hundred bytes; anything near this limit is hostile. */
+export const STATUS_MAX_BYTES = 16 * 1024
+
+export interface NodeStatus {
+  v: typeof STATUS_VERSION
+  /** libp2p peer id of the sender; must equal the gossip message's signer. */
+  peerId: string
+  name: string
+  /** Start time of the sending agent (ms since epoch): a restart is a new incarnation. */
+  incarnation: number
+  /** Increases by one with every message of an incarnation. */
+  seq: number
+  /** How often the sender publishes, so receivers can judge silence. */
+  intervalMs: number
+  cpu: { cores: number, load: number }
+  mem: { total: number, free: number }
+  /** Free bytes on the filesystem that holds Docker's data (0 when Docker is unreachable). */
+  diskFree: number
+  arch: string
+  dockerVersion: string | null
+  agentVersion: string
+  labels: Record<string, string>
+  /** Managed apps (label dcloud.app) with at least one running container on this node. */
+  apps: string[]
+  /** Running containers that carry dcloud labels. */
+  containers: number
+}
+
+export type DropReason = 'oversized' | 'malformed' | 'version' | 'forged' | 'unsigned' | 'stale'
+
+export class StatusDropError extends Error {
+  override name = 'StatusDropError'
+  readonly reason: DropReason
+
+  constructor (reason: DropReason, message: string) {
+    super(message)
+    this.reason = reason
+  }
+}
+
+const NAME = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/
+const LABEL_KEY = /^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$/
+const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{40,60}$/ // base58btc, as libp2p prints ids
+const MAX_BYTES_VALUE = 2 ** 53 - 1
+
+export function encodeStatus (status: NodeStatus): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(status))
+}
+
+/**
+ * Decodes and validates a status message received from `signer` (the peer id
+ * gossipsub verified the signature of). Throws StatusDropError with the reason
+ * the message is dropped.
+ */
+export function decodeStatus (bytes: Uint8Array, signer: string | undefined): NodeStatus {
+  if (signer === undefined) throw new StatusDropError('unsigned', 'status messages must be signed by their author')
+  let raw: Record<string, unknown>
+  try {
+    raw = record(parseJsonBytes(bytes, STATUS_MAX_BYTES, 'status'), 'status')
+  } catch (err) {
+    if ((err as Error).name === 'OversizedError') throw new StatusDropError('oversized', (err as Error).message)
+    throw new StatusDropError('malformed', (err as Error).message)
+  }
+  if (raw.v !== STATUS_VERSION) {
+    throw new StatusDropError('version', `status.v: version ${JSON.stringify(raw.v)} is not supported (this agent speaks ${STATUS_VERSION})`)
+  }
+  let status: NodeStatus
+  try {
+    status = validateStatusFields(raw)
+  } catch (err) {
+    throw new StatusDropError('malformed', (err as Error).message)
+  }
+  if (status.peerId !== signer) {
+    throw new StatusDropError('forged', `status.peerId claims ${status.peerId} but the message was signed by ${signer}`)
+  }
+  return status
+}
+
+function validateStatusFields (raw: Record<string, unknown>): NodeStatus {
+  const cpu = record(raw.cpu, 'status.cpu')
+  const mem = record(raw.mem, 'status.mem')
+  const status: NodeStatus = {
+    v: STATUS_VERSION,
+    peerId: string(raw.peerId, 'status.peerId', { max: 64, pattern: PEER_ID }),
+    name: string(raw.name, 'status.name', { max: 63, pattern: NAME }),
+    incarnation: number(raw.incarnation, 'status.incarnation', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
+    seq: number(raw.seq, 'status.seq', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
+    intervalMs: number(raw.intervalMs, 'status.intervalMs', { min: 100, max: 60_000, integer: true }),
+    cpu: {
+      cores: number(cpu.cores, 'status.cpu.cores', { min: 1, max: 4096, integer: true }),
+      load: number(cpu.load, 'status.cpu.load', { min: 0, max: 100 })
+    },
+    mem: {
+      total: number(mem.total, 'status.mem.total', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
+      free: number(mem.free, 'status.mem.free', { min: 0, max: MAX_BYTES_VALUE, integer: true })
+    },
+    diskFree: number(raw.diskFree, 'status.diskFree', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
+    arch: string(raw.arch, 'status.arch', { max: 16, pattern: /^[a-z0-9_]+$/ }),
+    dockerVersion: raw.dockerVersion === null ? null : string(raw.dockerVersion, 'status.dockerVersion', { max: 64 }),
+    agentVersion: string(raw.agentVersion, 'status.agentVersion', { max: 32 }),
+    labels: stringMap(raw.labels, 'status.labels', { maxEntries: 32, key: LABEL_KEY, maxValue: 128 }),
+    apps: array(raw.apps, 'status.apps', 256, (v, f) => string(v, f, { max: 63, pattern: NAME })),
+    containers: number(raw.containers, 'status.containers', { min: 0, max: 100_000, integer: true })
+  }
+  if (status.mem.free > status.mem.total) throw new ValidationError('status.mem.free', 'is larger than status.mem.total')
+  return status
+}

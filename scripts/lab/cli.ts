@@ -1,0 +1,101 @@
+/** `dcloud lab ...`: try a cluster on one machine. */
+import { parseArgs } from 'node:util'
+import { spawn } from 'node:child_process'
+import { Lab, isRunning } from './lab.ts'
+import { table } from '../../agent/cli/format.ts'
+import { UsageError } from '../../agent/util/errors.ts'
+
+export const labHelp = `dcloud lab [--lab NAME] COMMAND
+  up --nodes N [-- AGENT_ARGS]   start nodes n1..nN (namespace + dockerd + agent each) sharing one key
+  add [--key-file F]             add the next node, optionally holding another cluster key
+  exec NODE -- CMD ...           run CMD inside NODE (docker and dcloud talk to that node)
+  kill NODE                      abrupt death: all of NODE's processes die, its link goes down
+  start NODE [--agent-only]      bring a killed node back (same data, same id), or restart its agent
+  partition A,B C[,D] ...        cut the lab into groups that cannot reach each other
+  heal                           undo the partition
+  ls [--json]                    the lab's nodes
+  down                           stop everything; nothing stays running or mounted
+The lab's name defaults to "lab" (or DCLOUD_LAB). It needs root, iproute2, nftables and docker.io.`
+
+export async function labCommand (argv: string[]): Promise<number> {
+  let labName = process.env.DCLOUD_LAB ?? 'lab'
+  const args = [...argv]
+  if (args[0] === '--lab') {
+    labName = args[1] ?? ''
+    args.splice(0, 2)
+  }
+  const [sub, ...rest] = args
+  const lab = new Lab(labName)
+  const progress = (line: string): void => { process.stderr.write(`lab: ${line}\n`) }
+  switch (sub) {
+    case 'up': {
+      const dash = rest.indexOf('--')
+      const own = dash === -1 ? rest : rest.slice(0, dash)
+      const { values } = parseArgs({ args: own, strict: true, options: { nodes: { type: 'string', default: '3' } } })
+      await lab.up({ nodes: Number(values.nodes), agentArgs: dash === -1 ? [] : rest.slice(dash + 1), progress })
+      return 0
+    }
+    case 'add': {
+      const { values } = parseArgs({ args: rest, strict: true, options: { 'key-file': { type: 'string' } } })
+      const node = await lab.add({ keyFile: values['key-file'], progress })
+      process.stdout.write(`${node.name}\n`)
+      return 0
+    }
+    case 'exec': {
+      const dash = rest.indexOf('--')
+      const node = rest[0]
+      const cmd = dash === -1 ? rest.slice(1) : rest.slice(dash + 1)
+      if (node === undefined || cmd.length === 0) throw new UsageError('usage: dcloud lab exec NODE -- CMD ...')
+      await lab.node(node)
+      return await new Promise<number>((resolve) => {
+        const child = spawn('nsenter', [`--net=/run/netns/${lab.nodeNs(node)}`, '--', ...cmd], { stdio: 'inherit', env: lab.nodeEnv(node) })
+        child.on('error', (err) => { process.stderr.write(`lab: ${err.message}\n`); resolve(127) })
+        child.on('exit', (code, signal) => { resolve(code ?? (signal !== null ? 128 + 9 : 1)) })
+      })
+    }
+    case 'kill': {
+      if (rest[0] === undefined) throw new UsageError('usage: dcloud lab kill NODE')
+      await lab.kill(rest[0])
+      progress(`${rest[0]} killed`)
+      return 0
+    }
+    case 'start': {
+      const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { 'agent-only': { type: 'boolean', default: false } } })
+      if (positionals[0] === undefined) throw new UsageError('usage: dcloud lab start NODE [--agent-only]')
+      await lab.start(positionals[0], { agentOnly: values['agent-only'], progress })
+      return 0
+    }
+    case 'partition':
+      await lab.partition(rest.map(g => g.split(',').filter(n => n !== '')))
+      progress(`partitioned: ${rest.join(' | ')}`)
+      return 0
+    case 'heal':
+      await lab.heal()
+      progress('healed')
+      return 0
+    case 'ls': {
+      const { values } = parseArgs({ args: rest, strict: true, options: { json: { type: 'boolean', default: false } } })
+      const state = await lab.state()
+      const nodes = state.nodes.map(n => ({
+        name: n.name,
+        ip: n.ip,
+        state: n.state,
+        agent: n.agentPid !== null && isRunning(n.agentPid) ? 'running' : 'stopped',
+        dockerd: n.dockerdPid !== null && isRunning(n.dockerdPid) ? 'running' : 'stopped',
+        ownKey: n.keyFile !== state.keyFile
+      }))
+      if (values.json === true) {
+        process.stdout.write(JSON.stringify({ lab: state.name, partition: state.partition, nodes }, null, 2) + '\n')
+      } else {
+        process.stdout.write(table(['NODE', 'IP', 'STATE', 'AGENT', 'DOCKERD', 'KEY'], nodes.map(n => [n.name, n.ip, n.state, n.agent, n.dockerd, n.ownKey ? 'other' : 'lab'])))
+        if (state.partition !== null) process.stdout.write(`partition: ${state.partition.map(g => g.join(',')).join(' | ')}\n`)
+      }
+      return 0
+    }
+    case 'down':
+      await lab.down(progress)
+      return 0
+    default:
+      throw new UsageError(sub === undefined ? 'missing lab command' : `unknown lab command '${sub}'`, labHelp)
+  }
+}
