@@ -5,11 +5,18 @@
 import { homedir, hostname } from 'node:os'
 import { join } from 'node:path'
 import { readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 
 export const P2P_PORT = 7370
 export const API_PORT = 7371
 
-export const AGENT_VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
+/**
+ * The checkout or installed bundle this code runs from. Both the sources
+ * (agent/config.ts) and the bundle (dist/dcloud.mjs) sit one level below it.
+ */
+export const PROJECT_ROOT = fileURLToPath(new URL('..', import.meta.url)).replace(/\/$/, '')
+
+export const AGENT_VERSION: string = (JSON.parse(readFileSync(join(PROJECT_ROOT, 'package.json'), 'utf8')) as { version: string }).version
 
 export function defaultDataDir (): string {
   if (process.env.DCLOUD_DATA_DIR !== undefined && process.env.DCLOUD_DATA_DIR !== '') return process.env.DCLOUD_DATA_DIR

@@ -28,6 +28,18 @@ export function isLoopback (address: string | undefined): boolean {
   return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.')
 }
 
+/**
+ * Who may call: anyone who can open the Unix socket, anything on loopback, and
+ * others only with the token. Returns the error to answer with, or null.
+ */
+export function authorize (req: { overTcp: boolean, remoteAddress: string | undefined, authorization: string | undefined, token: Buffer }): ApiErrorCode | null {
+  if (!req.overTcp || isLoopback(req.remoteAddress)) return null
+  if (req.authorization === undefined || !req.authorization.startsWith('Bearer ')) return 'unauthorized'
+  const given = Buffer.from(req.authorization.slice('Bearer '.length))
+  if (given.length !== req.token.length || !timingSafeEqual(given, req.token)) return 'forbidden'
+  return null
+}
+
 export function splitHostPort (value: string): { host: string, port: number } {
   const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(value)
   if (m === null) throw new Error(`expected HOST:PORT, got ${value}`)
@@ -66,18 +78,9 @@ export class ApiServer {
     await Promise.all(servers.map(async s => { await new Promise<void>(resolve => { s.close(() => { resolve() }); s.closeAllConnections() }) }))
   }
 
-  private authorized (req: IncomingMessage, overTcp: boolean): ApiErrorCode | null {
-    if (!overTcp || isLoopback(req.socket.remoteAddress)) return null
-    const header = req.headers.authorization
-    if (header === undefined || !header.startsWith('Bearer ')) return 'unauthorized'
-    const given = Buffer.from(header.slice('Bearer '.length))
-    if (given.length !== this.token.length || !timingSafeEqual(given, this.token)) return 'forbidden'
-    return null
-  }
-
   private async handle (req: IncomingMessage, res: ServerResponse, overTcp: boolean): Promise<void> {
     try {
-      const denied = this.authorized(req, overTcp)
+      const denied = authorize({ overTcp, remoteAddress: req.socket.remoteAddress, authorization: req.headers.authorization, token: this.token })
       if (denied !== null) { sendError(res, denied); return }
       const path = new URL(req.url ?? '/', 'http://agent').pathname
       const handler = this.init.routes[`${req.method ?? 'GET'} ${path}`]

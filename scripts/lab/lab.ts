@@ -14,16 +14,14 @@
 import { spawn } from 'node:child_process'
 import { existsSync, openSync, closeSync, readFileSync, readdirSync, statSync, readlinkSync } from 'node:fs'
 import { mkdir, readFile, rm, writeFile, copyFile } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { run, tryRun } from './sh.ts'
 import { buildBusyboxRootfs, loadImageTar } from './images.ts'
 import { newClusterKey, parseClusterKey } from '../../agent/mesh/cluster-key.ts'
 import { apiGet } from '../../agent/cli/client.ts'
-import { API_PORT, P2P_PORT } from '../../agent/config.ts'
+import { API_PORT, P2P_PORT, PROJECT_ROOT } from '../../agent/config.ts'
 import { UserError, EXIT } from '../../agent/util/errors.ts'
 
-export const PROJECT_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)))
 const DCLOUD_BIN = join(PROJECT_ROOT, 'bin', 'dcloud')
 
 export const SUBNET_PREFIX = '10.213.0.'

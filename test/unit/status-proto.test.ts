@@ -1,0 +1,96 @@
+import { describe, expect, it } from 'vitest'
+import fc from 'fast-check'
+import { STATUS_MAX_BYTES, StatusDropError, decodeStatus, encodeStatus, type NodeStatus } from '../../proto/status.ts'
+
+const PEER = '12D3KooWH2WDzhwRt9of17QyrgPqta7M1yVtwffRh12ej7U3UkiX'
+const OTHER = '12D3KooWKq58w8Aeb71jcEcLY1y83kks4fGPEsvZtRNG8etEs1t9'
+
+function mockStatus (over: Partial<NodeStatus> = {}): NodeStatus {
+  return {
+    v: 1,
+    peerId: PEER,
+    name: 'n1',
+    incarnation: 1_700_000_000_000,
+    seq: 1,
+    intervalMs: 1000,
+    cpu: { cores: 4, load: 12.5 },
+    mem: { total: 8e9, free: 4e9 },
+    diskFree: 1e11,
+    arch: 'arm64',
+    dockerVersion: '20.10.24',
+    agentVersion: '0.1.0',
+    labels: { ssd: 'true' },
+    apps: ['nextcloud'],
+    containers: 2,
+    ...over
+  }
+}
+
+const bytes = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v))
+
+function dropReason (data: Uint8Array, signer: string | undefined): string {
+  try {
+    decodeStatus(data, signer)
+  } catch (err) {
+    expect(err).toBeInstanceOf(StatusDropError)
+    return (err as StatusDropError).reason
+  }
+  return 'accepted'
+}
+
+describe('status messages', () => {
+  it('round-trips a valid status', () => {
+    const s = mockStatus()
+    expect(decodeStatus(encodeStatus(s), PEER)).toEqual(s)
+  })
+
+  it.each([
+    ['garbage bytes', new Uint8Array([0xff, 0xfe, 0x00, 0x13]), 'malformed'],
+    ['not JSON', new TextEncoder().encode('hello'), 'malformed'],
+    ['JSON but not an object', bytes([1, 2, 3]), 'malformed'],
+    ['oversized', new Uint8Array(STATUS_MAX_BYTES + 1).fill(0x20), 'oversized'],
+    ['wrong version', bytes({ ...mockStatus(), v: 2 }), 'version'],
+    ['missing version', bytes({ ...mockStatus(), v: undefined }), 'version'],
+    ['claims another peer', bytes(mockStatus({ peerId: OTHER })), 'forged'],
+    ['negative memory', bytes(mockStatus({ mem: { total: -1, free: 0 } })), 'malformed'],
+    ['free above total', bytes(mockStatus({ mem: { total: 10, free: 11 } })), 'malformed'],
+    ['load above 100', bytes(mockStatus({ cpu: { cores: 2, load: 101 } })), 'malformed'],
+    ['name with spaces', bytes(mockStatus({ name: 'my node' })), 'malformed'],
+    ['too many apps', bytes(mockStatus({ apps: Array.from({ length: 300 }, (_, i) => `a${i}`) })), 'malformed'],
+    ['label key injection', bytes(mockStatus({ labels: { 'a b': 'x' } })), 'malformed'],
+    ['heartbeat too fast', bytes(mockStatus({ intervalMs: 1 })), 'malformed'],
+    ['NaN smuggled as string', bytes({ ...mockStatus(), seq: 'NaN' }), 'malformed']
+  ])('drops %s as %s', (_name, data, reason) => {
+    expect(dropReason(data, PEER)).toBe(reason)
+  })
+
+  it('drops unsigned messages', () => {
+    expect(dropReason(encodeStatus(mockStatus()), undefined)).toBe('unsigned')
+  })
+
+  it('names the offending field', () => {
+    expect(() => decodeStatus(bytes(mockStatus({ diskFree: -5 })), PEER)).toThrow(/status\.diskFree/)
+  })
+
+  it('never throws anything but StatusDropError on arbitrary bytes', () => {
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 2048 }), (data) => {
+      try {
+        decodeStatus(data, PEER)
+      } catch (err) {
+        return err instanceof StatusDropError
+      }
+      return true
+    }), { numRuns: 2000 })
+  })
+
+  it('never throws anything but StatusDropError on arbitrary JSON', () => {
+    fc.assert(fc.property(fc.jsonValue(), (value) => {
+      try {
+        decodeStatus(bytes(value), PEER)
+      } catch (err) {
+        return err instanceof StatusDropError
+      }
+      return true
+    }), { numRuns: 2000 })
+  })
+})
