@@ -16,6 +16,7 @@ import { ApiServer } from './api/server.ts'
 import { AGENT_VERSION, paths } from './config.ts'
 import type { Logger } from './util/log.ts'
 import type { MetricsResponse, NodeView, StatusResponse } from '../proto/api.ts'
+import type { NodeResources, NodeStatus } from '../proto/status.ts'
 import { DEFAULT_HEARTBEAT_MS } from '../scheduler/liveness.ts'
 
 export interface AgentOptions {
@@ -155,8 +156,8 @@ export class Agent {
     const self = this.requireStarted()
     const now = Date.now()
     const mine = self.gossip.current()
-    const nodes: NodeView[] = [{ ...viewOf(mine), state: 'alive', self: true, lastSeenMs: 0 }]
-    for (const m of self.membership.list()) nodes.push({ ...viewOf(m.status), state: m.state, self: false, lastSeenMs: now - m.lastHeardAt })
+    const nodes: NodeView[] = [{ ...viewOf(mine, mine.resources), state: 'alive', self: true, lastSeenMs: 0 }]
+    for (const m of self.membership.list()) nodes.push({ ...viewOf(m.status, m.resources), state: m.state, self: false, lastSeenMs: now - m.lastHeardAt })
     nodes.sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id))
     return { self: mine.peerId, leader: null, nodes }
   }
@@ -176,7 +177,7 @@ export class Agent {
       dialFailures: self.mesh.counters.dialFailures,
       lastDialError: self.mesh.counters.lastDialError,
       connections: self.mesh.connectionCount(),
-      rssBytes: process.memoryUsage.rss(),
+      ...memory(),
       cpuSeconds: (usage.user + usage.system) / 1e6
     }
   }
@@ -187,20 +188,26 @@ export class Agent {
   }
 }
 
-function viewOf (s: import('../proto/status.ts').NodeStatus): Omit<NodeView, 'state' | 'self' | 'lastSeenMs'> {
+function memory (): { rssBytes: number, heapUsedBytes: number, externalBytes: number } {
+  const m = process.memoryUsage()
+  return { rssBytes: m.rss, heapUsedBytes: m.heapUsed, externalBytes: m.external }
+}
+
+/** A node as the API shows it; resources not yet reported show as zero and 'unknown'. */
+function viewOf (s: NodeStatus, r: NodeResources | null): Omit<NodeView, 'state' | 'self' | 'lastSeenMs'> {
   return {
     id: s.peerId,
     name: s.name,
-    cpu: s.cpu.load,
-    cores: s.cpu.cores,
-    memTotal: s.mem.total,
-    memFree: s.mem.free,
-    diskFree: s.diskFree,
-    arch: s.arch,
-    dockerVersion: s.dockerVersion,
-    agentVersion: s.agentVersion,
-    labels: s.labels,
-    apps: s.apps
+    cpu: r?.cpu.load ?? 0,
+    cores: r?.cpu.cores ?? 0,
+    memTotal: r?.mem.total ?? 0,
+    memFree: r?.mem.free ?? 0,
+    diskFree: r?.diskFree ?? 0,
+    arch: r?.arch ?? 'unknown',
+    dockerVersion: r?.dockerVersion ?? null,
+    agentVersion: r?.agentVersion ?? 'unknown',
+    labels: r?.labels ?? {},
+    apps: r?.apps ?? []
   }
 }
 

@@ -52,6 +52,9 @@ export interface MetricsResponse {
   lastDialError: string | null
   connections: number
   rssBytes: number
+  /** V8 heap in use, and memory outside it (Buffers): where the RSS goes. */
+  heapUsedBytes: number
+  externalBytes: number
   cpuSeconds: number
 }
 

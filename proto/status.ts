@@ -1,10 +1,14 @@
 /**
  * Node status: the heartbeat every agent publishes on the status topic.
  *
- * One small JSON message serves both as liveness heartbeat and as resource
- * report. Receivers trust nothing in it: `decodeStatus` bounds the size first,
- * then checks the version, every field, and that the claimed peer is the peer
- * that signed the gossip message.
+ * Every heartbeat says who is alive; every few heartbeats (and whenever
+ * something changed) it also carries the node's resources. Beats without
+ * resources are about a fifth of the size, which matters because gossip
+ * relays every message to several peers each second.
+ *
+ * Receivers trust nothing in it: `decodeStatus` bounds the size first, then
+ * checks the version, every field, and that the claimed peer is the peer that
+ * signed the gossip message.
  */
 import {
   ValidationError, array, number, parseJsonBytes, record, string, stringMap
@@ -26,6 +30,11 @@ export interface NodeStatus {
   seq: number
   /** How often the sender publishes, so receivers can judge silence. */
   intervalMs: number
+  /** Present on full reports; receivers keep the last one they got. */
+  resources?: NodeResources
+}
+
+export interface NodeResources {
   cpu: { cores: number, load: number }
   mem: { total: number, free: number }
   /** Free bytes on the filesystem that holds Docker's data (0 when Docker is unreachable). */
@@ -91,31 +100,39 @@ export function decodeStatus (bytes: Uint8Array, signer: string | undefined): No
 }
 
 function validateStatusFields (raw: Record<string, unknown>): NodeStatus {
-  const cpu = record(raw.cpu, 'status.cpu')
-  const mem = record(raw.mem, 'status.mem')
   const status: NodeStatus = {
     v: STATUS_VERSION,
     peerId: string(raw.peerId, 'status.peerId', { max: 64, pattern: PEER_ID }),
     name: string(raw.name, 'status.name', { max: 63, pattern: NAME }),
     incarnation: number(raw.incarnation, 'status.incarnation', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
     seq: number(raw.seq, 'status.seq', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
-    intervalMs: number(raw.intervalMs, 'status.intervalMs', { min: 100, max: 60_000, integer: true }),
+    intervalMs: number(raw.intervalMs, 'status.intervalMs', { min: 100, max: 60_000, integer: true })
+  }
+  if (raw.resources !== undefined) status.resources = validateResources(record(raw.resources, 'status.resources'))
+  return status
+}
+
+function validateResources (raw: Record<string, unknown>): NodeResources {
+  const f = 'status.resources'
+  const cpu = record(raw.cpu, `${f}.cpu`)
+  const mem = record(raw.mem, `${f}.mem`)
+  const res: NodeResources = {
     cpu: {
-      cores: number(cpu.cores, 'status.cpu.cores', { min: 1, max: 4096, integer: true }),
-      load: number(cpu.load, 'status.cpu.load', { min: 0, max: 100 })
+      cores: number(cpu.cores, `${f}.cpu.cores`, { min: 1, max: 4096, integer: true }),
+      load: number(cpu.load, `${f}.cpu.load`, { min: 0, max: 100 })
     },
     mem: {
-      total: number(mem.total, 'status.mem.total', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
-      free: number(mem.free, 'status.mem.free', { min: 0, max: MAX_BYTES_VALUE, integer: true })
+      total: number(mem.total, `${f}.mem.total`, { min: 0, max: MAX_BYTES_VALUE, integer: true }),
+      free: number(mem.free, `${f}.mem.free`, { min: 0, max: MAX_BYTES_VALUE, integer: true })
     },
-    diskFree: number(raw.diskFree, 'status.diskFree', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
-    arch: string(raw.arch, 'status.arch', { max: 16, pattern: /^[a-z0-9_]+$/ }),
-    dockerVersion: raw.dockerVersion === null ? null : string(raw.dockerVersion, 'status.dockerVersion', { max: 64 }),
-    agentVersion: string(raw.agentVersion, 'status.agentVersion', { max: 32 }),
-    labels: stringMap(raw.labels, 'status.labels', { maxEntries: 32, key: LABEL_KEY, maxValue: 128 }),
-    apps: array(raw.apps, 'status.apps', 256, (v, f) => string(v, f, { max: 63, pattern: NAME })),
-    containers: number(raw.containers, 'status.containers', { min: 0, max: 100_000, integer: true })
+    diskFree: number(raw.diskFree, `${f}.diskFree`, { min: 0, max: MAX_BYTES_VALUE, integer: true }),
+    arch: string(raw.arch, `${f}.arch`, { max: 16, pattern: /^[a-z0-9_]+$/ }),
+    dockerVersion: raw.dockerVersion === null ? null : string(raw.dockerVersion, `${f}.dockerVersion`, { max: 64 }),
+    agentVersion: string(raw.agentVersion, `${f}.agentVersion`, { max: 32 }),
+    labels: stringMap(raw.labels, `${f}.labels`, { maxEntries: 32, key: LABEL_KEY, maxValue: 128 }),
+    apps: array(raw.apps, `${f}.apps`, 256, (v, fi) => string(v, fi, { max: 63, pattern: NAME })),
+    containers: number(raw.containers, `${f}.containers`, { min: 0, max: 100_000, integer: true })
   }
-  if (status.mem.free > status.mem.total) throw new ValidationError('status.mem.free', 'is larger than status.mem.total')
-  return status
+  if (res.mem.free > res.mem.total) throw new ValidationError(`${f}.mem.free`, `is larger than ${f}.mem.total`)
+  return res
 }

@@ -21,6 +21,14 @@ import type { Logger } from '../util/log.ts'
 /** The service tag of our mDNS announcements: agents of other products on the LAN ignore them. */
 export const MDNS_SERVICE_TAG = '_dcloud-agent._udp.local'
 
+/**
+ * mDNS query interval. Every node answers every query, so queries cost N²
+ * packets; a starting node queries at once and is answered at once, and
+ * members we lost are redialled from their known addresses, so the periodic
+ * query only finds nodes that started while we could not hear them.
+ */
+const MDNS_QUERY_MS = 60_000
+
 export interface MeshInit {
   privateKey: PrivateKey
   clusterKey: Uint8Array
@@ -67,12 +75,13 @@ export class Mesh {
       connectionProtector: preSharedKey({ psk: init.clusterKey }),
       connectionEncrypters: [noise()],
       streamMuxers: [yamux()],
-      peerDiscovery: init.mdns ? [mdns({ serviceTag: MDNS_SERVICE_TAG, interval: init.mdnsIntervalMs ?? 5000 })] : [],
+      peerDiscovery: init.mdns ? [mdns({ serviceTag: MDNS_SERVICE_TAG, interval: init.mdnsIntervalMs ?? MDNS_QUERY_MS })] : [],
       connectionManager: { maxConnections: 64 },
-      // Ping every connection often: a peer that died without closing its TCP
-      // connections (power cut, cable pulled) must not keep a zombie connection
-      // that gossipsub goes on writing into when the peer comes back.
-      connectionMonitor: { pingInterval: 2000, pingTimeout: { minTimeout: 2000, maxTimeout: 5000 } },
+      // A peer that died without closing its connections (power cut) leaves a
+      // zombie connection; pings close it. Faster is not needed: membership does
+      // not wait for it, and a peer that comes back resets the old connection
+      // at our next heartbeat.
+      connectionMonitor: { pingInterval: 10_000, pingTimeout: { minTimeout: 5000, maxTimeout: 10_000 } },
       services: {
         identify: identify(),
         pubsub: gossipsub({
@@ -80,6 +89,16 @@ export class Mesh {
           emitSelf: false,
           floodPublish: true,
           fallbackToFloodsub: false,
+          // A home cluster is a handful of nodes on one LAN, mostly all connected
+          // to each other. A mesh degree of 3 still relays every heartbeat along
+          // several paths (one bad link does not silence a node) at half the
+          // duplicate traffic of the default 6 (docs/membership.md).
+          D: 3,
+          Dlo: 2,
+          Dhi: 5,
+          Dout: 1,
+          Dscore: 2,
+          Dlazy: 3,
           // Our messages are a few KiB at most; refuse multi-megabyte RPCs before decoding.
           maxInboundDataLength: 1024 * 1024
         })

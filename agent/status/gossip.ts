@@ -6,11 +6,14 @@
  */
 import { TopicValidatorResult, type Message } from '@libp2p/gossipsub'
 import type { PeerId } from '@libp2p/interface'
-import { STATUS_TOPIC, STATUS_VERSION, StatusDropError, decodeStatus, encodeStatus, type DropReason, type NodeStatus } from '../../proto/status.ts'
+import { STATUS_TOPIC, STATUS_VERSION, StatusDropError, decodeStatus, encodeStatus, type DropReason, type NodeResources, type NodeStatus } from '../../proto/status.ts'
 import type { Mesh } from '../mesh/mesh.ts'
 import type { Membership } from './membership.ts'
 import type { ResourceCollector } from './collector.ts'
 import type { Logger } from '../util/log.ts'
+
+/** Every how many beats the resources ride along even when nothing changed (load and memory drift). */
+const FULL_EVERY = 5
 
 export interface StatusGossipInit {
   mesh: Mesh
@@ -29,6 +32,9 @@ export class StatusGossip {
   published = 0
   accepted = 0
   private seq = 0
+  /** Set when a peer may lack our resources (it just connected) or they changed. */
+  private fullNext = true
+  private lastFull: string | null = null
   private timer: NodeJS.Timeout | undefined
   private soon: NodeJS.Timeout | undefined
   private started = false
@@ -62,9 +68,8 @@ export class StatusGossip {
     pubsub.topicValidators.delete(STATUS_TOPIC)
   }
 
-  /** The status this node publishes now. */
-  current (): NodeStatus {
-    const s = this.init.collector.latest()
+  /** The status this node publishes now, with its resources. */
+  current (): NodeStatus & { resources: NodeResources } {
     return {
       v: STATUS_VERSION,
       peerId: this.init.mesh.peerId.toString(),
@@ -72,6 +77,13 @@ export class StatusGossip {
       incarnation: this.init.incarnation,
       seq: this.seq,
       intervalMs: this.init.intervalMs,
+      resources: this.resources()
+    }
+  }
+
+  private resources (): NodeResources {
+    const s = this.init.collector.latest()
+    return {
       cpu: { cores: s.cores, load: s.load },
       mem: { total: s.memTotal, free: s.memFree },
       diskFree: s.diskFree,
@@ -85,6 +97,7 @@ export class StatusGossip {
   }
 
   private readonly publishSoon = (): void => {
+    this.fullNext = true
     if (this.soon !== undefined || !this.started) return
     this.soon = setTimeout(() => {
       this.soon = undefined
@@ -95,8 +108,18 @@ export class StatusGossip {
   private async publish (): Promise<void> {
     if (!this.started) return
     this.seq++
+    const status: NodeStatus = this.current()
+    // Resources go out every FULL_EVERY beats, and at once when they changed in
+    // a way others act on (apps, labels) or a new peer needs them.
+    const full = JSON.stringify({ ...status.resources, cpu: undefined, mem: undefined, diskFree: undefined })
+    if (this.fullNext || full !== this.lastFull || this.seq % FULL_EVERY === 0) {
+      this.fullNext = false
+      this.lastFull = full
+    } else {
+      delete status.resources
+    }
     try {
-      await this.init.mesh.host.services.pubsub.publish(STATUS_TOPIC, encodeStatus(this.current()))
+      await this.init.mesh.host.services.pubsub.publish(STATUS_TOPIC, encodeStatus(status))
       this.published++
     } catch (err) {
       this.init.log.debug('status publish failed', { error: (err as Error).message })

@@ -5,10 +5,13 @@
  */
 import { livenessOf, isNewer, type LivenessPolicy, DEFAULT_LIVENESS } from '../../scheduler/liveness.ts'
 import type { NodeState } from '../../proto/api.ts'
-import type { NodeStatus } from '../../proto/status.ts'
+import type { NodeResources, NodeStatus } from '../../proto/status.ts'
 
 export interface Member {
+  /** The latest message; its `resources` may be absent (a plain beat). */
   status: NodeStatus
+  /** The latest full report, null until the first one arrives. */
+  resources: NodeResources | null
   firstHeardAt: number
   lastHeardAt: number
   state: NodeState
@@ -38,13 +41,14 @@ export class Membership {
     const known = this.members.get(status.peerId)
     if (!isNewer(known?.status, status)) return false
     if (known === undefined) {
-      const member: Member = { status, firstHeardAt: now, lastHeardAt: now, state: 'alive', stateSince: now }
+      const member: Member = { status, resources: status.resources ?? null, firstHeardAt: now, lastHeardAt: now, state: 'alive', stateSince: now }
       this.members.set(status.peerId, member)
       this.evictIfFull()
       this.init.onTransition?.(member, null)
       return true
     }
     known.status = status
+    if (status.resources !== undefined) known.resources = status.resources
     known.lastHeardAt = now
     this.setState(known, 'alive', now)
     return true

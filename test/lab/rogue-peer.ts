@@ -43,16 +43,18 @@ while (pubsub.getSubscribers(STATUS_TOPIC).length < peers.length && Date.now() <
 const self = host.peerId.toString()
 const good: NodeStatus = {
   v: 1, peerId: self, name: 'rogue', incarnation: Date.now(), seq: 1, intervalMs: 1000,
-  cpu: { cores: 1, load: 0 }, mem: { total: 1, free: 1 }, diskFree: 0, arch: 'amd64',
-  dockerVersion: null, agentVersion: '0', labels: {}, apps: [], containers: 0
+  resources: {
+    cpu: { cores: 1, load: 0 }, mem: { total: 1, free: 1 }, diskFree: 0, arch: 'amd64',
+    dockerVersion: null, agentVersion: '0', labels: {}, apps: [], containers: 0
+  }
 }
 const te = new TextEncoder()
 const messages: Array<[string, Uint8Array]> = [
   ['garbage', new Uint8Array([0xde, 0xad, 0xbe, 0xef, 0x00, 0xff])],
-  ['oversized', te.encode(JSON.stringify({ ...good, labels: { pad: 'x'.repeat(100) }, apps: Array.from({ length: 2000 }, (_, i) => `app${i}`) }))],
+  ['oversized', te.encode(JSON.stringify({ ...good, resources: { ...good.resources, apps: Array.from({ length: 2000 }, (_, i) => `app${i}`) } }))],
   ['version', te.encode(JSON.stringify({ ...good, v: 99 }))],
   ['forged', encodeStatus({ ...good, peerId: victimId, name: 'impostor' })],
-  ['malformed', te.encode(JSON.stringify({ ...good, mem: { total: 'lots' } }))],
+  ['malformed', te.encode(JSON.stringify({ ...good, resources: { ...good.resources, mem: { total: 'lots' } } }))],
   // Last: past gossipsub's own 1 MiB limit the receiver closes our stream, and later messages would not arrive.
   ['huge', new Uint8Array(2 * 1024 * 1024).fill(0x7b)]
 ]

@@ -3,7 +3,7 @@ import { Membership } from '../../agent/status/membership.ts'
 import type { NodeStatus } from '../../proto/status.ts'
 
 function mockStatus (peerId: string, over: Partial<NodeStatus> = {}): NodeStatus {
-  return { v: 1, peerId, name: peerId, incarnation: 1, seq: 1, intervalMs: 1000, cpu: { cores: 1, load: 0 }, mem: { total: 1, free: 1 }, diskFree: 0, arch: 'amd64', dockerVersion: null, agentVersion: '0', labels: {}, apps: [], containers: 0, ...over }
+  return { v: 1, peerId, name: peerId, incarnation: 1, seq: 1, intervalMs: 1000, ...over }
 }
 
 function fixture (connected = true): { m: Membership, clock: { t: number }, transitions: string[] } {
@@ -25,6 +25,15 @@ describe('membership', () => {
     clock.t = 4100; m.tick()
     clock.t = 9000; m.observe(mockStatus('a', { incarnation: 2, seq: 1 }))
     expect(transitions).toEqual(['a:new->alive', 'a:alive->suspect', 'a:suspect->dead', 'a:dead->alive'])
+  })
+
+  it('keeps the last resources across plain beats', () => {
+    const { m } = fixture()
+    const resources = { cpu: { cores: 2, load: 5 }, mem: { total: 2, free: 1 }, diskFree: 9, arch: 'arm64', dockerVersion: null, agentVersion: '1', labels: {}, apps: ['x'], containers: 1 }
+    m.observe(mockStatus('a', { seq: 1, resources }))
+    m.observe(mockStatus('a', { seq: 2 }))
+    expect(m.get('a')?.resources).toEqual(resources)
+    expect(m.get('a')?.status.seq).toBe(2)
   })
 
   it('ignores replayed and older messages', () => {

@@ -1,18 +1,20 @@
 import { describe, expect, it } from 'vitest'
 import fc from 'fast-check'
-import { STATUS_MAX_BYTES, StatusDropError, decodeStatus, encodeStatus, type NodeStatus } from '../../proto/status.ts'
+import { STATUS_MAX_BYTES, StatusDropError, decodeStatus, encodeStatus, type NodeResources, type NodeStatus } from '../../proto/status.ts'
 
 const PEER = '12D3KooWH2WDzhwRt9of17QyrgPqta7M1yVtwffRh12ej7U3UkiX'
 const OTHER = '12D3KooWKq58w8Aeb71jcEcLY1y83kks4fGPEsvZtRNG8etEs1t9'
 
-function mockStatus (over: Partial<NodeStatus> = {}): NodeStatus {
+function mockBeat (over: Partial<NodeStatus> = {}): NodeStatus {
+  return { v: 1, peerId: PEER, name: 'n1', incarnation: 1_700_000_000_000, seq: 1, intervalMs: 1000, ...over }
+}
+
+function mockStatus (over: Partial<NodeStatus> = {}, res: Partial<NodeResources> = {}): NodeStatus {
+  return mockBeat({ resources: mockResources(res), ...over })
+}
+
+function mockResources (over: Partial<NodeResources> = {}): NodeResources {
   return {
-    v: 1,
-    peerId: PEER,
-    name: 'n1',
-    incarnation: 1_700_000_000_000,
-    seq: 1,
-    intervalMs: 1000,
     cpu: { cores: 4, load: 12.5 },
     mem: { total: 8e9, free: 4e9 },
     diskFree: 1e11,
@@ -39,9 +41,12 @@ function dropReason (data: Uint8Array, signer: string | undefined): string {
 }
 
 describe('status messages', () => {
-  it('round-trips a valid status', () => {
+  it('round-trips a full report and a plain beat', () => {
     const s = mockStatus()
     expect(decodeStatus(encodeStatus(s), PEER)).toEqual(s)
+    const beat = mockBeat()
+    expect(decodeStatus(encodeStatus(beat), PEER)).toEqual(beat)
+    expect(encodeStatus(beat).byteLength).toBeLessThan(encodeStatus(s).byteLength / 2)
   })
 
   it.each([
@@ -52,12 +57,13 @@ describe('status messages', () => {
     ['wrong version', bytes({ ...mockStatus(), v: 2 }), 'version'],
     ['missing version', bytes({ ...mockStatus(), v: undefined }), 'version'],
     ['claims another peer', bytes(mockStatus({ peerId: OTHER })), 'forged'],
-    ['negative memory', bytes(mockStatus({ mem: { total: -1, free: 0 } })), 'malformed'],
-    ['free above total', bytes(mockStatus({ mem: { total: 10, free: 11 } })), 'malformed'],
-    ['load above 100', bytes(mockStatus({ cpu: { cores: 2, load: 101 } })), 'malformed'],
+    ['negative memory', bytes(mockStatus({}, { mem: { total: -1, free: 0 } })), 'malformed'],
+    ['free above total', bytes(mockStatus({}, { mem: { total: 10, free: 11 } })), 'malformed'],
+    ['load above 100', bytes(mockStatus({}, { cpu: { cores: 2, load: 101 } })), 'malformed'],
     ['name with spaces', bytes(mockStatus({ name: 'my node' })), 'malformed'],
-    ['too many apps', bytes(mockStatus({ apps: Array.from({ length: 300 }, (_, i) => `a${i}`) })), 'malformed'],
-    ['label key injection', bytes(mockStatus({ labels: { 'a b': 'x' } })), 'malformed'],
+    ['too many apps', bytes(mockStatus({}, { apps: Array.from({ length: 300 }, (_, i) => `a${i}`) })), 'malformed'],
+    ['label key injection', bytes(mockStatus({}, { labels: { 'a b': 'x' } })), 'malformed'],
+    ['resources not an object', bytes({ ...mockBeat(), resources: 'plenty' }), 'malformed'],
     ['heartbeat too fast', bytes(mockStatus({ intervalMs: 1 })), 'malformed'],
     ['NaN smuggled as string', bytes({ ...mockStatus(), seq: 'NaN' }), 'malformed']
   ])('drops %s as %s', (_name, data, reason) => {
@@ -69,7 +75,7 @@ describe('status messages', () => {
   })
 
   it('names the offending field', () => {
-    expect(() => decodeStatus(bytes(mockStatus({ diskFree: -5 })), PEER)).toThrow(/status\.diskFree/)
+    expect(() => decodeStatus(bytes(mockStatus({}, { diskFree: -5 })), PEER)).toThrow(/status\.resources\.diskFree/)
   })
 
   it('never throws anything but StatusDropError on arbitrary bytes', () => {

