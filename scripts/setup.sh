@@ -72,8 +72,9 @@ if [ "$want_docker" = yes ]; then
       systemctl start docker
     elif [ -n "$sock" ]; then
       # No systemd (a container, a chroot-like CI machine): run dockerd ourselves.
+      # In a session of its own: Ctrl-C on `npm start` stops the agent, not the engine.
       say "starting dockerd (log: /var/log/dcloud-dockerd.log)"
-      nohup dockerd --host "unix://$sock" >>/var/log/dcloud-dockerd.log 2>&1 &
+      setsid -f dockerd --host "unix://$sock" >>/var/log/dcloud-dockerd.log 2>&1 </dev/null
     fi
     i=0
     until engine_up; do

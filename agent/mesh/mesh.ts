@@ -17,6 +17,7 @@ import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { PrivateKey, PeerId, PeerInfo } from '@libp2p/interface'
 import type { Logger } from '../util/log.ts'
+import { networkInterfaces, type NetworkInterfaceInfo } from 'node:os'
 
 /** The service tag of our mDNS announcements: agents of other products on the LAN ignore them. */
 export const MDNS_SERVICE_TAG = '_dcloud-agent._udp.local'
@@ -28,6 +29,25 @@ export const MDNS_SERVICE_TAG = '_dcloud-agent._udp.local'
  * query only finds nodes that started while we could not hear them.
  */
 const MDNS_QUERY_MS = 60_000
+
+/** Interfaces of container engines and hypervisors: their addresses mean nothing to another machine. */
+const VIRTUAL_INTERFACE = /^(docker\d*|br-[0-9a-f]+|veth.*|cni\d*|flannel.*|virbr\d*|podman\d*|lxcbr\d*)$/
+
+/**
+ * The addresses worth telling peers: not those of Docker's bridges (another
+ * node dialling 172.17.0.1 reaches its own docker0), and loopback only when
+ * there is nothing else.
+ */
+export function announceable (addrs: Multiaddr[], interfaces: NodeJS.Dict<NetworkInterfaceInfo[]>): Multiaddr[] {
+  const virtual = new Set<string>()
+  for (const [name, infos] of Object.entries(interfaces)) {
+    if (VIRTUAL_INTERFACE.test(name)) for (const info of infos ?? []) virtual.add(info.address)
+  }
+  const host = (a: Multiaddr): string => a.getComponents().find(c => c.name === 'ip4' || c.name === 'ip6')?.value ?? ''
+  const useful = addrs.filter(a => !virtual.has(host(a)))
+  const outside = useful.filter(a => !/^(127\.|::1$)/.test(host(a)))
+  return outside.length > 0 ? outside : useful
+}
 
 export interface MeshInit {
   privateKey: PrivateKey
@@ -70,7 +90,7 @@ export class Mesh {
       start: false,
       privateKey: init.privateKey,
       nodeInfo: { userAgent: `dcloud-agent/${init.agentVersion}` },
-      addresses: { listen: init.listen },
+      addresses: { listen: init.listen, announceFilter: (addrs) => announceable(addrs, networkInterfaces()) },
       transports: [tcp()],
       connectionProtector: preSharedKey({ psk: init.clusterKey }),
       connectionEncrypters: [noise()],
