@@ -1,0 +1,91 @@
+/**
+ * The scheduler's inputs and outputs. The leader builds a ClusterSnapshot from
+ * membership and Docker, the pure scheduler turns it into a Plan, and agents
+ * execute the plan's operations, each stamped with the leader's term.
+ */
+import type { NodeState } from './api.ts'
+import type { AppManifest } from './app.ts'
+
+export interface SchedNode {
+  /** libp2p peer id. */
+  id: string
+  name: string
+  state: NodeState
+  arch: string
+  cores: number
+  /** CPU load in percent of all cores. */
+  load: number
+  memTotal: number
+  memFree: number
+  labels: Record<string, string>
+  /** Images present on the node, by reference; used to prefer nodes that need no transfer. */
+  images: string[]
+}
+
+export interface DesiredApp {
+  /** Instance name, unique in the cluster (an app can be installed twice under two names). */
+  name: string
+  manifest: AppManifest
+  /** Node id the user asked for (`--node`, `app move`); null lets the scheduler choose. */
+  pinnedNode: string | null
+  /** Increases with every change the user makes. */
+  revision: number
+}
+
+export type PlacementState = 'running' | 'starting' | 'stopped' | 'failed'
+
+/** What Docker says runs where (rebuilt from `dcloud.*` labels). */
+export interface Placement {
+  app: string
+  node: string
+  state: PlacementState
+  revision: number
+}
+
+export interface ClusterSnapshot {
+  nodes: SchedNode[]
+  desired: DesiredApp[]
+  actual: Placement[]
+}
+
+export interface SchedulerPolicy {
+  strategy: 'spread' | 'binpack'
+  /**
+   * Rebalance stateless apps when the busiest eligible node runs this many
+   * more apps than the least busy one (1 never rebalances a perfect spread).
+   */
+  rebalanceSpread: number
+  /** At most this many moves per plan, so a join does not restart everything at once. */
+  maxMovesPerPlan: number
+}
+
+export interface PlanInput {
+  snapshot: ClusterSnapshot
+  term: number
+  /** The caller's clock (ms since epoch): the scheduler has none of its own. */
+  now: number
+  /** Breaks ties deterministically; the same seed and inputs give the same plan. */
+  seed: number
+  policy: SchedulerPolicy
+}
+
+export type Operation =
+  | { op: 'place', app: string, node: string, reason: string }
+  | { op: 'stop', app: string, node: string, reason: string }
+  | { op: 'move', app: string, from: string, to: string, reason: string }
+
+/** Why a node was not chosen for an app: `dcloud app why` prints these. */
+export interface Rejection {
+  node: string
+  reason: string
+}
+
+export interface Plan {
+  term: number
+  createdAt: number
+  operations: Operation[]
+  /** For every app considered, the nodes that could not take it and why. */
+  rejections: Record<string, Rejection[]>
+  /** Apps that fit nowhere. */
+  unplaced: string[]
+}
