@@ -12,7 +12,17 @@ import { Membership, type Member } from './status/membership.ts'
 import { StatusGossip } from './status/gossip.ts'
 import { ResourceCollector } from './status/collector.ts'
 import { DockerRuntime, dockerFromEnv } from './runtime/docker.ts'
-import { ApiServer } from './api/server.ts'
+import { ApiServer, ApiError } from './api/server.ts'
+import { RpcServer, RpcError } from './mesh/rpc.ts'
+import { DesiredStore } from './cluster/desired-store.ts'
+import { Coordinator } from './cluster/coordinator.ts'
+import { ElectionDriver } from './cluster/election-driver.ts'
+import { AppRuntime } from './runtime/apps.ts'
+import { serveImages } from './runtime/image-transfer.ts'
+import { decodeChange } from '../proto/cluster.ts'
+import type { ApiErrorCode } from '../proto/api.ts'
+import type { AppReport } from '../proto/status.ts'
+import type { AppActual } from '../proto/runtime.ts'
 import { AGENT_VERSION, paths } from './config.ts'
 import type { Logger } from './util/log.ts'
 import type { MetricsResponse, NodeView, StatusResponse } from '../proto/api.ts'
@@ -31,9 +41,12 @@ export interface AgentOptions {
   peers: string[]
   dockerHost?: string
   heartbeatMs?: number
+  /** An address both halves of a two-node cluster can probe (host or host:port); null disables the two-node rule's witness. */
+  witness?: string | null
 }
 
-const RESOURCE_REFRESH_MS = 5000
+const LOAD_SAMPLE_MS = 5000
+const DOCKER_POLL_MS = 30_000
 const LIVENESS_TICK_MS = 250
 const REDIAL_MS = 2000
 /** How long we keep dialling a dead node before leaving its return to mDNS or its own dials. */
@@ -49,6 +62,9 @@ export class Agent {
   private membership: Membership | undefined
   private collector: ResourceCollector | undefined
   private api: ApiServer | undefined
+  private rpc: RpcServer | undefined
+  private coordinator: Coordinator | undefined
+  private election: ElectionDriver | undefined
   private timers: NodeJS.Timeout[] = []
   private readonly controller = new AbortController()
   private started = false
@@ -75,7 +91,13 @@ export class Agent {
     const token = await loadOrCreateToken(p.token)
     const intervalMs = opts.heartbeatMs ?? DEFAULT_HEARTBEAT_MS
 
-    this.collector = new ResourceCollector(new DockerRuntime(dockerFromEnv(opts.dockerHost)), log.child('resources'))
+    const docker = dockerFromEnv(opts.dockerHost)
+    const runtime = new AppRuntime({ docker, log: log.child('runtime') })
+    const store = new DesiredStore(opts.dataDir, log.child('desired'))
+    await store.load()
+    this.collector = new ResourceCollector(new DockerRuntime(docker), log.child('resources'))
+    this.collector.useAppReporter(async (signal) => reportApps(await runtime.list(signal ?? AbortSignal.timeout(10_000)), store))
+    await this.collector.sampleLoad()
     await this.collector.refresh(AbortSignal.timeout(5000)).catch(err => { log.warn('first resource sample failed', { error: (err as Error).message }) })
 
     this.mesh = await Mesh.create({
@@ -105,11 +127,18 @@ export class Agent {
       agentVersion: AGENT_VERSION,
       incarnation,
       intervalMs,
-      log: log.child('gossip')
+      log: log.child('gossip'),
+      cluster: () => this.coordinator?.beat() ?? { term: 0, leader: null, desiredRevision: store.current().revision }
     })
+    this.rpc = new RpcServer(mesh, log.child('rpc'))
+    this.election = new ElectionDriver({ mesh, rpc: this.rpc, membership: this.membership, store, dataDir: opts.dataDir, witness: opts.witness ?? null, log: log.child('election') })
+    this.coordinator = new Coordinator({ mesh, rpc: this.rpc, membership: this.membership, gossip: this.gossip, collector: this.collector, store, election: this.election, runtime, docker, log: log.child('cluster') })
 
     await mesh.start()
     this.listeningAt = Date.now()
+    await serveImages(mesh, docker, log.child('images'))
+    await this.coordinator.start()
+    await this.election.start()
     this.gossip.start()
     log.info('agent listening', { name: opts.name, peerId: mesh.peerId.toString(), addrs: mesh.listenAddrs(), mdns: opts.mdns })
 
@@ -121,7 +150,25 @@ export class Agent {
       routes: {
         'GET /v1/health': () => ({ ok: true }),
         'GET /v1/status': () => this.status(),
-        'GET /v1/metrics': () => this.metrics()
+        'GET /v1/metrics': () => this.metrics(),
+        'GET /v1/apps': () => this.requireCluster().apps(),
+        'POST /v1/apps': async ({ body }) => {
+          const change = decodeOrBadRequest(() => decodeChange({ kind: 'install', app: body }))
+          return await viaApi(async () => await this.requireCluster().change(change))
+        },
+        'DELETE /v1/apps/:name': async ({ params }) => {
+          const change = decodeOrBadRequest(() => decodeChange({ kind: 'remove', name: params.name }))
+          return await viaApi(async () => await this.requireCluster().change(change))
+        },
+        'POST /v1/apps/:name/move': async ({ params, body }) => {
+          const change = decodeOrBadRequest(() => decodeChange({ kind: 'move', name: params.name, node: (body as { node?: unknown } | undefined)?.node }))
+          return await viaApi(async () => await this.requireCluster().change(change))
+        },
+        'GET /v1/apps/:name/logs': async ({ params, query }) => {
+          const tail = Math.min(10_000, Math.max(1, Number(query.get('tail') ?? 200) || 200))
+          return await viaApi(async () => await this.requireCluster().logs(params.name ?? '', tail))
+        },
+        'GET /v1/apps/:name/why': async ({ params }) => await viaApi(async () => await this.requireCluster().why(params.name ?? ''))
       }
     })
     await this.api.start()
@@ -136,9 +183,14 @@ export class Agent {
       mesh.redial(membership.list().filter(m => m.state !== 'dead' || now - m.stateSince < REDIAL_DEAD_FOR_MS).map(m => m.status.peerId))
     }, REDIAL_MS))
     this.timers.push(setInterval(() => {
-      collector.refresh(AbortSignal.any([this.controller.signal, AbortSignal.timeout(RESOURCE_REFRESH_MS)]))
+      collector.sampleLoad().catch(err => { log.debug('load sample failed', { error: (err as Error).message }) })
+    }, LOAD_SAMPLE_MS))
+    // Docker tells us when containers or images change; this slow poll only catches what an event stream can miss.
+    collector.watchDocker(() => { this.gossip?.announceChange() }, this.controller.signal)
+    this.timers.push(setInterval(() => {
+      collector.refresh(AbortSignal.any([this.controller.signal, AbortSignal.timeout(DOCKER_POLL_MS)]))
         .catch(err => { log.debug('resource refresh failed', { error: (err as Error).message }) })
-    }, RESOURCE_REFRESH_MS))
+    }, DOCKER_POLL_MS))
   }
 
   async stop (): Promise<void> {
@@ -149,6 +201,9 @@ export class Agent {
     this.timers = []
     this.gossip?.stop()
     await this.api?.stop()
+    await this.election?.stop()
+    await this.coordinator?.stop()
+    await this.rpc?.stop()
     await this.mesh?.stop()
   }
 
@@ -159,7 +214,7 @@ export class Agent {
     const nodes: NodeView[] = [{ ...viewOf(mine, mine.resources), state: 'alive', self: true, lastSeenMs: 0 }]
     for (const m of self.membership.list()) nodes.push({ ...viewOf(m.status, m.resources), state: m.state, self: false, lastSeenMs: now - m.lastHeardAt })
     nodes.sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id))
-    return { self: mine.peerId, leader: null, nodes }
+    return { self: mine.peerId, leader: this.election?.leader ?? null, nodes }
   }
 
   metrics (): MetricsResponse {
@@ -177,14 +232,61 @@ export class Agent {
       dialFailures: self.mesh.counters.dialFailures,
       lastDialError: self.mesh.counters.lastDialError,
       connections: self.mesh.connectionCount(),
+      term: this.election?.term ?? 0,
+      leader: this.election?.leader ?? null,
+      ops: this.coordinator?.counters ?? { opsExecuted: 0, opsRefused: 0, opsFailed: 0, plans: 0 },
+      rpc: this.rpc?.counters ?? { served: 0, rejected: 0, failed: 0 },
       ...memory(),
       cpuSeconds: (usage.user + usage.system) / 1e6
     }
   }
 
+  private requireCluster (): Coordinator {
+    if (this.coordinator === undefined) throw new ApiError('internal', 'agent not started')
+    return this.coordinator
+  }
+
   private requireStarted (): { mesh: Mesh, gossip: StatusGossip, membership: Membership } {
     if (this.mesh === undefined || this.gossip === undefined || this.membership === undefined) throw new Error('agent not started')
     return { mesh: this.mesh, gossip: this.gossip, membership: this.membership }
+  }
+}
+
+/** What the runtime found, as this node reports it: with the host port of each app's web UI. */
+function reportApps (apps: AppActual[], store: DesiredStore): AppReport[] {
+  const desired = new Map(store.current().apps.map(a => [a.name, a]))
+  return apps.map(a => {
+    const web = desired.get(a.app)?.manifest.web
+    const svc = web != null ? a.services.find(s => s.service === web.service) : undefined
+    const port = svc?.ports.find(p => p.container === web?.port && p.host !== null)
+    return { name: a.app, state: a.state, revision: a.revision, webPort: port?.host ?? null }
+  })
+}
+
+function decodeOrBadRequest<T> (decode: () => T): T {
+  try {
+    return decode()
+  } catch (err) {
+    throw new ApiError('bad_request', (err as Error).message)
+  }
+}
+
+const RPC_TO_API: Record<string, ApiErrorCode> = {
+  not_found: 'not_found',
+  exists: 'conflict',
+  stale_term: 'conflict',
+  no_leader: 'no_leader',
+  unreachable: 'unavailable',
+  bad_request: 'bad_request'
+}
+
+/** Runs a cluster call for the API, turning the cluster's error codes into the API's. */
+async function viaApi<T> (call: () => Promise<T>): Promise<T> {
+  try {
+    return await call()
+  } catch (err) {
+    if (err instanceof RpcError) throw new ApiError(RPC_TO_API[err.code] ?? 'internal', err.message)
+    throw err
   }
 }
 

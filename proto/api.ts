@@ -51,6 +51,11 @@ export interface MetricsResponse {
   dialFailures: number
   lastDialError: string | null
   connections: number
+  /** The election term this node is in, and the leader it follows. */
+  term: number
+  leader: string | null
+  ops: { opsExecuted: number, opsRefused: number, opsFailed: number, plans: number }
+  rpc: { served: number, rejected: number, failed: number }
   rssBytes: number
   /** V8 heap in use, and memory outside it (Buffers): where the RSS goes. */
   heapUsedBytes: number
@@ -60,14 +65,45 @@ export interface MetricsResponse {
 
 /** Every error the API returns, with the HTTP status it maps to. Documented in docs/api.md. */
 export const API_ERRORS = {
+  bad_request: { status: 400, message: 'the request is not valid' },
   unauthorized: { status: 401, message: 'a bearer token is required for requests that do not come from this machine' },
   forbidden: { status: 403, message: 'the token is not valid' },
   not_found: { status: 404, message: 'no such endpoint' },
   method_not_allowed: { status: 405, message: 'method not allowed on this endpoint' },
+  conflict: { status: 409, message: 'the request conflicts with the current state' },
+  no_leader: { status: 503, message: 'no scheduler is elected right now (no majority of nodes reachable); try again shortly' },
+  unavailable: { status: 503, message: 'a node needed for this request cannot be reached' },
   internal: { status: 500, message: 'the agent failed to answer; see its log' }
 } as const
 
 export type ApiErrorCode = keyof typeof API_ERRORS
+
+export type AppState = 'running' | 'starting' | 'pending' | 'stopped' | 'failed' | 'waiting'
+
+export interface AppView {
+  name: string
+  /** The catalog id of the app, e.g. "hello". */
+  app: string
+  version: string
+  /** Name of the node it runs on, or null. */
+  node: string | null
+  nodeId: string | null
+  /** running: every container runs and answers its healthcheck. */
+  state: AppState
+  stateful: boolean
+  endpoints: string[]
+  revision: number
+}
+
+export interface WhyView {
+  app: string
+  node: string | null
+  /** Every node considered, with why it was not chosen. */
+  rejections: Array<{ node: string, reason: string }>
+  planTerm: number | null
+  planAt: number | null
+  detail: string
+}
 
 export interface ApiErrorBody {
   error: { code: ApiErrorCode, message: string }

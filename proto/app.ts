@@ -18,8 +18,12 @@ export interface AppManifest {
   architectures: string[]
   /** What the app needs on a node, summed over its services. */
   requests: { memoryBytes: number, cpus: number }
-  /** The service and container port of the app's web UI, if any. */
-  web: { service: string, port: number } | null
+  /**
+   * The service and container port of the app's web UI, if any; `path` is
+   * where the UI starts ("/admin") and `scheme` what the port speaks (both
+   * stores mark apps that serve only HTTPS). Absent means "/" and "http".
+   */
+  web: { service: string, port: number, path?: string, scheme?: 'http' | 'https' } | null
   /** Node labels the app requires, e.g. { ssd: 'true' }. */
   constraints: Record<string, string>
   compose: ComposeProject

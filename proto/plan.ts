@@ -20,6 +20,11 @@ export interface SchedNode {
   labels: Record<string, string>
   /** Images present on the node, by reference; used to prefer nodes that need no transfer. */
   images: string[]
+  /**
+   * Why the node takes no new apps right now though it is alive (its Docker
+   * engine does not answer, its last operation failed moments ago), or null.
+   */
+  unavailable?: string | null
 }
 
 export interface DesiredApp {
@@ -88,4 +93,21 @@ export interface Plan {
   rejections: Record<string, Rejection[]>
   /** Apps that fit nowhere. */
   unplaced: string[]
+  /** Apps left as they are on purpose, and why (a stateful app whose node is dead waits for it or a snapshot restore). */
+  waiting: Waiting[]
+  /** Stateful apps found on more than one node: the scheduler stops none of the copies (that could lose data). */
+  conflicts: Conflict[]
+}
+
+export interface Waiting {
+  app: string
+  /** The node the app is on, or was on. */
+  node: string
+  reason: string
+}
+
+export interface Conflict {
+  app: string
+  nodes: string[]
+  reason: string
 }

@@ -16,8 +16,8 @@ import {
 
 export const STATUS_TOPIC = '/dcloud/status/1'
 export const STATUS_VERSION = 1
-/** A status message is a few hundred bytes; anything near this limit is hostile. */
-export const STATUS_MAX_BYTES = 16 * 1024
+/** A status message is a few hundred bytes (a few KiB with many apps and images); anything near this limit is hostile. */
+export const STATUS_MAX_BYTES = 64 * 1024
 
 export interface NodeStatus {
   v: typeof STATUS_VERSION
@@ -32,6 +32,7 @@ export interface NodeStatus {
   intervalMs: number
   /** Present on full reports; receivers keep the last one they got. */
   resources?: NodeResources
+  cluster?: ClusterBeat
 }
 
 export interface NodeResources {
@@ -45,8 +46,33 @@ export interface NodeResources {
   labels: Record<string, string>
   /** Managed apps (label dcloud.app) with at least one running container on this node. */
   apps: string[]
+  /** Every managed app on this node, whatever its state, rebuilt from Docker's labels. */
+  appStates: AppReport[]
   /** Running containers that carry dcloud labels. */
   containers: number
+  /** The address other machines reach this node at (for app endpoints), or null. */
+  address: string | null
+  /** Images present on the node (repo:tag), so the scheduler and peers know who can share one. */
+  images: string[]
+}
+
+export interface AppReport {
+  name: string
+  state: 'running' | 'starting' | 'stopped' | 'failed'
+  revision: number
+  /** Host port of the app's web UI, when it has one and it is published. */
+  webPort: number | null
+}
+
+/**
+ * What the node's agent knows of the cluster's control plane, on every beat:
+ * followers learn the leader and whether their desired state is behind.
+ */
+export interface ClusterBeat {
+  term: number
+  /** The peer id this node follows as leader (itself when it leads), or null. */
+  leader: string | null
+  desiredRevision: number
 }
 
 export type DropReason = 'oversized' | 'malformed' | 'version' | 'forged' | 'unsigned' | 'stale'
@@ -109,6 +135,14 @@ function validateStatusFields (raw: Record<string, unknown>): NodeStatus {
     intervalMs: number(raw.intervalMs, 'status.intervalMs', { min: 100, max: 60_000, integer: true })
   }
   if (raw.resources !== undefined) status.resources = validateResources(record(raw.resources, 'status.resources'))
+  if (raw.cluster !== undefined) {
+    const c = record(raw.cluster, 'status.cluster')
+    status.cluster = {
+      term: number(c.term, 'status.cluster.term', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
+      leader: c.leader === null ? null : string(c.leader, 'status.cluster.leader', { max: 64, pattern: PEER_ID }),
+      desiredRevision: number(c.desiredRevision, 'status.cluster.desiredRevision', { min: 0, max: MAX_BYTES_VALUE, integer: true })
+    }
+  }
   return status
 }
 
@@ -131,7 +165,20 @@ function validateResources (raw: Record<string, unknown>): NodeResources {
     agentVersion: string(raw.agentVersion, `${f}.agentVersion`, { max: 32 }),
     labels: stringMap(raw.labels, `${f}.labels`, { maxEntries: 32, key: LABEL_KEY, maxValue: 128 }),
     apps: array(raw.apps, `${f}.apps`, 256, (v, fi) => string(v, fi, { max: 63, pattern: NAME })),
-    containers: number(raw.containers, `${f}.containers`, { min: 0, max: 100_000, integer: true })
+    appStates: array(raw.appStates, `${f}.appStates`, 256, (v, fi) => {
+      const a = record(v, fi)
+      const state = a.state
+      if (state !== 'running' && state !== 'starting' && state !== 'stopped' && state !== 'failed') throw new ValidationError(`${fi}.state`, 'must be running, starting, stopped or failed')
+      return {
+        name: string(a.name, `${fi}.name`, { max: 63, pattern: NAME }),
+        state,
+        revision: number(a.revision, `${fi}.revision`, { min: 0, max: MAX_BYTES_VALUE, integer: true }),
+        webPort: a.webPort === null ? null : number(a.webPort, `${fi}.webPort`, { min: 1, max: 65_535, integer: true })
+      }
+    }),
+    containers: number(raw.containers, `${f}.containers`, { min: 0, max: 100_000, integer: true }),
+    address: raw.address === null ? null : string(raw.address, `${f}.address`, { max: 64, pattern: /^[0-9a-fA-F.:]+$/ }),
+    images: array(raw.images, `${f}.images`, 512, (v, fi) => string(v, fi, { max: 255 }))
   }
   if (res.mem.free > res.mem.total) throw new ValidationError(`${f}.mem.free`, `is larger than ${f}.mem.total`)
   return res

@@ -36,7 +36,7 @@ async function main (argv: string[]): Promise<number> {
     nodeTarball: values['node-tarball'],
     progress: values.quiet === true ? undefined : (l) => { process.stderr.write(`bundle: ${l}\n`) }
   })
-  process.stdout.write(`${values.out}: ${info.name} ${info.version} for ${info.arch}, Node ${info.node}, ${bytes(await fileSize(values.out))} (${((Date.now() - started) / 1000).toFixed(1)} s)\n`)
+  process.stdout.write(`${values.out}: ${info.name} ${info.version} for ${info.arch} (${info.layout}), Node ${info.node}, ${bytes(await fileSize(values.out))} (${((Date.now() - started) / 1000).toFixed(1)} s)\n`)
   return 0
 }
 

@@ -12,7 +12,29 @@ import { chmod, rm } from 'node:fs/promises'
 import { API_ERRORS, type ApiErrorCode } from '../../proto/api.ts'
 import type { Logger } from '../util/log.ts'
 
-export type Handler = (req: IncomingMessage) => Promise<unknown> | unknown
+export interface Request {
+  req: IncomingMessage
+  /** Path parameters, from `:name` segments of the route. */
+  params: Record<string, string>
+  query: URLSearchParams
+  /** The parsed JSON body (POST, PUT, DELETE), or undefined. */
+  body: unknown
+}
+
+export type Handler = (r: Request) => Promise<unknown> | unknown
+
+/** An error a handler throws to answer with one of the catalogued codes. */
+export class ApiError extends Error {
+  override name = 'ApiError'
+  readonly code: ApiErrorCode
+
+  constructor (code: ApiErrorCode, message?: string) {
+    super(message ?? API_ERRORS[code].message)
+    this.code = code
+  }
+}
+
+const MAX_BODY_BYTES = 4 * 1024 * 1024
 
 export interface ApiServerInit {
   socketPath: string | null
@@ -82,27 +104,71 @@ export class ApiServer {
     try {
       const denied = authorize({ overTcp, remoteAddress: req.socket.remoteAddress, authorization: req.headers.authorization, token: this.token })
       if (denied !== null) { sendError(res, denied); return }
-      const path = new URL(req.url ?? '/', 'http://agent').pathname
-      const handler = this.init.routes[`${req.method ?? 'GET'} ${path}`]
-      if (handler === undefined) {
-        const otherMethod = Object.keys(this.init.routes).some(k => k.endsWith(` ${path}`))
+      const url = new URL(req.url ?? '/', 'http://agent')
+      const method = req.method ?? 'GET'
+      const match = matchRoute(Object.keys(this.init.routes), method, url.pathname)
+      if (match === null) {
+        const otherMethod = ['GET', 'POST', 'PUT', 'DELETE'].some(m => m !== method && matchRoute(Object.keys(this.init.routes), m, url.pathname) !== null)
         sendError(res, otherMethod ? 'method_not_allowed' : 'not_found')
         return
       }
-      const body = await handler(req)
+      const body = method === 'GET' ? undefined : await readJsonBody(req)
+      const handler = this.init.routes[match.route] as Handler
+      const result = await handler({ req, params: match.params, query: url.searchParams, body })
       res.writeHead(200, { 'content-type': 'application/json' })
-      res.end(JSON.stringify(body))
+      res.end(JSON.stringify(result))
     } catch (err) {
+      if (err instanceof ApiError) {
+        sendError(res, err.code, err.message)
+        return
+      }
       this.init.log.error('api handler failed', { url: req.url, error: (err as Error).stack })
       if (!res.headersSent) sendError(res, 'internal')
     }
   }
 }
 
-function sendError (res: ServerResponse, code: ApiErrorCode): void {
-  const { status, message } = API_ERRORS[code]
+function sendError (res: ServerResponse, code: ApiErrorCode, message?: string): void {
+  const { status } = API_ERRORS[code]
   res.writeHead(status, { 'content-type': 'application/json' })
-  res.end(JSON.stringify({ error: { code, message } }))
+  res.end(JSON.stringify({ error: { code, message: message ?? API_ERRORS[code].message } }))
+}
+
+/** Finds the route ("METHOD /path/:param") for a request; exact segments win over parameters by route order. */
+export function matchRoute (routes: string[], method: string, path: string): { route: string, params: Record<string, string> } | null {
+  const segments = path.split('/').filter(s => s !== '')
+  for (const route of routes) {
+    const [m, pattern] = route.split(' ')
+    if (m !== method || pattern === undefined) continue
+    const parts = pattern.split('/').filter(s => s !== '')
+    if (parts.length !== segments.length) continue
+    const params: Record<string, string> = {}
+    let ok = true
+    for (const [i, part] of parts.entries()) {
+      const seg = segments[i] as string
+      if (part.startsWith(':')) {
+        try { params[part.slice(1)] = decodeURIComponent(seg) } catch { ok = false; break }
+      } else if (part !== seg) { ok = false; break }
+    }
+    if (ok) return { route, params }
+  }
+  return null
+}
+
+async function readJsonBody (req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length
+    if (size > MAX_BODY_BYTES) throw new ApiError('bad_request', `the request body is larger than ${MAX_BODY_BYTES} bytes`)
+    chunks.push(chunk as Buffer)
+  }
+  if (size === 0) return undefined
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch {
+    throw new ApiError('bad_request', 'the request body is not valid JSON')
+  }
 }
 
 async function listen (server: Server, opts: { path: string } | { host: string, port: number }): Promise<void> {

@@ -5,6 +5,9 @@
 import { agentCommand, agentHelp } from './commands/agent.ts'
 import { initCommand, initHelp } from './commands/init.ts'
 import { statusCommand, statusHelp } from './commands/status.ts'
+import { appCommand, appHelp } from './commands/app.ts'
+import { flashCommand, flashHelp } from './commands/flash.ts'
+import { installCommand, installHelp } from './commands/install.ts'
 import { labCommand, labHelp } from '../../scripts/lab/cli.ts'
 import { AGENT_VERSION } from '../config.ts'
 import { EXIT, UserError } from '../util/errors.ts'
@@ -19,6 +22,9 @@ const commands: Record<string, Command> = {
   agent: { run: agentCommand, help: agentHelp, summary: 'run this node\'s agent' },
   init: { run: initCommand, help: initHelp, summary: 'create a new cluster key' },
   status: { run: statusCommand, help: statusHelp, summary: 'show the cluster\'s nodes' },
+  app: { run: appCommand, help: appHelp, summary: 'install, list, move and remove apps' },
+  install: { run: installCommand, help: installHelp, summary: 'install this agent as a service on this machine' },
+  flash: { run: flashCommand, help: flashHelp, summary: 'make a Raspberry Pi SD card or image join the cluster at first boot' },
   lab: { run: labCommand, help: labHelp, summary: 'a cluster of namespaced nodes on this machine' },
   version: { run: async () => { process.stdout.write(`dcloud ${AGENT_VERSION}\n`); return 0 }, help: 'dcloud version', summary: 'print the version' }
 }

@@ -9,7 +9,7 @@
  * used as swap, and an `.img.xz` is decompressed to a new `.img` beside it,
  * never over an existing file.
  */
-import { constants, createReadStream, existsSync, readFileSync, readdirSync, realpathSync, statSync } from 'node:fs'
+import { constants, existsSync, readFileSync, readdirSync, realpathSync, statSync } from 'node:fs'
 import { mkdir, open, readFile, readdir, rename, rm, stat, writeFile, copyFile } from 'node:fs/promises'
 import { spawn } from 'node:child_process'
 import { createWriteStream } from 'node:fs'
@@ -260,11 +260,4 @@ function minor (dev: number): number { return Number(BigInt(dev) & 0xffn) | Numb
 /** Whether a path is a directory (for --boot). */
 export async function isDirectory (path: string): Promise<boolean> {
   try { return (await stat(path)).isDirectory() } catch { return false }
-}
-
-/** Reads the first bytes of a file (tests and sanity checks). */
-export async function readHead (path: string, bytes: number): Promise<Buffer> {
-  const chunks: Buffer[] = []
-  for await (const c of createReadStream(path, { start: 0, end: bytes - 1 })) chunks.push(c as Buffer)
-  return Buffer.concat(chunks)
 }

@@ -3,11 +3,17 @@
  * the agent, for one CPU architecture, so that installing on a Pi or a server
  * needs no npm and no network for the agent itself:
  *
- *   dcloud/bin/dcloud, agent/, proto/, scheduler/, apps/, scripts/, docs/, package.json
- *   dcloud/node_modules/…          the production dependencies (pure JavaScript)
- *   dcloud/node_modules/node-linux-ARCH/bin/node   Node 24 for that CPU
- *   dcloud/BUNDLE                  name, version, arch, node version
+ *   dcloud/bin/dcloud, dist/dcloud.mjs   the CLI and agent as one file (scripts/build.sh)
+ *   dcloud/scripts/, docs/, apps/, package.json   the installer, units, first-boot files, catalog
+ *   dcloud/node_modules/node-linux-ARCH/bin/node  Node 24 for that CPU
+ *   dcloud/BUNDLE                  name, version, arch, node version, layout
  *   dcloud/MANIFEST                sha256 of every other file (sha256sum -c format)
+ *
+ * The single file is what bin/dcloud runs anyway (for memory, see
+ * docs/benchmarks.md), and it makes the bundle small and free of native
+ * code. Where esbuild is not installed (a bundle made from an installed
+ * bundle), the layout is "modules" instead: the TypeScript sources and the
+ * production node_modules chosen from package-lock.json (./lockfile.ts).
  *
  * The tarball is reproducible (sorted, fixed times and owners, gzip -n), and
  * the installer compares MANIFESTs to tell whether anything changed, so a
@@ -22,16 +28,17 @@ import { createReadStream, existsSync, readFileSync } from 'node:fs'
 import { chmod, copyFile, mkdir, mkdtemp, readdir, rename, rm, stat, writeFile, lstat } from 'node:fs/promises'
 import { homedir, tmpdir } from 'node:os'
 import { join, relative, resolve, sep } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { manifestText, nodeBinaryVersion, nodePackageFor, productionPackagePaths, skipInPackage, type Lockfile } from './lockfile.ts'
 import { run } from './run.ts'
+import { PROJECT_ROOT } from '../config.ts'
 import { UserError, EXIT } from '../util/errors.ts'
 
-export const PROJECT_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)))
-
-/** Top-level parts of the project the agent runs from (the CLI imports the lab, so scripts/ too). */
-const SOURCE_DIRS = ['bin', 'agent', 'proto', 'scheduler', 'apps', 'scripts', 'web', 'docs']
+/** What every bundle has: the launcher, the installer and units (scripts/), docs, the app catalog. */
+const COMMON_DIRS = ['bin', 'scripts', 'docs', 'apps', 'web']
+/** The "modules" layout adds the sources the launcher falls back to (the CLI imports the lab, in scripts/). */
+const SOURCE_DIRS = ['agent', 'proto', 'scheduler']
 const SOURCE_FILES = ['package.json', 'package-lock.json', 'LICENSE', 'README.md']
+const SINGLE_FILE = join('dist', 'dcloud.mjs')
 const SKIP_IN_SOURCES = new Set(['node_modules', '.git', '.cache', 'dist-test'])
 
 export type BundleArch = 'amd64' | 'arm64'
@@ -48,11 +55,14 @@ export interface BundleOptions {
   progress?: (line: string) => void
 }
 
+export type BundleLayout = 'single-file' | 'modules'
+
 export interface BundleInfo {
   name: string
   version: string
   arch: BundleArch
   node: string
+  layout: BundleLayout
 }
 
 export function debianArch (nodeArch: string = process.arch): BundleArch {
@@ -67,7 +77,7 @@ export function parseBundleInfo (text: string): BundleInfo {
   if (kv.name === undefined || kv.version === undefined || (arch !== 'amd64' && arch !== 'arm64') || kv.node === undefined) {
     throw new UserError('not a dcloud bundle (its BUNDLE file is incomplete)', { exitCode: EXIT.dataError, hint: 'make one with scripts/bundle.sh' })
   }
-  return { name: kv.name, version: kv.version, arch, node: kv.node }
+  return { name: kv.name, version: kv.version, arch, node: kv.node, layout: kv.layout === 'modules' ? 'modules' : 'single-file' }
 }
 
 /** Reads dcloud/BUNDLE out of a bundle without unpacking it. */
@@ -93,21 +103,37 @@ export async function makeBundle (opts: BundleOptions): Promise<BundleInfo> {
   const staging = await mkdtemp(join(tmpdir(), 'dcloud-bundle-'))
   const dest = join(staging, 'dcloud')
   try {
-    progress(`collecting the agent's sources from ${root}`)
     await mkdir(dest)
-    for (const d of SOURCE_DIRS) {
-      if (existsSync(join(root, d))) await copyTree(join(root, d), join(dest, d), (rel, isDir) => SKIP_IN_SOURCES.has(rel.split('/').pop() ?? '') || (!isDir && rel.endsWith('.log')))
+    const skipSources = (rel: string, isDir: boolean): boolean => SKIP_IN_SOURCES.has(rel.split('/').pop() ?? '') || (!isDir && rel.endsWith('.log'))
+    const canBuild = existsSync(join(root, 'node_modules', '.bin', 'esbuild')) && existsSync(join(root, 'scripts', 'build.sh'))
+    // An installed single-file bundle has no sources to go stale: its dist/ is the agent.
+    const installed = !existsSync(join(root, 'agent')) && existsSync(join(root, SINGLE_FILE))
+    const layout: BundleLayout = canBuild || installed ? 'single-file' : 'modules'
+    for (const d of COMMON_DIRS) {
+      if (existsSync(join(root, d))) await copyTree(join(root, d), join(dest, d), skipSources)
     }
     for (const f of SOURCE_FILES) {
       if (existsSync(join(root, f))) await copyFile(join(root, f), join(dest, f))
     }
-
-    const packages = productionPackagePaths(lock)
-    progress(`copying ${packages.length} production packages`)
-    for (const p of packages) {
-      const from = join(root, ...p.split('/'))
-      if (!existsSync(from)) throw new UserError(`${p} is in package-lock.json but not installed`, { exitCode: EXIT.unavailable, hint: `run \`npm ci\` in ${root}` })
-      await copyTree(from, join(dest, ...p.split('/')), skipInPackage)
+    if (layout === 'single-file') {
+      if (canBuild) {
+        progress('building the single-file agent (scripts/build.sh)')
+        await run(join(root, 'scripts', 'build.sh'), [], { timeoutMs: 300_000 })
+      }
+      await mkdir(join(dest, 'dist'))
+      await copyFile(join(root, SINGLE_FILE), join(dest, SINGLE_FILE))
+    } else {
+      progress(`no esbuild in ${root}: bundling the sources and their node_modules`)
+      for (const d of SOURCE_DIRS) {
+        if (existsSync(join(root, d))) await copyTree(join(root, d), join(dest, d), skipSources)
+      }
+      const packages = productionPackagePaths(lock)
+      progress(`copying ${packages.length} production packages`)
+      for (const p of packages) {
+        const from = join(root, ...p.split('/'))
+        if (!existsSync(from)) throw new UserError(`${p} is in package-lock.json but not installed`, { exitCode: EXIT.unavailable, hint: `run \`npm ci\` in ${root}` })
+        await copyTree(from, join(dest, ...p.split('/')), skipInPackage)
+      }
     }
 
     const nodeDir = join(dest, 'node_modules', nodePkg)
@@ -127,8 +153,8 @@ export async function makeBundle (opts: BundleOptions): Promise<BundleInfo> {
       await copyNodePackage(join(unpack, 'package'), nodeDir)
     }
 
-    const info: BundleInfo = { name: pkg.name, version: pkg.version, arch: opts.arch, node: nodeVersion }
-    await writeFile(join(dest, 'BUNDLE'), `name=${info.name}\nversion=${info.version}\narch=${info.arch}\nnode=${info.node}\n`)
+    const info: BundleInfo = { name: pkg.name, version: pkg.version, arch: opts.arch, node: nodeVersion, layout }
+    await writeFile(join(dest, 'BUNDLE'), `name=${info.name}\nversion=${info.version}\narch=${info.arch}\nnode=${info.node}\nlayout=${info.layout}\n`)
     progress('hashing files for the MANIFEST')
     const entries: Array<{ path: string, sha256: string }> = []
     for (const file of await listFiles(dest)) entries.push({ path: file, sha256: await sha256File(join(dest, ...file.split('/'))) })

@@ -12,12 +12,16 @@ import { yamux } from '@libp2p/yamux'
 import { identify } from '@libp2p/identify'
 import { mdns } from '@libp2p/mdns'
 import { preSharedKey } from '@libp2p/pnet'
+import { chunkPnetCipher } from './pnet-guard.ts'
 import { gossipsub, type GossipSub } from '@libp2p/gossipsub'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { PrivateKey, PeerId, PeerInfo } from '@libp2p/interface'
 import type { Logger } from '../util/log.ts'
 import { networkInterfaces, type NetworkInterfaceInfo } from 'node:os'
+
+// Before any connection: large streams must not exhaust pnet's cipher memory (pnet-guard.ts).
+chunkPnetCipher()
 
 /** The service tag of our mDNS announcements: agents of other products on the LAN ignore them. */
 export const MDNS_SERVICE_TAG = '_dcloud-agent._udp.local'
@@ -152,6 +156,15 @@ export class Mesh {
 
   listenAddrs (): string[] {
     return this.host.getMultiaddrs().map(a => a.toString())
+  }
+
+  /** The first announced IPv4 address: where other machines reach this node's published ports. */
+  primaryAddress (): string | null {
+    for (const a of this.host.getMultiaddrs()) {
+      const ip = a.getComponents().find(c => c.name === 'ip4')?.value
+      if (ip !== undefined && !ip.startsWith('127.')) return ip
+    }
+    return null
   }
 
   connectionCount (): number {

@@ -43,6 +43,17 @@ export class DockerRuntime {
     return { version: version.Version, rootDir: info.DockerRootDir }
   }
 
+  /** Docker's event stream, filtered (e.g. { type: ['container', 'image'] }). */
+  async events (filters: Record<string, string[]>, signal?: AbortSignal): Promise<NodeJS.ReadableStream> {
+    return await this.docker.getEvents({ filters, abortSignal: signal } as object) as NodeJS.ReadableStream
+  }
+
+  /** Tags of the images present (bounded: a status report is not an image index). */
+  async imageTags (signal?: AbortSignal, max = 256): Promise<string[]> {
+    const images = await this.docker.listImages({ abortSignal: signal } as object)
+    return images.flatMap(i => i.RepoTags ?? []).filter(t => t !== '<none>:<none>').sort().slice(0, max)
+  }
+
   /** Running containers that carry our app label. */
   async managedContainers (signal?: AbortSignal): Promise<ManagedContainer[]> {
     const list = await this.docker.listContainers({ filters: { label: [APP_LABEL], status: ['running'] }, abortSignal: signal })

@@ -1,14 +1,17 @@
 /**
  * What this node has: CPU, memory, disk where Docker keeps its data, arch,
- * Docker version and the managed apps running here. Sampled on its own
- * schedule; heartbeats send the latest sample, so a slow Docker never delays
- * a heartbeat.
+ * Docker version and the managed apps running here.
+ *
+ * Cheap things are sampled on a timer (`sampleLoad`: CPU, memory, disk);
+ * Docker is asked only when it says something changed (its event stream) and
+ * on a slow safety-net timer. Heartbeats send the latest sample, so a slow
+ * Docker never delays a heartbeat.
  */
-import cpu from 'systeminformation/lib/cpu.js'
 import memory from 'systeminformation/lib/memory.js'
 import { statfs } from 'node:fs/promises'
-import { availableParallelism, arch as nodeArch } from 'node:os'
+import { availableParallelism, arch as nodeArch, cpus } from 'node:os'
 import type { DockerRuntime } from '../runtime/docker.ts'
+import type { AppReport } from '../../proto/status.ts'
 import type { Logger } from '../util/log.ts'
 
 export interface ResourceSample {
@@ -20,13 +23,39 @@ export interface ResourceSample {
   arch: string
   dockerVersion: string | null
   apps: string[]
+  appStates: AppReport[]
   containers: number
+  images: string[]
 }
+
+/** Where the collector learns which apps run here (the app runtime, from Docker's labels). */
+export type AppReporter = (signal?: AbortSignal) => Promise<AppReport[]>
 
 /** Docker's names for CPU architectures, which images and manifests use. */
 export function dockerArch (arch: string = nodeArch()): string {
   const names: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' }
   return names[arch] ?? arch
+}
+
+interface CpuTimes { busy: number, total: number }
+
+/** Total busy and total time of all cores since boot, from the kernel's counters. */
+function cpuTimes (): CpuTimes {
+  let busy = 0
+  let total = 0
+  for (const c of cpus()) {
+    const t = c.times
+    busy += t.user + t.nice + t.sys + t.irq
+    total += t.user + t.nice + t.sys + t.irq + t.idle
+  }
+  return { busy, total }
+}
+
+/** Load in percent between two readings of the counters. */
+export function loadBetween (a: CpuTimes, b: CpuTimes): number {
+  const total = b.total - a.total
+  if (total <= 0) return 0
+  return Math.round(Math.min(100, Math.max(0, (b.busy - a.busy) / total * 100)) * 10) / 10
 }
 
 export class ResourceCollector {
@@ -35,32 +64,95 @@ export class ResourceCollector {
   private dockerWasReachable: boolean | null = null
   private readonly docker: DockerRuntime
   private readonly log: Logger
+  private reportApps: AppReporter | null = null
+  private refreshing: Promise<void> | null = null
+  private lastCpu: CpuTimes = cpuTimes()
+  private events: NodeJS.ReadableStream | null = null
+  private debounce: NodeJS.Timeout | undefined
 
   constructor (docker: DockerRuntime, log: Logger) {
     this.docker = docker
     this.log = log
-    this.sample = { cores: availableParallelism(), load: 0, memTotal: 0, memFree: 0, diskFree: 0, arch: dockerArch(), dockerVersion: null, apps: [], containers: 0 }
+    this.sample = { cores: availableParallelism(), load: 0, memTotal: 0, memFree: 0, diskFree: 0, arch: dockerArch(), dockerVersion: null, apps: [], appStates: [], containers: 0, images: [] }
+  }
+
+  /** Lets the app runtime report apps in detail (state, revision, web port) instead of bare container labels. */
+  useAppReporter (reporter: AppReporter): void {
+    this.reportApps = reporter
   }
 
   latest (): ResourceSample {
     return this.sample
   }
 
-  async refresh (signal?: AbortSignal): Promise<ResourceSample> {
-    const [load, mem] = await Promise.all([cpu.currentLoad(), memory.mem()])
-    const next: ResourceSample = {
+  /**
+   * CPU load, memory and disk: cheap, no process spawned. (systeminformation's
+   * currentLoad runs a shell pipeline synchronously on Linux at every call,
+   * which stalls the event loop; the kernel's counters via os.cpus() do not.)
+   */
+  async sampleLoad (): Promise<void> {
+    const now = cpuTimes()
+    const load = loadBetween(this.lastCpu, now)
+    this.lastCpu = now
+    const mem = await memory.mem()
+    this.sample = {
       ...this.sample,
-      load: Math.round(Math.min(100, Math.max(0, load.currentLoad)) * 10) / 10,
+      load,
       memTotal: mem.total,
-      memFree: Math.min(mem.available, mem.total)
+      memFree: Math.min(mem.available, mem.total),
+      diskFree: await this.freeBytes(this.dockerRoot ?? '/')
     }
+  }
+
+  /** Asks Docker everything again (apps, images, version); concurrent callers share one round. */
+  async refresh (signal?: AbortSignal): Promise<ResourceSample> {
+    this.refreshing ??= this.askDocker(signal).finally(() => { this.refreshing = null })
+    await this.refreshing
+    return this.sample
+  }
+
+  /**
+   * Follows Docker's event stream: a container or image changed, so the apps
+   * and images are read again (debounced) and `onChange` announces them.
+   * Reconnects after the engine restarts.
+   */
+  watchDocker (onChange: () => void, signal: AbortSignal): void {
+    const connect = async (): Promise<void> => {
+      if (signal.aborted) return
+      try {
+        const stream = await this.docker.events({ type: ['container', 'image'] }, signal)
+        this.events = stream
+        stream.on('data', () => {
+          clearTimeout(this.debounce)
+          this.debounce = setTimeout(() => {
+            void this.refresh(AbortSignal.timeout(10_000)).then(onChange, () => {})
+          }, 200)
+        })
+        stream.on('error', () => {})
+        stream.on('end', () => { if (!signal.aborted) setTimeout(() => { void connect() }, 2000) })
+      } catch {
+        if (!signal.aborted) setTimeout(() => { void connect() }, 5000)
+      }
+    }
+    signal.addEventListener('abort', () => {
+      clearTimeout(this.debounce)
+      const s = this.events as (NodeJS.ReadableStream & { destroy?: () => void }) | null
+      s?.destroy?.()
+    }, { once: true })
+    void connect()
+  }
+
+  private async askDocker (signal?: AbortSignal): Promise<void> {
+    const next = { ...this.sample }
     try {
       const facts = await this.docker.facts(signal)
       this.dockerRoot = facts.rootDir
       next.dockerVersion = facts.version
       const containers = await this.docker.managedContainers(signal)
       next.containers = containers.length
-      next.apps = [...new Set(containers.map(c => c.app).filter(a => a !== ''))].sort()
+      next.appStates = this.reportApps !== null ? await this.reportApps(signal) : []
+      next.apps = [...new Set([...containers.map(c => c.app), ...next.appStates.filter(a => a.state === 'running').map(a => a.name)].filter(a => a !== ''))].sort()
+      next.images = await this.docker.imageTags(signal)
       if (this.dockerWasReachable !== true) this.log.info('docker engine reachable', { version: facts.version, root: facts.rootDir })
       this.dockerWasReachable = true
     } catch (err) {
@@ -68,11 +160,12 @@ export class ResourceCollector {
       this.dockerWasReachable = false
       next.dockerVersion = null
       next.apps = []
+      next.appStates = []
       next.containers = 0
     }
     next.diskFree = await this.freeBytes(this.dockerRoot ?? '/')
-    this.sample = next
-    return next
+    // Load and memory may have been sampled meanwhile: keep the newer ones.
+    this.sample = { ...next, load: this.sample.load, memTotal: this.sample.memTotal, memFree: this.sample.memFree }
   }
 
   private async freeBytes (path: string): Promise<number> {

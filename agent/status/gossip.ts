@@ -6,7 +6,7 @@
  */
 import { TopicValidatorResult, type Message } from '@libp2p/gossipsub'
 import type { PeerId } from '@libp2p/interface'
-import { STATUS_TOPIC, STATUS_VERSION, StatusDropError, decodeStatus, encodeStatus, type DropReason, type NodeResources, type NodeStatus } from '../../proto/status.ts'
+import { STATUS_TOPIC, STATUS_VERSION, StatusDropError, decodeStatus, encodeStatus, type ClusterBeat, type DropReason, type NodeResources, type NodeStatus } from '../../proto/status.ts'
 import type { Mesh } from '../mesh/mesh.ts'
 import type { Membership } from './membership.ts'
 import type { ResourceCollector } from './collector.ts'
@@ -25,6 +25,8 @@ export interface StatusGossipInit {
   incarnation: number
   intervalMs: number
   log: Logger
+  /** The control plane's view, sent on every beat. */
+  cluster?: () => ClusterBeat
 }
 
 export class StatusGossip {
@@ -92,8 +94,16 @@ export class StatusGossip {
       agentVersion: this.init.agentVersion,
       labels: this.init.labels,
       apps: s.apps,
-      containers: s.containers
+      appStates: s.appStates,
+      containers: s.containers,
+      address: this.init.mesh.primaryAddress(),
+      images: s.images
     }
+  }
+
+  /** Publishes a full report at once (after an app started or stopped here). */
+  announceChange (): void {
+    this.publishSoon()
   }
 
   private readonly publishSoon = (): void => {
@@ -112,6 +122,8 @@ export class StatusGossip {
     // Resources go out every FULL_EVERY beats, and at once when they changed in
     // a way others act on (apps, labels) or a new peer needs them.
     const full = JSON.stringify({ ...status.resources, cpu: undefined, mem: undefined, diskFree: undefined })
+    const cluster = this.init.cluster?.()
+    if (cluster !== undefined) status.cluster = cluster
     if (this.fullNext || full !== this.lastFull || this.seq % FULL_EVERY === 0) {
       this.fullNext = false
       this.lastFull = full

@@ -6,8 +6,11 @@ import { table } from '../../agent/cli/format.ts'
 import { UsageError } from '../../agent/util/errors.ts'
 
 export const labHelp = `dcloud lab [--lab NAME] COMMAND
-  up --nodes N [-- AGENT_ARGS]   start nodes n1..nN (namespace + dockerd + agent each) sharing one key
-  add [--key-file F]             add the next node, optionally holding another cluster key
+  up --nodes N [--images-on N1,N2|none] [-- AGENT_ARGS]
+                                 start nodes n1..nN (namespace + dockerd + agent each) sharing one key;
+                                 test images go to every node unless --images-on names some
+  add [--key-file F] [--no-images] [-- AGENT_ARGS]
+                                 add the next node, optionally holding another cluster key
   exec NODE -- CMD ...           run CMD inside NODE (docker and dcloud talk to that node)
   kill NODE                      abrupt death: all of NODE's processes die, its link goes down
   start NODE [--agent-only]      bring a killed node back (same data, same id), or restart its agent
@@ -31,13 +34,16 @@ export async function labCommand (argv: string[]): Promise<number> {
     case 'up': {
       const dash = rest.indexOf('--')
       const own = dash === -1 ? rest : rest.slice(0, dash)
-      const { values } = parseArgs({ args: own, strict: true, options: { nodes: { type: 'string', default: '3' } } })
-      await lab.up({ nodes: Number(values.nodes), agentArgs: dash === -1 ? [] : rest.slice(dash + 1), progress })
+      const { values } = parseArgs({ args: own, strict: true, options: { nodes: { type: 'string', default: '3' }, 'images-on': { type: 'string' } } })
+      const imagesOn = values['images-on'] === undefined ? undefined : values['images-on'] === 'none' ? [] : values['images-on'].split(',')
+      await lab.up({ nodes: Number(values.nodes), agentArgs: dash === -1 ? [] : rest.slice(dash + 1), imagesOn, progress })
       return 0
     }
     case 'add': {
-      const { values } = parseArgs({ args: rest, strict: true, options: { 'key-file': { type: 'string' } } })
-      const node = await lab.add({ keyFile: values['key-file'], progress })
+      const dash = rest.indexOf('--')
+      const own = dash === -1 ? rest : rest.slice(0, dash)
+      const { values } = parseArgs({ args: own, strict: true, options: { 'key-file': { type: 'string' }, 'no-images': { type: 'boolean', default: false } } })
+      const node = await lab.add({ keyFile: values['key-file'], images: values['no-images'] !== true, agentArgs: dash === -1 ? [] : rest.slice(dash + 1), progress })
       process.stdout.write(`${node.name}\n`)
       return 0
     }

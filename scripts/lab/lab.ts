@@ -13,7 +13,7 @@
  */
 import { spawn } from 'node:child_process'
 import { existsSync, openSync, closeSync, readFileSync, readdirSync, statSync, readlinkSync } from 'node:fs'
-import { mkdir, readFile, rm, writeFile, copyFile } from 'node:fs/promises'
+import { mkdir, readFile, rm, writeFile, copyFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { run, tryRun } from './sh.ts'
 import { buildBusyboxRootfs, loadImageTar } from './images.ts'
@@ -25,6 +25,8 @@ import { UserError, EXIT } from '../../agent/util/errors.ts'
 const DCLOUD_BIN = join(PROJECT_ROOT, 'bin', 'dcloud')
 
 export const SUBNET_PREFIX = '10.213.0.'
+/** The lab switch's own address: nodes probe it as their gateway would be probed on a LAN. */
+export const WITNESS_IP = '10.213.0.1'
 const STATE_ROOT = '/var/lib/dcloud-lab'
 const RUN_ROOT = '/run/dcloud-lab'
 
@@ -106,7 +108,11 @@ export class Lab {
     }
   }
 
-  async up (opts: { nodes: number, agentArgs?: string[], progress: Progress }): Promise<LabState> {
+  /**
+   * `imagesOn` names the nodes that get the test images (default: all); the
+   * others must get them from a peer, as an offline homelab would.
+   */
+  async up (opts: { nodes: number, agentArgs?: string[], imagesOn?: string[], progress: Progress }): Promise<LabState> {
     checkPrerequisites()
     if (this.exists()) throw new UserError(`lab '${this.name}' is already up`, { exitCode: EXIT.tempFail, hint: '`dcloud lab down` first, or use another --lab name' })
     if (!(opts.nodes >= 1 && opts.nodes <= 64)) throw new UserError('--nodes must be between 1 and 64', { exitCode: EXIT.usage })
@@ -123,6 +129,8 @@ export class Lab {
     await run('ip', ['-n', this.hubNs, 'link', 'set', 'lo', 'up'])
     await run('ip', ['-n', this.hubNs, 'link', 'add', 'br0', 'type', 'bridge', 'mcast_snooping', '0'])
     await run('ip', ['-n', this.hubNs, 'link', 'set', 'br0', 'up'])
+    // The switch answers on the lab's "gateway" address: the agents' witness for the two-node rule.
+    await run('ip', ['-n', this.hubNs, 'addr', 'add', `${WITNESS_IP}/24`, 'dev', 'br0'])
     // Partitions are rules in this table; it starts empty.
     await run('nsenter', [`--net=/run/netns/${this.hubNs}`, 'nft', 'add table bridge dcloud_lab; add chain bridge dcloud_lab forward { type filter hook forward priority 0; policy accept; }'])
 
@@ -135,9 +143,10 @@ export class Lab {
     await Promise.all(state.nodes.map(async n => { await this.createNodeNetwork(n); n.dockerdPid = await this.startDockerd(n) }))
     await this.save(state)
     await Promise.all(state.nodes.map(async n => { await this.waitForDocker(n) }))
-    opts.progress('loading test images into every node')
+    const withImages = state.nodes.filter(n => opts.imagesOn === undefined || opts.imagesOn.includes(n.name))
+    opts.progress(`loading test images into ${withImages.length === state.nodes.length ? 'every node' : withImages.map(n => n.name).join(', ') || 'no node'}`)
     const rootfs = await buildBusyboxRootfs(join(STATE_ROOT, 'images'))
-    await Promise.all(state.nodes.map(async n => { await loadImageTar(this.dockerSocket(n.name), rootfs) }))
+    await Promise.all(withImages.map(async n => { await loadImageTar(this.dockerSocket(n.name), rootfs) }))
     opts.progress('starting agents')
     for (const n of state.nodes) n.agentPid = await this.startAgent(n)
     await this.save(state)
@@ -147,7 +156,7 @@ export class Lab {
   }
 
   /** Adds the next node; with `keyFile`, the node holds that key instead of the lab's. */
-  async add (opts: { keyFile?: string, agentArgs?: string[], progress: Progress }): Promise<LabNode> {
+  async add (opts: { keyFile?: string, agentArgs?: string[], images?: boolean, progress: Progress }): Promise<LabNode> {
     const state = await this.state()
     const index = Math.max(0, ...state.nodes.map(n => n.index)) + 1
     const name = `n${index}`
@@ -165,7 +174,7 @@ export class Lab {
     node.dockerdPid = await this.startDockerd(node)
     await this.save(state)
     await this.waitForDocker(node)
-    await loadImageTar(this.dockerSocket(name), await buildBusyboxRootfs(join(STATE_ROOT, 'images')))
+    if (opts.images !== false) await loadImageTar(this.dockerSocket(name), await buildBusyboxRootfs(join(STATE_ROOT, 'images')))
     node.agentPid = await this.startAgent(node)
     await this.save(state)
     await this.waitForAgent(node)
@@ -204,7 +213,15 @@ export class Lab {
       await tryRun('ip', ['-n', this.nodeNs(name), 'route', 'replace', '224.0.0.0/4', 'dev', 'eth0'])
       node.dockerdPid = await this.startDockerd(node)
       await this.save(state)
-      await this.waitForDocker(node)
+      try {
+        await this.waitForDocker(node)
+      } catch (err) {
+        if (!await this.repairNetworkStore(node)) throw err
+        opts.progress(`${name}: dockerd 20.10 could not read its network store after the crash; kept it aside and started afresh`)
+        node.dockerdPid = await this.startDockerd(node)
+        await this.save(state)
+        await this.waitForDocker(node)
+      }
     }
     node.agentPid = await this.startAgent(node)
     node.state = 'running'
@@ -317,8 +334,27 @@ export class Lab {
       '--key-file', n.keyFile,
       '--listen', `/ip4/${n.ip}/tcp/${P2P_PORT}`,
       '--api', `127.0.0.1:${API_PORT}`,
+      '--witness', `${WITNESS_IP}:53`,
       ...n.agentArgs
     ], join(this.nodeDir(n.name), 'agent.log'), this.nodeEnv(n.name))
+  }
+
+  /**
+   * dockerd 20.10 (Debian 12's) panics at start ("index out of range" in
+   * libnetwork's reservePools) when it was killed while creating a network: its
+   * network store holds a half-made network. A crashed machine meets the same;
+   * the lab, which crashes machines on purpose, keeps the store aside (never
+   * deleted) and lets dockerd make a new one. Returns whether it did.
+   */
+  private async repairNetworkStore (n: LabNode): Promise<boolean> {
+    let log = ''
+    try { log = await readFile(join(this.nodeDir(n.name), 'dockerd.log'), 'utf8') } catch {}
+    if (!/panic: runtime error[\s\S]*reservePools/.test(log.slice(-20_000))) return false
+    const store = join(this.nodeDir(n.name), 'docker', 'network', 'files', 'local-kv.db')
+    if (!existsSync(store)) return false
+    await rename(store, `${store}.crashed-${Date.now()}`)
+    await this.unmountNode(n.name)
+    return true
   }
 
   private async waitForDocker (n: LabNode): Promise<void> {

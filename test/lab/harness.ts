@@ -5,6 +5,7 @@
  */
 import { execFile } from 'node:child_process'
 import { join } from 'node:path'
+import { cp, mkdir, rm } from 'node:fs/promises'
 import { Lab } from '../../scripts/lab/lab.ts'
 import { apiGet } from '../../agent/cli/client.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
@@ -43,7 +44,16 @@ export class LabHandle {
     await dcloudOk(['lab', '--lab', this.name, 'up', '--nodes', String(nodes), ...(agentArgs.length > 0 ? ['--', ...agentArgs] : [])])
   }
 
+  /** Takes the lab down, keeping its agents' and dockerds' logs in /tmp/dcloud-lab-logs/LAB/ for whoever reads a failure. */
   async down (): Promise<void> {
+    if (this.lab.exists()) {
+      const keep = join('/tmp/dcloud-lab-logs', this.name)
+      await rm(keep, { recursive: true, force: true })
+      for (const n of (await this.lab.state()).nodes) {
+        await mkdir(join(keep, n.name), { recursive: true })
+        for (const f of ['agent.log', 'dockerd.log']) await cp(join(this.lab.nodeDir(n.name), f), join(keep, n.name, f)).catch(() => {})
+      }
+    }
     await dcloudOk(['lab', '--lab', this.name, 'down'])
   }
 

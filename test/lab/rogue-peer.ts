@@ -45,13 +45,14 @@ const good: NodeStatus = {
   v: 1, peerId: self, name: 'rogue', incarnation: Date.now(), seq: 1, intervalMs: 1000,
   resources: {
     cpu: { cores: 1, load: 0 }, mem: { total: 1, free: 1 }, diskFree: 0, arch: 'amd64',
-    dockerVersion: null, agentVersion: '0', labels: {}, apps: [], containers: 0
+    dockerVersion: null, agentVersion: '0', labels: {}, apps: [], appStates: [], containers: 0, address: null, images: []
   }
 }
 const te = new TextEncoder()
 const messages: Array<[string, Uint8Array]> = [
   ['garbage', new Uint8Array([0xde, 0xad, 0xbe, 0xef, 0x00, 0xff])],
-  ['oversized', te.encode(JSON.stringify({ ...good, resources: { ...good.resources, apps: Array.from({ length: 2000 }, (_, i) => `app${i}`) } }))],
+  // Past our 64 KiB status limit, below gossipsub's own 1 MiB: our validator must catch it.
+  ['oversized', te.encode(JSON.stringify({ ...good, resources: { ...good.resources, images: Array.from({ length: 8000 }, (_, i) => `some/image-${i}:latest`) } }))],
   ['version', te.encode(JSON.stringify({ ...good, v: 99 }))],
   ['forged', encodeStatus({ ...good, peerId: victimId, name: 'impostor' })],
   ['malformed', te.encode(JSON.stringify({ ...good, resources: { ...good.resources, mem: { total: 'lots' } } }))],

@@ -29,7 +29,7 @@ describe('membership', () => {
 
   it('keeps the last resources across plain beats', () => {
     const { m } = fixture()
-    const resources = { cpu: { cores: 2, load: 5 }, mem: { total: 2, free: 1 }, diskFree: 9, arch: 'arm64', dockerVersion: null, agentVersion: '1', labels: {}, apps: ['x'], containers: 1 }
+    const resources = { cpu: { cores: 2, load: 5 }, mem: { total: 2, free: 1 }, diskFree: 9, arch: 'arm64', dockerVersion: null, agentVersion: '1', labels: {}, apps: ['x'], appStates: [], containers: 1, address: null, images: [] }
     m.observe(mockStatus('a', { seq: 1, resources }))
     m.observe(mockStatus('a', { seq: 2 }))
     expect(m.get('a')?.resources).toEqual(resources)

@@ -14,7 +14,9 @@ export const agentHelp = `dcloud agent [options]
   --peer MULTIADDR      a peer to dial where multicast does not reach (repeatable)
   --api HOST:PORT       local HTTP API (default 127.0.0.1:${API_PORT}); "off" to serve only the Unix socket
   --no-mdns             do not discover peers by mDNS (also DCLOUD_MDNS=off)
-  --heartbeat-ms N      status interval (default 1000)`
+  --heartbeat-ms N      status interval (default 1000)
+  --witness HOST[:PORT] what a two-node cluster probes to let its lower-id node lead alone
+                        (default: the default gateway, port 53; any TCP answer counts)`
 
 export async function agentCommand (argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -29,7 +31,8 @@ export async function agentCommand (argv: string[]): Promise<number> {
       peer: { type: 'string', multiple: true, default: [] },
       api: { type: 'string' },
       'no-mdns': { type: 'boolean', default: false },
-      'heartbeat-ms': { type: 'string' }
+      'heartbeat-ms': { type: 'string' },
+      witness: { type: 'string' }
     }
   })
   const dataDir = values['data-dir'] ?? defaultDataDir()
@@ -54,7 +57,8 @@ export async function agentCommand (argv: string[]): Promise<number> {
     apiTcp: api === 'off' ? null : api,
     mdns: !mdnsOff,
     peers: values.peer ?? [],
-    heartbeatMs
+    heartbeatMs,
+    witness: values.witness ?? null
   }, log)
 
   // The agent keeps running whatever a peer sends; a bug that escapes a handler is logged, not fatal.

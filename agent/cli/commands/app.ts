@@ -1,0 +1,154 @@
+/** `dcloud app ...`: install, list, move, remove apps, and ask why one is where it is. */
+import { parseArgs } from 'node:util'
+import { apiGet, apiRequest, ApiCallError } from '../client.ts'
+import { table } from '../format.ts'
+import { loadApp } from '../../../apps/catalog.ts'
+import { UsageError, UserError, EXIT } from '../../util/errors.ts'
+import { ValidationError } from '../../../proto/validate.ts'
+import type { AppView, StatusResponse, WhyView } from '../../../proto/api.ts'
+
+export const appHelp = `dcloud app COMMAND
+  install PATH|ID [--name N] [--node NODE] [--set K=V]... [--no-wait]
+                                                         install an app (a compose file, its folder, or a catalog id);
+                                                         --node pins it to that node; --set fills the app's variables
+  ls [--json]                                            every app: node, state, endpoints
+  rm NAME                                                remove an app (its volumes are kept)
+  move NAME NODE                                         move an app to another node
+  logs NAME [--tail N]                                   the app's container logs
+  why NAME [--json]                                      why the app runs where it does, or nowhere`
+
+const WAIT_MS = 180_000
+
+export async function appCommand (argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv
+  switch (sub) {
+    case 'install': return await install(rest)
+    case 'ls': case 'list': return await list(rest)
+    case 'rm': case 'remove': return await remove(rest)
+    case 'move': return await move(rest)
+    case 'logs': return await logs(rest)
+    case 'why': return await why(rest)
+    default: throw new UsageError(sub === undefined ? 'missing app command' : `unknown app command '${sub}'`, appHelp)
+  }
+}
+
+async function nodeIdByName (name: string): Promise<string> {
+  const status = await apiGet<StatusResponse>('/v1/status')
+  const node = status.nodes.find(n => n.name === name || n.id === name)
+  if (node === undefined) throw new UserError(`no node named ${name} in the cluster`, { exitCode: EXIT.noInput, hint: `nodes: ${status.nodes.map(n => n.name).join(', ')}` })
+  return node.id
+}
+
+async function install (argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { name: { type: 'string' }, node: { type: 'string' }, set: { type: 'string', multiple: true, default: [] }, 'no-wait': { type: 'boolean', default: false } } })
+  const ref = positionals[0]
+  if (ref === undefined) throw new UsageError('usage: dcloud app install PATH|ID [--name N] [--node NODE] [--set K=V]')
+  const variables: Record<string, string> = {}
+  for (const kv of values.set ?? []) {
+    const eq = kv.indexOf('=')
+    if (eq <= 0) throw new UsageError(`--set ${kv}: expected KEY=VALUE`)
+    variables[kv.slice(0, eq)] = kv.slice(eq + 1)
+  }
+  let loaded
+  try {
+    loaded = await loadApp(ref, { values: variables })
+  } catch (err) {
+    // A manifest the validator refuses is the user's to fix: say what, not how we crashed.
+    if (err instanceof ValidationError) throw new UserError(err.message, { exitCode: EXIT.dataError, hint: 'see docs/apps.md for the manifest format and what the importers accept' })
+    throw err
+  }
+  const { manifest, warnings } = loaded
+  for (const w of warnings) process.stderr.write(`warning: ${w}\n`)
+  const name = values.name ?? manifest.id
+  const pinnedNode = values.node !== undefined ? await nodeIdByName(values.node) : null
+  const started = Date.now()
+  const res = await apiRequest<{ revision: number, replicatedTo: number }>('POST', '/v1/apps', { name, manifest, pinnedNode }, undefined, 30_000)
+  process.stderr.write(`${name}: accepted (desired state revision ${res.revision}, on ${res.replicatedTo} node(s))\n`)
+  if (values['no-wait'] === true) return 0
+  const app = await waitForApp(name, (a) => a.state === 'running', started)
+  process.stdout.write(`${app.name} is running on ${app.node ?? '?'}${app.endpoints.length > 0 ? ` at ${app.endpoints.join(' ')}` : ''}\n`)
+  return 0
+}
+
+/** Polls the app until `done`, printing each change of node or state: the install's progress. */
+async function waitForApp (name: string, done: (a: AppView) => boolean, started: number): Promise<AppView> {
+  let last = ''
+  while (Date.now() - started < WAIT_MS) {
+    const apps = await apiGet<AppView[]>('/v1/apps')
+    const app = apps.find(a => a.name === name)
+    if (app !== undefined) {
+      const line = `${app.state}${app.node !== null ? ` on ${app.node}` : ''}`
+      if (line !== last) {
+        process.stderr.write(`${name}: ${line} (${((Date.now() - started) / 1000).toFixed(1)} s)\n`)
+        last = line
+      }
+      if (done(app)) return app
+      if (app.state === 'failed' || app.state === 'waiting') {
+        const w = await apiGet<WhyView>(`/v1/apps/${encodeURIComponent(name)}/why`).catch(() => null)
+        if (w !== null && w.detail !== '') process.stderr.write(`${name}: ${w.detail}\n`)
+      }
+    }
+    await new Promise(resolve => setTimeout(resolve, 300))
+  }
+  throw new UserError(`${name} did not reach the expected state within ${WAIT_MS / 1000} s`, { exitCode: EXIT.tempFail, hint: `see \`dcloud app why ${name}\` and \`dcloud app logs ${name}\`` })
+}
+
+async function list (argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, strict: true, options: { json: { type: 'boolean', default: false } } })
+  const apps = await apiGet<AppView[]>('/v1/apps')
+  if (values.json === true) {
+    process.stdout.write(JSON.stringify(apps, null, 2) + '\n')
+    return 0
+  }
+  process.stdout.write(table(['NAME', 'APP', 'NODE', 'STATE', 'STATEFUL', 'ENDPOINTS'], apps.map(a => [a.name, `${a.app} ${a.version}`, a.node ?? '-', a.state, a.stateful ? 'yes' : 'no', a.endpoints.join(' ') || '-'])))
+  return 0
+}
+
+async function remove (argv: string[]): Promise<number> {
+  const name = argv[0]
+  if (name === undefined) throw new UsageError('usage: dcloud app rm NAME')
+  const res = await apiRequest<{ revision: number, kept: string[] }>('DELETE', `/v1/apps/${encodeURIComponent(name)}`, {}, undefined, 30_000)
+  process.stdout.write(`${name} removed (revision ${res.revision})\n`)
+  return 0
+}
+
+async function move (argv: string[]): Promise<number> {
+  const [name, node] = argv
+  if (name === undefined || node === undefined) throw new UsageError('usage: dcloud app move NAME NODE')
+  const nodeId = await nodeIdByName(node)
+  const started = Date.now()
+  await apiRequest('POST', `/v1/apps/${encodeURIComponent(name)}/move`, { node: nodeId }, undefined, 30_000)
+  const app = await waitForApp(name, (a) => a.nodeId === nodeId && a.state === 'running', started)
+  process.stdout.write(`${name} moved to ${app.node ?? node} in ${((Date.now() - started) / 1000).toFixed(1)} s${app.endpoints.length > 0 ? `; now at ${app.endpoints.join(' ')}` : ''}\n`)
+  return 0
+}
+
+async function logs (argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { tail: { type: 'string', default: '200' } } })
+  const name = positionals[0]
+  if (name === undefined) throw new UsageError('usage: dcloud app logs NAME [--tail N]')
+  const res = await apiGet<{ node: string, text: string }>(`/v1/apps/${encodeURIComponent(name)}/logs?tail=${encodeURIComponent(values.tail ?? '200')}`, undefined, 30_000)
+  process.stdout.write(res.text.endsWith('\n') || res.text === '' ? res.text : res.text + '\n')
+  return 0
+}
+
+async function why (argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { json: { type: 'boolean', default: false } } })
+  const name = positionals[0]
+  if (name === undefined) throw new UsageError('usage: dcloud app why NAME')
+  let w: WhyView
+  try {
+    w = await apiGet<WhyView>(`/v1/apps/${encodeURIComponent(name)}/why`, undefined, 15_000)
+  } catch (err) {
+    if (err instanceof ApiCallError && err.code === 'not_found') throw new UserError(`no app named ${name}`, { exitCode: EXIT.noInput })
+    throw err
+  }
+  if (values.json === true) {
+    process.stdout.write(JSON.stringify(w, null, 2) + '\n')
+    return 0
+  }
+  process.stdout.write(`${w.app}: ${w.node !== null ? `runs on ${w.node}` : 'not placed'}${w.planTerm !== null ? ` (plan of term ${w.planTerm})` : ''}\n`)
+  if (w.detail !== '') process.stdout.write(`${w.detail}\n`)
+  for (const r of w.rejections) process.stdout.write(`  ${r.node}: ${r.reason}\n`)
+  return 0
+}

@@ -1,0 +1,421 @@
+/**
+ * The control plane on one node: replicates the desired state, answers the
+ * cluster's RPCs, executes operations the leader sends (refusing those of an
+ * older term), and, on the elected leader, keeps actual state converging on
+ * desired state with the pure scheduler.
+ */
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { PeerId } from '@libp2p/interface'
+import {
+  APP_QUERY_PROTOCOL, CHANGE_PROTOCOL, DESIRED_PROTOCOL, OP_PROTOCOL,
+  decodeAppQuery, decodeChange, decodeChangeResponse, decodeDesiredState, decodeOpRequest, decodeOpResponse, newerDesired,
+  type ChangeResponse, type DesiredChange, type DesiredState, type Op, type OpRequest, type OpResponse
+} from '../../proto/cluster.ts'
+import { isStateful } from '../../proto/app.ts'
+import type { AppView, WhyView } from '../../proto/api.ts'
+import type { ClusterBeat, AppReport, NodeResources } from '../../proto/status.ts'
+import type { ClusterSnapshot, DesiredApp, Operation, Placement, Plan, SchedNode, SchedulerPolicy } from '../../proto/plan.ts'
+import { DEFAULT_POLICY, plan as makePlan } from '../../scheduler/plan.ts'
+import { RpcError, rpcCall, type RpcServer } from '../mesh/rpc.ts'
+import type { Mesh } from '../mesh/mesh.ts'
+import type { Membership } from '../status/membership.ts'
+import type { StatusGossip } from '../status/gossip.ts'
+import type { ResourceCollector } from '../status/collector.ts'
+import { applyChange, type DesiredStore } from './desired-store.ts'
+import type { ElectionDriver } from './election-driver.ts'
+import type { AppRuntime } from '../runtime/apps.ts'
+import { fetchImageFromPeers } from '../runtime/image-transfer.ts'
+import type Docker from 'dockerode'
+import type { Logger } from '../util/log.ts'
+
+const RECONCILE_MS = 1000
+/** How long the leader waits for a majority to hold a change before answering anyway. */
+const REPLICATION_WAIT_MS = 5000
+/** An operation sent but not yet visible in the target's reports counts as placed this long. */
+const INFLIGHT_GRACE_MS = 15_000
+const OP_TIMEOUT_MS = 10 * 60_000
+
+export interface CoordinatorInit {
+  mesh: Mesh
+  rpc: RpcServer
+  membership: Membership
+  gossip: StatusGossip
+  collector: ResourceCollector
+  store: DesiredStore
+  election: ElectionDriver
+  runtime: AppRuntime
+  docker: Docker
+  policy?: SchedulerPolicy
+  log: Logger
+}
+
+interface Inflight { op: Operation, startedAt: number, done: boolean, error: string | null }
+
+/** After an operation failed on a node, that node gets no new app for this long: no retry storm. */
+const FAILED_NODE_COOLDOWN_MS = 10_000
+
+export interface CoordinatorCounters { opsExecuted: number, opsRefused: number, opsFailed: number, plans: number }
+
+export class Coordinator {
+  readonly counters: CoordinatorCounters = { opsExecuted: 0, opsRefused: 0, opsFailed: 0, plans: 0 }
+  private readonly init: CoordinatorInit
+  private readonly inflight = new Map<string, Inflight>()
+  private lastPlan: Plan | null = null
+  /** Nodes whose last operation failed, and until when they get no new apps. */
+  private readonly cooling = new Map<string, { until: number, reason: string }>()
+  private timers: NodeJS.Timeout[] = []
+  private pulling = false
+  private reconciling = false
+  private started = false
+  private readonly controller = new AbortController()
+
+  constructor (init: CoordinatorInit) {
+    this.init = init
+  }
+
+  private get selfId (): string {
+    return this.init.mesh.peerId.toString()
+  }
+
+  /** What every status beat says of the control plane. */
+  beat (): ClusterBeat {
+    const d = this.init.store.current()
+    return { term: this.init.election.term, leader: this.init.election.leader, desiredRevision: d.revision }
+  }
+
+  async start (): Promise<void> {
+    if (this.started) return
+    this.started = true
+    const { rpc } = this.init
+    await rpc.register({ protocol: DESIRED_PROTOCOL, decode: () => ({}), handle: async () => this.init.store.current(), maxRequestBytes: 1024 })
+    await rpc.register({ protocol: CHANGE_PROTOCOL, decode: decodeChange, handle: async (change, _from, signal) => await this.change(change, signal) })
+    await rpc.register({ protocol: OP_PROTOCOL, decode: decodeOpRequest, handle: async (req, from, signal) => await this.execute(req, from.toString(), signal), timeoutMs: OP_TIMEOUT_MS, maxRequestBytes: 1024 * 1024 })
+    await rpc.register({
+      protocol: APP_QUERY_PROTOCOL,
+      decode: decodeAppQuery,
+      handle: async (q, _from, signal) => q.kind === 'logs' ? { node: this.selfId, text: await this.init.runtime.logs(q.name, { tail: q.tail, signal }) } : this.localWhy(q.name)
+    })
+    this.timers.push(setInterval(() => { void this.pullDesired() }, 250))
+    this.timers.push(setInterval(() => { void this.reconcile() }, RECONCILE_MS))
+  }
+
+  async stop (): Promise<void> {
+    if (!this.started) return
+    this.started = false
+    this.controller.abort()
+    for (const t of this.timers) clearInterval(t)
+    this.timers = []
+  }
+
+  // ---- desired state ---------------------------------------------------
+
+  /** Applies a user's change on the leader, or forwards it there. */
+  async change (change: DesiredChange, signal?: AbortSignal): Promise<ChangeResponse> {
+    const { election, store, mesh } = this.init
+    if (!election.isLeader) {
+      const leader = election.leader
+      if (leader === null || leader === this.selfId) throw new RpcError('no_leader', 'no scheduler is elected right now; try again in a few seconds')
+      return await rpcCall(mesh, peerIdFromString(leader), CHANGE_PROTOCOL, change, { decode: decodeChangeResponse, signal, timeoutMs: REPLICATION_WAIT_MS + 5000 })
+    }
+    if (change.kind === 'move' && !this.isKnownNode(change.node)) throw new RpcError('not_found', `no node ${change.node} in the cluster`)
+    const next = applyChange(store.current(), change, election.term)
+    await store.replace(next)
+    this.init.gossip.announceChange()
+    this.init.log.info('desired state changed', { revision: next.revision, change: change.kind, app: change.kind === 'install' ? change.app.name : change.name })
+    const replicatedTo = await this.waitForReplication(next, signal)
+    void this.reconcile()
+    return { revision: next.revision, replicatedTo }
+  }
+
+  private async waitForReplication (state: DesiredState, signal?: AbortSignal): Promise<number> {
+    const deadline = Date.now() + REPLICATION_WAIT_MS
+    for (;;) {
+      const holders = 1 + this.init.membership.list().filter(m => m.state !== 'dead' && m.status.cluster !== undefined && m.status.cluster.desiredRevision >= state.revision).length
+      const voters = 1 + this.init.membership.list().length
+      if (holders >= Math.floor(voters / 2) + 1 || Date.now() > deadline || signal?.aborted === true) return holders
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+  }
+
+  /** Followers take a newer desired state from whoever announces one. */
+  private async pullDesired (): Promise<void> {
+    if (this.pulling) return
+    const mine = this.init.store.current()
+    const source = this.init.membership.list()
+      .filter(m => m.state === 'alive' && m.status.cluster !== undefined && m.status.cluster.desiredRevision > mine.revision)
+      .sort((a, b) => (b.status.cluster?.desiredRevision ?? 0) - (a.status.cluster?.desiredRevision ?? 0))[0]
+    if (source === undefined) return
+    this.pulling = true
+    try {
+      const state = await rpcCall(this.init.mesh, peerIdFromString(source.status.peerId), DESIRED_PROTOCOL, {}, { decode: decodeDesiredState, timeoutMs: 10_000, maxResponseBytes: 16 * 1024 * 1024, signal: this.controller.signal })
+      if (newerDesired(state, mine) && await this.init.store.replace(state)) {
+        this.init.log.info('took a newer desired state', { revision: state.revision, from: source.status.name })
+        this.init.gossip.announceChange()
+      }
+    } catch (err) {
+      this.init.log.debug('desired state pull failed', { from: source.status.name, error: (err as Error).message })
+    } finally {
+      this.pulling = false
+    }
+  }
+
+  // ---- operations on this node -----------------------------------------
+
+  /** Runs an operation the leader sent, unless it comes from an older term (fencing). */
+  async execute (req: OpRequest, from: string, signal: AbortSignal): Promise<OpResponse> {
+    const { election, log } = this.init
+    if (req.term < election.term) {
+      this.counters.opsRefused++
+      log.warn('refused an operation from an older term', { term: req.term, current: election.term, from, op: req.op.kind })
+      throw new RpcError('stale_term', `operation of term ${req.term} refused: this node is in term ${election.term}`)
+    }
+    await election.observeTerm(req.term, req.leader)
+    try {
+      const detail = await this.runOp(req.op, req.term, signal)
+      this.counters.opsExecuted++
+      return { done: true, detail }
+    } catch (err) {
+      this.counters.opsFailed++
+      throw err
+    } finally {
+      await this.init.collector.refresh().catch(() => {})
+      this.init.gossip.announceChange()
+    }
+  }
+
+  private async runOp (op: Op, term: number, signal: AbortSignal): Promise<string> {
+    const { runtime, log } = this.init
+    if (op.kind === 'remove') {
+      const kept = await runtime.remove(op.name, signal)
+      log.info('app removed', { app: op.name, volumesKept: kept })
+      return kept.length > 0 ? `removed; volumes kept: ${kept.join(', ')}` : 'removed'
+    }
+    log.info('deploying app', { app: op.app.name, revision: op.app.revision, term })
+    await runtime.deploy(op.app, {
+      term,
+      signal,
+      fetchImage: async (ref, sig) => { await this.fetchImage(ref, sig) },
+      progress: (line) => { log.info(line, { app: op.app.name }) }
+    })
+    return 'deployed'
+  }
+
+  private async fetchImage (ref: string, signal: AbortSignal): Promise<void> {
+    const holders = this.init.membership.list()
+      .filter(m => m.state === 'alive' && m.resources?.images.includes(ref) === true)
+      .map(m => peerIdFromString(m.status.peerId))
+    if (holders.length === 0) throw new Error(`no node of the cluster reports image ${ref}`)
+    const r = await fetchImageFromPeers(this.init.mesh, this.init.docker, ref, holders, {
+      signal,
+      progress: (p) => { this.init.log.debug('image transfer', { ref, ...p }) }
+    })
+    this.init.log.info('image fetched from a peer', { ref, from: r.from, bytes: r.bytes, ms: Math.round(r.ms) })
+  }
+
+  // ---- the leader's loop -----------------------------------------------
+
+  private snapshot (): ClusterSnapshot {
+    const now = Date.now()
+    const self = this.init.gossip.current()
+    const nodes: SchedNode[] = [this.schedNode(self.peerId, self.name, 'alive', self.resources, now)]
+    const actual: Placement[] = placementsOf(self.peerId, self.resources.appStates)
+    for (const m of this.init.membership.list()) {
+      if (m.resources === null) continue
+      nodes.push(this.schedNode(m.status.peerId, m.status.name, m.state, m.resources, now))
+      // A dead node's apps are gone as far as placing goes; its reports are stale.
+      if (m.state !== 'dead') actual.push(...placementsOf(m.status.peerId, m.resources.appStates))
+    }
+    const alive = new Set(nodes.filter(n => n.state === 'alive').map(n => n.id))
+    for (const [app, f] of this.inflight) {
+      const target = f.op.op === 'move' ? f.op.to : f.op.op === 'place' ? f.op.node : null
+      const seen = target !== null && actual.some(p => p.app === app && p.node === target && p.state === 'running')
+      // An operation toward a node that is no longer alive will not complete: plan again at once.
+      const lost = target !== null && !alive.has(target)
+      // A finished stop needs no grace: planning it again would only repeat a harmless removal,
+      // while holding it would keep the app from being placed (as when its other copy's node died).
+      const settled = f.done && (f.op.op === 'stop' || now - f.startedAt > INFLIGHT_GRACE_MS)
+      if (seen || lost || settled) { this.inflight.delete(app); continue }
+      if (target !== null && !actual.some(p => p.app === app && p.node === target)) actual.push({ app, node: target, state: 'starting', revision: 0 })
+    }
+    return { nodes, desired: this.init.store.current().apps, actual }
+  }
+
+  private schedNode (id: string, name: string, state: SchedNode['state'], r: NodeResources, now: number): SchedNode {
+    const cool = this.cooling.get(id)
+    let unavailable: string | null = null
+    if (r.dockerVersion === null) unavailable = 'its Docker engine does not answer'
+    else if (cool !== undefined && cool.until > now) unavailable = `its last operation failed ${Math.round((now - cool.until + FAILED_NODE_COOLDOWN_MS) / 1000)} s ago: ${cool.reason}`
+    return { id, name, state, arch: r.arch, cores: r.cpu.cores, load: r.cpu.load, memTotal: r.mem.total, memFree: r.mem.free, labels: r.labels, images: r.images, unavailable }
+  }
+
+  /**
+   * Whether the leader knows enough to plan: every live member has reported
+   * what runs on it. Planning earlier (just after an election, or after agents
+   * restarted) would take apps whose report has not arrived for missing and
+   * start second copies.
+   */
+  private readyToPlan (): boolean {
+    const mine = this.init.store.current()
+    return this.init.election.votersCurrent() &&
+      this.init.membership.list().every(m => m.state === 'dead' || m.resources !== null) &&
+      // A leader that knows less than a member must first take the member's desired state.
+      !this.init.membership.list().some(m => m.state !== 'dead' && m.status.cluster !== undefined && m.status.cluster.desiredRevision > mine.revision)
+  }
+
+  private async reconcile (): Promise<void> {
+    const { election } = this.init
+    if (!election.isLeader || this.reconciling || !this.readyToPlan()) return
+    this.reconciling = true
+    try {
+      const term = election.term
+      const p = makePlan({ snapshot: this.snapshot(), term, now: Date.now(), seed: term, policy: this.init.policy ?? DEFAULT_POLICY })
+      this.lastPlan = p
+      this.counters.plans++
+      for (const op of p.operations) {
+        if (this.inflight.has(op.app)) continue
+        const entry: Inflight = { op, startedAt: Date.now(), done: false, error: null }
+        this.inflight.set(op.app, entry)
+        this.init.log.info('plan', { term, op: formatOp(op, (id) => this.nodeName(id)) })
+        void this.perform(op, term).then(() => { entry.done = true }, (err: Error) => {
+          entry.done = true
+          entry.error = err.message
+          const target = op.op === 'move' ? op.to : op.node
+          this.cooling.set(target, { until: Date.now() + FAILED_NODE_COOLDOWN_MS, reason: err.message.slice(0, 200) })
+          this.init.log.warn('operation failed', { op: formatOp(op, (id) => this.nodeName(id)), error: err.message })
+          // Let the next plan try again (elsewhere, if the node cannot take it).
+          this.inflight.delete(op.app)
+        })
+      }
+    } catch (err) {
+      this.init.log.error('planning failed', { error: (err as Error).stack })
+    } finally {
+      this.reconciling = false
+    }
+  }
+
+  private async perform (op: Operation, term: number): Promise<void> {
+    const app = this.init.store.current().apps.find(a => a.name === op.app)
+    switch (op.op) {
+      case 'place':
+        if (app === undefined) return
+        await this.send(op.node, { kind: 'deploy', app }, term)
+        return
+      case 'stop':
+        await this.send(op.node, { kind: 'remove', name: op.app }, term)
+        return
+      case 'move':
+        if (app === undefined) return
+        // Stateless: start the new copy first, then stop the old one.
+        await this.send(op.to, { kind: 'deploy', app }, term)
+        await this.send(op.from, { kind: 'remove', name: op.app }, term)
+    }
+  }
+
+  /** Sends an operation stamped with `term` to a node (to ourselves without the network). */
+  async send (node: string, op: Op, term: number, signal?: AbortSignal): Promise<OpResponse> {
+    const req: OpRequest = { term, leader: this.selfId, op }
+    if (node === this.selfId) return await this.execute(req, this.selfId, signal ?? AbortSignal.timeout(OP_TIMEOUT_MS))
+    return await rpcCall(this.init.mesh, peerIdFromString(node), OP_PROTOCOL, req, { decode: decodeOpResponse, timeoutMs: OP_TIMEOUT_MS, signal })
+  }
+
+  // ---- views for the API -----------------------------------------------
+
+  apps (): AppView[] {
+    const nodes = this.reports()
+    return this.init.store.current().apps.map(app => {
+      const where = nodes.flatMap(n => n.reports.filter(r => r.name === app.name).map(r => ({ n, r })))
+      // Prefer a running copy; during a move two copies exist for a moment.
+      const best = where.find(w => w.r.state === 'running') ?? where[0]
+      const stateful = isStateful(app.manifest)
+      let state: AppView['state'] = 'pending'
+      if (best !== undefined) state = best.r.state
+      else if (this.lastPlan?.waiting.some(w => w.app === app.name) === true) state = 'waiting'
+      else if (this.lastPlan?.unplaced.includes(app.name) === true) state = 'failed'
+      const web = app.manifest.web
+      const endpoints = best !== undefined && best.r.webPort !== null && best.n.address !== null
+        ? [`${web?.scheme ?? 'http'}://${best.n.address}:${best.r.webPort}${web?.path !== undefined && web.path !== '/' ? web.path : ''}`]
+        : []
+      return {
+        name: app.name,
+        app: app.manifest.id,
+        version: app.manifest.version,
+        node: best?.n.name ?? null,
+        nodeId: best?.n.id ?? null,
+        state,
+        stateful,
+        endpoints,
+        revision: app.revision
+      }
+    })
+  }
+
+  private reports (): Array<{ id: string, name: string, address: string | null, reports: AppReport[] }> {
+    const self = this.init.gossip.current()
+    const out = [{ id: self.peerId, name: self.name, address: self.resources.address, reports: self.resources.appStates }]
+    for (const m of this.init.membership.list()) {
+      if (m.resources === null || m.state === 'dead') continue
+      out.push({ id: m.status.peerId, name: m.status.name, address: m.resources.address, reports: m.resources.appStates })
+    }
+    return out
+  }
+
+  /** Why an app is where it is, from the leader's last plan (asked of the leader when we are not it). */
+  async why (name: string, signal?: AbortSignal): Promise<WhyView> {
+    const { election, mesh } = this.init
+    if (!election.isLeader && election.leader !== null && election.leader !== this.selfId) {
+      return await rpcCall(mesh, peerIdFromString(election.leader), APP_QUERY_PROTOCOL, { kind: 'why', name }, { decode: (v) => v as WhyView, signal, timeoutMs: 10_000 })
+    }
+    return this.localWhy(name)
+  }
+
+  private localWhy (name: string): WhyView {
+    const app = this.init.store.current().apps.find(a => a.name === name)
+    if (app === undefined) throw new RpcError('not_found', `no app named ${name}`)
+    const view = this.apps().find(a => a.name === name)
+    const p = this.lastPlan
+    const rejections = (p?.rejections[name] ?? []).map(r => ({ node: this.nodeName(r.node), reason: r.reason }))
+    const flight = this.inflight.get(name)
+    let detail = ''
+    const waiting = p?.waiting.find(w => w.app === name)
+    const conflict = p?.conflicts.find(c => c.app === name)
+    if (conflict !== undefined) detail = `runs on ${conflict.nodes.map(n => this.nodeName(n)).join(' and ')}: ${conflict.reason}`
+    else if (waiting !== undefined) detail = `waits on ${this.nodeName(waiting.node)}: ${waiting.reason}`
+    else if (p?.unplaced.includes(name) === true) detail = 'no node can take it: see the reasons below'
+    else if (flight?.error != null) detail = `last operation failed: ${flight.error}`
+    else if (flight !== undefined) detail = `operation under way: ${formatOp(flight.op, (id) => this.nodeName(id))}`
+    else if (app.pinnedNode !== null) detail = `pinned to ${this.nodeName(app.pinnedNode)} by the user`
+    return { app: name, node: view?.node ?? null, rejections, planTerm: p?.term ?? null, planAt: p?.createdAt ?? null, detail }
+  }
+
+  async logs (name: string, tail: number, signal?: AbortSignal): Promise<{ node: string, text: string }> {
+    const view = this.apps().find(a => a.name === name)
+    if (view === undefined) throw new RpcError('not_found', `no app named ${name}`)
+    if (view.nodeId === null) throw new RpcError('not_found', `${name} runs nowhere yet`)
+    if (view.nodeId === this.selfId) return { node: view.node ?? '', text: await this.init.runtime.logs(name, { tail, signal: signal ?? AbortSignal.timeout(20_000) }) }
+    const res = await rpcCall(this.init.mesh, peerIdFromString(view.nodeId), APP_QUERY_PROTOCOL, { kind: 'logs', name, tail }, { decode: (v) => v as { node: string, text: string }, signal, timeoutMs: 20_000, maxResponseBytes: 8 * 1024 * 1024 })
+    return { node: view.node ?? res.node, text: res.text }
+  }
+
+  private nodeName (id: string): string {
+    if (id === this.selfId) return this.init.gossip.current().name
+    return this.init.membership.get(id)?.status.name ?? id
+  }
+
+  private isKnownNode (id: string): boolean {
+    return id === this.selfId || this.init.membership.get(id) !== undefined
+  }
+}
+
+function placementsOf (node: string, reports: AppReport[]): Placement[] {
+  return reports.map(r => ({ app: r.name, node, state: r.state, revision: r.revision }))
+}
+
+export function formatOp (op: Operation, name: (id: string) => string): string {
+  switch (op.op) {
+    case 'place': return `place ${op.app} on ${name(op.node)}: ${op.reason}`
+    case 'stop': return `stop ${op.app} on ${name(op.node)}: ${op.reason}`
+    case 'move': return `move ${op.app} from ${name(op.from)} to ${name(op.to)}: ${op.reason}`
+  }
+}
+
+export type { PeerId, DesiredApp }

@@ -1,0 +1,264 @@
+/**
+ * Runs the election: feeds clock ticks and peers' messages into the pure
+ * rules of scheduler/election.ts and carries out the actions they return
+ * (persist term and vote, send vote requests and leader heartbeats).
+ *
+ * Term and vote are on disk before any message that depends on them leaves
+ * this node: a restarted node never votes twice in one term.
+ */
+import { randomInt } from 'node:crypto'
+import { createConnection } from 'node:net'
+import { readFile, rename, writeFile } from 'node:fs/promises'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { peerIdFromString } from '@libp2p/peer-id'
+import {
+  HEARTBEAT_PROTOCOL, VOTE_PROTOCOL, decodeHeartbeatAck, decodeLeaderHeartbeat, decodeVoteRequest, decodeVoteResponse, newerDesired,
+  type HeartbeatAck, type VoteResponse
+} from '../../proto/cluster.ts'
+import { initElection, isLeader, step, type ElectionAction, type ElectionConfig, type ElectionEvent, type ElectionState } from '../../scheduler/election.ts'
+import { rpcCall, type RpcServer } from '../mesh/rpc.ts'
+import type { Mesh } from '../mesh/mesh.ts'
+import type { Membership } from '../status/membership.ts'
+import type { DesiredStore } from './desired-store.ts'
+import type { Logger } from '../util/log.ts'
+
+/**
+ * Faster than the rules' defaults: a LAN answers in milliseconds, and a new
+ * leader within about 2 s of the old one's death matters more than the few
+ * extra heartbeats (docs/scheduler.md).
+ */
+export const AGENT_ELECTION: Partial<ElectionConfig> = {
+  heartbeatIntervalMs: 300,
+  leaseMs: 900,
+  electionTimeoutMinMs: 1200,
+  electionTimeoutMaxMs: 1800
+}
+
+const TICK_MS = 25
+const WITNESS_PROBE_MS = 1000
+
+export interface ElectionDriverInit {
+  mesh: Mesh
+  rpc: RpcServer
+  membership: Membership
+  store: DesiredStore
+  dataDir: string
+  /** host or host:port probed for the two-node rule; null: the default gateway, if any. */
+  witness: string | null
+  log: Logger
+  onLeadership?: (leading: boolean, term: number) => void
+}
+
+export class ElectionDriver {
+  private state: ElectionState | undefined
+  private readonly init: ElectionDriverInit
+  private timers: NodeJS.Timeout[] = []
+  private persisting: Promise<void> = Promise.resolve()
+  private witnessReachable = false
+  private voterKey = ''
+  /** Every member ever known, persisted: a restarted node must not think it is alone and elect itself. */
+  private knownVoters = new Set<string>()
+  private started = false
+
+  constructor (init: ElectionDriverInit) {
+    this.init = init
+  }
+
+  get term (): number { return this.state?.term ?? 0 }
+  get leader (): string | null { return this.state?.leader ?? null }
+  /** Leads, with a lease a quorum acknowledged: only then may this node schedule. */
+  get isLeader (): boolean { return this.state !== undefined && isLeader(this.state, monotonic()) }
+
+  private get self (): string { return this.init.mesh.peerId.toString() }
+  private get path (): string { return join(this.init.dataDir, 'election.json') }
+
+  async start (): Promise<void> {
+    if (this.started) return
+    this.started = true
+    let saved: { term?: number, votedFor?: string | null, voters?: unknown } = {}
+    try { saved = JSON.parse(await readFile(this.path, 'utf8')) } catch {}
+    if (Array.isArray(saved.voters)) for (const v of saved.voters) if (typeof v === 'string' && /^[1-9A-HJ-NP-Za-km-z]{40,60}$/.test(v)) this.knownVoters.add(v)
+    this.state = initElection({
+      self: this.self,
+      voters: this.voters(),
+      term: typeof saved.term === 'number' ? saved.term : 0,
+      votedFor: typeof saved.votedFor === 'string' ? saved.votedFor : null,
+      seed: randomInt(2 ** 31),
+      now: monotonic(),
+      config: AGENT_ELECTION
+    })
+    this.voterKey = this.voters().join(',')
+    const { rpc } = this.init
+    await rpc.register({
+      protocol: VOTE_PROTOCOL,
+      decode: decodeVoteRequest,
+      maxRequestBytes: 1024,
+      handle: async (req, from) => {
+        if (req.candidate !== from.toString()) return { term: this.term, granted: false, reason: 'the candidate must ask for itself' }
+        const mine = this.init.store.current()
+        const behind = newerDesired(mine, { term: req.desiredTerm, revision: req.desiredRevision })
+        const actions = await this.apply({ type: 'voteRequest', from: req.candidate, term: req.term, candidateBehind: behind })
+        const vote = actions.find(a => a.type === 'sendVote')
+        const granted = vote?.type === 'sendVote' && vote.granted
+        return { term: this.term, granted, reason: granted ? 'granted' : behind ? 'the candidate\'s desired state is older than ours' : 'refused' } satisfies VoteResponse
+      }
+    })
+    await rpc.register({
+      protocol: HEARTBEAT_PROTOCOL,
+      decode: decodeLeaderHeartbeat,
+      maxRequestBytes: 1024,
+      handle: async (hb, from) => {
+        if (hb.leader !== from.toString()) return { term: this.term, ok: false, sentAt: hb.sentAt }
+        const actions = await this.apply({ type: 'leaderHeartbeat', from: hb.leader, term: hb.term, sentAt: hb.sentAt })
+        const ack = actions.find(a => a.type === 'sendHeartbeatAck')
+        return { term: this.term, ok: ack?.type === 'sendHeartbeatAck' && ack.ok, sentAt: hb.sentAt } satisfies HeartbeatAck
+      }
+    })
+    this.timers.push(setInterval(() => { void this.tick() }, TICK_MS))
+    this.timers.push(setInterval(() => { void this.probeWitness() }, WITNESS_PROBE_MS))
+    void this.probeWitness()
+  }
+
+  async stop (): Promise<void> {
+    if (!this.started) return
+    this.started = false
+    for (const t of this.timers) clearInterval(t)
+    this.timers = []
+    await this.persisting
+  }
+
+  /** A term seen on an operation the fencing rule accepted: adopt it. */
+  async observeTerm (term: number, _leader: string): Promise<void> {
+    await this.apply({ type: 'termSeen', term })
+  }
+
+  /**
+   * Voters: this node and every member it has ever heard of, remembered across
+   * restarts (dead ones too: they still count toward the majority).
+   */
+  voters (): string[] {
+    for (const m of this.init.membership.list()) this.knownVoters.add(m.status.peerId)
+    this.knownVoters.add(this.self)
+    return [...this.knownVoters].sort()
+  }
+
+  /** Whether the election already counts every member we know of (membership can run a tick ahead). */
+  votersCurrent (): boolean {
+    return this.voters().join(',') === this.voterKey
+  }
+
+  private async tick (): Promise<void> {
+    if (this.state === undefined) return
+    const voters = this.voters()
+    const key = voters.join(',')
+    if (key !== this.voterKey) {
+      this.voterKey = key
+      await this.apply({ type: 'membershipChange', voters })
+      await this.save()
+    }
+    await this.apply({ type: 'tick', witnessReachable: this.witnessReachable })
+  }
+
+  /**
+   * Steps the rules with one event and carries out the actions; returns them so
+   * an RPC handler can answer with its vote or ack (after the persist).
+   */
+  private async apply (event: ElectionEvent): Promise<ElectionAction[]> {
+    if (this.state === undefined) return []
+    const before = this.state
+    const { state, actions } = step(before, event, monotonic())
+    this.state = state
+    for (const action of actions) await this.carryOut(action)
+    return actions
+  }
+
+  private async carryOut (action: ElectionAction): Promise<void> {
+    const { log } = this.init
+    switch (action.type) {
+      case 'persist':
+        await this.save(action.term, action.votedFor)
+        return
+      case 'sendVoteRequests': {
+        const mine = this.init.store.current()
+        const request = { term: action.term, candidate: this.self, desiredTerm: mine.term, desiredRevision: mine.revision }
+        log.info('asking for votes', { term: action.term, voters: action.to.length + 1 })
+        for (const to of action.to) {
+          void rpcCall(this.init.mesh, peerIdFromString(to), VOTE_PROTOCOL, request, { decode: decodeVoteResponse, timeoutMs: 1000 })
+            .then(async (r) => { await this.apply({ type: 'voteResponse', from: to, term: r.term, granted: r.granted }) }, () => {})
+        }
+        return
+      }
+      case 'sendHeartbeats': {
+        const hb = { term: action.term, leader: this.self, sentAt: action.sentAt }
+        for (const to of action.to) {
+          void rpcCall(this.init.mesh, peerIdFromString(to), HEARTBEAT_PROTOCOL, hb, { decode: decodeHeartbeatAck, timeoutMs: 1000 })
+            .then(async (r) => { await this.apply({ type: 'heartbeatAck', from: to, term: r.term, ok: r.ok, sentAt: r.sentAt }) }, () => {})
+        }
+        return
+      }
+      case 'becomeLeader':
+        log.info('elected scheduler', { term: action.term })
+        this.init.onLeadership?.(true, action.term)
+        return
+      case 'stepDown':
+        log.warn('no longer the scheduler', { term: action.term, reason: action.reason })
+        this.init.onLeadership?.(false, action.term)
+        return
+      case 'sendVote':
+      case 'sendHeartbeatAck':
+        return // answered by the RPC handler that caused them
+    }
+  }
+
+  /** Writes term, vote and voters durably (serialised; write then rename). */
+  private async save (term = this.term, votedFor = this.state?.votedFor ?? null): Promise<void> {
+    const text = JSON.stringify({ term, votedFor, voters: [...this.knownVoters].sort() })
+    this.persisting = this.persisting.then(async () => {
+      await writeFile(`${this.path}.tmp`, text, { mode: 0o600 })
+      await rename(`${this.path}.tmp`, this.path)
+    })
+    await this.persisting
+  }
+
+  /** Any TCP answer (even a refusal) proves the witness is reachable; silence does not. */
+  private async probeWitness (): Promise<void> {
+    const target = parseWitness(this.init.witness ?? defaultGateway())
+    if (target === null) { this.witnessReachable = false; return }
+    this.witnessReachable = await new Promise<boolean>((resolve) => {
+      const socket = createConnection({ host: target.host, port: target.port, timeout: 800 })
+      const done = (ok: boolean): void => { socket.destroy(); resolve(ok) }
+      socket.once('connect', () => { done(true) })
+      socket.once('timeout', () => { done(false) })
+      socket.once('error', (err: NodeJS.ErrnoException) => { done(err.code === 'ECONNREFUSED') })
+    })
+  }
+}
+
+/** Leases are timed with a clock that never jumps (NTP corrections, a Pi's clock set at boot). */
+function monotonic (): number {
+  return performance.now()
+}
+
+function parseWitness (value: string | null): { host: string, port: number } | null {
+  if (value === null || value === '') return null
+  const m = /^\[?([^\]]+?)\]?(?::(\d+))?$/.exec(value)
+  if (m === null) return null
+  return { host: m[1] as string, port: m[2] !== undefined ? Number(m[2]) : 53 }
+}
+
+/** The IPv4 default gateway from the kernel's routing table, or null. */
+export function defaultGateway (routes = readRoutes()): string | null {
+  for (const line of routes.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/)
+    if (f[1] === '00000000' && f[2] !== undefined && f[2] !== '00000000') {
+      const hex = f[2]
+      return [6, 4, 2, 0].map(i => parseInt(hex.slice(i, i + 2), 16)).join('.')
+    }
+  }
+  return null
+}
+
+function readRoutes (): string {
+  try { return readFileSync('/proc/net/route', 'utf8') } catch { return '' }
+}

@@ -1,0 +1,132 @@
+/**
+ * Request/response between agents over libp2p streams: one length-prefixed
+ * JSON request, one length-prefixed JSON response, then the stream closes.
+ * Protocols that stream bulk data (images) use `openStream` and frame the rest
+ * themselves.
+ *
+ * The server validates every request with the protocol's own decoder before
+ * the handler sees it; a bad or oversized request gets an error response (or
+ * a reset) and is counted, never thrown.
+ */
+import { lpStream } from '@libp2p/utils'
+import type { Connection, PeerId, Stream } from '@libp2p/interface'
+import type { Mesh } from './mesh.ts'
+import type { Logger } from '../util/log.ts'
+
+export const RPC_MAX_BYTES = 1024 * 1024
+
+export class RpcError extends Error {
+  override name = 'RpcError'
+  readonly code: string
+
+  constructor (code: string, message: string) {
+    super(message)
+    this.code = code
+  }
+}
+
+export type RpcResult<T> = { ok: true, value: T } | { ok: false, error: { code: string, message: string } }
+
+export interface RpcHandler<Req, Res> {
+  protocol: string
+  /** Validates untrusted input; throws with a message naming the field. */
+  decode: (raw: unknown) => Req
+  handle: (req: Req, from: PeerId, signal: AbortSignal) => Promise<Res>
+  maxRequestBytes?: number
+  timeoutMs?: number
+}
+
+export interface RpcCounters { served: number, rejected: number, failed: number }
+
+export class RpcServer {
+  readonly counters: RpcCounters = { served: 0, rejected: 0, failed: 0 }
+  private readonly mesh: Mesh
+  private readonly log: Logger
+  private readonly protocols: string[] = []
+
+  constructor (mesh: Mesh, log: Logger) {
+    this.mesh = mesh
+    this.log = log
+  }
+
+  async register<Req, Res> (h: RpcHandler<Req, Res>): Promise<void> {
+    this.protocols.push(h.protocol)
+    await this.mesh.host.handle(h.protocol, (stream: Stream, connection: Connection) => {
+      void this.serve(h, stream, connection.remotePeer)
+    }, { maxInboundStreams: 64 })
+  }
+
+  async stop (): Promise<void> {
+    for (const p of this.protocols.splice(0)) await this.mesh.host.unhandle(p).catch(() => {})
+  }
+
+  private async serve<Req, Res> (h: RpcHandler<Req, Res>, stream: Stream, from: PeerId): Promise<void> {
+    const signal = AbortSignal.timeout(h.timeoutMs ?? 30_000)
+    const lp = lpStream(stream, { maxDataLength: h.maxRequestBytes ?? 64 * 1024 })
+    let response: RpcResult<Res>
+    try {
+      const bytes = await lp.read({ signal })
+      let req: Req
+      try {
+        req = h.decode(JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray())))
+      } catch (err) {
+        this.counters.rejected++
+        this.log.debug('rejected request', { protocol: h.protocol, from: from.toString(), error: (err as Error).message })
+        response = { ok: false, error: { code: 'bad_request', message: (err as Error).message } }
+        await lp.write(encode(response), { signal })
+        await stream.close({ signal }).catch(() => {})
+        return
+      }
+      try {
+        response = { ok: true, value: await h.handle(req, from, signal) }
+        this.counters.served++
+      } catch (err) {
+        this.counters.failed++
+        const code = err instanceof RpcError ? err.code : 'failed'
+        response = { ok: false, error: { code, message: (err as Error).message } }
+      }
+      await lp.write(encode(response), { signal })
+      await stream.close({ signal }).catch(() => {})
+    } catch (err) {
+      // Oversized, truncated or too slow: nothing to answer on a broken stream.
+      this.counters.rejected++
+      this.log.debug('rpc stream failed', { protocol: h.protocol, from: from.toString(), error: (err as Error).message })
+      stream.abort(err as Error)
+    }
+  }
+}
+
+function encode (value: unknown): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(value))
+}
+
+/**
+ * Calls `protocol` on `peer`. Returns the decoded value or throws RpcError with
+ * the remote's error code ('unreachable' when no stream could be opened).
+ */
+export async function rpcCall<Res> (mesh: Mesh, peer: PeerId, protocol: string, request: unknown, opts: { signal?: AbortSignal, decode: (raw: unknown) => Res, maxResponseBytes?: number, timeoutMs?: number }): Promise<Res> {
+  const signal = AbortSignal.any([AbortSignal.timeout(opts.timeoutMs ?? 30_000), ...(opts.signal !== undefined ? [opts.signal] : [])])
+  let stream: Stream
+  try {
+    stream = await mesh.host.dialProtocol(peer, protocol, { signal })
+  } catch (err) {
+    throw new RpcError('unreachable', `cannot reach ${peer.toString()} for ${protocol}: ${(err as Error).message}`)
+  }
+  const lp = lpStream(stream, { maxDataLength: opts.maxResponseBytes ?? RPC_MAX_BYTES })
+  try {
+    await lp.write(encode(request), { signal })
+    const bytes = await lp.read({ signal })
+    await stream.close({ signal }).catch(() => {})
+    const raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray())) as RpcResult<unknown>
+    if (typeof raw !== 'object' || raw === null || typeof raw.ok !== 'boolean') throw new RpcError('bad_response', 'the peer answered something that is not an RPC result')
+    if (!raw.ok) {
+      const e = (raw as { error?: { code?: unknown, message?: unknown } }).error
+      throw new RpcError(typeof e?.code === 'string' ? e.code : 'failed', typeof e?.message === 'string' ? e.message : 'the peer refused')
+    }
+    return opts.decode(raw.value)
+  } catch (err) {
+    stream.abort(err as Error)
+    if (err instanceof RpcError) throw err
+    throw new RpcError('failed', `${protocol} with ${peer.toString()}: ${(err as Error).message}`)
+  }
+}

@@ -1,0 +1,632 @@
+/**
+ * The app runtime: turns a DesiredApp into Docker objects on this node, and
+ * reads back what runs from Docker alone.
+ *
+ * An app is one bridge network `dcloud-<app>`, its named volumes
+ * `dcloud-<app>-<volume>` and one container `dcloud-<app>-<service>` per
+ * service, every object labelled `dcloud.*` (proto/runtime.ts LABELS). The
+ * labels are the only record: an agent that restarts rebuilds its view with
+ * `list()`, and a deploy of what already runs finds equal spec hashes and
+ * touches nothing.
+ *
+ * Data is sacred: no method here ever removes a volume.
+ */
+import { createHash } from 'node:crypto'
+import type Docker from 'dockerode'
+import type { ComposeService, PortMapping } from '../../proto/app.ts'
+import type { DesiredApp } from '../../proto/plan.ts'
+import {
+  LABELS, appState, isImageRef, isRegistryRef,
+  type AppActual, type PortActual, type ServiceActual, type ServiceHealth, type ServiceRunState
+} from '../../proto/runtime.ts'
+import { UserError, EXIT } from '../util/errors.ts'
+import type { Logger } from '../util/log.ts'
+import { dockerStatus, hasImage, pullImage } from './images.ts'
+
+/** Docker's rule for container, network and volume names, kept short enough to combine. */
+const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/
+/** How long a container gets to stop before Docker kills it. */
+const STOP_TIMEOUT_S = 10
+/** A pull that sees no progress for this long is given up: the peers are asked next. */
+const PULL_IDLE_MS = 15_000
+
+export interface AppRuntimeInit {
+  docker: Docker
+  log: Logger
+}
+
+export interface DeployOptions {
+  /** The leader's term; stamped on new containers, and a deploy from a term older than the app's is refused. */
+  term: number
+  /** Gets an image from a peer when the engine lacks it and no registry has it (image-transfer.ts). */
+  fetchImage: (ref: string, signal: AbortSignal) => Promise<void>
+  signal: AbortSignal
+  progress?: (line: string) => void
+}
+
+export interface LogsOptions {
+  /** Lines per container. */
+  tail: number
+  signal: AbortSignal
+}
+
+/** The image is on no registry we could reach and no peer had it. */
+export class ImageUnavailableError extends UserError {
+  override name = 'ImageUnavailableError'
+  readonly ref: string
+  readonly tried: string[]
+
+  constructor (ref: string, tried: string[]) {
+    super(`image ${ref} is not on this node and could not be obtained (${tried.join('; ')})`, {
+      exitCode: EXIT.unavailable,
+      hint: `put the image on any node of the cluster (\`docker load\`, or \`docker pull ${ref}\` where a registry is reachable): peers then share it`
+    })
+    this.ref = ref
+    this.tried = tried
+  }
+}
+
+/** A deploy stamped with a term older than the one that last touched the app: a deposed leader. */
+export class StaleTermError extends UserError {
+  override name = 'StaleTermError'
+
+  constructor (app: string, term: number, seen: number) {
+    super(`refusing to deploy ${app} for term ${term}: its containers were created in term ${seen}`, {
+      exitCode: EXIT.tempFail,
+      hint: 'the operation came from a leader that has been replaced; the current leader will send its own'
+    })
+  }
+}
+
+export function networkName (app: string): string {
+  return `dcloud-${app}`
+}
+
+export function volumeName (app: string, volume: string): string {
+  return `dcloud-${app}-${volume}`
+}
+
+export function containerName (app: string, service: string): string {
+  return `dcloud-${app}-${service}`
+}
+
+/**
+ * The part of a service that decides what its container is, in a canonical
+ * form: key order, environment order and port order do not change the hash,
+ * and neither do depends_on or the revision (they change no container).
+ */
+export function normaliseService (app: string, svc: ComposeService): Record<string, unknown> {
+  const sortedEntries = (o: Record<string, string>): Array<[string, string]> => Object.entries(o).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)
+  return {
+    image: svc.image,
+    command: svc.command,
+    entrypoint: svc.entrypoint,
+    environment: sortedEntries(svc.environment),
+    ports: [...svc.ports].map(p => [p.container, p.protocol, p.host]).sort((a, b) => JSON.stringify(a) < JSON.stringify(b) ? -1 : 1),
+    mounts: [...svc.volumes]
+      .map(v => [v.kind, v.kind === 'volume' ? volumeName(app, v.source) : v.source, v.target, v.readOnly])
+      .sort((a, b) => String(a[2]) < String(b[2]) ? -1 : 1),
+    healthcheck: svc.healthcheck === null ? null : [svc.healthcheck.test, svc.healthcheck.intervalMs, svc.healthcheck.timeoutMs, svc.healthcheck.retries, svc.healthcheck.startPeriodMs],
+    restart: svc.restart,
+    labels: sortedEntries(svc.labels),
+    user: svc.user,
+    network: networkName(app)
+  }
+}
+
+/** The `dcloud.spec` label: sha256 of the normalised spec. */
+export function specHash (app: string, svc: ComposeService): string {
+  return createHash('sha256').update(JSON.stringify(normaliseService(app, svc))).digest('hex')
+}
+
+/** The spec hash every service of `app` should carry; compare with `AppActual.services[].spec`. */
+export function desiredSpecs (app: DesiredApp): Record<string, string> {
+  return Object.fromEntries(Object.entries(app.manifest.compose.services).map(([name, svc]) => [name, specHash(app.name, svc)]))
+}
+
+/** Services in an order where every service comes after those it depends on. */
+export function startOrder (services: Record<string, ComposeService>): string[] {
+  const order: string[] = []
+  const state = new Map<string, 'visiting' | 'done'>()
+  const visit = (name: string, path: string[]): void => {
+    if (state.get(name) === 'done') return
+    if (state.get(name) === 'visiting') {
+      throw new UserError(`services depend on each other in a cycle: ${[...path, name].join(' -> ')}`, { exitCode: EXIT.dataError, hint: 'remove one of these depends_on entries' })
+    }
+    const svc = services[name]
+    if (svc === undefined) {
+      throw new UserError(`service ${path[path.length - 1] ?? '?'} depends on ${name}, which the app does not define`, { exitCode: EXIT.dataError, hint: 'fix the depends_on entry or add the service' })
+    }
+    state.set(name, 'visiting')
+    for (const dep of [...svc.dependsOn].sort()) visit(dep, [...path, name])
+    state.set(name, 'done')
+    order.push(name)
+  }
+  for (const name of Object.keys(services).sort()) visit(name, [])
+  return order
+}
+
+/** What Docker's container state means for the app. */
+export function serviceState (s: Docker.ContainerInspectInfo['State']): { state: ServiceRunState, health: ServiceHealth } {
+  const h = s.Health?.Status
+  const health: ServiceHealth = h === 'starting' || h === 'healthy' || h === 'unhealthy' ? h : 'none'
+  switch (s.Status) {
+    case 'running':
+      return { state: health === 'unhealthy' ? 'failed' : health === 'starting' ? 'starting' : 'running', health }
+    case 'created':
+      // A container that could not start (a port already taken) stays 'created' with an error.
+      return { state: s.Error !== '' ? 'failed' : 'starting', health }
+    case 'restarting':
+      return { state: 'failed', health }
+    case 'paused':
+    case 'removing':
+      return { state: 'stopped', health }
+    case 'exited': {
+      // 0 is a clean exit; 130/137/143 are SIGINT/SIGKILL/SIGTERM, what `docker stop` sends.
+      const clean = !s.OOMKilled && s.Error === '' && [0, 130, 137, 143].includes(s.ExitCode)
+      return { state: clean ? 'stopped' : 'failed', health }
+    }
+    default:
+      return { state: 'failed', health }
+  }
+}
+
+function labelInt (labels: Record<string, string> | undefined, key: string): number {
+  const n = Number(labels?.[key])
+  return Number.isSafeInteger(n) && n >= 0 ? n : 0
+}
+
+function portsOf (info: Docker.ContainerInspectInfo): PortActual[] {
+  const configured = info.HostConfig.PortBindings as Record<string, Array<{ HostPort?: string }> | null> | undefined ?? {}
+  const live = (info.NetworkSettings.Ports ?? {}) as Record<string, Array<{ HostPort: string }> | null>
+  const out: PortActual[] = []
+  for (const key of Object.keys(configured).sort()) {
+    const [port, proto] = key.split('/')
+    const protocol = proto === 'udp' ? 'udp' : 'tcp'
+    // IPv4 and IPv6 bindings of one port share the host port: one entry.
+    const hostPorts = [...new Set((live[key] ?? configured[key] ?? []).map(b => Number(b.HostPort)).filter(p => Number.isInteger(p) && p > 0))]
+    if (hostPorts.length === 0) out.push({ container: Number(port), host: null, protocol })
+    for (const host of hostPorts) out.push({ container: Number(port), host, protocol })
+  }
+  return out
+}
+
+function isNotFound (err: unknown): boolean {
+  return dockerStatus(err) === 404
+}
+
+function message (err: unknown): string {
+  // dockerode prefixes "(HTTP code 409) unexpected - "; the engine's own words are what helps.
+  return (err as Error).message.replace(/^\(HTTP code \d+\) [^-]*- /, '').trim()
+}
+
+export class AppRuntime {
+  private readonly docker: Docker
+  private readonly log: Logger
+  /** One operation per app at a time: a deploy and a remove of the same app must not interleave. */
+  private readonly locks = new Map<string, Promise<unknown>>()
+
+  constructor (init: AppRuntimeInit) {
+    this.docker = init.docker
+    this.log = init.log
+  }
+
+  private async exclusive<T> (app: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.locks.get(app) ?? Promise.resolve()
+    const run = before.catch(() => {}).then(fn)
+    const tail = run.catch(() => {})
+    this.locks.set(app, tail)
+    try {
+      return await run
+    } finally {
+      if (this.locks.get(app) === tail) this.locks.delete(app)
+    }
+  }
+
+  /**
+   * Makes the node run `app`: idempotent. Containers whose spec hash matches
+   * are kept (started if stopped); others are replaced; services the app no
+   * longer has are removed. Images come first, so an image that cannot be had
+   * leaves what runs untouched.
+   */
+  async deploy (app: DesiredApp, opts: DeployOptions): Promise<AppActual> {
+    validateApp(app)
+    return await this.exclusive(app.name, async () => await this.deployLocked(app, opts))
+  }
+
+  private async deployLocked (app: DesiredApp, opts: DeployOptions): Promise<AppActual> {
+    const { signal } = opts
+    const say = (line: string): void => { opts.progress?.(line) }
+    const services = app.manifest.compose.services
+    const order = startOrder(services)
+
+    const existing = await this.containersOf(app.name, signal)
+    const seenTerm = Math.max(0, ...existing.map(c => labelInt(c.Labels, LABELS.term)))
+    if (opts.term < seenTerm) throw new StaleTermError(app.name, opts.term, seenTerm)
+
+    for (const ref of [...new Set(order.map(s => services[s]?.image ?? ''))]) await this.ensureImage(ref, opts)
+
+    const net = await this.ensureNetwork(app.name, signal, say)
+    for (const [volume, spec] of Object.entries(app.manifest.compose.volumes)) {
+      await this.ensureVolume(app.name, volume, spec.labels, signal, say)
+    }
+
+    // Services the app no longer has go first: they may hold ports the new ones want.
+    for (const c of existing) {
+      const service = c.Labels[LABELS.service] ?? ''
+      if (services[service] === undefined) {
+        say(`removing ${c.Names[0]?.slice(1) ?? c.Id} (service ${service} is no longer part of ${app.name})`)
+        await this.stopAndRemove(c.Id, signal)
+      }
+    }
+
+    for (const service of order) {
+      const svc = services[service] as ComposeService
+      const hash = specHash(app.name, svc)
+      const mine = existing.filter(c => c.Labels[LABELS.service] === service)
+      // Prefer a running container with the right spec; everything else of this service goes.
+      const keep = mine.filter(c => c.Labels[LABELS.spec] === hash).sort((a, b) => Number(b.State === 'running') - Number(a.State === 'running'))[0]
+      for (const c of mine) {
+        if (c === keep) continue
+        say(`replacing ${service}: ${c.Labels[LABELS.spec] === hash ? 'duplicate container' : 'its spec changed'}`)
+        await this.stopAndRemove(c.Id, signal)
+      }
+      if (keep !== undefined) {
+        if (keep.State === 'running' || keep.State === 'restarting') {
+          say(`${service}: unchanged`)
+          continue
+        }
+        say(`${service}: unchanged, starting it`)
+        try {
+          await this.startContainer(app.name, service, keep.Id, keep.State === 'paused', signal)
+          continue
+        } catch (err) {
+          // An engine that crashed can lose a network its containers still name
+          // (its network store is rebuilt). A container holds no data of its
+          // own here, only volumes, which are kept: make it again.
+          say(`${service}: the existing container does not start (${message(err)}); making it again`)
+          await this.stopAndRemove(keep.Id, signal)
+        }
+      }
+      say(`${service}: creating ${containerName(app.name, service)}`)
+      const id = await this.createContainer(app, service, svc, hash, net, opts)
+      await this.startContainer(app.name, service, id, false, signal)
+    }
+    const actual = (await this.list(signal)).find(a => a.app === app.name)
+    if (actual === undefined) throw new Error(`deployed ${app.name} but Docker lists none of its containers`)
+    return actual
+  }
+
+  /**
+   * Stops and removes the app's containers and network. Volumes are kept,
+   * always: returns their names so the caller can tell the user where the
+   * data is.
+   */
+  async remove (appName: string, signal: AbortSignal): Promise<string[]> {
+    if (!NAME.test(appName)) throw new UserError(`'${appName}' is not a valid app name`, { exitCode: EXIT.usage })
+    return await this.exclusive(appName, async () => {
+      for (const c of await this.containersOf(appName, signal)) await this.stopAndRemove(c.Id, signal)
+      const networks = await this.docker.listNetworks({ filters: { label: [`${LABELS.app}=${appName}`] }, abortSignal: signal })
+      for (const n of networks) {
+        try {
+          await this.docker.getNetwork(n.Id).remove({ abortSignal: signal })
+        } catch (err) {
+          if (!isNotFound(err)) throw new UserError(`cannot remove network ${n.Name} of ${appName}: ${message(err)}`, { hint: 'a container outside dcloud may still be attached to it: `docker network inspect ' + n.Name + '`' })
+        }
+      }
+      const volumes = await this.docker.listVolumes({ filters: { label: [`${LABELS.app}=${appName}`] }, abortSignal: signal } as object)
+      const kept = (volumes.Volumes ?? []).map(v => v.Name).sort()
+      this.log.info('removed app', { app: appName, volumesKept: kept })
+      return kept
+    })
+  }
+
+  /** Every managed app on this node, rebuilt from Docker's labels alone. */
+  async list (signal: AbortSignal): Promise<AppActual[]> {
+    const containers = await this.docker.listContainers({ all: true, filters: { label: [LABELS.app] }, abortSignal: signal })
+    const inspected = await Promise.all(containers.map(async c => {
+      try {
+        return await this.docker.getContainer(c.Id).inspect({ abortSignal: signal })
+      } catch (err) {
+        if (isNotFound(err)) return null // removed between list and inspect
+        throw err
+      }
+    }))
+    const apps = new Map<string, ServiceActual[]>()
+    for (const info of inspected) {
+      if (info === null) continue
+      const labels = info.Config.Labels ?? {}
+      const app = labels[LABELS.app]
+      const service = labels[LABELS.service]
+      if (app === undefined || service === undefined) continue // labelled by hand, not ours
+      const { state, health } = serviceState(info.State)
+      const list = apps.get(app) ?? []
+      list.push({
+        service,
+        containerId: info.Id,
+        state,
+        health,
+        ports: portsOf(info),
+        revision: labelInt(labels, LABELS.revision),
+        term: labelInt(labels, LABELS.term),
+        spec: labels[LABELS.spec] ?? ''
+      })
+      apps.set(app, list)
+    }
+    // An app whose deploy stopped after creating its network still exists here.
+    const networks = await this.docker.listNetworks({ filters: { label: [LABELS.app] }, abortSignal: signal })
+    for (const n of networks) {
+      const app = n.Labels?.[LABELS.app]
+      if (app !== undefined && !apps.has(app)) apps.set(app, [])
+    }
+    return [...apps.entries()].sort(([a], [b]) => a < b ? -1 : 1).map(([app, services]) => {
+      services.sort((a, b) => a.service < b.service ? -1 : 1)
+      return {
+        app,
+        revision: Math.max(0, ...services.map(s => s.revision)),
+        term: Math.max(0, ...services.map(s => s.term)),
+        state: appState(services),
+        services
+      }
+    })
+  }
+
+  /**
+   * The last `tail` lines of every container of the app, merged by time and
+   * prefixed with the service name (`web | ...`).
+   */
+  async logs (appName: string, opts: LogsOptions): Promise<string> {
+    if (!NAME.test(appName)) throw new UserError(`'${appName}' is not a valid app name`, { exitCode: EXIT.usage })
+    const containers = await this.containersOf(appName, opts.signal)
+    if (containers.length === 0) throw new UserError(`no containers of app ${appName} on this node`, { exitCode: EXIT.noInput, hint: '`dcloud status` shows which node runs it' })
+    const width = Math.max(...containers.map(c => (c.Labels[LABELS.service] ?? '').length))
+    const lines: Array<{ at: string, order: number, text: string }> = []
+    let order = 0
+    for (const c of containers.sort((a, b) => (a.Labels[LABELS.service] ?? '') < (b.Labels[LABELS.service] ?? '') ? -1 : 1)) {
+      const service = c.Labels[LABELS.service] ?? '?'
+      const raw = await this.docker.getContainer(c.Id).logs({ stdout: true, stderr: true, tail: opts.tail, timestamps: true, follow: false, abortSignal: opts.signal }) as unknown
+      for (const { text } of demuxDockerLog(toBuffer(raw))) {
+        for (const line of text.split('\n')) {
+          if (line === '') continue
+          // Docker prefixes each line with an RFC 3339 time of fixed width: it sorts as text.
+          const space = line.indexOf(' ')
+          const at = space > 0 ? line.slice(0, space) : ''
+          lines.push({ at, order: order++, text: `${service.padEnd(width)} | ${space > 0 ? line.slice(space + 1) : line}` })
+        }
+      }
+    }
+    lines.sort((a, b) => a.at < b.at ? -1 : a.at > b.at ? 1 : a.order - b.order)
+    return lines.map(l => l.text).join('\n') + (lines.length > 0 ? '\n' : '')
+  }
+
+  // -------------------------------------------------------------------------
+
+  private async containersOf (app: string, signal: AbortSignal): Promise<Docker.ContainerInfo[]> {
+    return await this.docker.listContainers({ all: true, filters: { label: [`${LABELS.app}=${app}`] }, abortSignal: signal })
+  }
+
+  private async ensureImage (ref: string, opts: DeployOptions): Promise<void> {
+    const { signal } = opts
+    if (await hasImage(this.docker, ref, signal)) return
+    const tried: string[] = []
+    if (isRegistryRef(ref)) {
+      opts.progress?.(`${ref}: not on this node, pulling`)
+      try {
+        await pullImage(this.docker, ref, { signal, idleMs: PULL_IDLE_MS })
+        if (await hasImage(this.docker, ref, signal)) return
+        tried.push('docker pull finished without the image')
+      } catch (err) {
+        signal.throwIfAborted()
+        tried.push(`docker pull failed: ${message(err)}`)
+      }
+    } else {
+      tried.push('not pulled: a local-only name no registry serves')
+    }
+    opts.progress?.(`${ref}: asking peers`)
+    try {
+      await opts.fetchImage(ref, signal)
+      if (await hasImage(this.docker, ref, signal)) return
+      tried.push('peers: the transfer finished without the image')
+    } catch (err) {
+      signal.throwIfAborted()
+      // A transfer can fail after docker load already tagged a whole image (the error came late).
+      if (await hasImage(this.docker, ref, signal)) return
+      tried.push(`peers: ${(err as Error).message}`)
+    }
+    this.log.warn('image unavailable', { image: ref, tried })
+    throw new ImageUnavailableError(ref, tried)
+  }
+
+  private async ensureNetwork (app: string, signal: AbortSignal, say: (line: string) => void): Promise<string> {
+    const name = networkName(app)
+    // The name filter matches substrings: compare exactly.
+    const found = (await this.docker.listNetworks({ filters: { name: [name] }, abortSignal: signal })).filter(n => n.Name === name)
+    for (const n of found) {
+      if (n.Labels?.[LABELS.app] === app) return name
+      throw new UserError(`a network named ${name} exists and is not dcloud's`, { exitCode: EXIT.cantCreate, hint: `rename or remove it (\`docker network rm ${name}\`) and deploy again` })
+    }
+    say(`creating network ${name}`)
+    try {
+      await this.docker.createNetwork({ Name: name, Driver: 'bridge', CheckDuplicate: true, Labels: { [LABELS.app]: app }, abortSignal: signal } as Docker.NetworkCreateOptions)
+    } catch (err) {
+      if (dockerStatus(err) !== 409) throw err // 409: created meanwhile by another deploy; fine
+    }
+    return name
+  }
+
+  private async ensureVolume (app: string, volume: string, labels: Record<string, string>, signal: AbortSignal, say: (line: string) => void): Promise<void> {
+    const name = volumeName(app, volume)
+    try {
+      const info = await this.docker.getVolume(name).inspect({ abortSignal: signal })
+      // Reused as it is, whoever made it (a restore may have): recreating would lose data.
+      if (info.Labels?.[LABELS.app] !== app) this.log.warn('reusing a volume dcloud did not create', { volume: name, app })
+      return
+    } catch (err) {
+      if (!isNotFound(err)) throw err
+    }
+    say(`creating volume ${name}`)
+    await this.docker.createVolume({ Name: name, Labels: { ...labels, [LABELS.app]: app, [LABELS.volume]: volume }, abortSignal: signal } as object)
+  }
+
+  private async createContainer (app: DesiredApp, service: string, svc: ComposeService, hash: string, network: string, opts: DeployOptions): Promise<string> {
+    const name = containerName(app.name, service)
+    const exposed: Record<string, object> = {}
+    const bindings: Record<string, Array<{ HostIp: string, HostPort: string }>> = {}
+    for (const p of svc.ports) {
+      const key = `${p.container}/${p.protocol}`
+      exposed[key] = {}
+      bindings[key] = [...(bindings[key] ?? []), { HostIp: '', HostPort: p.host === null ? '' : String(p.host) }]
+    }
+    const mounts = svc.volumes.filter(v => v.kind === 'volume').map(v => ({ Type: 'volume' as const, Source: volumeName(app.name, v.source), Target: v.target, ReadOnly: v.readOnly }))
+    // Binds (not Mounts) for host paths: Docker creates a missing host directory, as compose does.
+    const binds = svc.volumes.filter(v => v.kind === 'bind').map(v => `${v.source}:${v.target}${v.readOnly ? ':ro' : ''}`)
+    const hc = svc.healthcheck
+    const ms = (n: number): number => n * 1_000_000
+    const spec: Docker.ContainerCreateOptions = {
+      name,
+      Image: svc.image,
+      ...(svc.command !== null ? { Cmd: svc.command } : {}),
+      ...(svc.entrypoint !== null ? { Entrypoint: svc.entrypoint } : {}),
+      ...(svc.user !== null ? { User: svc.user } : {}),
+      Env: Object.entries(svc.environment).sort(([a], [b]) => a < b ? -1 : 1).map(([k, v]) => `${k}=${v}`),
+      Labels: {
+        ...svc.labels,
+        [LABELS.app]: app.name,
+        [LABELS.service]: service,
+        [LABELS.revision]: String(app.revision),
+        [LABELS.term]: String(opts.term),
+        [LABELS.spec]: hash
+      },
+      ExposedPorts: exposed,
+      ...(hc !== null
+        ? {
+            Healthcheck: {
+              Test: ['CMD', 'CMD-SHELL', 'NONE'].includes(hc.test[0] ?? '') ? hc.test : ['CMD', ...hc.test],
+              Interval: ms(hc.intervalMs),
+              Timeout: ms(hc.timeoutMs),
+              Retries: hc.retries,
+              StartPeriod: ms(hc.startPeriodMs)
+            }
+          }
+        : {}),
+      HostConfig: {
+        NetworkMode: network,
+        RestartPolicy: { Name: svc.restart },
+        PortBindings: bindings,
+        Mounts: mounts,
+        Binds: binds
+      },
+      NetworkingConfig: { EndpointsConfig: { [network]: { Aliases: [service] } } },
+      abortSignal: opts.signal
+    }
+    try {
+      const container = await this.docker.createContainer(spec)
+      this.log.info('created container', { app: app.name, service, container: name, revision: app.revision, term: opts.term })
+      return container.id
+    } catch (err) {
+      if (dockerStatus(err) === 409) {
+        throw new UserError(`cannot create ${name}: a container of that name exists and does not belong to service ${service} of ${app.name}`, {
+          exitCode: EXIT.cantCreate,
+          hint: `see \`docker inspect ${name}\`; remove or rename it if it is not needed`
+        })
+      }
+      throw new UserError(`cannot create the container of service ${service} of ${app.name}: ${message(err)}`, { exitCode: EXIT.software })
+    }
+  }
+
+  private async startContainer (app: string, service: string, id: string, paused: boolean, signal: AbortSignal): Promise<void> {
+    const c = this.docker.getContainer(id)
+    try {
+      if (paused) await c.unpause({ abortSignal: signal })
+      else await c.start({ abortSignal: signal })
+    } catch (err) {
+      if (dockerStatus(err) === 304) return // already running
+      const why = message(err)
+      const port = /port is already allocated|address already in use/.test(why)
+      throw new UserError(`service ${service} of ${app} failed to start: ${why}`, {
+        exitCode: EXIT.unavailable,
+        hint: port ? 'another app or program holds that host port: free it, or give the app another port' : `see \`docker logs ${containerName(app, service)}\``
+      })
+    }
+  }
+
+  private async stopAndRemove (id: string, signal: AbortSignal): Promise<void> {
+    const c = this.docker.getContainer(id)
+    try {
+      await c.stop({ t: STOP_TIMEOUT_S, abortSignal: signal })
+    } catch (err) {
+      const status = dockerStatus(err)
+      if (status === 404) return
+      if (status !== 304) throw err // 304: already stopped
+    }
+    try {
+      // v: false. Anonymous volumes stay too: nothing here deletes data.
+      await c.remove({ force: true, v: false, abortSignal: signal } as object)
+    } catch (err) {
+      if (!isNotFound(err)) throw err
+    }
+  }
+}
+
+/** Structural checks the manifest decoder cannot make: names must fit Docker's, mounts must name declared volumes. */
+function validateApp (app: DesiredApp): void {
+  const bad = (what: string, hint: string): never => { throw new UserError(what, { exitCode: EXIT.dataError, hint }) }
+  if (!NAME.test(app.name)) bad(`'${app.name}' is not a valid app name`, 'use letters, digits, dots, dashes and underscores, starting with a letter or digit')
+  const services = Object.entries(app.manifest.compose.services)
+  if (services.length === 0) bad(`app ${app.name} has no services`, 'a compose file needs at least one service')
+  for (const volume of Object.keys(app.manifest.compose.volumes)) {
+    if (!NAME.test(volume)) bad(`volume name '${volume}' of ${app.name} is not valid`, 'use letters, digits, dots, dashes and underscores')
+  }
+  for (const [name, svc] of services) {
+    if (!NAME.test(name)) bad(`service name '${name}' of ${app.name} is not valid`, 'use letters, digits, dots, dashes and underscores')
+    if (!isImageRef(svc.image)) bad(`service ${name} of ${app.name}: '${svc.image}' is not a Docker image reference`, 'write it like "nginx:1.27" or "ghcr.io/owner/app:tag"')
+    const published = new Set<string>()
+    for (const p of svc.ports) checkPort(app.name, name, p, published)
+    for (const v of svc.volumes) {
+      if (v.kind === 'volume' && app.manifest.compose.volumes[v.source] === undefined) {
+        bad(`service ${name} of ${app.name} mounts volume ${v.source}, which the app does not declare`, 'add it under the top-level volumes: of the compose file')
+      }
+      if (v.kind === 'bind' && (!v.source.startsWith('/') || v.source.includes(':'))) bad(`service ${name} of ${app.name} binds '${v.source}': host paths must be absolute and contain no ':'`, 'use an absolute path, or a named volume')
+      if (v.target.includes(':')) bad(`service ${name} of ${app.name} mounts at '${v.target}': targets must contain no ':'`, 'use another path')
+    }
+  }
+}
+
+function checkPort (app: string, service: string, p: PortMapping, seen: Set<string>): void {
+  if (p.host === null) return
+  const key = `${p.host}/${p.protocol}`
+  if (seen.has(key)) throw new UserError(`service ${service} of ${app} publishes host port ${key} twice`, { exitCode: EXIT.dataError, hint: 'remove one of the port entries' })
+  seen.add(key)
+}
+
+function toBuffer (raw: unknown): Buffer {
+  if (Buffer.isBuffer(raw)) return raw
+  if (typeof raw === 'string') return Buffer.from(raw)
+  // dockerode parses a body that happens to be JSON; logs without a TTY never are, but be safe.
+  return Buffer.from(JSON.stringify(raw ?? ''))
+}
+
+/**
+ * Splits Docker's multiplexed log format: frames of an 8-byte header
+ * (stream: 1 stdout, 2 stderr; three zero bytes; big-endian length) and the
+ * payload. A container with a TTY sends raw text instead; so does anything
+ * that does not parse as frames.
+ */
+export function demuxDockerLog (buf: Buffer): Array<{ stream: 'stdout' | 'stderr', text: string }> {
+  const frames: Array<{ stream: 'stdout' | 'stderr', text: string }> = []
+  let offset = 0
+  while (offset < buf.length) {
+    if (buf.length - offset < 8) break
+    const kind = buf[offset]
+    if ((kind !== 0 && kind !== 1 && kind !== 2) || buf[offset + 1] !== 0 || buf[offset + 2] !== 0 || buf[offset + 3] !== 0) break
+    const size = buf.readUInt32BE(offset + 4)
+    if (offset + 8 + size > buf.length) break
+    frames.push({ stream: kind === 2 ? 'stderr' : 'stdout', text: buf.subarray(offset + 8, offset + 8 + size).toString('utf8') })
+    offset += 8 + size
+  }
+  if (offset < buf.length) {
+    // Not (or no longer) framed: keep the rest as raw text rather than lose it.
+    frames.push({ stream: 'stdout', text: buf.subarray(offset).toString('utf8') })
+  }
+  return frames
+}

@@ -1,0 +1,276 @@
+/**
+ * The cluster's own protocols: elections, the replicated desired state, and
+ * operations the leader sends to agents. Every message is validated by the
+ * decoders here before use; every operation carries the leader's term.
+ */
+import type { AppManifest, ComposeService } from './app.ts'
+import type { DesiredApp } from './plan.ts'
+import { ValidationError, array, number, record, string, stringMap } from './validate.ts'
+
+export const VOTE_PROTOCOL = '/dcloud/vote/1'
+export const HEARTBEAT_PROTOCOL = '/dcloud/leader-heartbeat/1'
+export const DESIRED_PROTOCOL = '/dcloud/desired/1'
+export const CHANGE_PROTOCOL = '/dcloud/change/1'
+export const OP_PROTOCOL = '/dcloud/op/1'
+export const APP_QUERY_PROTOCOL = '/dcloud/app-query/1'
+
+const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{40,60}$/
+export const APP_NAME = /^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$|^[a-z0-9]$/
+const MAX_INT = 2 ** 53 - 1
+
+export interface VoteRequest { term: number, candidate: string, desiredTerm: number, desiredRevision: number }
+export interface VoteResponse { term: number, granted: boolean, reason: string }
+/** The leader's heartbeat; `sentAt` is the leader's clock, echoed in the ack so it can time its lease. */
+export interface LeaderHeartbeat { term: number, leader: string, sentAt: number }
+export interface HeartbeatAck { term: number, ok: boolean, sentAt: number }
+
+/** The replicated desired state: every app the user asked for. */
+export interface DesiredState {
+  /** Increases with every change; a node with a higher revision knows more. */
+  revision: number
+  /** The term of the leader that made the last change. */
+  term: number
+  apps: DesiredApp[]
+}
+
+export type DesiredChange =
+  | { kind: 'install', app: { name: string, manifest: AppManifest, pinnedNode: string | null } }
+  | { kind: 'remove', name: string }
+  | { kind: 'move', name: string, node: string }
+
+export interface ChangeResponse { revision: number, replicatedTo: number }
+
+export type Op =
+  | { kind: 'deploy', app: DesiredApp }
+  | { kind: 'remove', name: string }
+
+export interface OpRequest { term: number, leader: string, op: Op }
+export interface OpResponse { done: true, detail: string }
+
+export type AppQuery = { kind: 'logs', name: string, tail: number } | { kind: 'why', name: string }
+
+export function decodeVoteRequest (raw: unknown): VoteRequest {
+  const r = record(raw, 'vote')
+  return {
+    term: number(r.term, 'vote.term', { min: 0, max: MAX_INT, integer: true }),
+    candidate: string(r.candidate, 'vote.candidate', { max: 64, pattern: PEER_ID }),
+    desiredTerm: number(r.desiredTerm, 'vote.desiredTerm', { min: 0, max: MAX_INT, integer: true }),
+    desiredRevision: number(r.desiredRevision, 'vote.desiredRevision', { min: 0, max: MAX_INT, integer: true })
+  }
+}
+
+export function decodeLeaderHeartbeat (raw: unknown): LeaderHeartbeat {
+  const r = record(raw, 'heartbeat')
+  return {
+    term: number(r.term, 'heartbeat.term', { min: 0, max: MAX_INT, integer: true }),
+    leader: string(r.leader, 'heartbeat.leader', { max: 64, pattern: PEER_ID }),
+    sentAt: number(r.sentAt, 'heartbeat.sentAt', { min: 0, max: MAX_INT })
+  }
+}
+
+export function decodeHeartbeatAck (raw: unknown): HeartbeatAck {
+  const r = record(raw, 'ack')
+  return {
+    term: number(r.term, 'ack.term', { min: 0, max: MAX_INT, integer: true }),
+    ok: bool(r.ok, 'ack.ok'),
+    sentAt: number(r.sentAt, 'ack.sentAt', { min: 0, max: MAX_INT })
+  }
+}
+
+export function decodeVoteResponse (raw: unknown): VoteResponse {
+  const r = record(raw, 'vote')
+  return {
+    term: number(r.term, 'vote.term', { min: 0, max: MAX_INT, integer: true }),
+    granted: bool(r.granted, 'vote.granted'),
+    reason: string(r.reason, 'vote.reason', { max: 200 })
+  }
+}
+
+export function decodeDesiredState (raw: unknown): DesiredState {
+  const r = record(raw, 'desired')
+  const apps = array(r.apps, 'desired.apps', 1000, (v, f) => decodeDesiredApp(v, f))
+  const names = new Set<string>()
+  for (const a of apps) {
+    if (names.has(a.name)) throw new ValidationError('desired.apps', `app ${a.name} appears twice`)
+    names.add(a.name)
+  }
+  return {
+    revision: number(r.revision, 'desired.revision', { min: 0, max: MAX_INT, integer: true }),
+    term: number(r.term, 'desired.term', { min: 0, max: MAX_INT, integer: true }),
+    apps
+  }
+}
+
+export function decodeDesiredApp (raw: unknown, field = 'app'): DesiredApp {
+  const r = record(raw, field)
+  return {
+    name: string(r.name, `${field}.name`, { max: 40, pattern: APP_NAME }),
+    manifest: decodeManifest(r.manifest, `${field}.manifest`),
+    pinnedNode: r.pinnedNode === null ? null : string(r.pinnedNode, `${field}.pinnedNode`, { max: 64, pattern: PEER_ID }),
+    revision: number(r.revision, `${field}.revision`, { min: 0, max: MAX_INT, integer: true })
+  }
+}
+
+export function decodeChange (raw: unknown): DesiredChange {
+  const r = record(raw, 'change')
+  switch (r.kind) {
+    case 'install': {
+      const a = record(r.app, 'change.app')
+      return {
+        kind: 'install',
+        app: {
+          name: string(a.name, 'change.app.name', { max: 40, pattern: APP_NAME }),
+          manifest: decodeManifest(a.manifest, 'change.app.manifest'),
+          pinnedNode: a.pinnedNode === null || a.pinnedNode === undefined ? null : string(a.pinnedNode, 'change.app.pinnedNode', { max: 64, pattern: PEER_ID })
+        }
+      }
+    }
+    case 'remove': return { kind: 'remove', name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }) }
+    case 'move': return { kind: 'move', name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }), node: string(r.node, 'change.node', { max: 64, pattern: PEER_ID }) }
+    default: throw new ValidationError('change.kind', 'must be install, remove or move')
+  }
+}
+
+export function decodeChangeResponse (raw: unknown): ChangeResponse {
+  const r = record(raw, 'response')
+  return {
+    revision: number(r.revision, 'response.revision', { min: 0, max: MAX_INT, integer: true }),
+    replicatedTo: number(r.replicatedTo, 'response.replicatedTo', { min: 0, max: 10_000, integer: true })
+  }
+}
+
+export function decodeOpRequest (raw: unknown): OpRequest {
+  const r = record(raw, 'op')
+  const op = record(r.op, 'op.op')
+  let decoded: Op
+  if (op.kind === 'deploy') decoded = { kind: 'deploy', app: decodeDesiredApp(op.app, 'op.op.app') }
+  else if (op.kind === 'remove') decoded = { kind: 'remove', name: string(op.name, 'op.op.name', { max: 40, pattern: APP_NAME }) }
+  else throw new ValidationError('op.op.kind', 'must be deploy or remove')
+  return {
+    term: number(r.term, 'op.term', { min: 0, max: MAX_INT, integer: true }),
+    leader: string(r.leader, 'op.leader', { max: 64, pattern: PEER_ID }),
+    op: decoded
+  }
+}
+
+export function decodeOpResponse (raw: unknown): OpResponse {
+  const r = record(raw, 'response')
+  return { done: true, detail: string(r.detail, 'response.detail', { max: 4096 }) }
+}
+
+export function decodeAppQuery (raw: unknown): AppQuery {
+  const r = record(raw, 'query')
+  const name = string(r.name, 'query.name', { max: 40, pattern: APP_NAME })
+  if (r.kind === 'logs') return { kind: 'logs', name, tail: number(r.tail, 'query.tail', { min: 1, max: 10_000, integer: true }) }
+  if (r.kind === 'why') return { kind: 'why', name }
+  throw new ValidationError('query.kind', 'must be logs or why')
+}
+
+function bool (value: unknown, field: string): boolean {
+  if (typeof value !== 'boolean') throw new ValidationError(field, 'must be true or false')
+  return value
+}
+
+const ARCH = /^[a-z0-9_]{1,16}$/
+const SERVICE = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/
+const LABEL_KEY = /^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,127}$/
+
+/**
+ * Structural validation of a normalised manifest received from a peer: types,
+ * sizes and names. What a user wrote is validated, with friendlier messages,
+ * by apps/ before it ever becomes one of these.
+ */
+export function decodeManifest (raw: unknown, field: string): AppManifest {
+  const r = record(raw, field)
+  const req = record(r.requests, `${field}.requests`)
+  const compose = record(r.compose, `${field}.compose`)
+  const servicesRaw = record(compose.services, `${field}.compose.services`)
+  const serviceNames = Object.keys(servicesRaw)
+  if (serviceNames.length === 0 || serviceNames.length > 32) throw new ValidationError(`${field}.compose.services`, 'must hold 1 to 32 services')
+  const services: Record<string, ComposeService> = {}
+  for (const name of serviceNames) {
+    if (!SERVICE.test(name)) throw new ValidationError(`${field}.compose.services.${name}`, 'is not a valid service name')
+    services[name] = decodeService(servicesRaw[name], `${field}.compose.services.${name}`)
+  }
+  const volumesRaw = record(compose.volumes, `${field}.compose.volumes`)
+  const volumes: AppManifest['compose']['volumes'] = {}
+  for (const [name, v] of Object.entries(volumesRaw)) {
+    if (!SERVICE.test(name)) throw new ValidationError(`${field}.compose.volumes.${name}`, 'is not a valid volume name')
+    volumes[name] = { labels: stringMap(record(v, `${field}.compose.volumes.${name}`).labels ?? {}, `${field}.compose.volumes.${name}.labels`, { maxEntries: 64, key: LABEL_KEY, maxValue: 1024 }) }
+  }
+  const web = r.web === null ? null : record(r.web, `${field}.web`)
+  return {
+    id: string(r.id, `${field}.id`, { max: 64, pattern: /^[a-z0-9][a-z0-9._-]*$/ }),
+    name: string(r.name, `${field}.name`, { max: 128 }),
+    version: string(r.version, `${field}.version`, { max: 64 }),
+    description: string(r.description, `${field}.description`, { max: 16_384 }),
+    icon: r.icon === null ? null : string(r.icon, `${field}.icon`, { max: 2048 }),
+    category: r.category === null ? null : string(r.category, `${field}.category`, { max: 64 }),
+    architectures: array(r.architectures, `${field}.architectures`, 16, (v, f) => string(v, f, { max: 16, pattern: ARCH })),
+    requests: {
+      memoryBytes: number(req.memoryBytes, `${field}.requests.memoryBytes`, { min: 0, max: MAX_INT, integer: true }),
+      cpus: number(req.cpus, `${field}.requests.cpus`, { min: 0, max: 1024 })
+    },
+    web: web === null ? null : decodeWeb(web, `${field}.web`),
+    constraints: stringMap(r.constraints ?? {}, `${field}.constraints`, { maxEntries: 32, key: LABEL_KEY, maxValue: 128 }),
+    compose: { services, volumes }
+  }
+}
+
+function decodeService (raw: unknown, field: string): ComposeService {
+  const r = record(raw, field)
+  const strings = (v: unknown, f: string): string[] | null => v === null ? null : array(v, f, 256, (x, g) => string(x, g, { max: 4096 }))
+  const restart = r.restart
+  if (restart !== 'no' && restart !== 'always' && restart !== 'on-failure' && restart !== 'unless-stopped') throw new ValidationError(`${field}.restart`, 'must be no, always, on-failure or unless-stopped')
+  const hc = r.healthcheck === null ? null : record(r.healthcheck, `${field}.healthcheck`)
+  return {
+    image: string(r.image, `${field}.image`, { min: 1, max: 255 }),
+    command: strings(r.command, `${field}.command`),
+    entrypoint: strings(r.entrypoint, `${field}.entrypoint`),
+    environment: stringMap(r.environment, `${field}.environment`, { maxEntries: 512, key: /^[^=\0]{1,255}$/, maxValue: 65_536 }),
+    ports: array(r.ports, `${field}.ports`, 128, (v, f) => {
+      const p = record(v, f)
+      const protocol = p.protocol
+      if (protocol !== 'tcp' && protocol !== 'udp') throw new ValidationError(`${f}.protocol`, 'must be tcp or udp')
+      return { host: p.host === null ? null : port(p.host, `${f}.host`), container: port(p.container, `${f}.container`), protocol }
+    }),
+    volumes: array(r.volumes, `${field}.volumes`, 128, (v, f) => {
+      const m = record(v, f)
+      if (m.kind !== 'volume' && m.kind !== 'bind') throw new ValidationError(`${f}.kind`, 'must be volume or bind')
+      const target = string(m.target, `${f}.target`, { max: 4096, pattern: /^\// })
+      return { source: string(m.source, `${f}.source`, { min: 1, max: 4096 }), target, kind: m.kind, readOnly: bool(m.readOnly, `${f}.readOnly`) }
+    }),
+    healthcheck: hc === null
+      ? null
+      : {
+          test: array(hc.test, `${field}.healthcheck.test`, 64, (x, g) => string(x, g, { max: 4096 })),
+          intervalMs: number(hc.intervalMs, `${field}.healthcheck.intervalMs`, { min: 0, max: 86_400_000, integer: true }),
+          timeoutMs: number(hc.timeoutMs, `${field}.healthcheck.timeoutMs`, { min: 0, max: 86_400_000, integer: true }),
+          retries: number(hc.retries, `${field}.healthcheck.retries`, { min: 0, max: 1000, integer: true }),
+          startPeriodMs: number(hc.startPeriodMs, `${field}.healthcheck.startPeriodMs`, { min: 0, max: 86_400_000, integer: true })
+        },
+    dependsOn: array(r.dependsOn, `${field}.dependsOn`, 32, (x, g) => string(x, g, { max: 63, pattern: SERVICE })),
+    restart,
+    labels: stringMap(r.labels, `${field}.labels`, { maxEntries: 128, key: LABEL_KEY, maxValue: 4096 }),
+    user: r.user === null ? null : string(r.user, `${field}.user`, { max: 64 })
+  }
+}
+
+function decodeWeb (web: Record<string, unknown>, field: string): NonNullable<AppManifest['web']> {
+  const out: NonNullable<AppManifest['web']> = { service: string(web.service, `${field}.service`, { max: 63, pattern: SERVICE }), port: port(web.port, `${field}.port`) }
+  if (web.path !== undefined) out.path = string(web.path, `${field}.path`, { max: 2048, pattern: /^\// })
+  if (web.scheme !== undefined) {
+    if (web.scheme !== 'http' && web.scheme !== 'https') throw new ValidationError(`${field}.scheme`, 'must be http or https')
+    out.scheme = web.scheme
+  }
+  return out
+}
+
+function port (value: unknown, field: string): number {
+  return number(value, field, { min: 1, max: 65_535, integer: true })
+}
+
+/** Whether desired state `a` is newer than `b`: by the term of its last change, then by revision (Raft's log comparison). */
+export function newerDesired (a: { term: number, revision: number }, b: { term: number, revision: number }): boolean {
+  return a.term !== b.term ? a.term > b.term : a.revision > b.revision
+}
