@@ -49,7 +49,10 @@ describe('agent mesh in the lab', () => {
     const json = await lab.exec('n2', ['dcloud', 'status', '--json'])
     expect(json.code).toBe(0)
     const status = JSON.parse(json.stdout)
-    expect(status.leader).toBeNull()
+    // Three nodes elect one scheduler; every node names the same one.
+    const { value: leader } = await waitFor(async () => (await lab.status('n1')).leader ?? undefined, 10_000, 'a leader')
+    expect(status.nodes.map((n: { id: string }) => n.id)).toContain(leader)
+    for (const n of NODES) expect((await lab.status(n)).leader).toBe(leader)
     expect(status.self).toBe(status.nodes.find((n: { name: string }) => n.name === 'n2').id)
     for (const node of status.nodes) {
       expect(Object.keys(node)).toEqual(expect.arrayContaining(['id', 'name', 'state', 'cpu', 'memTotal', 'memFree', 'diskFree', 'arch', 'apps']))

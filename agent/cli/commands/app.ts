@@ -18,6 +18,7 @@ export const appHelp = `dcloud app COMMAND
   why NAME [--json]                                      why the app runs where it does, or nowhere`
 
 const WAIT_MS = 180_000
+const FAILED_GIVE_UP_MS = 5000
 
 export async function appCommand (argv: string[]): Promise<number> {
   const [sub, ...rest] = argv
@@ -73,6 +74,7 @@ async function install (argv: string[]): Promise<number> {
 /** Polls the app until `done`, printing each change of node or state: the install's progress. */
 async function waitForApp (name: string, done: (a: AppView) => boolean, started: number): Promise<AppView> {
   let last = ''
+  let failedSince: number | null = null
   while (Date.now() - started < WAIT_MS) {
     const apps = await apiGet<AppView[]>('/v1/apps')
     const app = apps.find(a => a.name === name)
@@ -83,9 +85,12 @@ async function waitForApp (name: string, done: (a: AppView) => boolean, started:
         last = line
       }
       if (done(app)) return app
-      if (app.state === 'failed' || app.state === 'waiting') {
+      failedSince = app.state === 'failed' ? (failedSince ?? Date.now()) : null
+      // Failed for a while (no node can take it, or its containers keep failing): say why and stop waiting.
+      if (failedSince !== null && Date.now() - failedSince > FAILED_GIVE_UP_MS) {
         const w = await apiGet<WhyView>(`/v1/apps/${encodeURIComponent(name)}/why`).catch(() => null)
-        if (w !== null && w.detail !== '') process.stderr.write(`${name}: ${w.detail}\n`)
+        const reasons = (w?.rejections ?? []).map(r => `  ${r.node}: ${r.reason}`).join('\n')
+        throw new UserError(`${name} cannot run: ${w?.detail ?? 'it failed'}${reasons !== '' ? `\n${reasons}` : ''}`, { exitCode: EXIT.unavailable, hint: `the app stays installed and is placed as soon as a node fits; \`dcloud app rm ${name}\` removes it` })
       }
     }
     await new Promise(resolve => setTimeout(resolve, 300))
