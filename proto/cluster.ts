@@ -18,7 +18,8 @@ const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{40,60}$/
 export const APP_NAME = /^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$|^[a-z0-9]$/
 const MAX_INT = 2 ** 53 - 1
 
-export interface VoteRequest { term: number, candidate: string, desiredTerm: number, desiredRevision: number }
+/** `preVote`: only asks whether the voter would vote in `term`; the voter changes nothing. */
+export interface VoteRequest { term: number, candidate: string, desiredTerm: number, desiredRevision: number, preVote: boolean }
 export interface VoteResponse { term: number, granted: boolean, reason: string }
 /** The leader's heartbeat; `sentAt` is the leader's clock, echoed in the ack so it can time its lease. */
 export interface LeaderHeartbeat { term: number, leader: string, sentAt: number }
@@ -55,7 +56,8 @@ export function decodeVoteRequest (raw: unknown): VoteRequest {
     term: number(r.term, 'vote.term', { min: 0, max: MAX_INT, integer: true }),
     candidate: string(r.candidate, 'vote.candidate', { max: 64, pattern: PEER_ID }),
     desiredTerm: number(r.desiredTerm, 'vote.desiredTerm', { min: 0, max: MAX_INT, integer: true }),
-    desiredRevision: number(r.desiredRevision, 'vote.desiredRevision', { min: 0, max: MAX_INT, integer: true })
+    desiredRevision: number(r.desiredRevision, 'vote.desiredRevision', { min: 0, max: MAX_INT, integer: true }),
+    preVote: r.preVote === undefined ? false : bool(r.preVote, 'vote.preVote')
   }
 }
 

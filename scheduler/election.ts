@@ -36,6 +36,12 @@ export interface ElectionConfig {
   electionTimeoutMaxMs: number
   /** How long the other half of an even cluster must be silent before a half may elect (the liveness dead timeout). */
   halfQuorumAfterMs: number
+  /**
+   * Raft's PreVote: before raising its term, a node asks whether it could win.
+   * A node cut off for a moment (a flapping link) then never comes back with a
+   * higher term that would depose a healthy leader.
+   */
+  preVote: boolean
 }
 
 export const DEFAULT_ELECTION: ElectionConfig = {
@@ -43,10 +49,11 @@ export const DEFAULT_ELECTION: ElectionConfig = {
   leaseMs: 1500,
   electionTimeoutMinMs: 2000,
   electionTimeoutMaxMs: 3500,
-  halfQuorumAfterMs: 4000
+  halfQuorumAfterMs: 4000,
+  preVote: false
 }
 
-export type Role = 'follower' | 'candidate' | 'leader'
+export type Role = 'follower' | 'precandidate' | 'candidate' | 'leader'
 
 export interface ElectionState {
   self: string
@@ -61,6 +68,8 @@ export interface ElectionState {
   leader: string | null
   /** Candidate: the voters that granted their vote in `term`, itself included. */
   votes: string[]
+  /** Precandidate: the voters that would vote for it in `term + 1`, itself included. */
+  preVotes: string[]
   /** Follower or candidate: when to start the next election. */
   electionDeadline: number
   electionStartedAt: number
@@ -87,6 +96,10 @@ export type ElectionEvent =
    */
   | { type: 'voteRequest', from: string, term: number, candidateBehind?: boolean }
   | { type: 'voteResponse', from: string, term: number, granted: boolean }
+  /** PreVote: would this node vote for `from` in `term` (the candidate's current term + 1)? Changes nothing here. */
+  | { type: 'preVoteRequest', from: string, term: number, candidateBehind?: boolean }
+  /** `term` is the voter's own current term; `granted` answers for the term the request proposed. */
+  | { type: 'preVoteResponse', from: string, term: number, granted: boolean }
   | { type: 'leaderHeartbeat', from: string, term: number, sentAt: number }
   | { type: 'heartbeatAck', from: string, term: number, ok: boolean, sentAt: number }
   /** The voter set changed (a node joined, or a person removed one). */
@@ -99,6 +112,8 @@ export type ElectionAction =
   | { type: 'persist', term: number, votedFor: string | null }
   | { type: 'sendVoteRequests', term: number, to: string[] }
   | { type: 'sendVote', to: string, term: number, granted: boolean }
+  | { type: 'sendPreVoteRequests', term: number, to: string[] }
+  | { type: 'sendPreVote', to: string, term: number, granted: boolean }
   | { type: 'sendHeartbeats', term: number, to: string[], sentAt: number }
   | { type: 'sendHeartbeatAck', to: string, term: number, ok: boolean, sentAt: number }
   | { type: 'becomeLeader', term: number }
@@ -120,7 +135,10 @@ export interface ElectionInit {
 /** Problems with a configuration that would make the lease unsafe or elections impossible; empty when fine. */
 export function checkElectionConfig (c: ElectionConfig): string[] {
   const problems: string[] = []
-  for (const [k, v] of Object.entries(c)) if (!(typeof v === 'number' && Number.isFinite(v) && v > 0)) problems.push(`${k} must be a positive number`)
+  for (const [k, v] of Object.entries(c)) {
+    if (k === 'preVote') { if (typeof v !== 'boolean') problems.push('preVote must be true or false'); continue }
+    if (!(typeof v === 'number' && Number.isFinite(v) && v > 0)) problems.push(`${k} must be a positive number`)
+  }
   if (c.electionTimeoutMinMs <= c.leaseMs) problems.push('electionTimeoutMinMs must exceed leaseMs (or two leaders could overlap)')
   if (c.electionTimeoutMaxMs < c.electionTimeoutMinMs) problems.push('electionTimeoutMaxMs must be at least electionTimeoutMinMs')
   if (c.heartbeatIntervalMs >= c.leaseMs) problems.push('heartbeatIntervalMs must be below leaseMs (or a healthy leader loses its lease)')
@@ -147,6 +165,7 @@ export function initElection (init: ElectionInit): ElectionState {
     role: 'follower',
     leader: null,
     votes: [],
+    preVotes: [],
     electionDeadline: init.now,
     electionStartedAt: init.now,
     // A node that just started may have acknowledged a leader right before it
@@ -219,8 +238,9 @@ export function nextTickAt (s: ElectionState): number {
   if (s.role === 'leader') return Math.min(s.nextHeartbeatAt, leaseExpiry(s))
   let at = s.electionDeadline
   // A candidate holding half of an even cluster may win when the other half's silence gets long enough.
-  if (s.role === 'candidate' && tieBreaker(s.voters) !== null) {
-    for (const v of s.voters) if (!s.votes.includes(v)) at = Math.min(at, (s.lastHeard[v] ?? 0) + s.config.halfQuorumAfterMs)
+  if ((s.role === 'candidate' || s.role === 'precandidate') && tieBreaker(s.voters) !== null) {
+    const have = s.role === 'candidate' ? s.votes : s.preVotes
+    for (const v of s.voters) if (!have.includes(v)) at = Math.min(at, (s.lastHeard[v] ?? 0) + s.config.halfQuorumAfterMs)
   }
   return at
 }
@@ -248,7 +268,7 @@ function resetDeadline (s: ElectionState, now: number): void {
 }
 
 function clone (s: ElectionState): ElectionState {
-  return { ...s, voters: [...s.voters], votes: [...s.votes], lastHeard: { ...s.lastHeard }, acks: { ...s.acks } }
+  return { ...s, voters: [...s.voters], votes: [...s.votes], preVotes: [...s.preVotes], lastHeard: { ...s.lastHeard }, acks: { ...s.acks } }
 }
 
 function others (s: ElectionState): string[] {
@@ -260,6 +280,7 @@ function toFollower (s: ElectionState, now: number, actions: ElectionAction[], r
   if (s.role !== 'follower') resetDeadline(s, now)
   s.role = 'follower'
   s.votes = []
+  s.preVotes = []
   s.acks = {}
   if (s.leader === s.self) s.leader = null
 }
@@ -300,6 +321,18 @@ function startElection (s: ElectionState, now: number, actions: ElectionAction[]
   if (isQuorum(s, new Set(s.votes), now, true)) becomeLeader(s, now, actions)
 }
 
+/** PreVote: ask whether a majority would vote for us in the next term, without raising ours. */
+function startPreVote (s: ElectionState, now: number, actions: ElectionAction[]): void {
+  s.role = 'precandidate'
+  s.preVotes = [s.self]
+  s.leader = null
+  s.electionStartedAt = now
+  resetDeadline(s, now)
+  const to = others(s)
+  if (to.length > 0) actions.push({ type: 'sendPreVoteRequests', term: s.term + 1, to })
+  if (isQuorum(s, new Set(s.preVotes), now, true)) startElection(s, now, actions)
+}
+
 /** Refuses other candidates while a leader (or a granted vote) was heard within the minimum election timeout. */
 function sticky (s: ElectionState, now: number): boolean {
   if (s.role === 'leader') return now < leaseExpiry(s)
@@ -328,10 +361,37 @@ export function step (state: ElectionState, event: ElectionEvent, now: number): 
         becomeLeader(s, now, actions)
         break
       }
-      if (now >= s.electionDeadline) {
-        if (isVoter(s.self)) startElection(s, now, actions)
-        else resetDeadline(s, now)
+      if (s.role === 'precandidate' && isVoter(s.self) && isQuorum(s, new Set(s.preVotes), now, true)) {
+        startElection(s, now, actions)
+        break
       }
+      if (now >= s.electionDeadline) {
+        if (!isVoter(s.self)) resetDeadline(s, now)
+        else if (s.config.preVote) startPreVote(s, now, actions)
+        else startElection(s, now, actions)
+      }
+      break
+    }
+
+    case 'preVoteRequest': {
+      if (!isVoter(event.from) || !Number.isSafeInteger(event.term) || event.from === s.self) break
+      s.lastHeard[event.from] = now
+      // Nothing changes here: no term adopted, no vote recorded. Only an answer.
+      const granted = isVoter(s.self) && event.term > s.term && event.candidateBehind !== true && !sticky(s, now)
+      actions.push({ type: 'sendPreVote', to: event.from, term: s.term, granted })
+      break
+    }
+
+    case 'preVoteResponse': {
+      if (!isVoter(event.from) || !Number.isSafeInteger(event.term)) break
+      s.lastHeard[event.from] = now
+      if (event.term > s.term) {
+        adoptTerm(s, event.term, now, actions)
+        break
+      }
+      if (s.role !== 'precandidate' || !event.granted) break
+      if (!s.preVotes.includes(event.from)) s.preVotes.push(event.from)
+      if (isVoter(s.self) && isQuorum(s, new Set(s.preVotes), now, true)) startElection(s, now, actions)
       break
     }
 
@@ -348,7 +408,9 @@ export function step (state: ElectionState, event: ElectionEvent, now: number): 
         break
       }
       adoptTerm(s, event.term, now, actions)
-      if (s.role === 'follower' && event.candidateBehind !== true && (s.votedFor === null || s.votedFor === event.from)) {
+      // A precandidate is still a follower of its term: it may vote (two precandidates must not split a vote).
+      if ((s.role === 'follower' || s.role === 'precandidate') && event.candidateBehind !== true && (s.votedFor === null || s.votedFor === event.from)) {
+        if (s.role === 'precandidate') toFollower(s, now, actions, '')
         if (s.votedFor === null) {
           s.votedFor = event.from
           actions.push({ type: 'persist', term: s.term, votedFor: s.votedFor })
@@ -384,7 +446,7 @@ export function step (state: ElectionState, event: ElectionEvent, now: number): 
       }
       adoptTerm(s, event.term, now, actions)
       if (s.role === 'leader') toFollower(s, now, actions, `another leader of term ${s.term}`)
-      else if (s.role === 'candidate') toFollower(s, now, actions, '')
+      else if (s.role === 'candidate' || s.role === 'precandidate') toFollower(s, now, actions, '')
       s.leader = event.from
       s.leaderContactAt = now
       resetDeadline(s, now)

@@ -32,7 +32,9 @@ export const AGENT_ELECTION: Partial<ElectionConfig> = {
   heartbeatIntervalMs: 300,
   leaseMs: 900,
   electionTimeoutMinMs: 1200,
-  electionTimeoutMaxMs: 1800
+  electionTimeoutMaxMs: 1800,
+  // A node whose link flaps must not come back with a raised term and depose a healthy leader.
+  preVote: true
 }
 
 const TICK_MS = 25
@@ -98,9 +100,9 @@ export class ElectionDriver {
         if (req.candidate !== from.toString()) return { term: this.term, granted: false, reason: 'the candidate must ask for itself' }
         const mine = this.init.store.current()
         const behind = newerDesired(mine, { term: req.desiredTerm, revision: req.desiredRevision })
-        const actions = await this.apply({ type: 'voteRequest', from: req.candidate, term: req.term, candidateBehind: behind })
-        const vote = actions.find(a => a.type === 'sendVote')
-        const granted = vote?.type === 'sendVote' && vote.granted
+        const actions = await this.apply({ type: req.preVote ? 'preVoteRequest' : 'voteRequest', from: req.candidate, term: req.term, candidateBehind: behind })
+        const vote = actions.find(a => a.type === (req.preVote ? 'sendPreVote' : 'sendVote'))
+        const granted = (vote?.type === 'sendVote' || vote?.type === 'sendPreVote') && vote.granted
         return { term: this.term, granted, reason: granted ? 'granted' : behind ? 'the candidate\'s desired state is older than ours' : 'refused' } satisfies VoteResponse
       }
     })
@@ -179,13 +181,15 @@ export class ElectionDriver {
       case 'persist':
         await this.save(action.term, action.votedFor)
         return
-      case 'sendVoteRequests': {
+      case 'sendVoteRequests':
+      case 'sendPreVoteRequests': {
+        const preVote = action.type === 'sendPreVoteRequests'
         const mine = this.init.store.current()
-        const request = { term: action.term, candidate: this.self, desiredTerm: mine.term, desiredRevision: mine.revision }
-        log.info('asking for votes', { term: action.term, voters: action.to.length + 1 })
+        const request = { term: action.term, candidate: this.self, desiredTerm: mine.term, desiredRevision: mine.revision, preVote }
+        if (!preVote) log.info('asking for votes', { term: action.term, voters: action.to.length + 1 })
         for (const to of action.to) {
           void rpcCall(this.init.mesh, peerIdFromString(to), VOTE_PROTOCOL, request, { decode: decodeVoteResponse, timeoutMs: 1000 })
-            .then(async (r) => { await this.apply({ type: 'voteResponse', from: to, term: r.term, granted: r.granted }) }, () => {})
+            .then(async (r) => { await this.apply({ type: preVote ? 'preVoteResponse' : 'voteResponse', from: to, term: r.term, granted: r.granted }) }, () => {})
         }
         return
       }
@@ -206,6 +210,7 @@ export class ElectionDriver {
         this.init.onLeadership?.(false, action.term)
         return
       case 'sendVote':
+      case 'sendPreVote':
       case 'sendHeartbeatAck':
         return // answered by the RPC handler that caused them
     }

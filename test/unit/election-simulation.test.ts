@@ -21,6 +21,8 @@ interface SimOptions {
   dropRate?: number
   /** Each clock runs at a rate within 1 ± drift of real time. */
   drift?: number
+  /** Raft's PreVote round before every election (the agent runs with it). */
+  preVote?: boolean
 }
 
 interface Message { at: number, from: string, to: string, event: ElectionEvent }
@@ -42,9 +44,11 @@ class SimulatedCluster {
   private queue: Message[] = []
   private readonly rand: () => number
   private restarts = 0
+  private readonly config: { preVote: boolean }
 
   constructor (opts: SimOptions) {
     this.ids = opts.ids
+    this.config = { preVote: opts.preVote ?? false }
     this.rand = mulberry32(opts.seed)
     this.maxDelayMs = opts.maxDelayMs ?? 30
     this.dropRate = opts.dropRate ?? 0
@@ -55,7 +59,7 @@ class SimulatedCluster {
       this.group.set(id, 0)
       this.witness.set(id, true)
       this.up.add(id)
-      this.states.set(id, initElection({ self: id, voters: this.ids, seed: Math.floor(this.rand() * 2 ** 31), now: this.now(id) }))
+      this.states.set(id, initElection({ self: id, voters: this.ids, seed: Math.floor(this.rand() * 2 ** 31), now: this.now(id), config: this.config }))
     }
   }
 
@@ -81,7 +85,7 @@ class SimulatedCluster {
   restart (id: string): void {
     if (this.up.has(id)) return
     const p = this.persisted.get(id)
-    this.states.set(id, initElection({ self: id, voters: this.ids, term: p?.term ?? 0, votedFor: p?.votedFor ?? null, seed: 7919 * ++this.restarts, now: this.now(id) }))
+    this.states.set(id, initElection({ self: id, voters: this.ids, term: p?.term ?? 0, votedFor: p?.votedFor ?? null, seed: 7919 * ++this.restarts, now: this.now(id), config: this.config }))
     this.up.add(id)
   }
 
@@ -110,6 +114,8 @@ class SimulatedCluster {
       case 'persist': this.persisted.set(id, { term: a.term, votedFor: a.votedFor }); break
       case 'sendVoteRequests': for (const to of a.to) this.send(id, to, { type: 'voteRequest', from: id, term: a.term }); break
       case 'sendVote': this.send(id, a.to, { type: 'voteResponse', from: id, term: a.term, granted: a.granted }); break
+      case 'sendPreVoteRequests': for (const to of a.to) this.send(id, to, { type: 'preVoteRequest', from: id, term: a.term }); break
+      case 'sendPreVote': this.send(id, a.to, { type: 'preVoteResponse', from: id, term: a.term, granted: a.granted }); break
       case 'sendHeartbeats': for (const to of a.to) this.send(id, to, { type: 'leaderHeartbeat', from: id, term: a.term, sentAt: a.sentAt }); break
       case 'sendHeartbeatAck': this.send(id, a.to, { type: 'heartbeatAck', from: id, term: a.term, ok: a.ok, sentAt: a.sentAt }); break
       case 'becomeLeader': {
@@ -178,10 +184,11 @@ describe('election, on a pure simulation of a cluster', () => {
         seed: fc.integer(),
         chaos: chaosArb(n),
         dropRate: fc.constantFrom(0, 0.05, 0.3),
-        maxDelayMs: fc.constantFrom(5, 50, 300)
+        maxDelayMs: fc.constantFrom(5, 50, 300),
+        preVote: fc.boolean()
       })),
-      ({ n, seed, chaos, dropRate, maxDelayMs }) => {
-        const sim = new SimulatedCluster({ ids: ids(n), seed, dropRate, maxDelayMs, drift: 0.02 })
+      ({ n, seed, chaos, dropRate, maxDelayMs, preVote }) => {
+        const sim = new SimulatedCluster({ ids: ids(n), seed, dropRate, maxDelayMs, drift: 0.02, preVote })
         applyChaos(sim, chaos)
         sim.runUntil(25_000)
         expect(sim.violations).toEqual([])
@@ -195,10 +202,11 @@ describe('election, on a pure simulation of a cluster', () => {
         n: fc.constant(n),
         seed: fc.integer(),
         chaos: chaosArb(n),
-        minority: fc.subarray(ids(n), { maxLength: Math.floor((n - 1) / 2) })
+        minority: fc.subarray(ids(n), { maxLength: Math.floor((n - 1) / 2) }),
+        preVote: fc.boolean()
       })),
-      ({ n, seed, chaos, minority }) => {
-        const sim = new SimulatedCluster({ ids: ids(n), seed, dropRate: 0.05, maxDelayMs: 50 })
+      ({ n, seed, chaos, minority, preVote }) => {
+        const sim = new SimulatedCluster({ ids: ids(n), seed, dropRate: 0.05, maxDelayMs: 50, preVote })
         applyChaos(sim, chaos)
         // From 15 s on: everyone up, the network reliable, cut into a majority and a minority.
         sim.runUntil(15_000)
@@ -234,6 +242,29 @@ describe('election, on a pure simulation of a cluster', () => {
       expect(first).not.toBeNull()
       expect(first!).toBeLessThan(3 * DEFAULT_ELECTION.electionTimeoutMaxMs)
       expect(new Set(sim.becameLeader.map(b => b.id)).size).toBe(1)
+      expect(sim.violations).toEqual([])
+    }
+  })
+
+  it('with PreVote, a link that flaps shorter than the dead timeout never deposes the leader', () => {
+    for (let seed = 0; seed < 20; seed++) {
+      const sim = new SimulatedCluster({ ids: ids(3), seed, preVote: true })
+      sim.runUntil(15_000)
+      const leaders = sim.leaders()
+      expect(leaders).toHaveLength(1)
+      const leader = leaders[0] as string
+      const flapper = sim.ids.find(id => id !== leader) as string
+      const before = sim.becameLeader.length
+      // 1.5 s cut off, 1.5 s back, for a minute: the election timeout (2 to 3.5 s here) never expires
+      // for the others, while the flapper's own may; with PreVote it cannot raise its term alone.
+      for (let k = 0; k < 20; k++) {
+        sim.partition([[flapper]])
+        sim.runUntil(sim.t + 1500)
+        sim.heal()
+        sim.runUntil(sim.t + 1500)
+      }
+      expect(sim.becameLeader.length, `seed ${seed}: a new leader was elected`).toBe(before)
+      expect(sim.leaders()).toEqual([leader])
       expect(sim.violations).toEqual([])
     }
   })

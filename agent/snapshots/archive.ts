@@ -1,0 +1,857 @@
+/**
+ * Whole-app backup files: one tar archive holding everything needed to bring
+ * an app back on any dcloud, or to read its data by hand with plain `tar`.
+ *
+ *   dcloud-backup.json          what it is: format version, app name, manifest,
+ *                               settings, creation time, and per volume its
+ *                               name, entry count, byte count and the sha256 of
+ *                               its content listing
+ *   volumes/<name>/             each volume's root directory (mode, owner)
+ *   volumes/<name>/...          its directories, files, symlinks, hardlinks
+ *
+ * The metadata comes first, so a reader knows what it is reading (and which
+ * volumes may appear) before it writes anything. Its checksums are only known
+ * at the end: the writer leaves fixed-width placeholders and fills them in
+ * once every volume is written, so each file is read once.
+ *
+ * Reading is the security boundary of a restore: a backup file may come from
+ * anywhere. Every check runs before the bytes of an entry reach the disk, the
+ * extraction goes to a fresh directory next to the target that is renamed into
+ * place only after the whole archive verified, and nothing is ever written
+ * through a symlink. See docs/snapshots.md for the rules.
+ */
+import { createHash, randomBytes, type Hash } from 'node:crypto'
+import { createReadStream, constants, type Stats } from 'node:fs'
+import { chmod, chown, link, lchown, lstat, lutimes, mkdir, mkdtemp, open, readdir, readlink, rename, rm, stat, symlink, unlink, utimes, type FileHandle } from 'node:fs/promises'
+import { basename, dirname, join, resolve } from 'node:path'
+import type { AppManifest } from '../../proto/app.ts'
+import { APP_NAME, decodeManifest } from '../../proto/cluster.ts'
+import { ValidationError, array, number, record, string, type Json } from '../../proto/validate.ts'
+import { UserError, EXIT } from '../util/errors.ts'
+import { ArchiveError, MAX_PATH_BYTES, TarReader, encodeEntry, endOfArchive, padding, type TarEntry } from './tar.ts'
+
+export { ArchiveError } from './tar.ts'
+
+export const FORMAT = 'dcloud-backup'
+export const FORMAT_VERSION = 1
+export const META_FILE = 'dcloud-backup.json'
+export const MAX_META_BYTES = 1024 * 1024
+const MAX_VOLUMES = 64
+/** Docker's and compose's rule for a volume name (proto/cluster.ts checks manifests with it too). */
+const VOLUME_NAME = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/
+const SHA256_HEX = /^[0-9a-f]{64}$/
+const MAX_NAME_BYTES = 255
+const CHUNK = 256 * 1024
+const FLUSH_AT = 1024 * 1024
+const PROGRESS_EVERY_MS = 100
+
+export interface BackupVolume {
+  name: string
+  /** Entries in the volume, its root directory included. */
+  entries: number
+  /** Bytes of file content. */
+  bytes: number
+  /** sha256 of the volume's content listing (see listingLine). */
+  listingSha256: string
+}
+
+export interface BackupMeta {
+  format: typeof FORMAT
+  version: typeof FORMAT_VERSION
+  app: string
+  /** ISO 8601. */
+  createdAt: string
+  manifest: AppManifest
+  /** What the user chose for this install (variables, pinned node, ...): kept as given. */
+  settings: Record<string, Json>
+  volumes: BackupVolume[]
+}
+
+export interface ArchiveProgress {
+  phase: 'scan' | 'write' | 'read'
+  volume: string | null
+  entries: number
+  bytesDone: number
+  /** Null when the size is not known (a stream). */
+  bytesTotal: number | null
+}
+
+export interface WriteArchiveOptions {
+  app: string
+  manifest: AppManifest
+  settings: Record<string, Json>
+  /** Each volume's name (declared by the manifest) and the directory holding its data (a Docker volume's `_data`). */
+  volumes: Array<{ name: string, dir: string }>
+  signal: AbortSignal
+  progress?: (p: ArchiveProgress) => void
+  /** The creation time to record; default now. */
+  now?: Date
+}
+
+export interface WriteArchiveResult {
+  file: string
+  meta: BackupMeta
+  /** Size of the archive in bytes. */
+  bytes: number
+  /** Sockets, fifos and device nodes found in volumes: they hold no data and are not archived. */
+  skipped: string[]
+}
+
+export interface ReadOptions {
+  signal: AbortSignal
+  progress?: (p: ArchiveProgress) => void
+}
+
+export interface ExtractResult {
+  meta: BackupMeta
+  /** Where each volume's data now is: `<target>/<volume>`. */
+  dirs: Record<string, string>
+}
+
+export type ArchiveSource = string | AsyncIterable<Uint8Array>
+
+// ---------------------------------------------------------------------------
+// The content listing
+
+export type ListingKind = 'd' | 'f' | 'l' | 'h'
+
+/**
+ * One line of a volume's content listing; the listing's sha256 is recorded in
+ * the metadata and recomputed by the reader. The lines follow the archive's
+ * order (the writer walks each directory sorted by name). Modification times
+ * are left out: equal content gives an equal checksum.
+ *
+ *   TYPE MODE UID GID SIZE SHA256 "PATH" ["TARGET"]
+ *
+ * TYPE is d, f, l (symlink) or h (hardlink); MODE four octal digits; SHA256 the
+ * file's content hash, or - for the others; PATH relative to the volume ("."
+ * for its root) and TARGET (symlinks and hardlinks) JSON-quoted.
+ */
+export function listingLine (kind: ListingKind, rel: string, mode: number, uid: number, gid: number, size: number, sha256: string | null, target: string | null): string {
+  const m = (mode & 0o7777).toString(8).padStart(4, '0')
+  return `${kind} ${m} ${uid} ${gid} ${size} ${sha256 ?? '-'} ${JSON.stringify(rel)}${target === null ? '' : ` ${JSON.stringify(target)}`}\n`
+}
+
+/**
+ * Whether a symlink, followed from where it is, leaves its volume: through
+ * `..`, an absolute target, or other symlinks of the volume (`links` maps every
+ * symlink's volume-relative path to its target). Components that are not in
+ * `links` are taken as directories, the cautious reading.
+ */
+export function symlinkEscapes (rel: string, links: ReadonlyMap<string, string>): boolean {
+  const target = links.get(rel)
+  if (target === undefined) return false
+  if (target.startsWith('/')) return true
+  const stack = rel.split('/').slice(0, -1)
+  let queue = target.split('/')
+  let hops = 0
+  for (let i = 0; i < queue.length; i++) {
+    const c = queue[i] as string
+    if (c === '' || c === '.') continue
+    if (c === '..') {
+      if (stack.length === 0) return true
+      stack.pop()
+      continue
+    }
+    stack.push(c)
+    const next = links.get(stack.join('/'))
+    if (next === undefined) continue
+    // The kernel gives up after 40 links (ELOOP): nothing past that is reached.
+    if (++hops > 40) return false
+    if (next.startsWith('/')) return true
+    stack.pop()
+    queue = [...next.split('/'), ...queue.slice(i + 1)]
+    i = -1
+  }
+  return false
+}
+
+// ---------------------------------------------------------------------------
+// Walking a volume
+
+interface WalkEntry {
+  /** Volume-relative path, "." for the root. */
+  rel: string
+  abs: string
+  kind: ListingKind | 'skip'
+  st: Stats
+  /** Symlink target, or the volume-relative path a hardlink shares its inode with. */
+  target: string | null
+  skipReason?: string
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true })
+
+/**
+ * Every entry under `root`, depth first, each directory's names sorted by
+ * bytes. Never follows a symlink. Names that are not UTF-8, or that no archive
+ * could carry, are errors naming the directory.
+ */
+async function * walk (root: string, prefixBytes: number, signal: AbortSignal): AsyncGenerator<WalkEntry> {
+  const rootSt = await lstat(root).catch(() => null)
+  if (rootSt === null || !rootSt.isDirectory()) {
+    throw new UserError(`${root} is not a directory`, { exitCode: EXIT.noInput, hint: 'give the directory that holds the volume\'s data (a Docker volume\'s _data)' })
+  }
+  yield { rel: '.', abs: root, kind: 'd', st: rootSt, target: null }
+  const inodes = new Map<string, string>()
+  async function * dir (abs: string, rel: string): AsyncGenerator<WalkEntry> {
+    signal.throwIfAborted()
+    const names = (await readdir(abs, { encoding: 'buffer' })).sort(Buffer.compare)
+    for (const raw of names) {
+      let name: string
+      try {
+        name = strictUtf8.decode(raw)
+      } catch {
+        throw new UserError(`a file name in ${abs} is not UTF-8 (${JSON.stringify(raw.toString('latin1'))})`, { exitCode: EXIT.dataError, hint: 'rename it; backup files carry UTF-8 names only' })
+      }
+      const childRel = rel === '.' ? name : `${rel}/${name}`
+      const childAbs = join(abs, name)
+      if (raw.length > MAX_NAME_BYTES || prefixBytes + Buffer.byteLength(childRel) > MAX_PATH_BYTES - 1) {
+        throw new UserError(`${childAbs}: the path is too long for a backup file`, { exitCode: EXIT.dataError, hint: `keep paths inside a volume under ${MAX_PATH_BYTES - prefixBytes - 1} bytes` })
+      }
+      const st = await lstat(childAbs)
+      if (st.isDirectory()) {
+        yield { rel: childRel, abs: childAbs, kind: 'd', st, target: null }
+        yield * dir(childAbs, childRel)
+      } else if (st.isFile()) {
+        const key = `${st.dev}:${st.ino}`
+        const first = st.nlink > 1 ? inodes.get(key) : undefined
+        if (first !== undefined) {
+          yield { rel: childRel, abs: childAbs, kind: 'h', st, target: first }
+        } else {
+          if (st.nlink > 1) inodes.set(key, childRel)
+          yield { rel: childRel, abs: childAbs, kind: 'f', st, target: null }
+        }
+      } else if (st.isSymbolicLink()) {
+        const target = await readlink(childAbs)
+        if (Buffer.byteLength(target) > MAX_PATH_BYTES - 1) throw new UserError(`${childAbs}: the symlink's target is too long for a backup file`, { exitCode: EXIT.dataError })
+        yield { rel: childRel, abs: childAbs, kind: 'l', st, target }
+      } else {
+        const what = st.isSocket() ? 'socket' : st.isFIFO() ? 'fifo' : 'device node'
+        yield { rel: childRel, abs: childAbs, kind: 'skip', st, target: null, skipReason: what }
+      }
+    }
+  }
+  yield * dir(root, '.')
+}
+
+/** Refuses a volume whose symlinks lead outside it: the archive could not be restored safely. */
+function checkLinks (volume: string, dir: string, links: Map<string, string>): void {
+  for (const [rel, target] of links) {
+    if (symlinkEscapes(rel, links)) {
+      throw new UserError(`volume ${volume}: symlink ${join(dir, rel)} points outside the volume (${JSON.stringify(target)})`, {
+        exitCode: EXIT.dataError,
+        hint: 'a backup file may only hold symlinks that stay inside their volume (restores refuse the others); make it relative to the volume, or remove it'
+      })
+    }
+  }
+}
+
+/**
+ * The content listing of a directory as a backup of it would record it: its
+ * sha256, entry count and byte count. Compares a restored volume with the
+ * archive's metadata, or two directories with each other.
+ */
+export async function listingDigest (dir: string, opts: { signal: AbortSignal }): Promise<{ sha256: string, entries: number, bytes: number, skipped: string[] }> {
+  const hash = createHash('sha256')
+  let entries = 0
+  let bytes = 0
+  const skipped: string[] = []
+  for await (const e of walk(resolve(dir), 0, opts.signal)) {
+    if (e.kind === 'skip') {
+      skipped.push(e.abs)
+      continue
+    }
+    entries++
+    let sha: string | null = null
+    if (e.kind === 'f') {
+      const h = createHash('sha256')
+      const fh = await open(e.abs, constants.O_RDONLY | constants.O_NOFOLLOW)
+      try {
+        for await (const c of fh.createReadStream({ highWaterMark: CHUNK, autoClose: false, signal: opts.signal })) h.update(c as Buffer)
+      } finally {
+        await fh.close()
+      }
+      sha = h.digest('hex')
+      bytes += e.st.size
+    }
+    hash.update(listingLine(e.kind, e.rel, e.st.mode, e.st.uid, e.st.gid, e.kind === 'f' ? e.st.size : 0, sha, e.target))
+  }
+  return { sha256: hash.digest('hex'), entries, bytes, skipped }
+}
+
+// ---------------------------------------------------------------------------
+// Writing
+
+/** Buffers small writes into fewer system calls; tracks the position. */
+class FileSink {
+  private chunks: Buffer[] = []
+  private buffered = 0
+  position = 0
+  private readonly fh: FileHandle
+
+  constructor (fh: FileHandle) {
+    this.fh = fh
+  }
+
+  async write (b: Buffer): Promise<void> {
+    this.chunks.push(b)
+    this.buffered += b.length
+    if (this.buffered >= FLUSH_AT) await this.flush()
+  }
+
+  async flush (): Promise<void> {
+    if (this.chunks.length === 0) return
+    const chunks = this.chunks
+    const at = this.position
+    this.chunks = []
+    this.position += this.buffered
+    this.buffered = 0
+    let written = 0
+    const total = chunks.reduce((n, c) => n + c.length, 0)
+    while (written < total) {
+      const { bytesWritten } = await this.fh.writev(written === 0 ? chunks : [Buffer.concat(chunks).subarray(written)], at + written)
+      written += bytesWritten
+    }
+  }
+
+  /** Bytes in the file once flushed. */
+  get size (): number {
+    return this.position + this.buffered
+  }
+}
+
+class ChangedError extends UserError {
+  override name = 'VolumeChangedError'
+
+  constructor (volume: string, what: string) {
+    super(`volume ${volume} changed while it was being archived (${what})`, { exitCode: EXIT.tempFail, hint: 'stop the app (or let dcloud stop it) and back it up again; nothing was written' })
+  }
+}
+
+/**
+ * Writes a whole-app backup file. The archive is written to `FILE.part-…`
+ * next to `file` and linked into place when complete, so `file` either is a
+ * whole backup or does not exist; an existing `file` is never replaced.
+ *
+ * Each volume is walked twice: once to count (progress, and every refusal
+ * before a byte is written), once to write. A volume that changes in between,
+ * or a file that changes while it is read, fails the backup: its data would
+ * be inconsistent. Stop the app first.
+ */
+export async function writeArchive (file: string, opts: WriteArchiveOptions): Promise<WriteArchiveResult> {
+  const { signal } = opts
+  signal.throwIfAborted()
+  const out = resolve(file)
+  const app = checkInput(() => string(opts.app, 'app', { max: 40, pattern: APP_NAME }))
+  const manifest = checkInput(() => decodeManifest(opts.manifest, 'manifest'))
+  const settings = checkInput(() => record(opts.settings, 'settings')) as Record<string, Json>
+  if (opts.volumes.length > MAX_VOLUMES) throw new UserError(`an app with more than ${MAX_VOLUMES} volumes cannot be archived`, { exitCode: EXIT.usage })
+  const names = new Set<string>()
+  for (const v of opts.volumes) {
+    if (!VOLUME_NAME.test(v.name)) throw new UserError(`${JSON.stringify(v.name)} is not a volume name`, { exitCode: EXIT.usage })
+    if (!(v.name in manifest.compose.volumes)) throw new UserError(`volume ${v.name} is not declared by ${app}'s manifest`, { exitCode: EXIT.usage, hint: `its volumes are: ${Object.keys(manifest.compose.volumes).join(', ') || 'none'}` })
+    if (names.has(v.name)) throw new UserError(`volume ${v.name} is given twice`, { exitCode: EXIT.usage })
+    names.add(v.name)
+  }
+  if (await exists(out)) throw new UserError(`${out} already exists; refusing to replace it`, { exitCode: EXIT.cantCreate, hint: 'choose another file name, or move the old backup away first' })
+
+  // Pass 1: count, and refuse what cannot be archived, before creating anything.
+  const scanned: Array<{ name: string, dir: string, entries: number, bytes: number }> = []
+  const skipped: string[] = []
+  let total = 0
+  for (const v of opts.volumes) {
+    const dir = resolve(v.dir)
+    let entries = 0
+    let bytes = 0
+    const links = new Map<string, string>()
+    for await (const e of walk(dir, Buffer.byteLength(`volumes/${v.name}/`), signal)) {
+      if (e.kind === 'skip') {
+        skipped.push(`${e.abs} (${e.skipReason ?? '?'})`)
+        continue
+      }
+      entries++
+      if (e.kind === 'f') bytes += e.st.size
+      if (e.kind === 'l' && e.target !== null) links.set(e.rel, e.target)
+    }
+    checkLinks(v.name, dir, links)
+    scanned.push({ name: v.name, dir, entries, bytes })
+    total += bytes
+    opts.progress?.({ phase: 'scan', volume: v.name, entries, bytesDone: 0, bytesTotal: total })
+  }
+
+  const placeholders = scanned.map(() => randomBytes(32).toString('hex'))
+  const meta: BackupMeta = {
+    format: FORMAT,
+    version: FORMAT_VERSION,
+    app,
+    createdAt: (opts.now ?? new Date()).toISOString(),
+    manifest,
+    settings,
+    volumes: scanned.map((s, i) => ({ name: s.name, entries: s.entries, bytes: s.bytes, listingSha256: placeholders[i] as string }))
+  }
+  const metaBytes = Buffer.from(JSON.stringify(meta, null, 2) + '\n', 'utf8')
+  if (metaBytes.length > MAX_META_BYTES) throw new UserError(`the backup's metadata would be ${metaBytes.length} bytes, more than the limit of ${MAX_META_BYTES}`, { exitCode: EXIT.dataError, hint: 'the manifest or the settings are too large' })
+  const metaHeader = encodeEntry({ path: META_FILE, type: 'file', mode: 0o644, uid: 0, gid: 0, size: metaBytes.length, mtime: Date.parse(meta.createdAt) / 1000 })
+  // Where each placeholder sits in the file, to be overwritten with the real checksum.
+  const patchAt = placeholders.map(p => metaHeader.length + metaBytes.indexOf(p))
+
+  const part = `${out}.part-${randomBytes(4).toString('hex')}`
+  let fh: FileHandle | null = null
+  try {
+    fh = await open(part, 'wx', 0o600)
+    const sink = new FileSink(fh)
+    await sink.write(metaHeader)
+    await sink.write(metaBytes)
+    await sink.write(Buffer.alloc(padding(metaBytes.length)))
+    let done = 0
+    let last = 0
+    const report = (volume: string, entries: number, force = false): void => {
+      if (opts.progress === undefined) return
+      const now = Date.now()
+      if (!force && now - last < PROGRESS_EVERY_MS) return
+      last = now
+      opts.progress({ phase: 'write', volume, entries, bytesDone: done, bytesTotal: total })
+    }
+
+    for (const [i, v] of scanned.entries()) {
+      const hash = createHash('sha256')
+      const links = new Map<string, string>()
+      let entries = 0
+      let bytes = 0
+      const prefix = `volumes/${v.name}/`
+      for await (const e of walk(v.dir, Buffer.byteLength(prefix), signal)) {
+        if (e.kind === 'skip') continue
+        entries++
+        const path = e.rel === '.' ? prefix : `${prefix}${e.rel}`
+        const base = { mode: e.st.mode, uid: e.st.uid, gid: e.st.gid, mtime: Math.floor(e.st.mtimeMs / 1000) }
+        if (e.kind === 'd') {
+          await sink.write(encodeEntry({ ...base, path, type: 'dir', size: 0 }))
+          hash.update(listingLine('d', e.rel, e.st.mode, e.st.uid, e.st.gid, 0, null, null))
+        } else if (e.kind === 'l') {
+          const target = e.target ?? ''
+          links.set(e.rel, target)
+          await sink.write(encodeEntry({ ...base, path, type: 'symlink', size: 0, linkpath: target }))
+          hash.update(listingLine('l', e.rel, e.st.mode, e.st.uid, e.st.gid, 0, null, target))
+        } else if (e.kind === 'h') {
+          await sink.write(encodeEntry({ ...base, path, type: 'hardlink', size: 0, linkpath: `${prefix}${e.target ?? ''}` }))
+          hash.update(listingLine('h', e.rel, e.st.mode, e.st.uid, e.st.gid, 0, null, e.target))
+        } else {
+          await sink.write(encodeEntry({ ...base, path, type: 'file', size: e.st.size }))
+          const sha = await copyFile(e, sink, v.name, signal, (n) => { done += n; report(v.name, entries) })
+          await sink.write(Buffer.alloc(padding(e.st.size)))
+          hash.update(listingLine('f', e.rel, e.st.mode, e.st.uid, e.st.gid, e.st.size, sha, null))
+          bytes += e.st.size
+        }
+        report(v.name, entries)
+      }
+      if (entries !== v.entries || bytes !== v.bytes) throw new ChangedError(v.name, `${v.entries} entries and ${v.bytes} bytes when counted, ${entries} and ${bytes} when written`)
+      checkLinks(v.name, v.dir, links)
+      const digest = hash.digest('hex')
+      const volume = meta.volumes[i] as BackupVolume
+      volume.listingSha256 = digest
+      report(v.name, entries, true)
+    }
+    await sink.write(endOfArchive())
+    await sink.flush()
+    for (const [i, at] of patchAt.entries()) {
+      await fh.write(Buffer.from((meta.volumes[i] as BackupVolume).listingSha256, 'latin1'), 0, 64, at)
+    }
+    await fh.sync()
+    const size = sink.size
+    await fh.close()
+    fh = null
+    // link() and not rename(): it fails if `file` appeared meanwhile instead of replacing it.
+    try {
+      await link(part, out)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new UserError(`${out} appeared while the backup was written; refusing to replace it`, { exitCode: EXIT.cantCreate, hint: 'choose another file name' })
+      throw err
+    }
+    await unlink(part)
+    return { file: out, meta, bytes: size, skipped }
+  } catch (err) {
+    await fh?.close().catch(() => {})
+    await rm(part, { force: true })
+    throw diskFull(err, dirname(out), 'writing the backup') ?? err
+  }
+}
+
+/** Copies exactly the size lstat saw, hashing it; a file that changes meanwhile fails the backup. */
+async function copyFile (e: WalkEntry, sink: FileSink, volume: string, signal: AbortSignal, moved: (n: number) => void): Promise<string> {
+  const h = createHash('sha256')
+  // O_NOFOLLOW: a file swapped for a symlink since the walk is not followed.
+  const fh = await open(e.abs, constants.O_RDONLY | constants.O_NOFOLLOW).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT' || err.code === 'ELOOP') throw new ChangedError(volume, `${e.abs} disappeared`)
+    throw err
+  })
+  try {
+    const before = await fh.stat()
+    if (before.ino !== e.st.ino || before.size !== e.st.size) throw new ChangedError(volume, `${e.abs} was replaced or resized`)
+    let pos = 0
+    while (pos < e.st.size) {
+      signal.throwIfAborted()
+      const buf = Buffer.allocUnsafe(Math.min(CHUNK, e.st.size - pos))
+      const { bytesRead } = await fh.read(buf, 0, buf.length, pos)
+      if (bytesRead === 0) throw new ChangedError(volume, `${e.abs} shrank`)
+      const chunk = buf.subarray(0, bytesRead)
+      h.update(chunk)
+      await sink.write(chunk)
+      pos += bytesRead
+      moved(bytesRead)
+    }
+    const after = await fh.stat()
+    if (after.size !== e.st.size || after.mtimeMs !== e.st.mtimeMs) throw new ChangedError(volume, `${e.abs} was written to`)
+  } finally {
+    await fh.close()
+  }
+  return h.digest('hex')
+}
+
+// ---------------------------------------------------------------------------
+// Reading
+
+/**
+ * Validates the metadata: the format and its version first (so an archive
+ * from a newer dcloud says so), then every field.
+ */
+export function decodeBackupMeta (raw: unknown): BackupMeta {
+  const r = checkField(() => record(raw, META_FILE))
+  if (r.format !== FORMAT) throw new ArchiveError(`not a dcloud backup: ${META_FILE} has no "format": "${FORMAT}"`)
+  if (r.version === undefined) throw new ArchiveError(`${META_FILE} has no format version`)
+  if (r.version !== FORMAT_VERSION) {
+    throw new ArchiveError(`backup format version ${JSON.stringify(r.version)}: this dcloud reads version ${FORMAT_VERSION}`, null,
+      typeof r.version === 'number' && r.version > FORMAT_VERSION ? 'the backup was made by a newer dcloud: upgrade this one to restore it' : 'the file is damaged or was not made by dcloud; nothing was restored from it')
+  }
+  return checkField(() => {
+    const manifest = decodeManifest(r.manifest, 'manifest')
+    const createdAt = string(r.createdAt, 'createdAt', { max: 40, pattern: /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/ })
+    if (Number.isNaN(Date.parse(createdAt))) throw new ValidationError('createdAt', 'is not a date')
+    const volumes = array(r.volumes, 'volumes', MAX_VOLUMES, (v, f) => {
+      const o = record(v, f)
+      const name = string(o.name, `${f}.name`, { max: 63, pattern: VOLUME_NAME })
+      if (!(name in manifest.compose.volumes)) throw new ValidationError(`${f}.name`, `volume ${name} is not declared by the manifest`)
+      return {
+        name,
+        entries: number(o.entries, `${f}.entries`, { min: 1, max: Number.MAX_SAFE_INTEGER, integer: true }),
+        bytes: number(o.bytes, `${f}.bytes`, { min: 0, max: Number.MAX_SAFE_INTEGER, integer: true }),
+        listingSha256: string(o.listingSha256, `${f}.listingSha256`, { max: 64, pattern: SHA256_HEX })
+      }
+    })
+    const seen = new Set<string>()
+    for (const v of volumes) {
+      if (seen.has(v.name)) throw new ValidationError('volumes', `volume ${v.name} appears twice`)
+      seen.add(v.name)
+    }
+    return {
+      format: FORMAT,
+      version: FORMAT_VERSION,
+      app: string(r.app, 'app', { max: 40, pattern: APP_NAME }),
+      createdAt,
+      manifest,
+      settings: record(r.settings, 'settings') as Record<string, Json>,
+      volumes
+    }
+  })
+}
+
+/** Only the metadata: what the backup is, without reading the volumes. */
+export async function readArchiveMeta (source: ArchiveSource, opts: ReadOptions): Promise<BackupMeta> {
+  return (await readArchive(source, null, opts, true)).meta
+}
+
+/** Reads the whole archive and checks every rule and checksum; writes nothing. */
+export async function verifyArchive (source: ArchiveSource, opts: ReadOptions): Promise<BackupMeta> {
+  return (await readArchive(source, null, opts, false)).meta
+}
+
+/**
+ * Extracts a backup into `target` (which must not exist, or be an empty
+ * directory): `<target>/<volume>/...` for each volume. Everything goes into a
+ * fresh directory next to `target` first (mode 0700), renamed into place only
+ * once the whole archive verified; a bad archive leaves nothing behind.
+ *
+ * Owners are restored when running as root. Setuid and setgid bits of files
+ * are dropped: a backup file must not be a way to plant a privileged program.
+ */
+export async function extractArchive (source: ArchiveSource, target: string, opts: ReadOptions): Promise<ExtractResult> {
+  opts.signal.throwIfAborted()
+  const dest = resolve(target)
+  await mustBeEmptyOrAbsent(dest)
+  const staging = await mkdtemp(join(dirname(dest), `.${basename(dest)}.extract-`))
+  try {
+    const { meta } = await readArchive(source, staging, opts, false)
+    try {
+      await rename(staging, dest)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ENOTEMPTY' || code === 'EEXIST') throw new UserError(`${dest} was filled by someone else during the restore; nothing was restored`, { exitCode: EXIT.cantCreate, hint: 'restore into a new or empty directory' })
+      throw err
+    }
+    return { meta, dirs: Object.fromEntries(meta.volumes.map(v => [v.name, join(dest, v.name)])) }
+  } catch (err) {
+    await rm(staging, { recursive: true, force: true })
+    throw err
+  }
+}
+
+interface VolumeState {
+  meta: BackupVolume
+  hash: Hash
+  entries: number
+  bytes: number
+  /** Every entry seen, by volume-relative path; the value is its kind. */
+  tree: Map<string, ListingKind>
+  links: Map<string, string>
+  /** Directories to give their mode, owner and time once their content is in (deepest last). */
+  dirs: Array<{ abs: string, e: TarEntry }>
+}
+
+const IS_ROOT = process.getuid?.() === 0
+
+async function readArchive (source: ArchiveSource, root: string | null, opts: ReadOptions, metaOnly: boolean): Promise<{ meta: BackupMeta }> {
+  const { signal } = opts
+  signal.throwIfAborted()
+  let input: AsyncIterable<Uint8Array>
+  let totalBytes: number | null = null
+  if (typeof source === 'string') {
+    const st = await stat(source).catch(() => null)
+    if (st === null || !st.isFile()) throw new UserError(`${source} is not a file`, { exitCode: EXIT.noInput, hint: 'give the path of a dcloud backup file' })
+    totalBytes = st.size
+    input = createReadStream(source, { highWaterMark: CHUNK, signal })
+  } else {
+    input = source
+  }
+  const tar = new TarReader(input, { notTar: 'not a dcloud backup' })
+  try {
+    const first = await tar.next()
+    if (first === null) throw new ArchiveError('not a dcloud backup: the archive is empty')
+    if (first.path !== META_FILE || first.type !== 'file') throw new ArchiveError(`not a dcloud backup: the archive starts with ${JSON.stringify(first.path)}, not ${META_FILE}`)
+    if (first.size > MAX_META_BYTES) throw new ArchiveError(`${META_FILE} is ${first.size} bytes, more than the limit of ${MAX_META_BYTES} (1 MiB)`, META_FILE)
+    const chunks: Buffer[] = []
+    for await (const c of tar.content(META_FILE)) chunks.push(Buffer.from(c))
+    let raw: unknown
+    try {
+      raw = JSON.parse(strictUtf8.decode(Buffer.concat(chunks)))
+    } catch {
+      throw new ArchiveError(`${META_FILE} is not UTF-8 JSON`, META_FILE)
+    }
+    const meta = decodeBackupMeta(raw)
+    if (metaOnly) return { meta }
+
+    const volumes = new Map<string, VolumeState>(meta.volumes.map(v => [v.name, { meta: v, hash: createHash('sha256'), entries: 0, bytes: 0, tree: new Map(), links: new Map(), dirs: [] }]))
+    if (root !== null) for (const v of meta.volumes) await fsStep(`volumes/${v.name}/`, async () => { await mkdir(join(root, v.name), { mode: 0o700 }) })
+    let lastReport = 0
+    const report = (volume: string | null, force = false): void => {
+      if (opts.progress === undefined) return
+      const now = Date.now()
+      if (!force && now - lastReport < PROGRESS_EVERY_MS) return
+      lastReport = now
+      const entries = [...volumes.values()].reduce((n, v) => n + v.entries, 0)
+      opts.progress({ phase: 'read', volume, entries, bytesDone: tar.offset, bytesTotal: totalBytes })
+    }
+
+    for (let e = await tar.next(); e !== null; e = await tar.next()) {
+      signal.throwIfAborted()
+      const { vol, rel } = placeEntry(e, volumes)
+      await readEntry(tar, e, vol, rel, root === null ? null : join(root, vol.meta.name, ...(rel === '.' ? [] : rel.split('/'))), root === null ? null : join(root, vol.meta.name))
+      report(vol.meta.name)
+    }
+
+    for (const vol of volumes.values()) {
+      const name = vol.meta.name
+      if (!vol.tree.has('.')) throw new ArchiveError(`volume ${name} is declared in ${META_FILE} but not in the archive`)
+      for (const rel of vol.links.keys()) {
+        if (symlinkEscapes(rel, vol.links)) throw new ArchiveError(`symlink points outside its volume through other symlinks (${JSON.stringify(vol.links.get(rel))})`, `volumes/${name}/${rel}`)
+      }
+      if (vol.entries !== vol.meta.entries || vol.bytes !== vol.meta.bytes) {
+        throw new ArchiveError(`volume ${name} holds ${vol.entries} entries and ${vol.bytes} bytes, ${META_FILE} says ${vol.meta.entries} and ${vol.meta.bytes}`)
+      }
+      if (vol.hash.digest('hex') !== vol.meta.listingSha256) throw new ArchiveError(`volume ${name}'s content does not match its checksum in ${META_FILE}: the archive was modified or damaged`)
+      // Deepest first, so that a read-only directory is closed only after its children are in.
+      for (const d of vol.dirs.reverse()) {
+        await fsStep(d.e.path, async () => {
+          if (IS_ROOT) await chown(d.abs, d.e.uid, d.e.gid)
+          await chmod(d.abs, d.e.mode & 0o7777)
+          await utimes(d.abs, d.e.mtime, d.e.mtime)
+        })
+      }
+    }
+    report(null, true)
+    return { meta }
+  } finally {
+    await tar.close().catch(() => {})
+  }
+}
+
+/**
+ * Where an entry belongs, refusing any path that could land outside its
+ * volume or anything but a volume's content after the metadata.
+ */
+function placeEntry (e: TarEntry, volumes: Map<string, VolumeState>): { vol: VolumeState, rel: string } {
+  if (e.type === 'char' || e.type === 'block') throw new ArchiveError(`${e.type === 'char' ? 'character' : 'block'} device entries are not allowed`, e.path)
+  if (e.type === 'fifo') throw new ArchiveError('fifo entries are not allowed', e.path)
+  if (e.type === 'other') throw new ArchiveError(`entry type ${JSON.stringify(e.flag)} is not allowed`, e.path)
+  if (e.path === META_FILE) throw new ArchiveError('appears twice', e.path)
+  const parts = splitPath(e.path, e.type === 'dir', e.path)
+  if (parts[0] !== 'volumes' || parts.length < 2) throw new ArchiveError(`is outside volumes/<name>/ and is not ${META_FILE}`, e.path)
+  const vol = volumes.get(parts[1] as string)
+  if (vol === undefined) throw new ArchiveError(`volume ${JSON.stringify(parts[1])} is not in ${META_FILE}`, e.path)
+  const rel = parts.length === 2 ? '.' : parts.slice(2).join('/')
+  if (vol.tree.has(rel)) throw new ArchiveError('appears twice', e.path)
+  if (rel === '.') {
+    if (e.type !== 'dir') throw new ArchiveError('a volume\'s root must be a directory', e.path)
+  } else {
+    if (!vol.tree.has('.')) throw new ArchiveError('comes before its volume\'s directory entry', e.path)
+    const parent = rel.includes('/') ? rel.slice(0, rel.lastIndexOf('/')) : '.'
+    // Only directories we created ourselves are ever walked through: never a symlink.
+    if (vol.tree.get(parent) !== 'd') throw new ArchiveError(`its directory ${JSON.stringify(parent)} is not a directory earlier in the archive`, e.path)
+  }
+  return { vol, rel }
+}
+
+/** Path components, refusing absolute paths, `..`, `.` and empty components. */
+function splitPath (path: string, isDir: boolean, entry: string): string[] {
+  if (path.startsWith('/')) throw new ArchiveError('absolute paths are not allowed', entry)
+  const trimmed = isDir && path.endsWith('/') ? path.slice(0, -1) : path
+  const parts = trimmed.split('/')
+  for (const p of parts) {
+    if (p === '..') throw new ArchiveError('".." components are not allowed', entry)
+    if (p === '' || p === '.') throw new ArchiveError('empty or "." path components are not allowed', entry)
+    if (Buffer.byteLength(p) > MAX_NAME_BYTES) throw new ArchiveError(`a name is longer than ${MAX_NAME_BYTES} bytes`, entry)
+  }
+  return parts
+}
+
+async function readEntry (tar: TarReader, e: TarEntry, vol: VolumeState, rel: string, abs: string | null, volRoot: string | null): Promise<void> {
+  let sha: string | null = null
+  let kind: ListingKind
+  let target: string | null = null
+  switch (e.type) {
+    case 'dir':
+      kind = 'd'
+      if (abs !== null) {
+        if (rel !== '.') await fsStep(e.path, async () => { await mkdir(abs, { mode: 0o700 }) })
+        vol.dirs.push({ abs, e })
+      }
+      break
+    case 'symlink': {
+      kind = 'l'
+      target = e.linkpath
+      if (target === '') throw new ArchiveError('symlink has no target', e.path)
+      vol.links.set(rel, target)
+      // The obvious escapes are refused at once; chains through other symlinks once all are known.
+      if (symlinkEscapes(rel, new Map([[rel, target]]))) throw new ArchiveError(`symlink points outside its volume (${JSON.stringify(target)})`, e.path)
+      if (abs !== null) {
+        await fsStep(e.path, async () => {
+          await symlink(target as string, abs)
+          if (IS_ROOT) await lchown(abs, e.uid, e.gid)
+          await lutimes(abs, e.mtime, e.mtime)
+        })
+      }
+      break
+    }
+    case 'hardlink': {
+      kind = 'h'
+      const prefix = `volumes/${vol.meta.name}/`
+      if (e.linkpath.startsWith('/') || !e.linkpath.startsWith(prefix)) throw new ArchiveError(`hardlink points outside its volume (${JSON.stringify(e.linkpath)})`, e.path)
+      const linkParts = splitPath(e.linkpath, false, e.path)
+      target = linkParts.slice(2).join('/')
+      const to = vol.tree.get(target)
+      if (to !== 'f' && to !== 'h') throw new ArchiveError(`hardlink target ${JSON.stringify(e.linkpath)} is not a file earlier in the archive`, e.path)
+      if (abs !== null && volRoot !== null) {
+        const from = join(volRoot, ...target.split('/'))
+        await fsStep(e.path, async () => { await link(from, abs) })
+      }
+      break
+    }
+    case 'file': {
+      kind = 'f'
+      const h = createHash('sha256')
+      if (abs === null) {
+        for await (const c of tar.content(e.path)) h.update(c)
+      } else {
+        // O_EXCL and O_NOFOLLOW: never through a symlink, never over anything.
+        const fh = await fsStep(e.path, async () => await open(abs, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600))
+        try {
+          for await (const c of tar.content(e.path)) {
+            h.update(c)
+            await fsStep(e.path, async () => { await fh.write(c) })
+          }
+          await fsStep(e.path, async () => {
+            if (IS_ROOT) await fh.chown(e.uid, e.gid)
+            await fh.chmod(e.mode & 0o1777)
+            await fh.utimes(e.mtime, e.mtime)
+          })
+        } finally {
+          await fh.close()
+        }
+      }
+      sha = h.digest('hex')
+      vol.bytes += e.size
+      break
+    }
+    default:
+      throw new ArchiveError(`entry type ${JSON.stringify(e.flag)} is not allowed`, e.path)
+  }
+  vol.tree.set(rel, kind)
+  vol.entries++
+  vol.hash.update(listingLine(kind, rel, e.mode, e.uid, e.gid, kind === 'f' ? e.size : 0, sha, target))
+}
+
+/** A file-system step of an extraction: its failure names the entry (and a full disk says so). */
+async function fsStep<T> (entry: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn()
+  } catch (err) {
+    if (err instanceof UserError || (err as Error).name === 'AbortError') throw err
+    throw diskFull(err, null, 'extracting the backup') ?? new UserError(`cannot extract entry ${JSON.stringify(entry)}: ${(err as Error).message}`, { exitCode: EXIT.cantCreate, hint: 'nothing was restored; check the target directory\'s file system and permissions' })
+  }
+}
+
+function diskFull (err: unknown, where: string | null, doing: string): UserError | null {
+  const code = (err as NodeJS.ErrnoException | null)?.code
+  if (code !== 'ENOSPC' && code !== 'EDQUOT') return null
+  return new UserError(`no space left on the disk${where === null ? '' : ` holding ${where}`} while ${doing}`, { exitCode: EXIT.ioError, hint: 'free space and try again; nothing partial was left behind' })
+}
+
+/** Runs a validator; its ValidationError becomes an ArchiveError naming the field. */
+function checkField<T> (fn: () => T): T {
+  try {
+    return fn()
+  } catch (err) {
+    if (err instanceof ValidationError) throw new ArchiveError(`${META_FILE}: ${err.message}`)
+    throw err
+  }
+}
+
+/** The writer's own inputs: a bad one is the caller's mistake, said as such. */
+function checkInput<T> (fn: () => T): T {
+  try {
+    return fn()
+  } catch (err) {
+    if (err instanceof ValidationError) throw new UserError(`cannot write a backup: ${err.message}`, { exitCode: EXIT.usage })
+    throw err
+  }
+}
+
+async function exists (path: string): Promise<boolean> {
+  return await lstat(path).then(() => true, () => false)
+}
+
+async function mustBeEmptyOrAbsent (target: string): Promise<void> {
+  let entries: string[]
+  try {
+    entries = await readdir(target)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOENT') {
+      const parent = await stat(dirname(target)).catch(() => null)
+      if (parent === null || !parent.isDirectory()) throw new UserError(`${dirname(target)} does not exist`, { exitCode: EXIT.cantCreate, hint: 'create it first' })
+      return
+    }
+    if (code === 'ENOTDIR') throw new UserError(`${target} is a file, not a directory`, { exitCode: EXIT.cantCreate, hint: 'restore into a new or empty directory' })
+    throw err
+  }
+  if (entries.length > 0) throw new UserError(`${target} is not empty; refusing to restore over it`, { exitCode: EXIT.cantCreate, hint: 'restore into a new or empty directory, then move what you need' })
+}
