@@ -454,6 +454,7 @@ export async function writeArchive (file: string, opts: WriteArchiveOptions): Pr
     }
     await sink.write(endOfArchive())
     await sink.flush()
+    signal.throwIfAborted()
     for (const [i, at] of patchAt.entries()) {
       await fh.write(Buffer.from((meta.volumes[i] as BackupVolume).listingSha256, 'latin1'), 0, 64, at)
     }

@@ -189,7 +189,7 @@ export async function backup (repo: ResticRepo, source: BackupSource, opts: Back
         parsed = parseBackupLine(line)
       } catch (err) {
         // A summary that does not validate must not be mistaken for success; a bad status line is only lost progress.
-        if (line.includes('"summary"')) throw err
+        if (/"message_type"\s*:\s*"summary"/.test(line)) throw err
         return
       }
       if (parsed.kind === 'status') opts.progress?.(parsed.progress)
@@ -241,12 +241,13 @@ export async function getSnapshot (repo: ResticRepo, id: string, opts: SignalOpt
  *
  * `targetDir` must not exist or be empty. restic writes into a fresh
  * directory next to it, renamed into place only once restic succeeded: a
- * failed or aborted restore leaves no half-restored target.
+ * failed or aborted restore leaves no half-restored target. Returns the
+ * snapshot restored.
  */
-export async function restore (repo: ResticRepo, snapshotId: string, targetDir: string, opts: RestoreOptions): Promise<void> {
+export async function restore (repo: ResticRepo, snapshotId: string, targetDir: string, opts: RestoreOptions): Promise<Snapshot> {
   const target = resolve(targetDir)
-  const snap = await getSnapshot(repo, snapshotId, opts)
   await mustBeEmptyOrAbsent(target)
+  const snap = await getSnapshot(repo, snapshotId, opts)
   const staging = await mkdtemp(join(dirname(target), `.${basename(target)}.restore-`))
   try {
     const args = ['restore', snap.id, '--target', staging]
@@ -260,6 +261,7 @@ export async function restore (repo: ResticRepo, snapshotId: string, targetDir: 
     } else {
       await rename(staging, target)
     }
+    return snap
   } catch (err) {
     await rm(staging, { recursive: true, force: true })
     throw renameError(err, target)

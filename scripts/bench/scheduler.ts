@@ -85,7 +85,16 @@ async function ourFailover (lab: LabHandle): Promise<{ times: number[], falseMov
     await lab.cmd('start', victim)
     await waitFor(async () => Object.values(await lab.view(lead.name)).every(s => s === 'alive') ? true : undefined, 30_000, 'all alive again')
   }
-  // Flapping link: cut the node running an app for 1.5 s, heal for 1.5 s, for FLAP_S seconds; count moves.
+  // Flapping link: cut a node running apps for 1.5 s, heal for 1.5 s, for FLAP_S seconds; count moves.
+  // First let the cluster settle (the kills above leave rebalancing to do), so only the flapping can move apps.
+  let last = ''
+  let since = performance.now()
+  await waitFor(async () => {
+    const list = await apps(lab, lead.name)
+    const key = list.map(a => `${a.name}@${a.node ?? '-'}:${a.state}`).sort().join(' ')
+    if (key !== last) { last = key; since = performance.now() }
+    return list.every(a => a.state === 'running') && performance.now() - since > 8000 ? true : undefined
+  }, 120_000, 'a settled cluster', 500)
   const before = (await apps(lab, lead.name)).map(a => `${a.name}@${a.node ?? '-'}`).sort()
   const flapper = followers[0] as string
   const rest = ['n1', 'n2', 'n3'].filter(n => n !== flapper)

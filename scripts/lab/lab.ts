@@ -315,6 +315,11 @@ export class Lab {
 
   private async startDockerd (n: LabNode): Promise<number> {
     const run = this.nodeRunDir(n.name)
+    // A killed dockerd leaves its pid file; its pid may live on as a zombie (some
+    // init processes never reap) or belong to another process by now.
+    await rm(join(run, 'docker.pid'), { force: true })
+    // dockerd takes a live pid in its containerd's pid file for a running containerd and waits for it.
+    await rm(join(run, 'exec', 'containerd', 'containerd.pid'), { force: true })
     // nsenter --net only: `ip netns exec` remounts /sys and dockerd then finds no cgroups.
     return spawnDetached('nsenter', [
       `--net=/run/netns/${this.nodeNs(n.name)}`, '--', 'dockerd',

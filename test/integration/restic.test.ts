@@ -40,7 +40,7 @@ async function fillSource (dir: string): Promise<void> {
   await writeFile(join(dir, 'settings.conf'), 'max_connections = 10\n')
   await symlink('db/base/table1', join(dir, 'current'))
   // A database's data directory: its owner and mode matter (postgres refuses to start otherwise).
-  await chmod(dir, 0o700)
+  await chmod(dir, 0o750)
   if (process.getuid?.() === 0) await chown(dir, 999, 999)
 }
 
@@ -115,7 +115,7 @@ describe('restic wrapper', () => {
     await restore(repo, second.snapshot.id, target, { signal: signal() })
     expect(await listingDigest(target, { signal: signal() })).toEqual(await listingDigest(source, { signal: signal() }))
     const st = await stat(target)
-    expect(st.mode & 0o777).toBe(0o700)
+    expect(st.mode & 0o777).toBe(0o750)
     if (process.getuid?.() === 0) expect(st.uid).toBe(999)
     expect(await readFile(join(target, 'settings.conf'), 'utf8')).toBe('max_connections = 20\n')
 
@@ -182,7 +182,8 @@ describe('restic wrapper', () => {
         const p = join(damaged, 'data', sub, pack)
         await chmod(p, 0o600)
         const bytes = await readFile(p)
-        bytes[Math.floor(bytes.length / 2)] ^= 0xff
+        const mid = Math.floor(bytes.length / 2)
+        bytes[mid] = (bytes[mid] as number) ^ 0xff
         await writeFile(p, bytes)
       }
     }
@@ -258,6 +259,38 @@ describe('restic wrapper', () => {
     expect(await snapshots(repo, { tags: volumeTags('notes', 'data'), signal: signal() })).toHaveLength(1)
     await prune(repo, { signal: signal() })
     await check(repo, { signal: signal(), readData: true })
+  })
+
+  it('backs up paths with their full names, and restores them so', async () => {
+    const etc = join(base, 'etc-like')
+    await mkdir(etc)
+    await writeFile(join(etc, 'a.conf'), 'a\n')
+    await writeFile(join(etc, 'b.conf'), 'b\n')
+    const r = await backup(repo, { paths: [join(etc, 'a.conf'), join(etc, 'b.conf')] }, { tags: ['paths-test'], signal: signal() })
+    expect(r.snapshot.paths).toEqual([join(etc, 'a.conf'), join(etc, 'b.conf')])
+    const target = join(base, 'paths-restored')
+    await restore(repo, r.snapshot.id, target, { signal: signal() })
+    expect(await readFile(join(target, etc, 'b.conf'), 'utf8')).toBe('b\n')
+  })
+
+  it('gives restic the password only as a file, and none of our own RESTIC_* variables', async () => {
+    const fake = join(base, 'fake-restic')
+    const dump = join(base, 'fake-dump')
+    await writeFile(fake, `#!/bin/sh\nprintf '%s\\n' "$@" > ${dump}.argv\nenv > ${dump}.env\necho '[]'\n`, { mode: 0o755 })
+    process.env.RESTIC_PASSWORD = 'leaked-password'
+    process.env.RESTIC_REPOSITORY = '/somewhere/else'
+    try {
+      expect(await snapshots({ ...repo, repo: 'relative/repo', binary: fake }, { tags: ['a', 'b'], signal: signal() })).toEqual([])
+    } finally {
+      delete process.env.RESTIC_PASSWORD
+      delete process.env.RESTIC_REPOSITORY
+    }
+    const argv = (await readFile(`${dump}.argv`, 'utf8')).trim().split('\n')
+    expect(argv).toEqual(['--repo', join(process.cwd(), 'relative/repo'), '--cache-dir', repo.cacheDir, 'snapshots', '--json', '--tag', 'a,b'])
+    const env = await readFile(`${dump}.env`, 'utf8')
+    expect(env).toContain(`RESTIC_PASSWORD_FILE=${repo.passwordFile}\n`)
+    expect(env).not.toMatch(/RESTIC_PASSWORD=|RESTIC_REPOSITORY=|leaked-password/)
+    expect(argv.join(' ')).not.toContain(await readFile(repo.passwordFile, 'utf8').then(t => t.trim()))
   })
 
   it('refuses tags and hosts restic would misread', async () => {
