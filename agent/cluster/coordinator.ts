@@ -63,6 +63,7 @@ export class Coordinator {
   private lastPlan: Plan | null = null
   /** Nodes whose last operation failed, and until when they get no new apps. */
   private readonly cooling = new Map<string, { until: number, reason: string }>()
+  private readonly imageFetches = new Map<string, Promise<void>>()
   private timers: NodeJS.Timeout[] = []
   private pulling = false
   private reconciling = false
@@ -200,7 +201,17 @@ export class Coordinator {
     return 'deployed'
   }
 
+  /** Two apps deploying at once on this node and needing the same image share one transfer. */
   private async fetchImage (ref: string, signal: AbortSignal): Promise<void> {
+    let fetching = this.imageFetches.get(ref)
+    if (fetching === undefined) {
+      fetching = this.fetchImageOnce(ref, signal).finally(() => { this.imageFetches.delete(ref) })
+      this.imageFetches.set(ref, fetching)
+    }
+    await fetching
+  }
+
+  private async fetchImageOnce (ref: string, signal: AbortSignal): Promise<void> {
     const holders = this.init.membership.list()
       .filter(m => m.state === 'alive' && m.resources?.images.includes(ref) === true)
       .map(m => peerIdFromString(m.status.peerId))
