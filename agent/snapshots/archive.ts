@@ -28,6 +28,7 @@ import type { AppManifest } from '../../proto/app.ts'
 import { APP_NAME, decodeManifest } from '../../proto/cluster.ts'
 import { ValidationError, array, number, record, string, type Json } from '../../proto/validate.ts'
 import { UserError, EXIT } from '../util/errors.ts'
+import { mustBeEmptyOrAbsent, renameError } from './restore-target.ts'
 import { ArchiveError, MAX_PATH_BYTES, TarReader, encodeEntry, endOfArchive, padding, type TarEntry } from './tar.ts'
 
 export { ArchiveError } from './tar.ts'
@@ -585,9 +586,7 @@ export async function extractArchive (source: ArchiveSource, target: string, opt
     try {
       await rename(staging, dest)
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code
-      if (code === 'ENOTEMPTY' || code === 'EEXIST') throw new UserError(`${dest} was filled by someone else during the restore; nothing was restored`, { exitCode: EXIT.cantCreate, hint: 'restore into a new or empty directory' })
-      throw err
+      throw renameError(err, dest)
     }
     return { meta, dirs: Object.fromEntries(meta.volumes.map(v => [v.name, join(dest, v.name)])) }
   } catch (err) {
@@ -840,19 +839,3 @@ async function exists (path: string): Promise<boolean> {
   return await lstat(path).then(() => true, () => false)
 }
 
-async function mustBeEmptyOrAbsent (target: string): Promise<void> {
-  let entries: string[]
-  try {
-    entries = await readdir(target)
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code === 'ENOENT') {
-      const parent = await stat(dirname(target)).catch(() => null)
-      if (parent === null || !parent.isDirectory()) throw new UserError(`${dirname(target)} does not exist`, { exitCode: EXIT.cantCreate, hint: 'create it first' })
-      return
-    }
-    if (code === 'ENOTDIR') throw new UserError(`${target} is a file, not a directory`, { exitCode: EXIT.cantCreate, hint: 'restore into a new or empty directory' })
-    throw err
-  }
-  if (entries.length > 0) throw new UserError(`${target} is not empty; refusing to restore over it`, { exitCode: EXIT.cantCreate, hint: 'restore into a new or empty directory, then move what you need' })
-}

@@ -25,6 +25,7 @@ import { randomBytes } from 'node:crypto'
 import { lstat, mkdtemp, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { UserError, EXIT } from '../util/errors.ts'
+import { mustBeEmptyOrAbsent, renameError } from './restore-target.ts'
 import {
   PasswordFileError, ResticError, ResticMissingError, IncompleteBackupError,
   classifyFailure, parseBackupLine, parseForget, parseSnapshots,
@@ -340,28 +341,6 @@ async function mustBe (path: string, kind: 'directory' | 'any'): Promise<void> {
     throw new UserError(`${path} does not exist`, { exitCode: EXIT.noInput, hint: 'check the path; nothing was backed up' })
   }
   if (kind === 'directory' && !s.isDirectory()) throw new UserError(`${path} is not a directory`, { exitCode: EXIT.usage })
-}
-
-async function mustBeEmptyOrAbsent (target: string): Promise<void> {
-  let entries: string[]
-  try {
-    entries = await readdir(target)
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code === 'ENOENT') {
-      await mustBe(dirname(target), 'directory')
-      return
-    }
-    if (code === 'ENOTDIR') throw new UserError(`${target} is a file, not a directory`, { exitCode: EXIT.cantCreate, hint: 'restore into a new or empty directory' })
-    throw err
-  }
-  if (entries.length > 0) throw new UserError(`${target} is not empty; refusing to restore over it`, { exitCode: EXIT.cantCreate, hint: 'restore into a new or empty directory, then move what you need' })
-}
-
-function renameError (err: unknown, target: string): unknown {
-  const code = (err as NodeJS.ErrnoException).code
-  if (code === 'ENOTEMPTY' || code === 'EEXIST') return new UserError(`${target} was filled by someone else during the restore; nothing was restored`, { exitCode: EXIT.cantCreate, hint: 'restore into a new or empty directory' })
-  return err
 }
 
 function isRemote (repo: string): boolean {
