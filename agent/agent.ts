@@ -19,6 +19,11 @@ import { Coordinator } from './cluster/coordinator.ts'
 import { ElectionDriver } from './cluster/election-driver.ts'
 import { AppRuntime } from './runtime/apps.ts'
 import { serveImages } from './runtime/image-transfer.ts'
+import { SnapshotService } from './snapshots/service.ts'
+import { inspectBackup } from './snapshots/app-file.ts'
+import { KeyedMutex, pullRepo, serveRepos } from './snapshots/repo-sync.ts'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { join } from 'node:path'
 import { decodeChange } from '../proto/cluster.ts'
 import type { ApiErrorCode } from '../proto/api.ts'
 import type { AppReport } from '../proto/status.ts'
@@ -128,15 +133,29 @@ export class Agent {
       incarnation,
       intervalMs,
       log: log.child('gossip'),
-      cluster: () => this.coordinator?.beat() ?? { term: 0, leader: null, desiredRevision: store.current().revision }
+      cluster: () => this.coordinator?.beat() ?? { term: 0, leader: null, desiredRevision: store.current().revision },
+      snapshots: () => this.coordinator?.data.holdings() ?? []
     })
     this.rpc = new RpcServer(mesh, log.child('rpc'))
     this.election = new ElectionDriver({ mesh, rpc: this.rpc, membership: this.membership, store, dataDir: opts.dataDir, witness: opts.witness ?? null, log: log.child('election') })
-    this.coordinator = new Coordinator({ mesh, rpc: this.rpc, membership: this.membership, gossip: this.gossip, collector: this.collector, store, election: this.election, runtime, docker, log: log.child('cluster') })
+    // One lock per app's snapshot repository: restic runs, pulls into it and pulls from it never overlap.
+    const repoLocks = new KeyedMutex()
+    const lock = async (app: string): Promise<() => void> => await repoLocks.acquire(app)
+    const snapshots = new SnapshotService({
+      dataDir: opts.dataDir,
+      clusterKey,
+      nodeName: () => opts.name,
+      runtime,
+      lock,
+      pull: async (peer, app, signal) => await pullRepo(mesh, typeof peer === 'string' ? peerIdFromString(peer) : peer, app, join(opts.dataDir, 'snapshots', 'repos'), { signal, lock }),
+      log: log.child('snapshots')
+    })
+    this.coordinator = new Coordinator({ mesh, rpc: this.rpc, membership: this.membership, gossip: this.gossip, collector: this.collector, store, election: this.election, runtime, docker, snapshots, log: log.child('cluster') })
 
     await mesh.start()
     this.listeningAt = Date.now()
     await serveImages(mesh, docker, log.child('images'))
+    await serveRepos(mesh, { root: snapshots.reposRoot, log: log.child('repo-sync'), lock })
     await this.coordinator.start()
     await this.election.start()
     this.gossip.start()
@@ -168,7 +187,23 @@ export class Agent {
           const tail = Math.min(10_000, Math.max(1, Number(query.get('tail') ?? 200) || 200))
           return await viaApi(async () => await this.requireCluster().logs(params.name ?? '', tail))
         },
-        'GET /v1/apps/:name/why': async ({ params }) => await viaApi(async () => await this.requireCluster().why(params.name ?? ''))
+        'GET /v1/apps/:name/why': async ({ params }) => await viaApi(async () => await this.requireCluster().why(params.name ?? '')),
+        'GET /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await this.requireCluster().snapshotList(appName(params.name), AbortSignal.timeout(120_000))),
+        'POST /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await this.requireCluster().snapshotTake(appName(params.name), AbortSignal.timeout(LONG_OP_MS))),
+        'POST /v1/apps/:name/snapshots/:id/restore': async ({ params }) => await viaApi(async () => await this.requireCluster().rollback(appName(params.name), snapshotId(params.id), AbortSignal.timeout(LONG_OP_MS))),
+        'POST /v1/apps/:name/backup': async ({ params, body }) => await viaApi(async () => await this.requireCluster().backup(appName(params.name), filePath(body), AbortSignal.timeout(LONG_OP_MS))),
+        'POST /v1/backups/inspect': async ({ body }) => await viaApi(async () => await inspectBackup(filePath(body), AbortSignal.timeout(LONG_OP_MS))),
+        'POST /v1/backups/restore': async ({ body }) => {
+          const b = (body ?? {}) as { name?: unknown, node?: unknown }
+          const name = b.name === null || b.name === undefined ? null : appName(b.name)
+          if (b.node !== null && b.node !== undefined && (typeof b.node !== 'string' || !/^[1-9A-HJ-NP-Za-km-z]{40,60}$/.test(b.node))) throw new ApiError('bad_request', 'node must be a node id (`dcloud status` lists them)')
+          const node = typeof b.node === 'string' ? b.node : null
+          return await viaApi(async () => await this.requireCluster().restoreFile(filePath(body), { name, node }, AbortSignal.timeout(LONG_OP_MS)))
+        },
+        'POST /v1/nodes/:node/drain': async ({ params, body }) => {
+          const change = decodeOrBadRequest(() => decodeChange({ kind: 'drain', node: params.node, drained: (body as { drained?: unknown } | undefined)?.drained ?? true }))
+          return await viaApi(async () => await this.requireCluster().change(change))
+        }
       }
     })
     await this.api.start()
@@ -259,8 +294,26 @@ function reportApps (apps: AppActual[], store: DesiredStore): AppReport[] {
     const web = desired.get(a.app)?.manifest.web
     const svc = web != null ? a.services.find(s => s.service === web.service) : undefined
     const port = svc?.ports.find(p => p.container === web?.port && p.host !== null)
-    return { name: a.app, state: a.state, revision: a.revision, webPort: port?.host ?? null }
+    return { name: a.app, state: a.state, revision: a.revision, webPort: port?.host ?? null, generation: a.generation }
   })
+}
+
+/** Snapshots, backups and restores of large volumes take long; the caller's connection waits. */
+const LONG_OP_MS = 60 * 60_000
+
+function appName (v: unknown): string {
+  return decodeOrBadRequest(() => decodeChange({ kind: 'remove', name: v })).kind === 'remove' ? String(v) : ''
+}
+
+function snapshotId (v: unknown): string {
+  if (typeof v !== 'string' || !/^[0-9a-f]{4,64}$/.test(v)) throw new ApiError('bad_request', 'a snapshot id is 4 to 64 hex digits')
+  return v
+}
+
+function filePath (body: unknown): string {
+  const file = (body as { file?: unknown } | undefined)?.file
+  if (typeof file !== 'string' || !file.startsWith('/') || file.length > 4096 || file.includes('\0')) throw new ApiError('bad_request', 'file must be an absolute path')
+  return file
 }
 
 function decodeOrBadRequest<T> (decode: () => T): T {
@@ -274,6 +327,7 @@ function decodeOrBadRequest<T> (decode: () => T): T {
 const RPC_TO_API: Record<string, ApiErrorCode> = {
   not_found: 'not_found',
   exists: 'conflict',
+  conflict: 'conflict',
   stale_term: 'conflict',
   no_leader: 'no_leader',
   unreachable: 'unavailable',

@@ -11,7 +11,8 @@ import { ARCHITECTURES, normaliseArch } from './arch.ts'
 import { normaliseCompose } from './compose.ts'
 import { Findings, RefusedError, problemOf } from './findings.ts'
 import { UnsetVariableError, interpolateValues } from './interpolate.ts'
-import { parseBytes, parseCpus } from './units.ts'
+import { parseBytes, parseCpus, parseDuration } from './units.ts'
+import { SNAPSHOT_DEFAULTS } from '../proto/app.ts'
 import { loadYaml } from './yaml.ts'
 
 export interface ParsedApp {
@@ -57,7 +58,7 @@ export function inSource (err: unknown, source: string, renameField: (field: str
 /** Lowercase letters, digits and dashes: one DNS label, since every app gets a subdomain. */
 export const APP_ID = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
 const LABEL_KEY = /^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$/
-const META_KEYS = ['id', 'name', 'version', 'description', 'icon', 'category', 'architectures', 'requests', 'web', 'constraints']
+const META_KEYS = ['id', 'name', 'version', 'description', 'icon', 'category', 'architectures', 'requests', 'web', 'constraints', 'snapshots']
 
 /** What a service that states no requests is assumed to need; the scheduler must not think it free. */
 export const DEFAULT_SERVICE_REQUESTS = { memoryBytes: 64 * 1024 * 1024, cpus: 0.1 }
@@ -144,6 +145,30 @@ export function manifestFromCompose (raw: Record<string, unknown>, findings = ne
       if (web.scheme !== 'http' && web.scheme !== 'https') throw new ValidationError('x-dcloud.web.scheme', 'must be http or https')
       if (web.scheme === 'https') manifest.web.scheme = 'https'
     }
+  }
+  if (metaRaw.snapshots !== undefined && metaRaw.snapshots !== null) {
+    const snap = record(metaRaw.snapshots, 'x-dcloud.snapshots', ['every', 'replicas', 'quiesce', 'hook'])
+    if (Object.keys(manifest.compose.volumes).length === 0) findings.warn('x-dcloud.snapshots', 'the app has no named volumes: there is nothing to snapshot')
+    const policy = { ...SNAPSHOT_DEFAULTS }
+    // "0" turns scheduled snapshots off (moves and failovers still take theirs).
+    if (snap.every !== undefined) policy.everyMs = snap.every === 0 || snap.every === '0' ? 0 : parseDuration(snap.every, 'x-dcloud.snapshots.every')
+    if (snap.replicas !== undefined) {
+      if (typeof snap.replicas !== 'number' || !Number.isInteger(snap.replicas) || snap.replicas < 0 || snap.replicas > 16) throw new ValidationError('x-dcloud.snapshots.replicas', 'must be a whole number from 0 to 16')
+      policy.replicas = snap.replicas
+    }
+    if (snap.quiesce !== undefined) {
+      if (snap.quiesce !== 'pause' && snap.quiesce !== 'stop' && snap.quiesce !== 'none') throw new ValidationError('x-dcloud.snapshots.quiesce', 'must be pause (freeze the containers for the final pass), stop, or none')
+      policy.quiesce = snap.quiesce
+    }
+    if (snap.hook !== undefined && snap.hook !== null) {
+      const hook = record(snap.hook, 'x-dcloud.snapshots.hook', ['service', 'command'])
+      const service = text(hook.service, 'x-dcloud.snapshots.hook.service', 63, true)
+      if (manifest.compose.services[service] === undefined) throw new ValidationError('x-dcloud.snapshots.hook.service', `"${service}" is not a service of the app`)
+      const command = hook.command
+      if (!Array.isArray(command) || command.length === 0 || !command.every(c => typeof c === 'string')) throw new ValidationError('x-dcloud.snapshots.hook.command', 'must be a non-empty list of strings, e.g. ["pg_dumpall", "-f", "/backup/all.sql"]')
+      policy.hook = { service, command: command as string[] }
+    }
+    manifest.snapshots = policy
   }
   return { manifest, warnings: findings.warnings }
 }

@@ -93,6 +93,39 @@ export interface AppView {
   stateful: boolean
   endpoints: string[]
   revision: number
+  /** Stateful apps: the live data generation, and the last time the data came from a snapshot. */
+  generation?: number
+  relocation?: RelocationView | null
+}
+
+export interface RelocationView {
+  kind: 'failover' | 'move' | 'rollback' | 'restore'
+  snapshot: string
+  /** ISO time the snapshot was taken. */
+  snapshotTime: string
+  from: string | null
+  to: string
+  at: string
+  downtimeMs: number | null
+}
+
+/** One snapshot of an app, as `dcloud snapshot ls` shows it. */
+export interface SnapshotView {
+  id: string
+  app: string
+  /** ms since epoch. */
+  time: number
+  purpose: string
+  /** The node that took it. */
+  node: string
+  generation: number
+  /** Set on snapshots the user should look at: a divergent copy kept after a partition. */
+  label: string | null
+  bytes: number
+  added: number
+  tree: string
+  /** Live nodes holding a copy. */
+  holders: string[]
 }
 
 export interface WhyView {

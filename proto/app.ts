@@ -27,7 +27,25 @@ export interface AppManifest {
   /** Node labels the app requires, e.g. { ssd: 'true' }. */
   constraints: Record<string, string>
   compose: ComposeProject
+  /** How stateful apps are snapshotted (`x-dcloud.snapshots`); absent means the defaults (SNAPSHOT_DEFAULTS). */
+  snapshots?: SnapshotPolicy
 }
+
+/**
+ * When and how an app's volumes are snapshotted. `quiesce` is what the app
+ * goes through for the final pass of a consistent snapshot: `pause` freezes
+ * its containers (a crash-consistent copy, which databases recover from),
+ * `stop` stops them, `none` copies while it runs. `hook` runs in a service
+ * before every snapshot (a database dump into a volume, say).
+ */
+export interface SnapshotPolicy {
+  everyMs: number
+  replicas: number
+  quiesce: 'pause' | 'stop' | 'none'
+  hook: { service: string, command: string[] } | null
+}
+
+export const SNAPSHOT_DEFAULTS: SnapshotPolicy = { everyMs: 60 * 60_000, replicas: 1, quiesce: 'pause', hook: null }
 
 export interface ComposeProject {
   services: Record<string, ComposeService>

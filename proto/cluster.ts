@@ -3,8 +3,8 @@
  * operations the leader sends to agents. Every message is validated by the
  * decoders here before use; every operation carries the leader's term.
  */
-import type { AppManifest, ComposeService } from './app.ts'
-import type { DesiredApp } from './plan.ts'
+import type { AppManifest, ComposeService, SnapshotPolicy } from './app.ts'
+import type { DesiredApp, Relocation } from './plan.ts'
 import { ValidationError, array, number, record, string, stringMap } from './validate.ts'
 
 export const VOTE_PROTOCOL = '/dcloud/vote/1'
@@ -13,6 +13,7 @@ export const DESIRED_PROTOCOL = '/dcloud/desired/1'
 export const CHANGE_PROTOCOL = '/dcloud/change/1'
 export const OP_PROTOCOL = '/dcloud/op/1'
 export const APP_QUERY_PROTOCOL = '/dcloud/app-query/1'
+export const SNAPSHOT_QUERY_PROTOCOL = '/dcloud/snapshot-query/1'
 
 const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{40,60}$/
 export const APP_NAME = /^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$|^[a-z0-9]$/
@@ -32,23 +33,70 @@ export interface DesiredState {
   /** The term of the leader that made the last change. */
   term: number
   apps: DesiredApp[]
+  /** Nodes the user drained: they take no apps. Absent means none. */
+  drained?: string[]
 }
 
 export type DesiredChange =
-  | { kind: 'install', app: { name: string, manifest: AppManifest, pinnedNode: string | null } }
+  | { kind: 'install', app: { name: string, manifest: AppManifest, pinnedNode: string | null, seed?: DesiredApp['seed'] } }
   | { kind: 'remove', name: string }
   | { kind: 'move', name: string, node: string }
+  | { kind: 'drain', node: string, drained: boolean }
+  /** Made by the leader itself: the app's data now lives in a new generation (restored from a snapshot). */
+  | { kind: 'relocate', name: string, generation: number, relocation: Relocation | null }
 
 export interface ChangeResponse { revision: number, replicatedTo: number }
+
+export type SnapshotPurpose = 'scheduled' | 'manual' | 'pre-move' | 'final' | 'fenced' | 'divergent' | 'replaced' | 'backup' | 'imported'
 
 export type Op =
   | { kind: 'deploy', app: DesiredApp }
   | { kind: 'remove', name: string }
+  /** Snapshot the app's volumes here now (it keeps running, quiesced for the final pass) and replicate. */
+  | { kind: 'snapshot', name: string, purpose: SnapshotPurpose }
+  /** Fetch the app's snapshot repository from `from` (the bulk of a move, while the app runs there). */
+  | { kind: 'sync', name: string, from: string }
+  /** Stop the app here for good and take its final snapshot (the last increment of a move). */
+  | { kind: 'handoff', name: string }
+  /** Restore `snapshot` into the app's volumes here (fetching it from `from` when missing), then run the app. */
+  | { kind: 'restore', app: DesiredApp, snapshot: string, from: string | null }
+  /** A stale copy: keep its data as a named snapshot, then remove its containers (its volumes stay). */
+  | { kind: 'retire', name: string, liveSnapshot: string | null }
+  /** After a move: remove the old copy, containers and volumes, once its final snapshot `snapshot` is in the repository here. */
+  | { kind: 'purge', name: string, snapshot: string }
 
 export interface OpRequest { term: number, leader: string, op: Op }
-export interface OpResponse { done: true, detail: string }
+/** `snapshot`: the snapshot an operation took or restored. */
+export interface OpResponse { done: true, detail: string, snapshot?: SnapshotInfo }
 
-export type AppQuery = { kind: 'logs', name: string, tail: number } | { kind: 'why', name: string }
+/** A snapshot as the cluster talks about it. */
+export interface SnapshotInfo {
+  /** restic's short id. */
+  id: string
+  app: string
+  /** ms since epoch. */
+  time: number
+  purpose: SnapshotPurpose | 'unknown'
+  /** The node that took it (name). */
+  node: string
+  generation: number
+  /** A name for snapshots the user should notice (divergent copies). */
+  label: string | null
+  /** Bytes of the volumes, and bytes the snapshot added to the repository (0 when unknown). */
+  bytes: number
+  added: number
+  /** restic's tree id: equal trees hold equal data. */
+  tree: string
+}
+
+export type AppQuery = { kind: 'logs', name: string, tail: number } | { kind: 'why', name: string } | { kind: 'rollback', name: string, snapshot: string }
+
+/**
+ * Asked of any node: its copies of an app's snapshots (`list`), to take one
+ * now if it runs the app (`take`), or to pull the app's repository from the
+ * asker (`replicate`: never from a third node).
+ */
+export type SnapshotQuery = { kind: 'list', name: string } | { kind: 'take', name: string } | { kind: 'replicate', name: string }
 
 export function decodeVoteRequest (raw: unknown): VoteRequest {
   const r = record(raw, 'vote')
@@ -96,11 +144,65 @@ export function decodeDesiredState (raw: unknown): DesiredState {
     if (names.has(a.name)) throw new ValidationError('desired.apps', `app ${a.name} appears twice`)
     names.add(a.name)
   }
-  return {
+  const state: DesiredState = {
     revision: number(r.revision, 'desired.revision', { min: 0, max: MAX_INT, integer: true }),
     term: number(r.term, 'desired.term', { min: 0, max: MAX_INT, integer: true }),
     apps
   }
+  if (r.drained !== undefined) state.drained = array(r.drained, 'desired.drained', 1000, (v, f) => string(v, f, { max: 64, pattern: PEER_ID }))
+  return state
+}
+
+const PURPOSES = ['scheduled', 'manual', 'pre-move', 'final', 'fenced', 'divergent', 'replaced', 'backup', 'imported'] as const
+const SNAP_ID = /^[0-9a-f]{8,64}$/
+
+function decodeRelocation (raw: unknown, field: string): Relocation {
+  const r = record(raw, field)
+  const kind = r.kind
+  if (kind !== 'failover' && kind !== 'move' && kind !== 'rollback' && kind !== 'restore') throw new ValidationError(`${field}.kind`, 'must be failover, move, rollback or restore')
+  return {
+    kind,
+    snapshot: string(r.snapshot, `${field}.snapshot`, { max: 64, pattern: SNAP_ID }),
+    snapshotTime: number(r.snapshotTime, `${field}.snapshotTime`, { min: 0, max: MAX_INT, integer: true }),
+    from: r.from === null ? null : string(r.from, `${field}.from`, { max: 64, pattern: PEER_ID }),
+    to: string(r.to, `${field}.to`, { max: 64, pattern: PEER_ID }),
+    at: number(r.at, `${field}.at`, { min: 0, max: MAX_INT, integer: true }),
+    downtimeMs: r.downtimeMs === null ? null : number(r.downtimeMs, `${field}.downtimeMs`, { min: 0, max: MAX_INT, integer: true })
+  }
+}
+
+function decodeSeed (raw: unknown, field: string): NonNullable<DesiredApp['seed']> {
+  const r = record(raw, field)
+  return {
+    snapshot: string(r.snapshot, `${field}.snapshot`, { max: 64, pattern: SNAP_ID }),
+    time: number(r.time, `${field}.time`, { min: 0, max: MAX_INT, integer: true }),
+    node: string(r.node, `${field}.node`, { max: 64, pattern: PEER_ID })
+  }
+}
+
+export function decodeSnapshotInfo (raw: unknown, field = 'snapshot'): SnapshotInfo {
+  const r = record(raw, field)
+  const purpose = r.purpose === 'unknown' || PURPOSES.includes(r.purpose as typeof PURPOSES[number]) ? r.purpose as SnapshotInfo['purpose'] : null
+  if (purpose === null) throw new ValidationError(`${field}.purpose`, `must be one of ${PURPOSES.join(', ')} or unknown`)
+  return {
+    id: string(r.id, `${field}.id`, { max: 64, pattern: SNAP_ID }),
+    app: string(r.app, `${field}.app`, { max: 40, pattern: APP_NAME }),
+    time: number(r.time, `${field}.time`, { min: 0, max: MAX_INT, integer: true }),
+    purpose,
+    node: string(r.node, `${field}.node`, { max: 128 }),
+    generation: number(r.generation, `${field}.generation`, { min: 0, max: MAX_INT, integer: true }),
+    label: r.label === null ? null : string(r.label, `${field}.label`, { max: 200 }),
+    bytes: number(r.bytes, `${field}.bytes`, { min: 0, max: MAX_INT, integer: true }),
+    added: number(r.added, `${field}.added`, { min: 0, max: MAX_INT, integer: true }),
+    tree: string(r.tree, `${field}.tree`, { max: 64, pattern: /^[0-9a-f]{0,64}$/ })
+  }
+}
+
+export function decodeSnapshotQuery (raw: unknown): SnapshotQuery {
+  const r = record(raw, 'query')
+  const name = string(r.name, 'query.name', { max: 40, pattern: APP_NAME })
+  if (r.kind === 'list' || r.kind === 'take' || r.kind === 'replicate') return { kind: r.kind, name }
+  throw new ValidationError('query.kind', 'must be list, take or replicate')
 }
 
 export function decodeDesiredApp (raw: unknown, field = 'app'): DesiredApp {
@@ -109,7 +211,10 @@ export function decodeDesiredApp (raw: unknown, field = 'app'): DesiredApp {
     name: string(r.name, `${field}.name`, { max: 40, pattern: APP_NAME }),
     manifest: decodeManifest(r.manifest, `${field}.manifest`),
     pinnedNode: r.pinnedNode === null ? null : string(r.pinnedNode, `${field}.pinnedNode`, { max: 64, pattern: PEER_ID }),
-    revision: number(r.revision, `${field}.revision`, { min: 0, max: MAX_INT, integer: true })
+    revision: number(r.revision, `${field}.revision`, { min: 0, max: MAX_INT, integer: true }),
+    ...(r.generation !== undefined ? { generation: number(r.generation, `${field}.generation`, { min: 1, max: MAX_INT, integer: true }) } : {}),
+    ...(r.relocation !== undefined ? { relocation: r.relocation === null ? null : decodeRelocation(r.relocation, `${field}.relocation`) } : {}),
+    ...(r.seed !== undefined && r.seed !== null ? { seed: decodeSeed(r.seed, `${field}.seed`) } : {})
   }
 }
 
@@ -123,13 +228,21 @@ export function decodeChange (raw: unknown): DesiredChange {
         app: {
           name: string(a.name, 'change.app.name', { max: 40, pattern: APP_NAME }),
           manifest: decodeManifest(a.manifest, 'change.app.manifest'),
-          pinnedNode: a.pinnedNode === null || a.pinnedNode === undefined ? null : string(a.pinnedNode, 'change.app.pinnedNode', { max: 64, pattern: PEER_ID })
+          pinnedNode: a.pinnedNode === null || a.pinnedNode === undefined ? null : string(a.pinnedNode, 'change.app.pinnedNode', { max: 64, pattern: PEER_ID }),
+          ...(a.seed !== undefined && a.seed !== null ? { seed: decodeSeed(a.seed, 'change.app.seed') } : {})
         }
       }
     }
     case 'remove': return { kind: 'remove', name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }) }
     case 'move': return { kind: 'move', name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }), node: string(r.node, 'change.node', { max: 64, pattern: PEER_ID }) }
-    default: throw new ValidationError('change.kind', 'must be install, remove or move')
+    case 'drain': return { kind: 'drain', node: string(r.node, 'change.node', { max: 64, pattern: PEER_ID }), drained: bool(r.drained, 'change.drained') }
+    case 'relocate': return {
+      kind: 'relocate',
+      name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }),
+      generation: number(r.generation, 'change.generation', { min: 1, max: MAX_INT, integer: true }),
+      relocation: r.relocation === null ? null : decodeRelocation(r.relocation, 'change.relocation')
+    }
+    default: throw new ValidationError('change.kind', 'must be install, remove, move, drain or relocate')
   }
 }
 
@@ -144,10 +257,29 @@ export function decodeChangeResponse (raw: unknown): ChangeResponse {
 export function decodeOpRequest (raw: unknown): OpRequest {
   const r = record(raw, 'op')
   const op = record(r.op, 'op.op')
+  const name = (): string => string(op.name, 'op.op.name', { max: 40, pattern: APP_NAME })
+  const snap = (v: unknown, f: string): string => string(v, f, { max: 64, pattern: SNAP_ID })
   let decoded: Op
-  if (op.kind === 'deploy') decoded = { kind: 'deploy', app: decodeDesiredApp(op.app, 'op.op.app') }
-  else if (op.kind === 'remove') decoded = { kind: 'remove', name: string(op.name, 'op.op.name', { max: 40, pattern: APP_NAME }) }
-  else throw new ValidationError('op.op.kind', 'must be deploy or remove')
+  switch (op.kind) {
+    case 'deploy': decoded = { kind: 'deploy', app: decodeDesiredApp(op.app, 'op.op.app') }; break
+    case 'remove': decoded = { kind: 'remove', name: name() }; break
+    case 'snapshot': {
+      if (!PURPOSES.includes(op.purpose as typeof PURPOSES[number])) throw new ValidationError('op.op.purpose', `must be one of ${PURPOSES.join(', ')}`)
+      decoded = { kind: 'snapshot', name: name(), purpose: op.purpose as SnapshotPurpose }
+      break
+    }
+    case 'sync': decoded = { kind: 'sync', name: name(), from: string(op.from, 'op.op.from', { max: 64, pattern: PEER_ID }) }; break
+    case 'handoff': decoded = { kind: 'handoff', name: name() }; break
+    case 'restore': decoded = {
+      kind: 'restore',
+      app: decodeDesiredApp(op.app, 'op.op.app'),
+      snapshot: snap(op.snapshot, 'op.op.snapshot'),
+      from: op.from === null ? null : string(op.from, 'op.op.from', { max: 64, pattern: PEER_ID })
+    }; break
+    case 'retire': decoded = { kind: 'retire', name: name(), liveSnapshot: op.liveSnapshot === null ? null : snap(op.liveSnapshot, 'op.op.liveSnapshot') }; break
+    case 'purge': decoded = { kind: 'purge', name: name(), snapshot: snap(op.snapshot, 'op.op.snapshot') }; break
+    default: throw new ValidationError('op.op.kind', 'must be deploy, remove, snapshot, sync, handoff, restore, retire or purge')
+  }
   return {
     term: number(r.term, 'op.term', { min: 0, max: MAX_INT, integer: true }),
     leader: string(r.leader, 'op.leader', { max: 64, pattern: PEER_ID }),
@@ -157,7 +289,9 @@ export function decodeOpRequest (raw: unknown): OpRequest {
 
 export function decodeOpResponse (raw: unknown): OpResponse {
   const r = record(raw, 'response')
-  return { done: true, detail: string(r.detail, 'response.detail', { max: 4096 }) }
+  const out: OpResponse = { done: true, detail: string(r.detail, 'response.detail', { max: 4096 }) }
+  if (r.snapshot !== undefined) out.snapshot = decodeSnapshotInfo(r.snapshot, 'response.snapshot')
+  return out
 }
 
 export function decodeAppQuery (raw: unknown): AppQuery {
@@ -165,7 +299,8 @@ export function decodeAppQuery (raw: unknown): AppQuery {
   const name = string(r.name, 'query.name', { max: 40, pattern: APP_NAME })
   if (r.kind === 'logs') return { kind: 'logs', name, tail: number(r.tail, 'query.tail', { min: 1, max: 10_000, integer: true }) }
   if (r.kind === 'why') return { kind: 'why', name }
-  throw new ValidationError('query.kind', 'must be logs or why')
+  if (r.kind === 'rollback') return { kind: 'rollback', name, snapshot: string(r.snapshot, 'query.snapshot', { max: 64, pattern: SNAP_ID }) }
+  throw new ValidationError('query.kind', 'must be logs, why or rollback')
 }
 
 function bool (value: unknown, field: string): boolean {
@@ -215,7 +350,21 @@ export function decodeManifest (raw: unknown, field: string): AppManifest {
     },
     web: web === null ? null : decodeWeb(web, `${field}.web`),
     constraints: stringMap(r.constraints ?? {}, `${field}.constraints`, { maxEntries: 32, key: LABEL_KEY, maxValue: 128 }),
-    compose: { services, volumes }
+    compose: { services, volumes },
+    ...(r.snapshots !== undefined ? { snapshots: decodeSnapshotPolicy(r.snapshots, `${field}.snapshots`) } : {})
+  }
+}
+
+function decodeSnapshotPolicy (raw: unknown, field: string): SnapshotPolicy {
+  const r = record(raw, field)
+  const quiesce = r.quiesce
+  if (quiesce !== 'pause' && quiesce !== 'stop' && quiesce !== 'none') throw new ValidationError(`${field}.quiesce`, 'must be pause, stop or none')
+  const hook = r.hook === null ? null : record(r.hook, `${field}.hook`)
+  return {
+    everyMs: number(r.everyMs, `${field}.everyMs`, { min: 0, max: MAX_INT, integer: true }),
+    replicas: number(r.replicas, `${field}.replicas`, { min: 0, max: 16, integer: true }),
+    quiesce,
+    hook: hook === null ? null : { service: string(hook.service, `${field}.hook.service`, { max: 63, pattern: SERVICE }), command: array(hook.command, `${field}.hook.command`, 64, (x, g) => string(x, g, { max: 4096 })) }
   }
 }
 

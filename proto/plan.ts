@@ -25,6 +25,18 @@ export interface SchedNode {
    * engine does not answer, its last operation failed moments ago), or null.
    */
   unavailable?: string | null
+  /** The user drained the node (`dcloud node drain`): it takes no apps, and its apps move away. */
+  drained?: boolean
+  /** The newest snapshot of each app this node holds a copy of (its own or replicated), by app name. */
+  snapshots?: Record<string, SnapshotHolding>
+}
+
+/** A snapshot a node holds: the newest of an app's that it has. */
+export interface SnapshotHolding {
+  /** restic's short id (8 hex digits). */
+  id: string
+  /** When it was taken, ms since epoch. */
+  time: number
 }
 
 export interface DesiredApp {
@@ -35,6 +47,34 @@ export interface DesiredApp {
   pinnedNode: string | null
   /** Increases with every change the user makes. */
   revision: number
+  /**
+   * Stateful apps: which copy of the data is the live one. Raised (and
+   * replicated to a majority) every time the data moves to another node by a
+   * restore; a copy of an older generation found on a node is stale and is
+   * retired, never started. Absent means 1.
+   */
+  generation?: number
+  /** The last time the app's data came from a snapshot (failover, move, restore): shown to the user. */
+  relocation?: Relocation | null
+  /**
+   * An app restored from a backup file: the snapshot its data starts from,
+   * and the node holding it. Its first placement restores it.
+   */
+  seed?: { snapshot: string, time: number, node: string } | null
+}
+
+export interface Relocation {
+  kind: 'failover' | 'move' | 'rollback' | 'restore'
+  /** The snapshot restored (short id). */
+  snapshot: string
+  /** When that snapshot was taken, ms since epoch. */
+  snapshotTime: number
+  from: string | null
+  to: string
+  /** When the app ran again. */
+  at: number
+  /** Planned moves: how long the app answered nowhere, ms. */
+  downtimeMs: number | null
 }
 
 export type PlacementState = 'running' | 'starting' | 'stopped' | 'failed'
@@ -45,6 +85,8 @@ export interface Placement {
   node: string
   state: PlacementState
   revision: number
+  /** The data generation the copy was started with (stateful apps; absent means 1). */
+  generation?: number
 }
 
 export interface ClusterSnapshot {
@@ -77,7 +119,14 @@ export interface PlanInput {
 export type Operation =
   | { op: 'place', app: string, node: string, reason: string }
   | { op: 'stop', app: string, node: string, reason: string }
+  /** Stateless: start on `to`, then stop on `from`. */
   | { op: 'move', app: string, from: string, to: string, reason: string }
+  /** Stateful, planned: copy the data while it runs, stop, send the last increment, start on `to`. */
+  | { op: 'migrate', app: string, from: string, to: string, reason: string }
+  /** Stateful, its node gone: restore `snapshot` (held by `source`) on `node` and start it there. */
+  | { op: 'restore', app: string, node: string, snapshot: string, snapshotTime: number, source: string, reason: string }
+  /** A stale copy of a stateful app (an older generation): keep its data as a snapshot, remove its containers. */
+  | { op: 'retire', app: string, node: string, reason: string }
 
 /** Why a node was not chosen for an app: `dcloud app why` prints these. */
 export interface Rejection {

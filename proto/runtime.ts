@@ -22,7 +22,9 @@ export const LABELS = {
   /** Hash of the service's normalised spec: equal hash, nothing to change. */
   spec: 'dcloud.spec',
   /** The compose volume name: on volumes. */
-  volume: 'dcloud.volume'
+  volume: 'dcloud.volume',
+  /** Stateful apps: the data generation the container was started with (DesiredApp.generation). */
+  generation: 'dcloud.generation'
 } as const
 
 export type AppRunState = 'running' | 'starting' | 'stopped' | 'failed'
@@ -46,6 +48,8 @@ export interface ServiceActual {
   /** Labels of this container: the revision and term it was created at, and its spec hash. */
   revision: number
   term: number
+  /** The data generation it was started with (1 when unlabelled). */
+  generation: number
   spec: string
 }
 
@@ -61,6 +65,8 @@ export interface AppActual {
   revision: number
   /** The highest `dcloud.term` among the app's containers. */
   term: number
+  /** The lowest `dcloud.generation` among the app's containers (1 when unlabelled). */
+  generation: number
   state: AppRunState
   services: ServiceActual[]
 }

@@ -54,6 +54,8 @@ export interface NodeResources {
   address: string | null
   /** Images present on the node (repo:tag), so the scheduler and peers know who can share one. */
   images: string[]
+  /** The newest restorable snapshot of each app this node holds (its own or a replica). */
+  snapshots?: Array<{ app: string, id: string, time: number }>
 }
 
 export interface AppReport {
@@ -62,6 +64,8 @@ export interface AppReport {
   revision: number
   /** Host port of the app's web UI, when it has one and it is published. */
   webPort: number | null
+  /** Stateful apps: the data generation the copy runs (label dcloud.generation); absent means 1. */
+  generation?: number
 }
 
 /**
@@ -173,12 +177,23 @@ function validateResources (raw: Record<string, unknown>): NodeResources {
         name: string(a.name, `${fi}.name`, { max: 63, pattern: NAME }),
         state,
         revision: number(a.revision, `${fi}.revision`, { min: 0, max: MAX_BYTES_VALUE, integer: true }),
-        webPort: a.webPort === null ? null : number(a.webPort, `${fi}.webPort`, { min: 1, max: 65_535, integer: true })
+        webPort: a.webPort === null ? null : number(a.webPort, `${fi}.webPort`, { min: 1, max: 65_535, integer: true }),
+        ...(a.generation !== undefined ? { generation: number(a.generation, `${fi}.generation`, { min: 1, max: MAX_BYTES_VALUE, integer: true }) } : {})
       }
     }),
     containers: number(raw.containers, `${f}.containers`, { min: 0, max: 100_000, integer: true }),
     address: raw.address === null ? null : string(raw.address, `${f}.address`, { max: 64, pattern: /^[0-9a-fA-F.:]+$/ }),
     images: array(raw.images, `${f}.images`, 512, (v, fi) => string(v, fi, { max: 255 }))
+  }
+  if (raw.snapshots !== undefined) {
+    res.snapshots = array(raw.snapshots, `${f}.snapshots`, 256, (v, fi) => {
+      const s = record(v, fi)
+      return {
+        app: string(s.app, `${fi}.app`, { max: 63, pattern: NAME }),
+        id: string(s.id, `${fi}.id`, { max: 64, pattern: /^[0-9a-f]{8,64}$/ }),
+        time: number(s.time, `${fi}.time`, { min: 0, max: MAX_BYTES_VALUE, integer: true })
+      }
+    })
   }
   if (res.mem.free > res.mem.total) throw new ValidationError(`${f}.mem.free`, `is larger than ${f}.mem.total`)
   return res

@@ -212,6 +212,21 @@ function isQuorum (s: ElectionState, set: ReadonlySet<string>, now: number, chec
   return true
 }
 
+/**
+ * Whether the voters in `reachable` make a quorum (a majority, or in an even
+ * cluster the half holding the tie-breaker while the witness answers): the
+ * fencing test, pure so it is tested with the election's rules.
+ */
+export function reachesQuorum (voters: readonly string[], reachable: ReadonlySet<string>, witnessReachable: boolean): boolean {
+  const n = voters.length
+  if (n === 0) return true
+  let count = 0
+  for (const v of voters) if (reachable.has(v)) count++
+  if (count >= majority(n)) return true
+  const tb = tieBreaker(voters)
+  return tb !== null && count === n / 2 && reachable.has(tb) && witnessReachable
+}
+
 /** Until when a leader's lease holds, from the heartbeats its voters acknowledged (Infinity for a leader that needs no one else). */
 export function leaseExpiry (s: ElectionState): number {
   if (s.role !== 'leader' || !s.voters.includes(s.self)) return -Infinity

@@ -41,6 +41,7 @@ export function feasible (app: DesiredApp, u: NodeUsage, names?: ReadonlyMap<str
   const m = app.manifest
   if (node.state !== 'alive') return `node is ${node.state}`
   if (node.unavailable != null) return node.unavailable
+  if (node.drained === true) return 'drained by the user (`dcloud node undrain` takes it back)'
   if (app.pinnedNode !== null && app.pinnedNode !== node.id) return `pinned to ${names?.get(app.pinnedNode) ?? app.pinnedNode}`
   if (m.architectures.length > 0 && !m.architectures.includes(node.arch)) return `arch ${node.arch} not in [${m.architectures.join(', ')}]`
   for (const [key, want] of constraintsOf(m)) {

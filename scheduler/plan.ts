@@ -27,10 +27,22 @@ interface Choice {
   chosen: NodeUsage | null
   rejections: Rejection[]
   feasibleCount: number
+  candidates: NodeUsage[]
+}
+
+/**
+ * The app as placement sees it: a pin to a node that is not alive does not
+ * hold, so an app pinned to a dead node fails over like any other (and moves
+ * back once its node is alive again).
+ */
+export function placeable (app: DesiredApp, usage: Usage): DesiredApp {
+  if (app.pinnedNode === null || usage.byId.get(app.pinnedNode)?.node.state === 'alive') return app
+  return { ...app, pinnedNode: null }
 }
 
 /** Runs feasibility over every node (except `exclude`) and ranks the survivors. */
-function choose (app: DesiredApp, usage: Usage, input: PlanInput, exclude: string | null): Choice {
+function choose (original: DesiredApp, usage: Usage, input: PlanInput, exclude: string | null): Choice {
+  const app = placeable(original, usage)
   const rejections: Rejection[] = []
   const candidates: NodeUsage[] = []
   for (const u of usage.nodes) {
@@ -39,10 +51,10 @@ function choose (app: DesiredApp, usage: Usage, input: PlanInput, exclude: strin
     if (reason === null) candidates.push(u)
     else rejections.push({ node: u.node.id, reason })
   }
-  if (app.pinnedNode !== null && !usage.byId.has(app.pinnedNode)) {
-    rejections.push({ node: app.pinnedNode, reason: 'pinned here, but not a member of the cluster' })
+  if (original.pinnedNode !== null && !usage.byId.has(original.pinnedNode)) {
+    rejections.push({ node: original.pinnedNode, reason: 'pinned here, but not a member of the cluster' })
   }
-  return { chosen: best(app, candidates, input.policy.strategy, input.seed), rejections, feasibleCount: candidates.length }
+  return { chosen: best(app, candidates, input.policy.strategy, input.seed), rejections, feasibleCount: candidates.length, candidates }
 }
 
 /** Pinned apps first (they have one choice), then the largest requests (first-fit decreasing), then by name. */
@@ -74,6 +86,11 @@ export function plan (input: PlanInput): Plan {
     if (u !== undefined) u.apps++
   }
   for (const s of rec.stops) operations.push({ op: 'stop', app: s.app, node: s.node, reason: s.reason })
+  for (const r of rec.retires) {
+    if (touched.has(r.app)) continue // one operation per app and plan: another stale copy waits for the next plan
+    touched.add(r.app)
+    operations.push({ op: 'retire', app: r.app, node: r.node, reason: r.reason })
+  }
 
   const strategyNote = (c: Choice): string => `${policy.strategy}, ${c.feasibleCount} of ${usage.nodes.length} nodes fit`
 
@@ -91,36 +108,55 @@ export function plan (input: PlanInput): Plan {
         continue
       }
       const reason = refusal ?? 'not a member of the cluster'
-      if (stateful) {
-        rejections[app.name] = [{ node: need.current, reason }]
-        waiting.push({ app: app.name, node: need.current, reason: `stateful: cannot restart on ${name(need.current)} (${reason}); it waits for room there` })
-        continue
-      }
       const c = choose(app, usage, input, need.current)
       rejections[app.name] = [{ node: need.current, reason }, ...c.rejections]
       if (c.chosen === null) {
-        unplaced.push(app.name)
+        if (stateful) waiting.push({ app: app.name, node: need.current, reason: `stateful: cannot restart on ${name(need.current)} (${reason}) and no other node can take it; it waits` })
+        else unplaced.push(app.name)
+        continue
+      }
+      if (stateful && here === undefined) {
+        // Its node left the cluster: nobody can copy its data from there.
+        waiting.push({ app: app.name, node: need.current, reason: `stateful: its node ${name(need.current)} is not a member of the cluster; it waits` })
         continue
       }
       reserve(c.chosen, app)
       touched.add(app.name)
-      operations.push({ op: 'move', app: app.name, from: need.current, to: c.chosen.node.id, reason: `${need.reason}, which cannot take it again: ${reason} (${strategyNote(c)})` })
+      operations.push({ op: stateful ? 'migrate' : 'move', app: app.name, from: need.current, to: c.chosen.node.id, reason: `${need.reason}, which cannot take it again: ${reason} (${strategyNote(c)})` })
       continue
     }
 
-    if (need.kind === 'pinned' && need.current !== null) {
+    if ((need.kind === 'pinned' || need.kind === 'drain') && need.current !== null) {
       const c = choose(app, usage, input, need.current)
       rejections[app.name] = c.rejections
       if (c.chosen === null) {
-        const there = c.rejections.find(r => r.node === app.pinnedNode)?.reason ?? 'unknown'
-        waiting.push({ app: app.name, node: need.current, reason: `${need.reason}, which cannot take it (${there}): it stays on ${name(need.current)}` })
+        const there = need.kind === 'pinned' ? `it cannot take it (${c.rejections.find(r => r.node === app.pinnedNode)?.reason ?? 'unknown'})` : 'no other node can take it'
+        waiting.push({ app: app.name, node: need.current, reason: `${need.reason}, but ${there}: it stays on ${name(need.current)}` })
         continue
       }
       const from = usage.byId.get(need.current)
       if (from !== undefined) from.apps--
       reserve(c.chosen, app)
       touched.add(app.name)
-      operations.push({ op: 'move', app: app.name, from: need.current, to: c.chosen.node.id, reason: need.reason })
+      operations.push({ op: stateful ? 'migrate' : 'move', app: app.name, from: need.current, to: c.chosen.node.id, reason: need.reason })
+      continue
+    }
+
+    if (need.kind === 'restore' && need.snapshot !== undefined) {
+      const snap = need.snapshot
+      const c = choose(app, usage, input, null)
+      rejections[app.name] = c.rejections
+      // A node that already holds the snapshot restores it without a transfer.
+      const holders = c.candidates.filter(u => snap.holders.includes(u.node.id))
+      const chosen = best(app, holders, policy.strategy, input.seed) ?? c.chosen
+      if (chosen === null) {
+        unplaced.push(app.name)
+        continue
+      }
+      const source = snap.holders.includes(chosen.node.id) ? chosen.node.id : snap.holders[0]!
+      reserve(chosen, app)
+      touched.add(app.name)
+      operations.push({ op: 'restore', app: app.name, node: chosen.node.id, snapshot: snap.id, snapshotTime: snap.time, source, reason: `${need.reason} (snapshot ${snap.id}, held by ${snap.holders.map(name).join(', ')}; ${strategyNote(c)})` })
       continue
     }
 
@@ -165,7 +201,8 @@ function rebalance (keep: Keep[], usage: Usage, input: PlanInput, touched: Set<s
     if (list === undefined) movable.set(k.node, list = [])
     list.push(k)
   }
-  for (const list of movable.values()) list.sort((a, b) => byString(a.app.name, b.app.name))
+  // Stateless apps first: moving them costs a restart, a stateful app's move costs a copy and a stop.
+  for (const list of movable.values()) list.sort((a, b) => Number(isStateful(a.app.manifest)) - Number(isStateful(b.app.manifest)) || byString(a.app.name, b.app.name))
 
   let moves = 0
   while (moves < policy.maxMovesPerPlan) {
@@ -187,7 +224,7 @@ function rebalance (keep: Keep[], usage: Usage, input: PlanInput, touched: Set<s
         const targets = alive.filter(u => u.apps <= src.apps - 2 && feasible(k.app, u, usage.names) === null)
         const to = best(k.app, targets, 'spread', seed)
         if (to === null) continue
-        ops.push({ op: 'move', app: k.app.name, from: src.node.id, to: to.node.id, reason: `rebalance: ${nameOf(usage, src.node.id)} runs ${src.apps} apps, ${nameOf(usage, to.node.id)} runs ${to.apps} (spread policy moves apps when the gap is ${policy.rebalanceSpread} or more)` })
+        ops.push({ op: isStateful(k.app.manifest) ? 'migrate' : 'move', app: k.app.name, from: src.node.id, to: to.node.id, reason: `rebalance: ${nameOf(usage, src.node.id)} runs ${src.apps} apps, ${nameOf(usage, to.node.id)} runs ${to.apps} (spread policy moves apps when the gap is ${policy.rebalanceSpread} or more)` })
         src.apps--
         reserve(to, k.app)
         touched.add(k.app.name)

@@ -2,8 +2,14 @@
  * Reconcile: the difference between desired and actual state, before any
  * node is chosen. For every desired app it decides which copy is kept, which
  * copies are stopped, and whether the app needs a node; every placement of an
- * app nobody wants any more is stopped. Stateful apps are never stopped or
- * moved here: their data lives on their node.
+ * app nobody wants any more is stopped.
+ *
+ * Stateful apps are never stopped here: their data lives on their node. They
+ * move only with their data (a migrate: pinned elsewhere, a drained node, a
+ * node that cannot restart them), come back from the newest snapshot a live
+ * node holds when their node is dead (a restore), and a copy of an older data
+ * generation (left behind by a failover, found when its node comes back) is
+ * retired: its data is kept as a snapshot, its containers go.
  *
  * Node states: only alive nodes are acted on. Copies on a suspect node are
  * left alone (the node may be back in a second); copies on a dead node (or a
@@ -23,6 +29,10 @@ export type NeedKind =
   | 'restart'
   /** It runs on an alive node other than the one it is pinned to. */
   | 'pinned'
+  /** It runs on a node the user drained. */
+  | 'drain'
+  /** Stateful, runs nowhere live: its newest snapshot held by a live node is restored. */
+  | 'restore'
 
 export interface Need {
   app: DesiredApp
@@ -32,6 +42,15 @@ export interface Need {
   /** State of that copy. */
   currentState: PlacementState | null
   reason: string
+  /** kind 'restore': the newest snapshot live nodes hold, and which of them hold it. */
+  snapshot?: { id: string, time: number, holders: string[] }
+}
+
+/** A stale copy of a stateful app to retire (its data kept as a snapshot). */
+export interface RetireDecision {
+  app: string
+  node: string
+  reason: string
 }
 
 /** A copy that stays where it is (unless a 'pinned' need moves it, or rebalancing does). */
@@ -39,7 +58,7 @@ export interface Keep {
   app: DesiredApp
   node: string
   state: PlacementState
-  /** Rebalancing may move it: stateless, not pinned, running on an alive node. */
+  /** Rebalancing may move it: not pinned, running on an alive node that is not drained (stateful apps move with their data). */
   movable: boolean
 }
 
@@ -55,11 +74,12 @@ export interface Reconciliation {
   needs: Need[]
   keep: Keep[]
   stops: StopDecision[]
+  retires: RetireDecision[]
   waiting: Waiting[]
   conflicts: Conflict[]
 }
 
-export const WAITING_STATEFUL_DEAD = 'stateful: waits for its node or a snapshot restore'
+export const WAITING_STATEFUL_DEAD = 'stateful: no live node holds a snapshot of it; it waits for its node to come back'
 
 const STATE_ORDER: Record<PlacementState, number> = { running: 0, starting: 1, stopped: 2, failed: 3 }
 
@@ -80,9 +100,24 @@ function betterCopy (a: Placement, b: Placement, nodeState: (id: string) => Node
 }
 
 export function reconcile (snapshot: ClusterSnapshot): Reconciliation {
-  const nodes = new Map<string, { state: NodeState, name: string }>()
-  for (const n of [...snapshot.nodes].sort((a, b) => byString(a.id, b.id))) {
-    if (!nodes.has(n.id)) nodes.set(n.id, { state: n.state, name: n.name === '' ? n.id : n.name })
+  const nodes = new Map<string, { state: NodeState, name: string, drained: boolean }>()
+  const sortedNodes = [...snapshot.nodes].sort((a, b) => byString(a.id, b.id))
+  for (const n of sortedNodes) {
+    if (!nodes.has(n.id)) nodes.set(n.id, { state: n.state, name: n.name === '' ? n.id : n.name, drained: n.drained === true })
+  }
+  /** The newest snapshot of `app` a live node holds, with every live holder of it; null when none does. */
+  const newestSnapshot = (app: string, seed: DesiredApp['seed']): { id: string, time: number, holders: string[] } | null => {
+    let found: { id: string, time: number, holders: string[] } | null = null
+    for (const n of sortedNodes) {
+      // A backup's snapshot counts from the moment the user restores it, before its holder's next report.
+      const seeded = seed != null && seed.node === n.id ? { id: seed.snapshot, time: seed.time } : undefined
+      const reported = n.snapshots?.[app]
+      const h = n.state !== 'alive' ? undefined : seeded !== undefined && (reported === undefined || reported.time <= seeded.time) ? seeded : reported
+      if (h === undefined) continue
+      if (found === null || h.time > found.time || (h.time === found.time && h.id < found.id)) found = { id: h.id, time: h.time, holders: [n.id] }
+      else if (h.id === found.id) found.holders.push(n.id)
+    }
+    return found
   }
   /** A node we no longer know of is as good as dead. */
   const nodeState = (id: string): NodeState => nodes.get(id)?.state ?? 'dead'
@@ -106,7 +141,7 @@ export function reconcile (snapshot: ClusterSnapshot): Reconciliation {
     list.push(p)
   }
 
-  const out: Reconciliation = { desired, needs: [], keep: [], stops: [], waiting: [], conflicts: [] }
+  const out: Reconciliation = { desired, needs: [], keep: [], stops: [], retires: [], waiting: [], conflicts: [] }
 
   // Orphans: apps nobody wants any more. Stopping never deletes volumes.
   for (const [app, list] of copies) {
@@ -118,20 +153,41 @@ export function reconcile (snapshot: ClusterSnapshot): Reconciliation {
 
   for (const app of desired) {
     const stateful = isStateful(app.manifest)
-    const list = copies.get(app.name) ?? []
+    const generation = app.generation ?? 1
+    let list = copies.get(app.name) ?? []
+    let staleAlive = 0
+    if (stateful) {
+      // Copies of an older data generation are never started again: the data moved on.
+      for (const p of list.filter(p => (p.generation ?? 1) < generation)) {
+        const state = nodeState(p.node)
+        if (state === 'alive') {
+          staleAlive++
+          out.retires.push({ app: app.name, node: p.node, reason: `stale copy (data generation ${p.generation ?? 1}; the live data is generation ${generation}): its data is kept as a snapshot` })
+        } else if (state === 'suspect') {
+          out.keep.push({ app, node: p.node, state: p.state, movable: false })
+        }
+      }
+      list = list.filter(p => (p.generation ?? 1) >= generation)
+    }
     const present = list.filter(p => nodeState(p.node) !== 'dead')
     const gone = list.filter(p => nodeState(p.node) === 'dead')
 
     if (present.length === 0) {
-      if (gone.length > 0) {
-        const where = gone.map(p => name(p.node)).join(', ')
-        if (stateful) {
-          out.waiting.push({ app: app.name, node: gone[0]!.node, reason: WAITING_STATEFUL_DEAD })
-        } else {
-          out.needs.push({ app, kind: 'dead', current: null, currentState: null, reason: `node ${where} is dead` })
-        }
-      } else {
+      if (!stateful) {
+        if (gone.length > 0) out.needs.push({ app, kind: 'dead', current: null, currentState: null, reason: `node ${gone.map(p => name(p.node)).join(', ')} is dead` })
+        else out.needs.push({ app, kind: 'new', current: null, currentState: null, reason: 'new app' })
+        continue
+      }
+      const snap = newestSnapshot(app.name, app.seed)
+      const where = gone.length > 0 ? `node ${gone.map(p => name(p.node)).join(', ')} is dead` : 'its data runs nowhere'
+      if (staleAlive > 0) {
+        out.waiting.push({ app: app.name, node: out.retires.find(r => r.app === app.name)!.node, reason: 'stateful: its stale copy is retired first, then its newest snapshot is restored' })
+      } else if (snap !== null) {
+        out.needs.push({ app, kind: 'restore', current: null, currentState: null, reason: `${where}: restore its newest snapshot`, snapshot: snap })
+      } else if (gone.length === 0 && generation === 1) {
         out.needs.push({ app, kind: 'new', current: null, currentState: null, reason: 'new app' })
+      } else {
+        out.waiting.push({ app: app.name, node: gone[0]?.node ?? '', reason: WAITING_STATEFUL_DEAD })
       }
       continue
     }
@@ -169,15 +225,14 @@ export function reconcile (snapshot: ClusterSnapshot): Reconciliation {
       continue
     }
 
-    const pinnedElsewhere = app.pinnedNode !== null && app.pinnedNode !== kept.node
-    out.keep.push({ app, node: kept.node, state: kept.state, movable: !stateful && app.pinnedNode === null && kept.state === 'running' })
+    // A pin to a node that is not alive does not move anything (see placeable() in plan.ts).
+    const pinnedElsewhere = app.pinnedNode !== null && app.pinnedNode !== kept.node && nodeState(app.pinnedNode) === 'alive'
+    const drained = nodes.get(kept.node)?.drained === true
+    out.keep.push({ app, node: kept.node, state: kept.state, movable: app.pinnedNode === null && kept.state === 'running' && !drained })
     if (pinnedElsewhere) {
-      const pinned = name(app.pinnedNode!)
-      if (stateful) {
-        out.waiting.push({ app: app.name, node: kept.node, reason: `pinned to ${pinned}, but a stateful app stays on its node until it can move with a snapshot` })
-      } else {
-        out.needs.push({ app, kind: 'pinned', current: kept.node, currentState: kept.state, reason: `pinned to ${pinned}` })
-      }
+      out.needs.push({ app, kind: 'pinned', current: kept.node, currentState: kept.state, reason: `pinned to ${name(app.pinnedNode!)}` })
+    } else if (drained && app.pinnedNode === null) {
+      out.needs.push({ app, kind: 'drain', current: kept.node, currentState: kept.state, reason: `node ${name(kept.node)} is drained` })
     }
   }
   return out

@@ -28,6 +28,9 @@ export function why (plan: Plan, app: string, snapshot?: ClusterSnapshot): strin
     if (op.app !== app) continue
     if (op.op === 'place') lines.push(`${app}: placed on ${name(op.node)}: ${op.reason}.`)
     else if (op.op === 'move') lines.push(`${app}: moves from ${name(op.from)} to ${name(op.to)}: ${op.reason}.`)
+    else if (op.op === 'migrate') lines.push(`${app}: moves with its data from ${name(op.from)} to ${name(op.to)}: ${op.reason}.`)
+    else if (op.op === 'restore') lines.push(`${app}: restored on ${name(op.node)} from snapshot ${op.snapshot}: ${op.reason}.`)
+    else if (op.op === 'retire') lines.push(`${app}: stale copy retired on ${name(op.node)} (its data kept as a snapshot): ${op.reason}.`)
     else lines.push(`${app}: stopped on ${name(op.node)}: ${op.reason}.`)
   }
   for (const w of plan.waiting) if (w.app === app) lines.push(`${app}: waits on ${name(w.node)}: ${w.reason}.`)

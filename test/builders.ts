@@ -107,7 +107,8 @@ export function applyPlan (actual: Placement[], ops: Operation[], desired: Desir
   const revision = new Map(desired.map(d => [d.name, d.revision]))
   let out = [...actual]
   for (const op of ops) {
-    if (op.op === 'stop') out = out.filter(p => !(p.app === op.app && p.node === op.node))
+    if (op.op === 'stop' || op.op === 'retire') out = out.filter(p => !(p.app === op.app && p.node === op.node))
+    else if (op.op === 'restore') out = [...out.filter(p => !(p.app === op.app && p.node === op.node)), mockPlacement(op.app, op.node, 'running', revision.get(op.app) ?? 1)]
     else if (op.op === 'place') out = [...out.filter(p => !(p.app === op.app && p.node === op.node)), mockPlacement(op.app, op.node, 'running', revision.get(op.app) ?? 1)]
     else out = [...out.filter(p => !(p.app === op.app && (p.node === op.from || p.node === op.to))), mockPlacement(op.app, op.to, 'running', revision.get(op.app) ?? 1)]
   }

@@ -9,6 +9,8 @@ import { appCommand, appHelp } from './commands/app.ts'
 import { flashCommand, flashHelp } from './commands/flash.ts'
 import { installCommand, installHelp } from './commands/install.ts'
 import { labCommand, labHelp } from '../../scripts/lab/cli.ts'
+import { backupCommand, backupHelp, restoreCommand, restoreHelp, snapshotCommand, snapshotHelp } from './commands/snapshot.ts'
+import { nodeCommand, nodeHelp } from './commands/node.ts'
 import { AGENT_VERSION } from '../config.ts'
 import { EXIT, UserError } from '../util/errors.ts'
 
@@ -23,6 +25,10 @@ const commands: Record<string, Command> = {
   init: { run: initCommand, help: initHelp, summary: 'create a new cluster key' },
   status: { run: statusCommand, help: statusHelp, summary: 'show the cluster\'s nodes' },
   app: { run: appCommand, help: appHelp, summary: 'install, list, move and remove apps' },
+  snapshot: { run: snapshotCommand, help: snapshotHelp, summary: 'take, list and restore snapshots of an app\'s data' },
+  backup: { run: backupCommand, help: backupHelp, summary: 'write an app and its data into one file' },
+  restore: { run: restoreCommand, help: restoreHelp, summary: 'bring an app back from a backup file, on any cluster' },
+  node: { run: nodeCommand, help: nodeHelp, summary: 'drain a node of its apps, or take it back' },
   install: { run: installCommand, help: installHelp, summary: 'install this agent as a service on this machine' },
   flash: { run: flashCommand, help: flashHelp, summary: 'make a Raspberry Pi SD card or image join the cluster at first boot' },
   lab: { run: labCommand, help: labHelp, summary: 'a cluster of namespaced nodes on this machine' },

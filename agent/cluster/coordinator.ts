@@ -9,10 +9,11 @@ import type { PeerId } from '@libp2p/interface'
 import {
   APP_QUERY_PROTOCOL, CHANGE_PROTOCOL, DESIRED_PROTOCOL, OP_PROTOCOL,
   decodeAppQuery, decodeChange, decodeChangeResponse, decodeDesiredState, decodeOpRequest, decodeOpResponse, newerDesired,
-  type ChangeResponse, type DesiredChange, type DesiredState, type Op, type OpRequest, type OpResponse
+  decodeSnapshotInfo,
+  type ChangeResponse, type DesiredChange, type DesiredState, type Op, type OpRequest, type OpResponse, type SnapshotInfo
 } from '../../proto/cluster.ts'
 import { isStateful } from '../../proto/app.ts'
-import type { AppView, WhyView } from '../../proto/api.ts'
+import type { AppView, RelocationView, SnapshotView, WhyView } from '../../proto/api.ts'
 import type { ClusterBeat, AppReport, NodeResources } from '../../proto/status.ts'
 import type { ClusterSnapshot, DesiredApp, Operation, Placement, Plan, SchedNode, SchedulerPolicy } from '../../proto/plan.ts'
 import { DEFAULT_POLICY, plan as makePlan } from '../../scheduler/plan.ts'
@@ -25,6 +26,9 @@ import { applyChange, type DesiredStore } from './desired-store.ts'
 import type { ElectionDriver } from './election-driver.ts'
 import type { AppRuntime } from '../runtime/apps.ts'
 import { fetchImageFromPeers } from '../runtime/image-transfer.ts'
+import type { SnapshotService } from '../snapshots/service.ts'
+import { backupToFile, importBackup, inspectBackup, type BackupFileResult } from '../snapshots/app-file.ts'
+import { DataPlane } from './stateful.ts'
 import type Docker from 'dockerode'
 import type { Logger } from '../util/log.ts'
 
@@ -45,6 +49,7 @@ export interface CoordinatorInit {
   election: ElectionDriver
   runtime: AppRuntime
   docker: Docker
+  snapshots: SnapshotService
   policy?: SchedulerPolicy
   log: Logger
 }
@@ -70,8 +75,28 @@ export class Coordinator {
   private started = false
   private readonly controller = new AbortController()
 
+  /** Snapshots, replication, fencing, and the leader's moves of data. */
+  readonly data: DataPlane
+
   constructor (init: CoordinatorInit) {
     this.init = init
+    this.data = new DataPlane({
+      mesh: init.mesh,
+      rpc: init.rpc,
+      membership: init.membership,
+      election: init.election,
+      store: init.store,
+      runtime: init.runtime,
+      snapshots: init.snapshots,
+      log: init.log.child('data'),
+      selfName: () => init.gossip.current().name,
+      nodeName: (id) => this.nodeName(id),
+      send: async (node, op, term) => await this.send(node, op, term),
+      deploy: async (app, term, signal, restored) => { await this.deploy(app, term, signal, restored) },
+      commit: async (change) => { await this.commit(change) },
+      localApps: () => this.init.gossip.current().resources.appStates,
+      announce: () => { this.init.gossip.announceChange() }
+    })
   }
 
   private get selfId (): string {
@@ -94,8 +119,14 @@ export class Coordinator {
     await rpc.register({
       protocol: APP_QUERY_PROTOCOL,
       decode: decodeAppQuery,
-      handle: async (q, _from, signal) => q.kind === 'logs' ? { node: this.selfId, text: await this.init.runtime.logs(q.name, { tail: q.tail, signal }) } : this.localWhy(q.name)
+      handle: async (q, _from, signal) => {
+        if (q.kind === 'logs') return { node: this.selfId, text: await this.init.runtime.logs(q.name, { tail: q.tail, signal }) }
+        if (q.kind === 'rollback') return await this.rollback(q.name, q.snapshot, signal)
+        return this.localWhy(q.name)
+      },
+      timeoutMs: OP_TIMEOUT_MS
     })
+    await this.data.start()
     this.timers.push(setInterval(() => { void this.pullDesired() }, 250))
     this.timers.push(setInterval(() => { void this.reconcile() }, RECONCILE_MS))
   }
@@ -106,6 +137,7 @@ export class Coordinator {
     this.controller.abort()
     for (const t of this.timers) clearInterval(t)
     this.timers = []
+    await this.data.stop()
   }
 
   // ---- desired state ---------------------------------------------------
@@ -118,14 +150,30 @@ export class Coordinator {
       if (leader === null || leader === this.selfId) throw new RpcError('no_leader', 'no scheduler is elected right now; try again in a few seconds')
       return await rpcCall(mesh, peerIdFromString(leader), CHANGE_PROTOCOL, change, { decode: decodeChangeResponse, signal, timeoutMs: REPLICATION_WAIT_MS + 5000 })
     }
-    if (change.kind === 'move' && !this.isKnownNode(change.node)) throw new RpcError('not_found', `no node ${change.node} in the cluster`)
+    if ((change.kind === 'move' || change.kind === 'drain') && !this.isKnownNode(change.node)) throw new RpcError('not_found', `no node ${change.node} in the cluster`)
     const next = applyChange(store.current(), change, election.term)
     await store.replace(next)
     this.init.gossip.announceChange()
-    this.init.log.info('desired state changed', { revision: next.revision, change: change.kind, app: change.kind === 'install' ? change.app.name : change.name })
+    this.init.log.info('desired state changed', { revision: next.revision, change: change.kind, app: change.kind === 'install' ? change.app.name : change.kind === 'drain' ? undefined : change.name, node: change.kind === 'drain' || change.kind === 'move' ? this.nodeName(change.node) : undefined })
     const replicatedTo = await this.waitForReplication(next, signal)
     void this.reconcile()
     return { revision: next.revision, replicatedTo }
+  }
+
+  /**
+   * The leader's own change (a new data generation): applied, and answered
+   * only once a majority holds it. A leader that cannot reach a majority must
+   * not move data: it throws.
+   */
+  private async commit (change: DesiredChange): Promise<void> {
+    const { election, store } = this.init
+    if (!election.isLeader) throw new RpcError('no_leader', 'lost the leadership')
+    const next = applyChange(store.current(), change, election.term)
+    await store.replace(next)
+    this.init.gossip.announceChange()
+    const holders = await this.waitForReplication(next)
+    const voters = 1 + this.init.membership.list().length
+    if (holders < Math.floor(voters / 2) + 1) throw new RpcError('unavailable', `revision ${next.revision} reached ${holders} of ${voters} nodes, not a majority`)
   }
 
   private async waitForReplication (state: DesiredState, signal?: AbortSignal): Promise<number> {
@@ -172,9 +220,9 @@ export class Coordinator {
     }
     await election.observeTerm(req.term, req.leader)
     try {
-      const detail = await this.runOp(req.op, req.term, signal)
+      const res = await this.runOp(req.op, req.term, signal)
       this.counters.opsExecuted++
-      return { done: true, detail }
+      return res
     } catch (err) {
       this.counters.opsFailed++
       throw err
@@ -184,21 +232,32 @@ export class Coordinator {
     }
   }
 
-  private async runOp (op: Op, term: number, signal: AbortSignal): Promise<string> {
+  private async runOp (op: Op, term: number, signal: AbortSignal): Promise<OpResponse> {
     const { runtime, log } = this.init
     if (op.kind === 'remove') {
       const kept = await runtime.remove(op.name, signal)
       log.info('app removed', { app: op.name, volumesKept: kept })
-      return kept.length > 0 ? `removed; volumes kept: ${kept.join(', ')}` : 'removed'
+      return { done: true, detail: kept.length > 0 ? `removed; volumes kept: ${kept.join(', ')}` : 'removed' }
     }
-    log.info('deploying app', { app: op.app.name, revision: op.app.revision, term })
-    await runtime.deploy(op.app, {
+    if (op.kind === 'deploy') {
+      await this.deploy(op.app, term, signal, false)
+      return { done: true, detail: 'deployed' }
+    }
+    const r = await this.data.runOp(op, term, signal)
+    if (r === null) throw new RpcError('bad_request', `unknown operation ${(op as { kind: string }).kind}`)
+    return r
+  }
+
+  private async deploy (app: DesiredApp, term: number, signal: AbortSignal, restored: boolean): Promise<void> {
+    const { runtime, log } = this.init
+    log.info('deploying app', { app: app.name, revision: app.revision, generation: app.generation ?? 1, term })
+    await runtime.deploy(app, {
       term,
       signal,
+      restored,
       fetchImage: async (ref, sig) => { await this.fetchImage(ref, sig) },
-      progress: (line) => { log.info(line, { app: op.app.name }) }
+      progress: (line) => { log.info(line, { app: app.name }) }
     })
-    return 'deployed'
   }
 
   /** Two apps deploying at once on this node and needing the same image share one transfer. */
@@ -228,35 +287,41 @@ export class Coordinator {
   private snapshot (): ClusterSnapshot {
     const now = Date.now()
     const self = this.init.gossip.current()
-    const nodes: SchedNode[] = [this.schedNode(self.peerId, self.name, 'alive', self.resources, now)]
+    const desired = this.init.store.current()
+    const drained = new Set(desired.drained ?? [])
+    const nodes: SchedNode[] = [this.schedNode(self.peerId, self.name, 'alive', { ...self.resources, snapshots: this.data.holdings() }, now, drained)]
     const actual: Placement[] = placementsOf(self.peerId, self.resources.appStates)
     for (const m of this.init.membership.list()) {
       if (m.resources === null) continue
-      nodes.push(this.schedNode(m.status.peerId, m.status.name, m.state, m.resources, now))
+      nodes.push(this.schedNode(m.status.peerId, m.status.name, m.state, m.resources, now, drained))
       // A dead node's apps are gone as far as placing goes; its reports are stale.
       if (m.state !== 'dead') actual.push(...placementsOf(m.status.peerId, m.resources.appStates))
     }
     const alive = new Set(nodes.filter(n => n.state === 'alive').map(n => n.id))
     for (const [app, f] of this.inflight) {
-      const target = f.op.op === 'move' ? f.op.to : f.op.op === 'place' ? f.op.node : null
-      const seen = target !== null && actual.some(p => p.app === app && p.node === target && p.state === 'running')
+      const target = targetOf(f.op)
+      // Data moves run several steps after the app first shows up: they end when their last step did.
+      const dataMove = f.op.op === 'migrate' || f.op.op === 'restore' || f.op.op === 'retire'
+      const seen = !dataMove && target !== null && actual.some(p => p.app === app && p.node === target && p.state === 'running')
       // An operation toward a node that is no longer alive will not complete: plan again at once.
       const lost = target !== null && !alive.has(target)
       // A finished stop needs no grace: planning it again would only repeat a harmless removal,
       // while holding it would keep the app from being placed (as when its other copy's node died).
-      const settled = f.done && (f.op.op === 'stop' || now - f.startedAt > INFLIGHT_GRACE_MS)
+      const settled = f.done && (f.op.op === 'stop' || f.op.op === 'retire' || now - f.startedAt > INFLIGHT_GRACE_MS)
       if (seen || lost || settled) { this.inflight.delete(app); continue }
-      if (target !== null && !actual.some(p => p.app === app && p.node === target)) actual.push({ app, node: target, state: 'starting', revision: 0 })
+      const generation = desired.apps.find(a => a.name === app)?.generation
+      if (target !== null && !actual.some(p => p.app === app && p.node === target)) actual.push({ app, node: target, state: 'starting', revision: 0, ...(generation !== undefined ? { generation } : {}) })
     }
-    return { nodes, desired: this.init.store.current().apps, actual }
+    return { nodes, desired: desired.apps, actual }
   }
 
-  private schedNode (id: string, name: string, state: SchedNode['state'], r: NodeResources, now: number): SchedNode {
+  private schedNode (id: string, name: string, state: SchedNode['state'], r: NodeResources, now: number, drained: ReadonlySet<string>): SchedNode {
     const cool = this.cooling.get(id)
     let unavailable: string | null = null
     if (r.dockerVersion === null) unavailable = 'its Docker engine does not answer'
     else if (cool !== undefined && cool.until > now) unavailable = `its last operation failed ${Math.round((now - cool.until + FAILED_NODE_COOLDOWN_MS) / 1000)} s ago: ${cool.reason}`
-    return { id, name, state, arch: r.arch, cores: r.cpu.cores, load: r.cpu.load, memTotal: r.mem.total, memFree: r.mem.free, labels: r.labels, images: r.images, unavailable }
+    const snapshots = Object.fromEntries((r.snapshots ?? []).map(h => [h.app, { id: h.id, time: h.time }]))
+    return { id, name, state, arch: r.arch, cores: r.cpu.cores, load: r.cpu.load, memTotal: r.mem.total, memFree: r.mem.free, labels: r.labels, images: r.images, unavailable, drained: drained.has(id), snapshots }
   }
 
   /**
@@ -290,7 +355,7 @@ export class Coordinator {
         void this.perform(op, term).then(() => { entry.done = true }, (err: Error) => {
           entry.done = true
           entry.error = err.message
-          const target = op.op === 'move' ? op.to : op.node
+          const target = targetOf(op) ?? (op.op === 'retire' ? op.node : '')
           this.cooling.set(target, { until: Date.now() + FAILED_NODE_COOLDOWN_MS, reason: err.message.slice(0, 200) })
           this.init.log.warn('operation failed', { op: formatOp(op, (id) => this.nodeName(id)), error: err.message })
           // Let the next plan try again (elsewhere, if the node cannot take it).
@@ -305,6 +370,7 @@ export class Coordinator {
   }
 
   private async perform (op: Operation, term: number): Promise<void> {
+    if (await this.data.perform(op, term)) return
     const app = this.init.store.current().apps.find(a => a.name === op.app)
     switch (op.op) {
       case 'place':
@@ -319,6 +385,27 @@ export class Coordinator {
         // Stateless: start the new copy first, then stop the old one.
         await this.send(op.to, { kind: 'deploy', app }, term)
         await this.send(op.from, { kind: 'remove', name: op.app }, term)
+    }
+  }
+
+  /** Carried out by the leader (asked of it by a follower's API): the app goes back to one of its snapshots. */
+  async rollback (name: string, snapshot: string, signal?: AbortSignal): Promise<SnapshotInfo> {
+    const { election, mesh } = this.init
+    if (!election.isLeader) {
+      const leader = election.leader
+      if (leader === null || leader === this.selfId) throw new RpcError('no_leader', 'no scheduler is elected right now; try again in a few seconds')
+      return await rpcCall(mesh, peerIdFromString(leader), APP_QUERY_PROTOCOL, { kind: 'rollback', name, snapshot }, { decode: (v) => decodeSnapshotInfo(v), signal, timeoutMs: OP_TIMEOUT_MS })
+    }
+    if (this.inflight.has(name)) throw new RpcError('conflict', `an operation on ${name} is under way; try again when it is done`)
+    const view = this.apps().find(a => a.name === name)
+    if (view === undefined) throw new RpcError('not_found', `no app named ${name}`)
+    const term = election.term
+    const entry: Inflight = { op: { op: 'retire', app: name, node: view.nodeId ?? this.selfId, reason: `rollback to ${snapshot}` }, startedAt: Date.now(), done: false, error: null }
+    this.inflight.set(name, entry)
+    try {
+      return await this.data.rollback(name, snapshot, term, view.nodeId, signal ?? AbortSignal.timeout(OP_TIMEOUT_MS))
+    } finally {
+      this.inflight.delete(name)
     }
   }
 
@@ -355,7 +442,8 @@ export class Coordinator {
         state,
         stateful,
         endpoints,
-        revision: app.revision
+        revision: app.revision,
+        ...(stateful ? { generation: app.generation ?? 1, relocation: this.relocationView(app) } : {})
       }
     })
   }
@@ -407,6 +495,58 @@ export class Coordinator {
     return { node: view.node ?? res.node, text: res.text }
   }
 
+  // ---- snapshots and backups for the API -----------------------------------
+
+  private runningNode (name: string): string {
+    const view = this.apps().find(a => a.name === name)
+    if (view === undefined) throw new RpcError('not_found', `no app named ${name}`)
+    if (!view.stateful) throw new RpcError('bad_request', `${name} keeps no data (it has no volumes): there is nothing to snapshot`)
+    if (view.nodeId === null) throw new RpcError('unavailable', `${name} runs nowhere right now; \`dcloud app why ${name}\` says why`)
+    return view.nodeId
+  }
+
+  async snapshotList (name: string, signal: AbortSignal): Promise<SnapshotView[]> {
+    if (!this.init.store.current().apps.some(a => a.name === name) && !(await this.init.snapshots.apps()).includes(name)) throw new RpcError('not_found', `no app named ${name}`)
+    return (await this.data.list(name, signal)).map(({ holderIds: _ids, ...v }) => v)
+  }
+
+  async snapshotTake (name: string, signal: AbortSignal): Promise<SnapshotInfo & { replicatedTo: string[], nodeName: string }> {
+    const node = this.runningNode(name)
+    return { ...await this.data.take(name, node, signal), nodeName: this.nodeName(node) }
+  }
+
+  async backup (name: string, file: string, signal: AbortSignal): Promise<BackupFileResult> {
+    const app = this.init.store.current().apps.find(a => a.name === name)
+    if (app === undefined) throw new RpcError('not_found', `no app named ${name}`)
+    return await backupToFile(app, file, {
+      snapshots: this.init.snapshots,
+      snapshotHere: async (a, sig) => {
+        const node = this.runningNode(a.name)
+        const info = await this.data.take(a.name, node, sig)
+        if (node !== this.selfId) await this.init.snapshots.pullFrom(node, a.name, sig)
+        return info
+      }
+    }, signal)
+  }
+
+  /** Restores a backup file as app `name` (default: the name it was backed up under), pinned to `node` if given. */
+  async restoreFile (file: string, opts: { name: string | null, node: string | null }, signal: AbortSignal): Promise<{ name: string, snapshot: string | null, revision: number }> {
+    if (opts.node !== null && !this.isKnownNode(opts.node)) throw new RpcError('not_found', `no node ${opts.node} in the cluster`)
+    const meta = await inspectBackup(file, signal)
+    const name = opts.name ?? meta.app
+    if (this.init.store.current().apps.some(a => a.name === name)) throw new RpcError('exists', `an app named ${name} is already installed; restore it under another --name`)
+    const { snapshot } = await importBackup(file, name, this.init.snapshots, signal)
+    const seed = snapshot === null ? null : { snapshot: snapshot.id, time: snapshot.time, node: this.selfId }
+    const r = await this.change({ kind: 'install', app: { name, manifest: meta.manifest, pinnedNode: opts.node, seed } }, signal)
+    return { name, snapshot: snapshot?.id ?? null, revision: r.revision }
+  }
+
+  private relocationView (app: DesiredApp): RelocationView | null {
+    const r = app.relocation
+    if (r == null) return null
+    return { kind: r.kind, snapshot: r.snapshot, snapshotTime: new Date(r.snapshotTime).toISOString(), from: r.from === null ? null : this.nodeName(r.from), to: this.nodeName(r.to), at: new Date(r.at).toISOString(), downtimeMs: r.downtimeMs }
+  }
+
   private nodeName (id: string): string {
     if (id === this.selfId) return this.init.gossip.current().name
     return this.init.membership.get(id)?.status.name ?? id
@@ -418,7 +558,7 @@ export class Coordinator {
 }
 
 function placementsOf (node: string, reports: AppReport[]): Placement[] {
-  return reports.map(r => ({ app: r.name, node, state: r.state, revision: r.revision }))
+  return reports.map(r => ({ app: r.name, node, state: r.state, revision: r.revision, ...(r.generation !== undefined ? { generation: r.generation } : {}) }))
 }
 
 export function formatOp (op: Operation, name: (id: string) => string): string {
@@ -426,6 +566,18 @@ export function formatOp (op: Operation, name: (id: string) => string): string {
     case 'place': return `place ${op.app} on ${name(op.node)}: ${op.reason}`
     case 'stop': return `stop ${op.app} on ${name(op.node)}: ${op.reason}`
     case 'move': return `move ${op.app} from ${name(op.from)} to ${name(op.to)}: ${op.reason}`
+    case 'migrate': return `move ${op.app} with its data from ${name(op.from)} to ${name(op.to)}: ${op.reason}`
+    case 'restore': return `restore ${op.app} on ${name(op.node)} from snapshot ${op.snapshot}: ${op.reason}`
+    case 'retire': return `retire the stale copy of ${op.app} on ${name(op.node)}: ${op.reason}`
+  }
+}
+
+/** The node an operation makes the app run on, if any. */
+function targetOf (op: Operation): string | null {
+  switch (op.op) {
+    case 'place': case 'restore': return op.node
+    case 'move': case 'migrate': return op.to
+    default: return null
   }
 }
 

@@ -19,16 +19,29 @@ export function applyChange (state: DesiredState, change: DesiredChange, term: n
       if (state.apps.some(a => a.name === change.app.name)) {
         throw new RpcError('exists', `an app named ${change.app.name} is already installed; pick another --name`)
       }
-      return { revision, term, apps: [...state.apps, { ...change.app, revision }] }
+      return { ...state, revision, term, apps: [...state.apps, { ...change.app, revision }] }
     }
     case 'remove': {
       if (!state.apps.some(a => a.name === change.name)) throw new RpcError('not_found', `no app named ${change.name}`)
-      return { revision, term, apps: state.apps.filter(a => a.name !== change.name) }
+      return { ...state, revision, term, apps: state.apps.filter(a => a.name !== change.name) }
     }
     case 'move': {
       const app = state.apps.find(a => a.name === change.name)
       if (app === undefined) throw new RpcError('not_found', `no app named ${change.name}`)
-      return { revision, term, apps: state.apps.map(a => a.name === change.name ? { ...a, pinnedNode: change.node, revision } : a) }
+      return { ...state, revision, term, apps: state.apps.map(a => a.name === change.name ? { ...a, pinnedNode: change.node, revision } : a) }
+    }
+    case 'drain': {
+      const drained = new Set(state.drained ?? [])
+      if (change.drained) drained.add(change.node)
+      else drained.delete(change.node)
+      return { ...state, revision, term, drained: [...drained].sort() }
+    }
+    case 'relocate': {
+      const app = state.apps.find(a => a.name === change.name)
+      if (app === undefined) throw new RpcError('not_found', `no app named ${change.name}`)
+      if (change.generation < (app.generation ?? 1)) throw new RpcError('conflict', `${change.name} is at data generation ${app.generation ?? 1} already`)
+      // Not a user's change: the app's revision (what its containers are labelled with) stays.
+      return { ...state, revision, term, apps: state.apps.map(a => a.name === change.name ? { ...a, generation: change.generation, relocation: change.relocation } : a) }
     }
   }
 }

@@ -16,7 +16,7 @@ import {
   HEARTBEAT_PROTOCOL, VOTE_PROTOCOL, decodeHeartbeatAck, decodeLeaderHeartbeat, decodeVoteRequest, decodeVoteResponse, newerDesired,
   type HeartbeatAck, type VoteResponse
 } from '../../proto/cluster.ts'
-import { initElection, isLeader, step, type ElectionAction, type ElectionConfig, type ElectionEvent, type ElectionState } from '../../scheduler/election.ts'
+import { initElection, isLeader, reachesQuorum, step, type ElectionAction, type ElectionConfig, type ElectionEvent, type ElectionState } from '../../scheduler/election.ts'
 import { rpcCall, type RpcServer } from '../mesh/rpc.ts'
 import type { Mesh } from '../mesh/mesh.ts'
 import type { Membership } from '../status/membership.ts'
@@ -143,6 +143,12 @@ export class ElectionDriver {
     for (const m of this.init.membership.list()) this.knownVoters.add(m.status.peerId)
     this.knownVoters.add(this.self)
     return [...this.knownVoters].sort()
+  }
+
+  /** Whether this node sees a quorum of the voters alive, itself included; one that does not fences its stateful apps. */
+  seesQuorum (): boolean {
+    const alive = new Set([this.self, ...this.init.membership.list().filter(m => m.state === 'alive').map(m => m.status.peerId)])
+    return reachesQuorum(this.voters(), alive, this.witnessReachable)
   }
 
   /** Whether the election already counts every member we know of (membership can run a tick ahead). */

@@ -9,7 +9,8 @@
  * `list()`, and a deploy of what already runs finds equal spec hashes and
  * touches nothing.
  *
- * Data is sacred: no method here ever removes a volume.
+ * Data is sacred: only `removeVolumes` removes a volume, and only the old
+ * copy of a moved app, once its final snapshot is safe.
  */
 import { createHash } from 'node:crypto'
 import type Docker from 'dockerode'
@@ -42,6 +43,8 @@ export interface DeployOptions {
   fetchImage: (ref: string, signal: AbortSignal) => Promise<void>
   signal: AbortSignal
   progress?: (line: string) => void
+  /** The volumes were just restored for this generation: containers of an older one are replaced, not refused. */
+  restored?: boolean
 }
 
 export interface LogsOptions {
@@ -159,6 +162,8 @@ export function serviceState (s: Docker.ContainerInspectInfo['State']): { state:
     case 'restarting':
       return { state: 'failed', health }
     case 'paused':
+      // Frozen for a snapshot's final pass, a second or so: still the running copy (the leader must not restart it).
+      return { state: 'running', health }
     case 'removing':
       return { state: 'stopped', health }
     case 'exited': {
@@ -169,6 +174,15 @@ export function serviceState (s: Docker.ContainerInspectInfo['State']): { state:
     default:
       return { state: 'failed', health }
   }
+}
+
+/** The data generation a container was started with; containers made before generations existed count as 1. */
+function generationOf (labels: Record<string, string> | undefined): number {
+  return Math.max(1, labelInt(labels, LABELS.generation))
+}
+
+function isStatefulApp (app: DesiredApp): boolean {
+  return Object.keys(app.manifest.compose.volumes).length > 0
 }
 
 function labelInt (labels: Record<string, string> | undefined, key: string): number {
@@ -243,6 +257,14 @@ export class AppRuntime {
     const existing = await this.containersOf(app.name, signal)
     const seenTerm = Math.max(0, ...existing.map(c => labelInt(c.Labels, LABELS.term)))
     if (opts.term < seenTerm) throw new StaleTermError(app.name, opts.term, seenTerm)
+    const generation = app.generation ?? 1
+    const seenGeneration = Math.max(0, ...existing.map(c => generationOf(c.Labels)))
+    if (seenGeneration > generation) {
+      throw new UserError(`${app.name} here runs data generation ${seenGeneration}, newer than the ${generation} asked for`, { exitCode: EXIT.tempFail, hint: 'the leader\'s view is behind; it plans again once it catches up' })
+    }
+    if (opts.restored !== true && isStatefulApp(app) && existing.length > 0 && seenGeneration < generation) {
+      throw new UserError(`${app.name} here holds data generation ${seenGeneration}, older than the live ${generation}: it is restored from a snapshot, never started as it is`, { exitCode: EXIT.tempFail })
+    }
 
     for (const ref of [...new Set(order.map(s => services[s]?.image ?? ''))]) await this.ensureImage(ref, opts)
 
@@ -265,7 +287,8 @@ export class AppRuntime {
       const hash = specHash(app.name, svc)
       const mine = existing.filter(c => c.Labels[LABELS.service] === service)
       // Prefer a running container with the right spec; everything else of this service goes.
-      const keep = mine.filter(c => c.Labels[LABELS.spec] === hash).sort((a, b) => Number(b.State === 'running') - Number(a.State === 'running'))[0]
+      // A container of another data generation is made again: its label must say which data it runs.
+      const keep = mine.filter(c => c.Labels[LABELS.spec] === hash && generationOf(c.Labels) === generation).sort((a, b) => Number(b.State === 'running') - Number(a.State === 'running'))[0]
       for (const c of mine) {
         if (c === keep) continue
         say(`replacing ${service}: ${c.Labels[LABELS.spec] === hash ? 'duplicate container' : 'its spec changed'}`)
@@ -349,6 +372,7 @@ export class AppRuntime {
         ports: portsOf(info),
         revision: labelInt(labels, LABELS.revision),
         term: labelInt(labels, LABELS.term),
+        generation: generationOf(labels),
         spec: labels[LABELS.spec] ?? ''
       })
       apps.set(app, list)
@@ -365,6 +389,7 @@ export class AppRuntime {
         app,
         revision: Math.max(0, ...services.map(s => s.revision)),
         term: Math.max(0, ...services.map(s => s.term)),
+        generation: services.length === 0 ? 1 : Math.min(...services.map(s => s.generation)),
         state: appState(services),
         services
       }
@@ -397,6 +422,104 @@ export class AppRuntime {
     }
     lines.sort((a, b) => a.at < b.at ? -1 : a.at > b.at ? 1 : a.order - b.order)
     return lines.map(l => l.text).join('\n') + (lines.length > 0 ? '\n' : '')
+  }
+
+  /** The app's Docker volumes on this node: compose name, Docker name and where its data is. */
+  async volumes (appName: string, signal: AbortSignal): Promise<Array<{ volume: string, name: string, mountpoint: string }>> {
+    const list = await this.docker.listVolumes({ filters: { label: [`${LABELS.app}=${appName}`] }, abortSignal: signal } as object)
+    const out: Array<{ volume: string, name: string, mountpoint: string }> = []
+    for (const v of list.Volumes ?? []) {
+      const volume = v.Labels?.[LABELS.volume]
+      if (volume === undefined || v.Name !== volumeName(appName, volume)) continue
+      out.push({ volume, name: v.Name, mountpoint: v.Mountpoint })
+    }
+    return out.sort((a, b) => a.volume < b.volume ? -1 : 1)
+  }
+
+  /** Makes the app's volume if it does not exist (a restore fills it before the app starts); returns its mountpoint. */
+  async createVolume (app: DesiredApp, volume: string, signal: AbortSignal): Promise<string> {
+    await this.ensureVolume(app.name, volume, app.manifest.compose.volumes[volume]?.labels ?? {}, signal, () => {})
+    const info = await this.docker.getVolume(volumeName(app.name, volume)).inspect({ abortSignal: signal })
+    return info.Mountpoint
+  }
+
+  /**
+   * Freezes (pause) or stops the app's running containers, keeping them:
+   * nothing writes to its volumes until `resume` (or a deploy). Returns the
+   * containers it froze.
+   */
+  async quiesce (appName: string, how: 'pause' | 'stop', signal: AbortSignal, stopTimeoutS = STOP_TIMEOUT_S): Promise<string[]> {
+    return await this.exclusive(appName, async () => {
+      const done: string[] = []
+      for (const c of await this.containersOf(appName, signal)) {
+        if (c.State !== 'running' && !(how === 'stop' && c.State === 'paused')) continue
+        const container = this.docker.getContainer(c.Id)
+        try {
+          if (how === 'pause') await container.pause({ abortSignal: signal })
+          else {
+            if (c.State === 'paused') await container.unpause({ abortSignal: signal })
+            await container.stop({ t: stopTimeoutS, abortSignal: signal })
+          }
+          done.push(c.Id)
+        } catch (err) {
+          const status = dockerStatus(err)
+          if (status !== 304 && status !== 404 && status !== 409) throw err
+        }
+      }
+      return done
+    })
+  }
+
+  /** Unpauses (or starts again) the containers `quiesce` froze. */
+  async resume (appName: string, ids: string[], how: 'pause' | 'stop', signal: AbortSignal): Promise<void> {
+    for (const id of ids) {
+      try {
+        if (how === 'pause') await this.docker.getContainer(id).unpause({ abortSignal: signal })
+        else await this.docker.getContainer(id).start({ abortSignal: signal })
+      } catch (err) {
+        const status = dockerStatus(err)
+        if (status !== 304 && status !== 404 && status !== 409) this.log.warn('could not unpause a container after a snapshot', { app: appName, container: id, error: message(err) })
+      }
+    }
+  }
+
+  /** Runs a command in the app's service container (a pre-snapshot hook); throws with its output when it fails. */
+  async exec (appName: string, service: string, command: string[], signal: AbortSignal): Promise<string> {
+    const c = (await this.containersOf(appName, signal)).find(x => x.Labels[LABELS.service] === service && x.State === 'running')
+    if (c === undefined) throw new UserError(`service ${service} of ${appName} is not running here`, { exitCode: EXIT.unavailable })
+    const exec = await this.docker.getContainer(c.Id).exec({ Cmd: command, AttachStdout: true, AttachStderr: true, abortSignal: signal } as Docker.ExecCreateOptions)
+    const stream = await exec.start({ hijack: true, stdin: false, abortSignal: signal } as Docker.ExecStartOptions)
+    const chunks: Buffer[] = []
+    await new Promise<void>((resolve, reject) => {
+      stream.on('data', (b: Buffer) => { chunks.push(b) })
+      stream.on('end', resolve)
+      stream.on('error', reject)
+    })
+    const out = demuxDockerLog(Buffer.concat(chunks)).map(f => f.text).join('')
+    const info = await exec.inspect({ abortSignal: signal } as object)
+    if (info.ExitCode !== 0) throw new UserError(`\`${command.join(' ')}\` in ${service} of ${appName} exited ${info.ExitCode}: ${out.trim().slice(-500)}`, { exitCode: EXIT.software })
+    return out
+  }
+
+  /**
+   * Removes the app's volumes. Only for a copy whose data is already in a
+   * snapshot the caller checked (the old copy after a move): every other path
+   * keeps volumes.
+   */
+  async removeVolumes (appName: string, signal: AbortSignal): Promise<string[]> {
+    return await this.exclusive(appName, async () => {
+      if ((await this.containersOf(appName, signal)).length > 0) throw new UserError(`${appName} still has containers here: its volumes stay`, { exitCode: EXIT.software })
+      const removed: string[] = []
+      for (const v of await this.volumes(appName, signal)) {
+        try {
+          await this.docker.getVolume(v.name).remove({ abortSignal: signal } as object)
+          removed.push(v.name)
+        } catch (err) {
+          if (!isNotFound(err)) throw err
+        }
+      }
+      return removed
+    })
   }
 
   // -------------------------------------------------------------------------
@@ -495,7 +618,8 @@ export class AppRuntime {
         [LABELS.service]: service,
         [LABELS.revision]: String(app.revision),
         [LABELS.term]: String(opts.term),
-        [LABELS.spec]: hash
+        [LABELS.spec]: hash,
+        [LABELS.generation]: String(app.generation ?? 1)
       },
       ExposedPorts: exposed,
       ...(hc !== null

@@ -54,6 +54,11 @@ export type BackupSource =
   | { dir: string }
   /** Any absolute paths, recorded by restic with their full path. */
   | { paths: string[] }
+  /**
+   * Several entries of one directory, named relatively: the snapshot holds
+   * each as a top-level entry (an app's volume directories, side by side).
+   */
+  | { within: string, names: string[] }
 
 export interface BackupOptions extends SignalOptions {
   /** Tags to find the snapshot by later, e.g. volumeTags(app, volume). No commas. */
@@ -171,6 +176,16 @@ export async function backup (repo: ResticRepo, source: BackupSource, opts: Back
     cwd = dirname(dir)
     args.push('--', basename(dir))
     action = `back up ${dir}`
+  } else if ('within' in source) {
+    const within = resolve(source.within)
+    if (source.names.length === 0) throw new UserError('nothing to back up: no names given', { exitCode: EXIT.usage })
+    for (const n of source.names) {
+      if (n === '' || n === '.' || n === '..' || n.includes('/') || n.startsWith('-')) throw new UserError(`'${n}' is not a plain entry name`, { exitCode: EXIT.usage })
+      await mustBe(join(within, n), 'any')
+    }
+    cwd = within
+    args.push('--', ...source.names)
+    action = `back up ${source.names.join(', ')} in ${within}`
   } else {
     if (source.paths.length === 0) throw new UserError('nothing to back up: no paths given', { exitCode: EXIT.usage })
     const paths = source.paths.map(p => resolve(p))

@@ -27,6 +27,8 @@ export interface StatusGossipInit {
   log: Logger
   /** The control plane's view, sent on every beat. */
   cluster?: () => ClusterBeat
+  /** The newest restorable snapshot of each app held here, sent with the resources. */
+  snapshots?: () => Array<{ app: string, id: string, time: number }>
 }
 
 export class StatusGossip {
@@ -97,7 +99,8 @@ export class StatusGossip {
       appStates: s.appStates,
       containers: s.containers,
       address: this.init.mesh.primaryAddress(),
-      images: s.images
+      images: s.images,
+      ...(this.init.snapshots !== undefined ? { snapshots: this.init.snapshots() } : {})
     }
   }
 

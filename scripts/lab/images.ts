@@ -9,11 +9,14 @@ import { join } from 'node:path'
 import { run } from './sh.ts'
 
 export const BUSYBOX_IMAGE = 'dcloud/busybox:lab'
-const APPLETS = ['sh', 'ash', 'httpd', 'nc', 'wget', 'sleep', 'cat', 'echo', 'ls', 'mkdir', 'rm', 'cp', 'mv', 'sync', 'date', 'env', 'id', 'ps', 'kill', 'grep', 'sed', 'awk', 'head', 'tail', 'wc', 'sha256sum', 'tee', 'touch', 'true', 'false', 'test', '[', 'printf', 'ip', 'hostname', 'df', 'du', 'find', 'tar', 'gzip', 'vi']
+const APPLETS = ['sh', 'ash', 'httpd', 'nc', 'wget', 'sleep', 'cat', 'echo', 'ls', 'mkdir', 'rm', 'cp', 'mv', 'sync', 'date', 'env', 'id', 'ps', 'kill', 'grep', 'sed', 'awk', 'head', 'tail', 'wc', 'sha256sum', 'tee', 'touch', 'true', 'false', 'test', '[', 'printf', 'ip', 'hostname', 'df', 'du', 'find', 'tar', 'gzip', 'vi',
+  // for the notes example app (apps/examples/notes): Debian's busybox has no flock or fsync applet
+  'cut', 'tr', 'expr', 'stat', 'sort', 'uniq', 'basename', 'dirname', 'xargs', 'seq', 'od', 'dd', 'md5sum', 'truncate', 'usleep', 'mktemp', 'chmod', 'rmdir', 'ln', 'timeout']
 
 /** Builds (once, cached in `cacheDir`) the root filesystem tarball of the busybox test image. */
 export async function buildBusyboxRootfs (cacheDir: string): Promise<string> {
-  const tar = join(cacheDir, 'busybox-rootfs.tar')
+  // The name changes with APPLETS: a cached tarball from an older list would lack applets.
+  const tar = join(cacheDir, 'busybox-rootfs-v2.tar')
   if (existsSync(tar)) return tar
   await mkdir(cacheDir, { recursive: true })
   const root = await mkdtemp(join(cacheDir, 'busybox-'))

@@ -173,7 +173,7 @@ describe('states', () => {
     [{ Status: 'exited', ExitCode: 143 }, 'stopped', 'none'],
     [{ Status: 'exited', ExitCode: 137, OOMKilled: true }, 'failed', 'none'],
     [{ Status: 'exited', ExitCode: 1 }, 'failed', 'none'],
-    [{ Status: 'paused' }, 'stopped', 'none'],
+    [{ Status: 'paused' }, 'running', 'none'],
     [{ Status: 'dead' }, 'failed', 'none']
   ] as const)('container %j is %s (health %s)', (over, state, health) => {
     expect(serviceState(st(over as Partial<Docker.ContainerInspectInfo['State']>))).toEqual({ state, health })

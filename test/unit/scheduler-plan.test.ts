@@ -6,7 +6,9 @@ import { why } from '../../scheduler/why.ts'
 import { GiB, MiB, applyPlan, mockApp, mockInput, mockNode, mockNodes, mockPlacement } from '../builders.ts'
 
 function ops (p: Plan): string[] {
-  return p.operations.map(o => o.op === 'move' ? `move ${o.app} ${o.from}->${o.to}` : `${o.op} ${o.app} ${o.node}`)
+  return p.operations.map(o => o.op === 'move' || o.op === 'migrate'
+    ? `${o.op} ${o.app} ${o.from}->${o.to}`
+    : o.op === 'restore' ? `restore ${o.app} ${o.node} ${o.snapshot} from ${o.source}` : `${o.op} ${o.app} ${o.node}`)
 }
 
 function countsOf (actual: Placement[], nodes: SchedNode[]): number[] {
@@ -46,8 +48,8 @@ describe('reconcile', () => {
     expect(r.needs.map(n => `${n.kind} ${n.app.name} ${n.current ?? '-'}`)).toEqual([
       'restart crashed n1',
       'new fresh -',
-      'dead orphaned-stateless -',
-      'pinned pinned n1'
+      'dead orphaned-stateless -'
+      // 'pinned' is pinned to n3, which is suspect: a pin to a node that is not alive moves nothing.
     ])
     expect(r.stops).toEqual([{ app: 'uninstalled', node: 'n1', reason: 'not desired any more' }])
     expect(r.waiting.map(w => `${w.app} ${w.node}`)).toEqual(['on-suspect n3', 'orphaned-stateful n2'])
@@ -81,12 +83,57 @@ describe('plan', () => {
       expected: ['place a n1']
     },
     {
-      title: 'leaves a stateful app of a dead node waiting',
+      title: 'leaves a stateful app of a dead node waiting when no live node holds a snapshot of it',
       nodes: [mockNode({ id: 'n1' }), mockNode({ id: 'n2', state: 'dead' })],
       desired: [mockApp('db', { stateful: true })],
       actual: [mockPlacement('db', 'n2')],
       expected: [],
-      waiting: ['db n2: stateful: waits for its node or a snapshot restore']
+      waiting: ['db n2: stateful: no live node holds a snapshot of it; it waits for its node to come back']
+    },
+    {
+      title: 'restores the newest snapshot a live node holds when a stateful app\'s node is dead, on a holder',
+      nodes: [
+        mockNode({ id: 'n1', snapshots: { db: { id: 'aaaa0001', time: 1000 } } }),
+        mockNode({ id: 'n2', state: 'dead', snapshots: { db: { id: 'ffff0009', time: 9000 } } }),
+        mockNode({ id: 'n3', snapshots: { db: { id: 'bbbb0002', time: 2000 } } }),
+        mockNode({ id: 'n4' })
+      ],
+      desired: [mockApp('db', { stateful: true })],
+      actual: [mockPlacement('db', 'n2')],
+      expected: ['restore db n3 bbbb0002 from n3']
+    },
+    {
+      title: 'restores on a node without the snapshot when no holder can take the app, fetching it from a holder',
+      nodes: [
+        mockNode({ id: 'n1', memFree: 10 * MiB, snapshots: { db: { id: 'aaaa0001', time: 1000 } } }),
+        mockNode({ id: 'n2', state: 'dead' }),
+        mockNode({ id: 'n3' })
+      ],
+      desired: [mockApp('db', { stateful: true })],
+      actual: [mockPlacement('db', 'n2')],
+      expected: ['restore db n3 aaaa0001 from n1']
+    },
+    {
+      title: 'retires a stale copy of an older data generation, and restores only once it is retired',
+      nodes: [mockNode({ id: 'n1', snapshots: { db: { id: 'aaaa0001', time: 1000 } } }), mockNode({ id: 'n2' })],
+      desired: [{ ...mockApp('db', { stateful: true }), generation: 3 }],
+      actual: [{ ...mockPlacement('db', 'n2', 'stopped'), generation: 2 }],
+      expected: ['retire db n2'],
+      waiting: ['db n2: stateful: its stale copy is retired first, then its newest snapshot is restored']
+    },
+    {
+      title: 'keeps the copy of the current generation and retires an older one',
+      nodes: [mockNode({ id: 'n1' }), mockNode({ id: 'n2' })],
+      desired: [{ ...mockApp('db', { stateful: true }), generation: 2 }],
+      actual: [{ ...mockPlacement('db', 'n1'), generation: 2 }, { ...mockPlacement('db', 'n2', 'stopped'), generation: 1 }],
+      expected: ['retire db n2']
+    },
+    {
+      title: 'moves apps off a drained node: stateless by restart, stateful with their data',
+      nodes: [mockNode({ id: 'n1', drained: true }), mockNode({ id: 'n2' })],
+      desired: [mockApp('a'), mockApp('db', { stateful: true })],
+      actual: [mockPlacement('a', 'n1'), mockPlacement('db', 'n1')],
+      expected: ['move a n1->n2', 'migrate db n1->n2']
     },
     {
       title: 'leaves apps of a suspect node alone',
@@ -139,12 +186,19 @@ describe('plan', () => {
       expected: ['move a n1->n2']
     },
     {
-      title: 'a failed stateful app waits for room on its node',
+      title: 'a failed stateful app its node cannot take again moves with its data',
       nodes: [mockNode({ id: 'n1', memFree: 100 * MiB }), mockNode({ id: 'n2' })],
       desired: [mockApp('db', { memoryMiB: 512, stateful: true })],
       actual: [mockPlacement('db', 'n1', 'failed')],
+      expected: ['migrate db n1->n2']
+    },
+    {
+      title: 'a failed stateful app waits when no node can take it',
+      nodes: [mockNode({ id: 'n1', memFree: 100 * MiB }), mockNode({ id: 'n2', memFree: 100 * MiB })],
+      desired: [mockApp('db', { memoryMiB: 512, stateful: true })],
+      actual: [mockPlacement('db', 'n1', 'failed')],
       expected: [],
-      waiting: ['db n1: stateful: cannot restart on n1 (needs 512 MiB, 100 MiB free); it waits for room there']
+      waiting: ['db n1: stateful: cannot restart on n1 (needs 512 MiB, 100 MiB free) and no other node can take it; it waits']
     },
     {
       title: 'moves a stateless app to the node it is pinned to',
@@ -154,12 +208,11 @@ describe('plan', () => {
       expected: ['move a n1->n2']
     },
     {
-      title: 'a stateful app pinned elsewhere stays',
+      title: 'a stateful app pinned elsewhere moves with its data',
       nodes: [mockNode({ id: 'n1' }), mockNode({ id: 'n2' })],
       desired: [mockApp('db', { pinnedNode: 'n2', stateful: true })],
       actual: [mockPlacement('db', 'n1')],
-      expected: [],
-      waiting: ['db n1: pinned to n2, but a stateful app stays on its node until it can move with a snapshot']
+      expected: ['migrate db n1->n2']
     },
     {
       title: 'a pinned app whose node cannot take it stays where it runs',
@@ -167,7 +220,7 @@ describe('plan', () => {
       desired: [mockApp('a', { pinnedNode: 'n2', architectures: ['amd64'] })],
       actual: [mockPlacement('a', 'n1')],
       expected: [],
-      waiting: ['a n1: pinned to n2, which cannot take it (arch arm not in [amd64]): it stays on n1']
+      waiting: ['a n1: pinned to n2, but it cannot take it (arch arm not in [amd64]): it stays on n1']
     },
     {
       title: 'a new pinned app goes to its node only',
@@ -254,7 +307,7 @@ describe('plan', () => {
       'Nodes that cannot take it:',
       '  pi-1, pi-2, pi-3, pi-4, pi-5 and 4 more: node is dead'
     ].join('\n'))
-    expect(why(p, 'db', snapshot)).toBe('db: waits on pi-2: stateful: waits for its node or a snapshot restore.')
+    expect(why(p, 'db', snapshot)).toBe('db: waits on pi-2: stateful: no live node holds a snapshot of it; it waits for its node to come back.')
     expect(why(p, 'nothing', snapshot)).toBe('nothing: not installed.')
     const steady = { ...snapshot, actual: applyPlan(snapshot.actual, p.operations, desired) }
     expect(why(plan(mockInput(steady)), 'a', steady)).toBe('a: nothing to change: it runs on nas (running), pi-1 (running, node dead).')
@@ -282,14 +335,20 @@ describe('plan', () => {
     expect(history.length).toBe(2)
   })
 
-  it('never rebalances stateful or pinned apps', () => {
-    const desired = [
-      ...Array.from({ length: 4 }, (_, i) => mockApp(`db${i}`, { stateful: true })),
-      ...Array.from({ length: 4 }, (_, i) => mockApp(`pin${i}`, { pinnedNode: 'n1' }))
-    ]
+  it('never rebalances pinned apps', () => {
+    const desired = Array.from({ length: 4 }, (_, i) => mockApp(`pin${i}`, { pinnedNode: 'n1' }))
     const actual = desired.map(d => mockPlacement(d.name, 'n1'))
     const p = plan(mockInput({ nodes: [mockNode({ id: 'n1' }), mockNode({ id: 'n2' })], desired, actual }))
     expect(p.operations).toEqual([])
+  })
+
+  it('rebalances stateless apps before stateful ones, and moves stateful ones with their data', () => {
+    const desired = [mockApp('db0', { stateful: true }), mockApp('db1', { stateful: true }), mockApp('web')]
+    const actual = desired.map(d => mockPlacement(d.name, 'n1'))
+    const p = plan(mockInput({ nodes: [mockNode({ id: 'n1' }), mockNode({ id: 'n2' })], desired, actual }))
+    expect(ops(p)).toEqual(['move web n1->n2'])
+    const only = [mockApp('db0', { stateful: true }), mockApp('db1', { stateful: true }), mockApp('db2', { stateful: true })]
+    expect(ops(plan(mockInput({ nodes: [mockNode({ id: 'n1' }), mockNode({ id: 'n2' })], desired: only, actual: only.map(d => mockPlacement(d.name, 'n1')) })))).toEqual(['migrate db0 n1->n2'])
   })
 
   it('does not rebalance within the spread policy, nor with binpack', () => {

@@ -10,7 +10,7 @@ import fc from 'fast-check'
 import { isStateful } from '../../proto/app.ts'
 import type { ClusterSnapshot, DesiredApp, PlanInput, Placement, SchedNode } from '../../proto/plan.ts'
 import { feasible } from '../../scheduler/feasible.ts'
-import { plan } from '../../scheduler/plan.ts'
+import { placeable, plan } from '../../scheduler/plan.ts'
 import { reserve, usageOf } from '../../scheduler/usage.ts'
 import { MiB, applyPlan, mockApp, mockNode, mockPlacement } from '../builders.ts'
 
@@ -104,13 +104,13 @@ describe('scheduler properties', () => {
       const usage = usageOf(input.snapshot)
       const desired = new Map(input.snapshot.desired.map(d => [d.name, d]))
       for (const op of p.operations) {
-        if (op.op === 'stop') continue
-        const target = op.op === 'place' ? op.node : op.to
+        if (op.op === 'stop' || op.op === 'retire') continue
+        const target = op.op === 'place' || op.op === 'restore' ? op.node : op.to
         const app = desired.get(op.app)!
         const u = usage.byId.get(target)
         expect(u, `${op.app} sent to unknown node ${target}`).toBeDefined()
         expect(u!.node.state).toBe('alive')
-        expect(feasible(app, u!)).toBeNull()
+        expect(feasible(placeable(app, usage), u!)).toBeNull()
         reserve(u!, app)
       }
     }), RUNS)
@@ -119,7 +119,7 @@ describe('scheduler properties', () => {
   it('never places one app twice: one operation per app, and at most one copy on live nodes after the plan unless there were several before', () => {
     fc.assert(fc.property(inputArb, input => {
       const p = plan(input)
-      const placed = p.operations.filter(o => o.op !== 'stop').map(o => o.app)
+      const placed = p.operations.filter(o => o.op !== 'stop' && o.op !== 'retire').map(o => o.app)
       expect(new Set(placed).size).toBe(placed.length)
       const after = applyPlan(input.snapshot.actual, p.operations, input.snapshot.desired)
       for (const app of input.snapshot.desired) {
@@ -154,11 +154,12 @@ describe('scheduler properties', () => {
     }), RUNS)
   })
 
-  it('never stops or moves a stateful app', () => {
+  it('never stops a stateful app, and moves one only with its data (migrate, restore, retire)', () => {
     fc.assert(fc.property(inputArb, input => {
       const stateful = new Set(input.snapshot.desired.filter(d => isStateful(d.manifest)).map(d => d.name))
       for (const op of plan(input).operations) {
-        if (op.op !== 'place') expect(stateful.has(op.app), `${op.op} of stateful ${op.app}`).toBe(false)
+        if (stateful.has(op.app)) expect(['place', 'migrate', 'restore', 'retire'], `${op.op} of stateful ${op.app}`).toContain(op.op)
+        else expect(['place', 'move', 'stop'], `${op.op} of stateless ${op.app}`).toContain(op.op)
       }
     }), RUNS)
   })

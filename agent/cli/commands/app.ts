@@ -13,7 +13,8 @@ export const appHelp = `dcloud app COMMAND
                                                          --node pins it to that node; --set fills the app's variables
   ls [--json]                                            every app: node, state, endpoints
   rm NAME                                                remove an app (its volumes are kept)
-  move NAME NODE                                         move an app to another node
+  move NAME NODE                                         move an app to another node (a stateful app with its data;
+                                                         prints the downtime)
   logs NAME [--tail N]                                   the app's container logs
   why NAME [--json]                                      why the app runs where it does, or nowhere`
 
@@ -106,6 +107,12 @@ async function list (argv: string[]): Promise<number> {
     return 0
   }
   process.stdout.write(table(['NAME', 'APP', 'NODE', 'STATE', 'STATEFUL', 'ENDPOINTS'], apps.map(a => [a.name, `${a.app} ${a.version}`, a.node ?? '-', a.state, a.stateful ? 'yes' : 'no', a.endpoints.join(' ') || '-'])))
+  for (const a of apps) {
+    const r = a.relocation
+    if (r == null) continue
+    const what = r.kind === 'failover' ? `came back on ${r.to} after ${r.from ?? 'its node'} died` : r.kind === 'move' ? `moved from ${r.from ?? '?'} to ${r.to} (downtime ${r.downtimeMs ?? '?'} ms)` : r.kind === 'rollback' ? `rolled back on ${r.to}` : `restored from a backup on ${r.to}`
+    process.stdout.write(`${a.name}: ${what}, at ${r.at}, from snapshot ${r.snapshot} taken ${r.snapshotTime}\n`)
+  }
   return 0
 }
 
@@ -123,8 +130,13 @@ async function move (argv: string[]): Promise<number> {
   const nodeId = await nodeIdByName(node)
   const started = Date.now()
   await apiRequest('POST', `/v1/apps/${encodeURIComponent(name)}/move`, { node: nodeId }, undefined, 30_000)
-  const app = await waitForApp(name, (a) => a.nodeId === nodeId && a.state === 'running', started)
+  // A stateful app has moved once its data did: the leader records the move, with its downtime, when the copy runs.
+  const moved = (a: AppView): boolean => a.nodeId === nodeId && a.state === 'running' &&
+    (!a.stateful || (a.relocation != null && a.relocation.kind === 'move' && Date.parse(a.relocation.at) >= started - 1000))
+  const app = await waitForApp(name, moved, started)
   process.stdout.write(`${name} moved to ${app.node ?? node} in ${((Date.now() - started) / 1000).toFixed(1)} s${app.endpoints.length > 0 ? `; now at ${app.endpoints.join(' ')}` : ''}\n`)
+  const r = app.relocation
+  if (app.stateful && r != null) process.stdout.write(`data: final snapshot ${r.snapshot}; downtime ${r.downtimeMs ?? '?'} ms (stopped on ${r.from ?? '?'} until running on ${r.to})\n`)
   return 0
 }
 

@@ -1,0 +1,169 @@
+/** `dcloud snapshot ...`, `dcloud backup`, `dcloud restore`: an app's data, kept and brought back. */
+import { createInterface } from 'node:readline/promises'
+import { resolve } from 'node:path'
+import { parseArgs } from 'node:util'
+import { apiGet, apiRequest } from '../client.ts'
+import { bytes, table } from '../format.ts'
+import { UsageError, UserError, EXIT } from '../../util/errors.ts'
+import type { AppView, SnapshotView, StatusResponse } from '../../../proto/api.ts'
+
+export const snapshotHelp = `dcloud snapshot COMMAND
+  create APP [--json]              snapshot the app's volumes now (quiesced) and replicate it to peers
+  ls APP [--json]                  the app's snapshots on every live node, oldest first
+  restore APP SNAPSHOT [--yes]     put the app back to a snapshot (its current data is kept as a snapshot first)
+
+Snapshots are plain restic repositories, one per app, under DATA_DIR/snapshots/repos/APP
+on every node holding a copy; docs/snapshots.md shows how to read them with restic alone.`
+
+export const backupHelp = `dcloud backup APP -o FILE [--json]
+  writes the app (its manifest, settings and every volume) into one tar file;
+  restore it on this or any other cluster with \`dcloud restore FILE\``
+
+export const restoreHelp = `dcloud restore FILE [--name NAME] [--node NODE] [--yes] [--json]
+  checks the backup file, then installs its app with its data.
+  Without --yes it asks which name and node to use (default: the backed-up name, any node).
+  Data goes into Docker volumes of the chosen node.`
+
+/** Long operations: a snapshot of a large volume, a backup, a restore. */
+const LONG_MS = 60 * 60_000
+
+export async function snapshotCommand (argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv
+  switch (sub) {
+    case 'create': return await create(rest)
+    case 'ls': case 'list': return await list(rest)
+    case 'restore': return await rollback(rest)
+    default: throw new UsageError(sub === undefined ? 'missing snapshot command' : `unknown snapshot command '${sub}'`, snapshotHelp)
+  }
+}
+
+async function create (argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { json: { type: 'boolean', default: false } } })
+  const app = positionals[0]
+  if (app === undefined) throw new UsageError('usage: dcloud snapshot create APP')
+  process.stderr.write(`${app}: taking a snapshot...\n`)
+  const started = Date.now()
+  const s = await apiRequest<SnapshotView & { replicatedTo: string[], nodeName: string }>('POST', `/v1/apps/${encodeURIComponent(app)}/snapshots`, {}, undefined, LONG_MS)
+  if (values.json === true) {
+    process.stdout.write(JSON.stringify(s, null, 2) + '\n')
+    return 0
+  }
+  process.stdout.write(`snapshot ${s.id} of ${app} taken on ${s.nodeName} in ${((Date.now() - started) / 1000).toFixed(1)} s: ${bytes(s.bytes)} of data, ${bytes(s.added)} new; replicated to ${s.replicatedTo.length > 0 ? s.replicatedTo.join(', ') : 'no other node'}\n`)
+  return s.replicatedTo.length > 0 ? 0 : EXIT.tempFail
+}
+
+function describe (s: SnapshotView): string {
+  if (s.purpose === 'divergent') return `divergent copy kept (${s.label ?? 'unnamed'})`
+  if (s.purpose === 'replaced') return 'data replaced by a restore, kept'
+  return s.purpose
+}
+
+async function list (argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { json: { type: 'boolean', default: false } } })
+  const app = positionals[0]
+  if (app === undefined) throw new UsageError('usage: dcloud snapshot ls APP [--json]')
+  const snaps = await apiGet<SnapshotView[]>(`/v1/apps/${encodeURIComponent(app)}/snapshots`, undefined, 120_000)
+  if (values.json === true) {
+    process.stdout.write(JSON.stringify(snaps, null, 2) + '\n')
+    return 0
+  }
+  if (snaps.length === 0) {
+    process.stdout.write(`${app} has no snapshots on any live node\n`)
+    return 0
+  }
+  process.stdout.write(table(['ID', 'TIME', 'TAKEN ON', 'GEN', 'WHAT', 'HELD BY'], snaps.map(s => [s.id, new Date(s.time).toISOString(), s.node, String(s.generation), describe(s), s.holders.join(',')])))
+  const divergent = snaps.filter(s => s.purpose === 'divergent')
+  if (divergent.length > 0) process.stdout.write(`\n${divergent.length} divergent cop${divergent.length === 1 ? 'y' : 'ies'}: data written on a node cut off from the cluster, kept and never deleted by dcloud.\nLook at one with \`dcloud snapshot restore ${app} ID\` into a copy, or with restic directly (docs/snapshots.md).\n`)
+  return 0
+}
+
+async function rollback (argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { yes: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } })
+  const [app, snapshot] = positionals
+  if (app === undefined || snapshot === undefined) throw new UsageError('usage: dcloud snapshot restore APP SNAPSHOT [--yes]')
+  if (values.yes !== true) {
+    const ok = await confirm(`${app} stops, its current data is kept as a snapshot, and snapshot ${snapshot} becomes its data. Go on?`)
+    if (!ok) return EXIT.failure
+  }
+  const started = Date.now()
+  const s = await apiRequest<SnapshotView>('POST', `/v1/apps/${encodeURIComponent(app)}/snapshots/${encodeURIComponent(snapshot)}/restore`, {}, undefined, LONG_MS)
+  if (values.json === true) process.stdout.write(JSON.stringify(s, null, 2) + '\n')
+  else process.stdout.write(`${app} runs on snapshot ${s.id} (taken ${new Date(s.time).toISOString()}) after ${((Date.now() - started) / 1000).toFixed(1)} s\n`)
+  return 0
+}
+
+export async function backupCommand (argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { output: { type: 'string', short: 'o' }, json: { type: 'boolean', default: false } } })
+  const app = positionals[0]
+  if (app === undefined || values.output === undefined) throw new UsageError('usage: dcloud backup APP -o FILE', backupHelp)
+  const file = resolve(values.output)
+  process.stderr.write(`${app}: snapshot, then writing ${file}...\n`)
+  const started = Date.now()
+  const r = await apiRequest<{ file: string, bytes: number, snapshot: string | null, volumes: Array<{ name: string, entries: number, bytes: number }> }>('POST', `/v1/apps/${encodeURIComponent(app)}/backup`, { file }, undefined, LONG_MS)
+  if (values.json === true) {
+    process.stdout.write(JSON.stringify(r, null, 2) + '\n')
+    return 0
+  }
+  process.stdout.write(`${app} backed up to ${r.file} (${bytes(r.bytes)}) in ${((Date.now() - started) / 1000).toFixed(1)} s${r.snapshot !== null ? ` from snapshot ${r.snapshot}` : ''}\n`)
+  for (const v of r.volumes) process.stdout.write(`  volume ${v.name}: ${v.entries} entries, ${bytes(v.bytes)}\n`)
+  return 0
+}
+
+export async function restoreCommand (argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { name: { type: 'string' }, node: { type: 'string' }, yes: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } })
+  const fileArg = positionals[0]
+  if (fileArg === undefined) throw new UsageError('usage: dcloud restore FILE [--name NAME] [--node NODE] [--yes]', restoreHelp)
+  const file = resolve(fileArg)
+  const meta = await apiRequest<{ app: string, createdAt: string, manifest: { id: string, version: string }, volumes: Array<{ name: string, entries: number, bytes: number }> }>('POST', '/v1/backups/inspect', { file }, undefined, LONG_MS)
+  process.stderr.write(`${file}: ${meta.app} (${meta.manifest.id} ${meta.manifest.version}), backed up ${meta.createdAt}, ${meta.volumes.length} volume(s), ${bytes(meta.volumes.reduce((n, v) => n + v.bytes, 0))}: verified\n`)
+  let name = values.name ?? null
+  let node = values.node ?? null
+  if (values.yes !== true) {
+    if (!process.stdin.isTTY) throw new UserError('restore asks where to put the app: run it in a terminal, or give --yes (with --name and --node as needed)', { exitCode: EXIT.usage })
+    const status = await apiGet<StatusResponse>('/v1/status')
+    const apps = await apiGet<AppView[]>('/v1/apps')
+    const rl = createInterface({ input: process.stdin, output: process.stderr })
+    try {
+      const taken = apps.some(a => a.name === (name ?? meta.app))
+      const n = (await rl.question(`name [${taken ? `${meta.app} is taken, choose another` : name ?? meta.app}]: `)).trim()
+      if (n !== '') name = n
+      const alive = status.nodes.filter(x => x.state === 'alive').map(x => x.name)
+      const where = (await rl.question(`node (${alive.join(', ')}) [${node ?? 'any'}]: `)).trim()
+      if (where !== '') node = where
+      process.stderr.write('data: Docker volumes on that node (the local driver)\n')
+      if ((await rl.question('restore? [y/N] ')).trim().toLowerCase() !== 'y') return EXIT.failure
+    } finally {
+      rl.close()
+    }
+  }
+  let nodeId: string | null = null
+  if (node !== null) {
+    const status = await apiGet<StatusResponse>('/v1/status')
+    const found = status.nodes.find(n => n.name === node || n.id === node)
+    if (found === undefined) throw new UserError(`no node named ${node} in the cluster`, { exitCode: EXIT.noInput, hint: `nodes: ${status.nodes.map(n => n.name).join(', ')}` })
+    nodeId = found.id
+  }
+  const started = Date.now()
+  const r = await apiRequest<{ name: string, snapshot: string | null }>('POST', '/v1/backups/restore', { file, name, node: nodeId }, undefined, LONG_MS)
+  process.stderr.write(`${r.name}: installed${r.snapshot !== null ? `; its data is snapshot ${r.snapshot}` : ''}, waiting for it to run...\n`)
+  for (;;) {
+    const app = (await apiGet<AppView[]>('/v1/apps')).find(a => a.name === r.name)
+    if (app !== undefined && app.state === 'running' && (r.snapshot === null || app.relocation != null)) {
+      if (values.json === true) process.stdout.write(JSON.stringify(app, null, 2) + '\n')
+      else process.stdout.write(`${r.name} restored and running on ${app.node ?? '?'} in ${((Date.now() - started) / 1000).toFixed(1)} s${app.endpoints.length > 0 ? ` at ${app.endpoints.join(' ')}` : ''}\n`)
+      return 0
+    }
+    if (Date.now() - started > 30 * 60_000) throw new UserError(`${r.name} was installed but is not running yet`, { exitCode: EXIT.tempFail, hint: `\`dcloud app why ${r.name}\` says why` })
+    await new Promise(resolve => setTimeout(resolve, 500))
+  }
+}
+
+async function confirm (question: string): Promise<boolean> {
+  if (!process.stdin.isTTY) throw new UserError('this asks for a confirmation: run it in a terminal, or add --yes', { exitCode: EXIT.usage })
+  const rl = createInterface({ input: process.stdin, output: process.stderr })
+  try {
+    return (await rl.question(`${question} [y/N] `)).trim().toLowerCase() === 'y'
+  } finally {
+    rl.close()
+  }
+}

@@ -1,0 +1,465 @@
+/**
+ * Stateful apps across the cluster: their snapshots and where their data goes.
+ *
+ * On every node:
+ * - runs the data operations the leader sends (snapshot, sync, handoff,
+ *   restore, retire, purge);
+ * - snapshots the stateful apps it runs on their schedule and has peers pull
+ *   each new snapshot (replication);
+ * - fences: a node that no longer sees a quorum stops its stateful apps, well
+ *   before the majority's failover restores them elsewhere (invariant 1).
+ *
+ * On the leader, the three ways data moves, each a sequence of operations:
+ * - migrate (planned): snapshot while the app runs, the target pulls it, the
+ *   source stops the app and takes the final increment, the new data
+ *   generation is committed by a majority, the target pulls the increment,
+ *   restores and starts, and only then the source's copy is removed;
+ * - failover (its node is dead): commit a new generation, restore the newest
+ *   snapshot a live node holds on the chosen node;
+ * - retire (a stale copy of an older generation, back from a partition): its
+ *   data becomes a labelled snapshot, listed to the user; its containers go.
+ */
+import { peerIdFromString } from '@libp2p/peer-id'
+import {
+  SNAPSHOT_QUERY_PROTOCOL, decodeSnapshotInfo, decodeSnapshotQuery,
+  type DesiredChange, type Op, type OpResponse, type SnapshotInfo, type SnapshotQuery
+} from '../../proto/cluster.ts'
+import { isStateful } from '../../proto/app.ts'
+import type { DesiredApp, Operation } from '../../proto/plan.ts'
+import type { SnapshotView } from '../../proto/api.ts'
+import { RpcError, rpcCall, type RpcServer } from '../mesh/rpc.ts'
+import type { Mesh } from '../mesh/mesh.ts'
+import type { Membership } from '../status/membership.ts'
+import type { DesiredStore } from './desired-store.ts'
+import type { ElectionDriver } from './election-driver.ts'
+import type { AppRuntime } from '../runtime/apps.ts'
+import { snapshotPolicy, type SnapshotService } from '../snapshots/service.ts'
+import type { Logger } from '../util/log.ts'
+
+/** A node that stops seeing a quorum fences after this long (its peers went suspect seconds ago already). */
+const FENCE_AFTER_MS = 500
+/**
+ * A starting agent has heard nobody yet: it gives its peers this long to show
+ * up before it judges the quorum (its apps kept running while it restarted).
+ */
+const FENCE_START_GRACE_MS = 5000
+/**
+ * The leader restores a dead node's stateful app only once the node has been
+ * dead this long: a cut-off node fences about 3 s after losing the majority,
+ * the majority declares it dead after 4 s, this keeps a margin on top.
+ */
+export const FAILOVER_MARGIN_MS = 2000
+const SCHEDULE_CHECK_MS = 5000
+const REPLICATE_TIMEOUT_MS = 10 * 60_000
+
+export interface DataPlaneInit {
+  mesh: Mesh
+  rpc: RpcServer
+  membership: Membership
+  election: ElectionDriver
+  store: DesiredStore
+  runtime: AppRuntime
+  snapshots: SnapshotService
+  log: Logger
+  selfName: () => string
+  nodeName: (id: string) => string
+  /** Sends an operation stamped with the term to a node (the coordinator's send). */
+  send: (node: string, op: Op, term: number) => Promise<OpResponse>
+  /** Runs the app here (the coordinator's deploy, with image transfer); `restored`: its volumes were just restored for its generation. */
+  deploy: (app: DesiredApp, term: number, signal: AbortSignal, restored: boolean) => Promise<void>
+  /** Commits a change of the desired state on a majority (leader only); throws when no majority holds it. */
+  commit: (change: DesiredChange) => Promise<void>
+  /** The local apps' states (from the last Docker refresh). */
+  localApps: () => Array<{ name: string, state: string, generation?: number }>
+  /** Something changed that peers should hear of now (holdings, app states). */
+  announce: () => void
+}
+
+export interface DataCounters { snapshots: number, snapshotFailures: number, replications: number, fenced: number, migrations: number, failovers: number, retired: number }
+
+export class DataPlane {
+  readonly counters: DataCounters = { snapshots: 0, snapshotFailures: 0, replications: 0, fenced: 0, migrations: 0, failovers: 0, retired: 0 }
+  private readonly init: DataPlaneInit
+  private timers: NodeJS.Timeout[] = []
+  private holdingsCache: Array<{ app: string, id: string, time: number }> = []
+  private readonly lastTaken = new Map<string, number>()
+  private readonly taking = new Set<string>()
+  private quorumLostAt: number | null = null
+  private readonly startedAt = Date.now()
+  private fencing = false
+  private readonly controller = new AbortController()
+  private started = false
+
+  constructor (init: DataPlaneInit) {
+    this.init = init
+  }
+
+  private get selfId (): string {
+    return this.init.mesh.peerId.toString()
+  }
+
+  async start (): Promise<void> {
+    if (this.started) return
+    this.started = true
+    await this.init.snapshots.start()
+    await this.init.rpc.register({
+      protocol: SNAPSHOT_QUERY_PROTOCOL,
+      decode: decodeSnapshotQuery,
+      handle: async (q, from, signal) => await this.answer(q, from.toString(), signal),
+      timeoutMs: REPLICATE_TIMEOUT_MS
+    })
+    await this.refreshHoldings()
+    this.timers.push(setInterval(() => { void this.fenceCheck() }, 250))
+    this.timers.push(setInterval(() => { void this.scheduledSnapshots() }, SCHEDULE_CHECK_MS))
+  }
+
+  async stop (): Promise<void> {
+    if (!this.started) return
+    this.started = false
+    this.controller.abort()
+    for (const t of this.timers) clearInterval(t)
+    this.timers = []
+  }
+
+  /** The newest restorable snapshot of each app held here, for the status gossip. */
+  holdings (): Array<{ app: string, id: string, time: number }> {
+    return this.holdingsCache
+  }
+
+  private async refreshHoldings (): Promise<void> {
+    try {
+      const next = await this.init.snapshots.holdings(AbortSignal.timeout(60_000))
+      const changed = JSON.stringify(next) !== JSON.stringify(this.holdingsCache)
+      this.holdingsCache = next
+      if (changed) this.init.announce()
+    } catch (err) {
+      this.init.log.warn('cannot list the snapshots held here', { error: (err as Error).message })
+    }
+  }
+
+  private desired (name: string): DesiredApp {
+    const app = this.init.store.current().apps.find(a => a.name === name)
+    if (app === undefined) throw new RpcError('not_found', `no app named ${name}`)
+    return app
+  }
+
+  // ---- operations on this node --------------------------------------------
+
+  /** Runs a data operation the leader sent; null for operations that are not data operations. */
+  async runOp (op: Op, term: number, signal: AbortSignal): Promise<OpResponse | null> {
+    const { snapshots, runtime, log } = this.init
+    switch (op.kind) {
+      case 'snapshot': {
+        const app = this.desired(op.name)
+        const info = await this.takeAndReplicate(app, op.purpose, signal, op.purpose === 'pre-move' ? 'none' : undefined)
+        return { done: true, detail: `snapshot ${info.id}`, snapshot: info }
+      }
+      case 'sync': {
+        const r = await snapshots.pullFrom(op.from, op.name, signal)
+        await this.refreshHoldings()
+        return { done: true, detail: `fetched ${r.files} files, ${r.bytes} bytes` }
+      }
+      case 'handoff': {
+        const app = this.desired(op.name)
+        await runtime.quiesce(op.name, 'stop', signal)
+        const info = await snapshots.take(app, { purpose: 'final', generation: app.generation ?? 1, signal, quiesce: 'none', hook: null })
+        this.counters.snapshots++
+        log.info('handed off: stopped, final snapshot taken', { app: op.name, snapshot: info.id })
+        return { done: true, detail: `stopped; final snapshot ${info.id}`, snapshot: info }
+      }
+      case 'restore': {
+        let snap = await snapshots.find(op.app.name, op.snapshot, signal)
+        if (snap === null && op.from !== null) {
+          const r = await snapshots.pullFrom(op.from, op.app.name, signal)
+          log.info('fetched snapshots for a restore', { app: op.app.name, from: this.init.nodeName(op.from), files: r.files, bytes: r.bytes })
+          snap = await snapshots.find(op.app.name, op.snapshot, signal)
+        }
+        if (snap === null) throw new RpcError('not_found', `snapshot ${op.snapshot} of ${op.app.name} is not on this node${op.from !== null ? ' nor on the node it was fetched from' : ''}`)
+        await runtime.quiesce(op.app.name, 'stop', signal)
+        await snapshots.restoreVolumes(op.app, snap.id, { signal, progress: (line) => { log.info(line, { app: op.app.name }) } })
+        await this.init.deploy(op.app, term, signal, true)
+        await this.refreshHoldings()
+        return { done: true, detail: `restored snapshot ${snap.id} and started`, snapshot: snap }
+      }
+      case 'retire': {
+        const app = this.init.store.current().apps.find(a => a.name === op.name)
+        await runtime.quiesce(op.name, 'stop', signal)
+        let info: SnapshotInfo | null = null
+        if (app !== undefined && (await runtime.volumes(op.name, signal)).length > 0) {
+          const label = `divergent-${this.init.selfName()}-${stamp(Date.now())}`.replace(/[^A-Za-z0-9_.:=/@+-]/g, '-')
+          const generation = Math.min(...this.init.localApps().filter(a => a.name === op.name).map(a => a.generation ?? 1), app.generation ?? 1)
+          info = await this.takeAndReplicate(app, 'divergent', signal, 'none', label, generation)
+          const live = op.liveSnapshot === null ? null : await snapshots.find(op.name, op.liveSnapshot, signal)
+          if (live !== null && live.tree === info.tree) log.info('the stale copy holds the same data as the live snapshot', { app: op.name, snapshot: info.id, live: live.id })
+          else log.warn('a stale copy was kept as a snapshot', { app: op.name, snapshot: info.id, label })
+        }
+        const kept = await runtime.remove(op.name, signal)
+        this.counters.retired++
+        return { done: true, detail: `retired; data kept as snapshot ${info?.id ?? '(no volumes)'}; volumes kept: ${kept.join(', ')}`, ...(info !== null ? { snapshot: info } : {}) }
+      }
+      case 'purge': {
+        const final = await snapshots.find(op.name, op.snapshot, signal)
+        if (final === null) throw new RpcError('not_found', `the final snapshot ${op.snapshot} of ${op.name} is not here: the old copy is kept`)
+        await runtime.remove(op.name, signal)
+        const removed = await runtime.removeVolumes(op.name, signal)
+        log.info('old copy removed after a move', { app: op.name, volumes: removed, finalSnapshot: final.id })
+        return { done: true, detail: `removed volumes ${removed.join(', ')}` }
+      }
+      default:
+        return null
+    }
+  }
+
+  /** Takes a snapshot here and has peers pull it (as many as the app's policy asks); returns it with where it went. */
+  async takeAndReplicate (app: DesiredApp, purpose: SnapshotInfo['purpose'] & string, signal: AbortSignal, quiesce?: 'none', label?: string, generation?: number): Promise<SnapshotInfo & { replicatedTo: string[] }> {
+    const info = await this.init.snapshots.take(app, { purpose: purpose as never, generation: generation ?? app.generation ?? 1, signal, ...(quiesce !== undefined ? { quiesce } : {}), ...(label !== undefined ? { label } : {}) })
+    this.counters.snapshots++
+    this.lastTaken.set(app.name, Date.now())
+    await this.refreshHoldings()
+    const replicatedTo = purpose === 'pre-move' ? [] : await this.replicate(app, signal)
+    return { ...info, replicatedTo }
+  }
+
+  /**
+   * Has `replicas` peers pull the app's repository from here. Peers that
+   * already hold it come first (they need only the increment), then those
+   * with the most free disk.
+   */
+  async replicate (app: DesiredApp, signal: AbortSignal): Promise<string[]> {
+    const want = snapshotPolicy(app)?.replicas ?? 1
+    if (want === 0) return []
+    const peers = this.init.membership.list()
+      .filter(m => m.state === 'alive' && m.resources !== null)
+      .sort((a, b) => {
+        const ha = a.resources?.snapshots?.some(s => s.app === app.name) === true ? 0 : 1
+        const hb = b.resources?.snapshots?.some(s => s.app === app.name) === true ? 0 : 1
+        return ha - hb || (b.resources?.diskFree ?? 0) - (a.resources?.diskFree ?? 0) || (a.status.peerId < b.status.peerId ? -1 : 1)
+      })
+    const done: string[] = []
+    for (const m of peers) {
+      if (done.length >= want) break
+      try {
+        await rpcCall(this.init.mesh, peerIdFromString(m.status.peerId), SNAPSHOT_QUERY_PROTOCOL, { kind: 'replicate', name: app.name }, { decode: (v) => v, signal, timeoutMs: REPLICATE_TIMEOUT_MS })
+        done.push(m.status.name)
+        this.counters.replications++
+      } catch (err) {
+        this.init.log.warn('a peer could not take a replica', { app: app.name, peer: m.status.name, error: (err as Error).message })
+      }
+    }
+    if (done.length < want) this.init.log.warn('fewer replicas than asked for', { app: app.name, want, got: done.length })
+    return done
+  }
+
+  private async answer (q: SnapshotQuery, from: string, signal: AbortSignal): Promise<unknown> {
+    switch (q.kind) {
+      case 'list':
+        return await this.init.snapshots.list(q.name, signal)
+      case 'take': {
+        const app = this.desired(q.name)
+        if (!this.init.localApps().some(a => a.name === q.name)) throw new RpcError('not_found', `${q.name} does not run on ${this.init.selfName()}`)
+        return await this.takeAndReplicate(app, 'manual', signal)
+      }
+      case 'replicate': {
+        // Only ever from the asker: a peer cannot make this node fetch from a third party.
+        const r = await this.init.snapshots.pullFrom(from, q.name, signal)
+        await this.refreshHoldings()
+        return { files: r.files, bytes: r.bytes }
+      }
+    }
+  }
+
+  // ---- schedule ------------------------------------------------------------
+
+  /** Snapshots each stateful app running here when its interval has passed (and at once when it has none yet). */
+  private async scheduledSnapshots (): Promise<void> {
+    const now = Date.now()
+    for (const local of this.init.localApps()) {
+      if (local.state !== 'running' || this.taking.has(local.name)) continue
+      const app = this.init.store.current().apps.find(a => a.name === local.name)
+      const policy = app === undefined ? null : snapshotPolicy(app)
+      if (app === undefined || policy === null || policy.everyMs === 0) continue
+      if ((local.generation ?? 1) !== (app.generation ?? 1)) continue // a stale copy is not ours to snapshot
+      let last = this.lastTaken.get(app.name)
+      if (last === undefined) {
+        const mine = this.holdingsCache.find(h => h.app === app.name)
+        last = mine?.time ?? 0
+        this.lastTaken.set(app.name, last)
+      }
+      if (now - last < policy.everyMs) continue
+      this.taking.add(app.name)
+      this.takeAndReplicate(app, 'scheduled', this.controller.signal)
+        .catch((err: Error) => {
+          this.counters.snapshotFailures++
+          // Try again at the next interval, not every few seconds.
+          this.lastTaken.set(app.name, Date.now())
+          this.init.log.warn('scheduled snapshot failed', { app: app.name, error: err.message })
+        })
+        .finally(() => { this.taking.delete(app.name) })
+    }
+  }
+
+  // ---- fencing -------------------------------------------------------------
+
+  /**
+   * Invariant 1: a node cut off from the majority stops its stateful apps
+   * before the majority restores them elsewhere. Pausing first freezes every
+   * write at once; the stop that follows may take the app's grace period.
+   */
+  private async fenceCheck (): Promise<void> {
+    if (this.fencing) return
+    const now = Date.now()
+    if (this.init.election.seesQuorum()) {
+      if (this.quorumLostAt !== null) this.init.log.info('quorum seen again')
+      this.quorumLostAt = null
+      return
+    }
+    if (this.quorumLostAt === null) this.quorumLostAt = now
+    if (now - this.quorumLostAt < FENCE_AFTER_MS || now - this.startedAt < FENCE_START_GRACE_MS) return
+    const running = this.init.localApps().filter(a => a.state === 'running' || a.state === 'starting')
+      .filter(a => { const d = this.init.store.current().apps.find(x => x.name === a.name); return d !== undefined && isStateful(d.manifest) })
+    if (running.length === 0) return
+    this.fencing = true
+    try {
+      for (const a of running) {
+        this.init.log.warn('fencing: no quorum in sight, stopping a stateful app so two copies never write at once', { app: a.name })
+        await this.init.runtime.quiesce(a.name, 'pause', AbortSignal.timeout(10_000)).catch(() => [])
+        await this.init.runtime.quiesce(a.name, 'stop', AbortSignal.timeout(30_000), 2)
+        this.counters.fenced++
+      }
+      this.init.announce()
+    } catch (err) {
+      this.init.log.error('fencing failed', { error: (err as Error).message })
+    } finally {
+      this.fencing = false
+    }
+  }
+
+  // ---- the leader's side -----------------------------------------------------
+
+  /** Carries out a data-moving operation of a plan; false for operations that are not. */
+  async perform (op: Operation, term: number): Promise<boolean> {
+    if (op.op !== 'migrate' && op.op !== 'restore' && op.op !== 'retire') return false
+    const app = this.init.store.current().apps.find(a => a.name === op.app)
+    if (app === undefined) return true
+    if (op.op === 'retire') {
+      await this.init.send(op.node, { kind: 'retire', name: op.app, liveSnapshot: app.relocation?.snapshot ?? null }, term)
+      return true
+    }
+    if (op.op === 'migrate') {
+      await this.migrate(app, op.from, op.to, term)
+      return true
+    }
+    await this.failover(app, op, term)
+    return true
+  }
+
+  private async migrate (app: DesiredApp, from: string, to: string, term: number): Promise<void> {
+    const { send, commit, log, nodeName } = this.init
+    const started = Date.now()
+    log.info('move: copying while the app runs', { app: app.name, from: nodeName(from), to: nodeName(to) })
+    await send(from, { kind: 'snapshot', name: app.name, purpose: 'pre-move' }, term)
+    await send(to, { kind: 'sync', name: app.name, from }, term)
+    const stoppedAt = Date.now()
+    const handoff = await send(from, { kind: 'handoff', name: app.name }, term)
+    const final = handoff.snapshot
+    if (final === undefined) throw new Error(`${nodeName(from)} took no final snapshot of ${app.name}`)
+    const generation = (app.generation ?? 1) + 1
+    // Committed before the target starts: from here on, the old copy is stale wherever it is found.
+    await commit({ kind: 'relocate', name: app.name, generation, relocation: app.relocation ?? null })
+    const moved: DesiredApp = { ...this.desired(app.name), generation }
+    await send(to, { kind: 'restore', app: moved, snapshot: final.id, from }, term)
+    const downtimeMs = Date.now() - stoppedAt
+    this.counters.migrations++
+    log.info('move: done', { app: app.name, from: nodeName(from), to: nodeName(to), snapshot: final.id, downtimeMs, totalMs: Date.now() - started })
+    await commit({ kind: 'relocate', name: app.name, generation, relocation: { kind: 'move', snapshot: final.id, snapshotTime: final.time, from, to, at: Date.now(), downtimeMs } })
+    await send(from, { kind: 'purge', name: app.name, snapshot: final.id }, term).catch((err: Error) => {
+      log.warn('the old copy stays after a move', { app: app.name, node: nodeName(from), error: err.message })
+    })
+  }
+
+  private async failover (app: DesiredApp, op: Extract<Operation, { op: 'restore' }>, term: number): Promise<void> {
+    const { send, commit, log, nodeName, membership } = this.init
+    // The dead node's copy must be fenced before another starts: wait out the margin.
+    const deadSince = membership.list().filter(m => m.state === 'dead').map(m => m.stateSince)
+    const wait = deadSince.length === 0 ? 0 : Math.max(0, Math.max(...deadSince) + FAILOVER_MARGIN_MS - Date.now())
+    if (wait > 0) await new Promise(resolve => setTimeout(resolve, wait))
+    const previous = app.relocation?.to ?? null
+    const generation = (app.generation ?? 1) + 1
+    await commit({ kind: 'relocate', name: app.name, generation, relocation: app.relocation ?? null })
+    const restored: DesiredApp = { ...this.desired(app.name), generation }
+    log.info('restoring a stateful app from its newest snapshot', { app: app.name, node: nodeName(op.node), snapshot: op.snapshot, snapshotAgeS: Math.round((Date.now() - op.snapshotTime) / 1000) })
+    await send(op.node, { kind: 'restore', app: restored, snapshot: op.snapshot, from: op.source === op.node ? null : op.source }, term)
+    this.counters.failovers++
+    const kind = (app.generation ?? 1) === 1 && (app.relocation ?? null) === null && !op.reason.includes('dead') ? 'restore' : 'failover'
+    await commit({ kind: 'relocate', name: app.name, generation, relocation: { kind, snapshot: op.snapshot, snapshotTime: op.snapshotTime, from: previous, to: op.node, at: Date.now(), downtimeMs: null } })
+  }
+
+  /** `dcloud snapshot restore APP SNAPSHOT`: the app goes back to a snapshot where it runs (its current data kept as a snapshot first). */
+  async rollback (name: string, snapshot: string, term: number, where: string | null, signal: AbortSignal): Promise<SnapshotInfo> {
+    const { send, commit, log } = this.init
+    const app = this.desired(name)
+    const views = await this.list(name, signal)
+    const snap = views.find(s => s.id === snapshot || s.id.startsWith(snapshot))
+    if (snap === undefined) throw new RpcError('not_found', `no snapshot ${snapshot} of ${name} (\`dcloud snapshot ls ${name}\` lists them)`)
+    const node = where ?? snap.holderIds[0]
+    if (node === undefined) throw new RpcError('not_found', `no live node holds snapshot ${snapshot}`)
+    if (where !== null) {
+      // Its current data first becomes a snapshot: a rollback loses nothing.
+      await send(where, { kind: 'handoff', name }, term)
+    }
+    const generation = (app.generation ?? 1) + 1
+    await commit({ kind: 'relocate', name, generation, relocation: app.relocation ?? null })
+    const next: DesiredApp = { ...this.desired(name), generation }
+    const source = snap.holderIds.includes(node) ? null : snap.holderIds[0] ?? null
+    const r = await send(node, { kind: 'restore', app: next, snapshot: snap.id, from: source }, term)
+    await commit({ kind: 'relocate', name, generation, relocation: { kind: 'rollback', snapshot: snap.id, snapshotTime: snap.time, from: where, to: node, at: Date.now(), downtimeMs: null } })
+    log.info('rolled back to a snapshot', { app: name, snapshot: snap.id })
+    return r.snapshot ?? snapshotInfoOf(snap)
+  }
+
+  // ---- views -------------------------------------------------------------------
+
+  /** Every copy of the app's snapshots on live nodes, merged by id, oldest first. */
+  async list (name: string, signal: AbortSignal): Promise<Array<SnapshotView & { holderIds: string[] }>> {
+    const asks: Array<Promise<{ node: string, id: string, list: SnapshotInfo[] }>> = [
+      this.init.snapshots.list(name, signal).then(list => ({ node: this.init.selfName(), id: this.selfId, list }))
+    ]
+    for (const m of this.init.membership.list()) {
+      if (m.state === 'dead') continue
+      asks.push(rpcCall(this.init.mesh, peerIdFromString(m.status.peerId), SNAPSHOT_QUERY_PROTOCOL, { kind: 'list', name }, {
+        decode: (v) => { if (!Array.isArray(v)) throw new Error('not a list'); return v.map((x, i) => decodeSnapshotInfo(x, `snapshots[${i}]`)) },
+        signal,
+        timeoutMs: 30_000,
+        maxResponseBytes: 8 * 1024 * 1024
+      }).then(list => ({ node: m.status.name, id: m.status.peerId, list }), () => ({ node: m.status.name, id: m.status.peerId, list: [] })))
+    }
+    const merged = new Map<string, SnapshotView & { holderIds: string[] }>()
+    for (const r of await Promise.all(asks)) {
+      for (const s of r.list) {
+        const v = merged.get(s.id) ?? { ...s, holders: [], holderIds: [] }
+        v.holders.push(r.node)
+        v.holderIds.push(r.id)
+        merged.set(s.id, v)
+      }
+    }
+    return [...merged.values()].sort((a, b) => a.time - b.time || (a.id < b.id ? -1 : 1))
+  }
+
+  /** Takes a snapshot now on the node running the app. */
+  async take (name: string, node: string, signal: AbortSignal): Promise<SnapshotInfo & { replicatedTo: string[] }> {
+    if (node === this.selfId) return await this.answer({ kind: 'take', name }, this.selfId, signal) as SnapshotInfo & { replicatedTo: string[] }
+    return await rpcCall(this.init.mesh, peerIdFromString(node), SNAPSHOT_QUERY_PROTOCOL, { kind: 'take', name }, {
+      decode: (v) => ({ ...decodeSnapshotInfo(v), replicatedTo: Array.isArray((v as { replicatedTo?: unknown }).replicatedTo) ? ((v as { replicatedTo: unknown[] }).replicatedTo).map(String) : [] }),
+      signal,
+      timeoutMs: REPLICATE_TIMEOUT_MS
+    })
+  }
+}
+
+function stamp (ms: number): string {
+  return new Date(ms).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
+}
+
+function snapshotInfoOf (v: SnapshotView): SnapshotInfo {
+  return { id: v.id, app: v.app, time: v.time, purpose: v.purpose as SnapshotInfo['purpose'], node: v.node, generation: v.generation, label: v.label, bytes: v.bytes, added: v.added, tree: v.tree }
+}

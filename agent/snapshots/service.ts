@@ -1,0 +1,399 @@
+/**
+ * Snapshots of apps on this node: taking them (quiesced), listing them,
+ * restoring them into an app's volumes, and replicating them to peers.
+ *
+ * Layout, under DATA_DIR/snapshots:
+ *
+ *   restic.pw             the repositories' password, derived from the cluster key:
+ *                         every node of the cluster computes the same one
+ *   repos/APP/            one plain restic repository per app; every node that
+ *                         holds the app's snapshots holds a copy of the same
+ *                         repository (repo-sync.ts copies its files)
+ *   cache/                restic's cache
+ *
+ * A snapshot holds the app's Docker volume directories side by side
+ * (`dcloud-APP-VOL/_data/...`), taken from Docker's volumes directory, tagged
+ * `dcloud.app=APP`, `dcloud.purpose=...`, `dcloud.gen=N` and, for copies
+ * the user must notice, `dcloud.label=...`; the host is the node's name.
+ *
+ * Every restic call on an app's repository and every pull into it or from it
+ * holds the app's lock: a peer never copies a half-written file, and two
+ * restic processes never race on one repository.
+ */
+import { createHmac } from 'node:crypto'
+import { chmod, chown, lstat, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
+import type { PeerId } from '@libp2p/interface'
+import type { DesiredApp } from '../../proto/plan.ts'
+import { SNAPSHOT_DEFAULTS, isStateful, type SnapshotPolicy } from '../../proto/app.ts'
+import type { SnapshotInfo, SnapshotPurpose } from '../../proto/cluster.ts'
+import { UserError, EXIT } from '../util/errors.ts'
+import type { Logger } from '../util/log.ts'
+import type { AppRuntime } from '../runtime/apps.ts'
+import { volumeName } from '../runtime/apps.ts'
+import {
+  RepoMissingError, backup, initRepo, restore as resticRestore, snapshots as resticSnapshots,
+  type ResticRepo, type Snapshot
+} from './restic.ts'
+
+/** Purposes whose snapshots are never restored automatically: they hold a copy the user decides about. */
+const NOT_RESTORABLE = new Set<string>(['divergent', 'replaced', 'prepass', 'fenced'])
+
+export interface SnapshotServiceInit {
+  dataDir: string
+  clusterKey: Uint8Array
+  nodeName: () => string
+  runtime: AppRuntime
+  /** Serialises everything that touches one app's repository (restic runs, pulls, serving pulls). */
+  lock: (app: string) => Promise<() => void>
+  /** Pulls the app's repository from a peer into `reposRoot` (repo-sync.ts). */
+  pull: (peer: PeerId | string, app: string, signal: AbortSignal) => Promise<{ files: number, bytes: number }>
+  log: Logger
+  /** restic's binary; default `restic` from PATH. */
+  restic?: string
+}
+
+export interface TakeOptions {
+  purpose: SnapshotPurpose
+  generation: number
+  signal: AbortSignal
+  /** How the app is quiesced for the pass that counts; default the app's policy. */
+  quiesce?: SnapshotPolicy['quiesce']
+  hook?: SnapshotPolicy['hook']
+  label?: string | null
+  progress?: (line: string) => void
+}
+
+export class NoVolumesError extends UserError {
+  override name = 'NoVolumesError'
+  constructor (app: string) {
+    super(`${app} has no volumes on this node: nothing to snapshot`, { exitCode: EXIT.noInput, hint: '`dcloud app ls` shows which node runs it' })
+  }
+}
+
+export class SnapshotService {
+  readonly root: string
+  readonly reposRoot: string
+  readonly passwordFile: string
+  private readonly cacheDir: string
+  private readonly init: SnapshotServiceInit
+  /** Listings by app, dropped whenever the repository changes (a restic call costs about half a second). */
+  private readonly listings = new Map<string, SnapshotInfo[]>()
+
+  constructor (init: SnapshotServiceInit) {
+    this.init = init
+    this.root = join(init.dataDir, 'snapshots')
+    this.reposRoot = join(this.root, 'repos')
+    this.passwordFile = join(this.root, 'restic.pw')
+    this.cacheDir = join(this.root, 'cache')
+  }
+
+  /** Creates the directories and writes the password derived from the cluster key (every node derives the same). */
+  async start (): Promise<void> {
+    await mkdir(this.reposRoot, { recursive: true, mode: 0o700 })
+    await mkdir(this.cacheDir, { recursive: true, mode: 0o700 })
+    const password = repositoryPassword(this.init.clusterKey) + '\n'
+    let current: string | null = null
+    try { current = await readFile(this.passwordFile, 'utf8') } catch {}
+    if (current !== password) {
+      if (current !== null) this.init.log.warn('the repository password changed with the cluster key; repositories made with the old key need the old password', { file: this.passwordFile })
+      await writeFile(`${this.passwordFile}.tmp`, password, { mode: 0o600 })
+      await rename(`${this.passwordFile}.tmp`, this.passwordFile)
+    }
+  }
+
+  repo (app: string): ResticRepo {
+    return { repo: join(this.reposRoot, app), passwordFile: this.passwordFile, cacheDir: this.cacheDir, ...(this.init.restic !== undefined ? { binary: this.init.restic } : {}) }
+  }
+
+  private async withLock<T> (app: string, fn: () => Promise<T>): Promise<T> {
+    const release = await this.init.lock(app)
+    try {
+      return await fn()
+    } finally {
+      release()
+    }
+  }
+
+  /** Apps with a repository here. */
+  async apps (): Promise<string[]> {
+    try {
+      return (await readdir(this.reposRoot)).filter(n => !n.startsWith('.')).sort()
+    } catch {
+      return []
+    }
+  }
+
+  /** Forget the cached listing of an app (after a pull changed its repository). */
+  changed (app: string): void {
+    this.listings.delete(app)
+  }
+
+  // ---- taking ------------------------------------------------------------
+
+  /**
+   * Snapshots the app's volumes on this node. A running app is quiesced for
+   * the pass that counts (paused, or stopped and started again, or not at all,
+   * as its policy says), after its hook ran; the first snapshot on a node is
+   * preceded by a pass while the app runs, so the quiesced pass only copies
+   * what changed meanwhile.
+   */
+  async take (app: DesiredApp, opts: TakeOptions): Promise<SnapshotInfo> {
+    const policy = app.manifest.snapshots ?? SNAPSHOT_DEFAULTS
+    const { runtime, log } = this.init
+    const say = (line: string): void => { opts.progress?.(line) }
+    const volumes = await runtime.volumes(app.name, opts.signal)
+    if (volumes.length === 0) throw new NoVolumesError(app.name)
+    const within = volumesDir(volumes.map(v => v.mountpoint))
+    const names = volumes.map(v => basename(dirname(v.mountpoint)))
+    const hook = opts.hook !== undefined ? opts.hook : policy.hook
+    if (hook !== null) {
+      say(`running the pre-snapshot hook in ${hook.service}`)
+      await runtime.exec(app.name, hook.service, hook.command, opts.signal)
+    }
+    const tags = [`dcloud.app=${app.name}`, `dcloud.purpose=${opts.purpose}`, `dcloud.gen=${opts.generation}`]
+    if (opts.label != null) tags.push(`dcloud.label=${opts.label}`)
+    const host = hostTag(this.init.nodeName())
+    const repo = this.repo(app.name)
+
+    return await this.withLock(app.name, async () => {
+      await this.ensureRepo(app.name, opts.signal)
+      const quiesce = opts.quiesce ?? policy.quiesce
+      const started = performance.now()
+      if (quiesce !== 'none') {
+        const mine = await resticSnapshots(repo, { signal: opts.signal, host })
+        if (mine.length === 0) {
+          // Nothing to be incremental against yet: copy the bulk while the app runs.
+          say('first snapshot on this node: copying while the app runs')
+          await backup(repo, { within, names }, { tags: [`dcloud.app=${app.name}`, 'dcloud.purpose=prepass', `dcloud.gen=${opts.generation}`], host, signal: opts.signal })
+        }
+      }
+      const frozen = quiesce === 'none' ? [] : await runtime.quiesce(app.name, quiesce, opts.signal)
+      const quiescedAt = performance.now()
+      let result
+      try {
+        if (frozen.length > 0) say(`${quiesce === 'pause' ? 'paused' : 'stopped'} ${frozen.length} container(s) for the final pass`)
+        result = await backup(repo, { within, names }, {
+          tags,
+          host,
+          signal: opts.signal,
+          progress: (p) => { say(`snapshot ${Math.round(p.percent)}% (${p.bytesDone} of ${p.bytesTotal ?? '?'} bytes)`) }
+        })
+      } finally {
+        if (frozen.length > 0 && quiesce !== 'none') await runtime.resume(app.name, frozen, quiesce, AbortSignal.timeout(60_000))
+      }
+      const quiescedMs = frozen.length > 0 ? Math.round(performance.now() - quiescedAt) : 0
+      this.listings.delete(app.name)
+      const info = infoOf(result.snapshot, app.name, result.bytesProcessed, result.dataAdded)
+      log.info('snapshot taken', { app: app.name, id: info.id, purpose: opts.purpose, bytes: info.bytes, added: info.added, quiescedMs, ms: Math.round(performance.now() - started) })
+      return info
+    })
+  }
+
+  private async ensureRepo (app: string, signal: AbortSignal): Promise<void> {
+    try {
+      await stat(join(this.reposRoot, app, 'config'))
+    } catch {
+      await initRepo(this.repo(app), { signal })
+      this.init.log.info('snapshot repository created', { app, repo: join(this.reposRoot, app) })
+    }
+  }
+
+  /**
+   * A snapshot of directories that are not (yet) Docker volumes: `stage`
+   * holds one `dcloud-APP-VOL/_data` per volume, as a snapshot of the
+   * running app would (a backup file being restored).
+   */
+  async importStaged (app: string, stage: string, purpose: SnapshotPurpose, signal: AbortSignal): Promise<SnapshotInfo> {
+    const names = (await readdir(stage)).sort()
+    if (names.length === 0) throw new UserError('nothing to import: no volumes', { exitCode: EXIT.dataError })
+    return await this.withLock(app, async () => {
+      await this.ensureRepo(app, signal)
+      const r = await backup(this.repo(app), { within: stage, names }, { tags: [`dcloud.app=${app}`, `dcloud.purpose=${purpose}`, 'dcloud.gen=1'], host: hostTag(this.init.nodeName()), signal })
+      this.listings.delete(app)
+      return infoOf(r.snapshot, app, r.bytesProcessed, r.dataAdded)
+    })
+  }
+
+  /**
+   * Restores a snapshot into `target` laid out by volume: `target/VOL` holds
+   * volume VOL's data (what a backup file is written from).
+   */
+  async restoreToDirs (app: string, snapshotId: string, target: string, signal: AbortSignal): Promise<Record<string, string>> {
+    const restored = await this.withLock(app, async () => await resticRestore(this.repo(app), snapshotId, join(target, 'restic'), { signal }))
+    const base = join(target, 'restic')
+    const entries = await exists(join(base, '_data')) ? [[basename(restored.paths[0] ?? ''), base] as const] : (await readdir(base)).map(e => [e, join(base, e)] as const)
+    const prefix = `dcloud-${app}-`
+    const dirs: Record<string, string> = {}
+    for (const [name, dir] of entries) {
+      if (!name.startsWith(prefix)) continue
+      dirs[name.slice(prefix.length)] = join(dir, '_data')
+    }
+    return dirs
+  }
+
+  // ---- listing -----------------------------------------------------------
+
+  /** The app's snapshots held here, oldest first (prepasses left out). */
+  async list (app: string, signal: AbortSignal): Promise<SnapshotInfo[]> {
+    const cached = this.listings.get(app)
+    if (cached !== undefined) return cached
+    let snaps: Snapshot[]
+    try {
+      await stat(join(this.reposRoot, app, 'config'))
+    } catch {
+      return []
+    }
+    try {
+      snaps = await this.withLock(app, async () => await resticSnapshots(this.repo(app), { signal, tags: [`dcloud.app=${app}`] }))
+    } catch (err) {
+      if (err instanceof RepoMissingError) return []
+      throw err
+    }
+    const out = snaps.map(s => infoOf(s, app, 0, 0)).filter(s => s.purpose !== ('prepass' as string)).sort((a, b) => a.time - b.time)
+    this.listings.set(app, out)
+    return out
+  }
+
+  /** The newest snapshot of every app held here that may be restored automatically (for the status gossip). */
+  async holdings (signal: AbortSignal): Promise<Array<{ app: string, id: string, time: number }>> {
+    const out: Array<{ app: string, id: string, time: number }> = []
+    for (const app of await this.apps()) {
+      try {
+        const newest = (await this.list(app, signal)).filter(s => !NOT_RESTORABLE.has(s.purpose)).at(-1)
+        if (newest !== undefined) out.push({ app, id: newest.id, time: newest.time })
+      } catch (err) {
+        this.init.log.debug('cannot list snapshots', { app, error: (err as Error).message })
+      }
+    }
+    return out
+  }
+
+  async find (app: string, id: string, signal: AbortSignal): Promise<SnapshotInfo | null> {
+    return (await this.list(app, signal)).find(s => s.id === id || s.id.startsWith(id)) ?? null
+  }
+
+  // ---- restoring -----------------------------------------------------------
+
+  /**
+   * Makes the app's volumes here hold `snapshotId`. A volume that holds data
+   * is snapshotted first (purpose `replaced`): nothing is overwritten that
+   * is not kept. Volumes of the snapshot taken from an app of another name
+   * (a backup restored under a new name) map by their compose volume name.
+   */
+  async restoreVolumes (app: DesiredApp, snapshotId: string, opts: { signal: AbortSignal, progress?: (line: string) => void }): Promise<SnapshotInfo> {
+    const { runtime } = this.init
+    const say = (line: string): void => { opts.progress?.(line) }
+    const snap = await this.find(app.name, snapshotId, opts.signal)
+    if (snap === null) throw new UserError(`no snapshot ${snapshotId} of ${app.name} on this node`, { exitCode: EXIT.noInput, hint: `\`dcloud snapshot ls ${app.name}\` lists them` })
+
+    const existing = await runtime.volumes(app.name, opts.signal)
+    const filled: string[] = []
+    for (const v of existing) if ((await readdir(v.mountpoint)).length > 0) filled.push(v.volume)
+    if (filled.length > 0) {
+      say(`volumes ${filled.join(', ')} hold data: keeping it as a snapshot first`)
+      const kept = await this.take(app, { purpose: 'replaced', generation: app.generation ?? 1, signal: opts.signal, quiesce: 'stop', hook: null })
+      say(`kept as snapshot ${kept.id}`)
+    }
+
+    const mountpoints = new Map<string, string>()
+    for (const volume of Object.keys(app.manifest.compose.volumes)) mountpoints.set(volume, await runtime.createVolume(app, volume, opts.signal))
+    const dataRoot = dirname(volumesDir([...mountpoints.values()]))
+    const work = await mkdtemp(join(dataRoot, 'dcloud-restore-'))
+    try {
+      const target = join(work, 'out')
+      say(`restoring snapshot ${snap.id}`)
+      const restored = await this.withLock(app.name, async () => await resticRestore(this.repo(app.name), snap.id, target, { signal: opts.signal }))
+      // One volume: restic's restore made `target` that volume's directory; several: their parent.
+      const dirs = new Map<string, string>()
+      if (await exists(join(target, '_data'))) {
+        dirs.set(basename(restored.paths[0] ?? ''), target)
+      } else {
+        for (const entry of await readdir(target)) dirs.set(entry, join(target, entry))
+      }
+      const sourceApp = restored.tags.find(t => t.startsWith('dcloud.app='))?.slice('dcloud.app='.length) ?? app.name
+      for (const [volume, mountpoint] of mountpoints) {
+        const from = dirs.get(volumeName(sourceApp, volume)) ?? dirs.get(volumeName(app.name, volume))
+        if (from === undefined) {
+          say(`volume ${volume}: not in the snapshot, left empty`)
+          continue
+        }
+        await emptyDir(mountpoint)
+        const src = join(from, '_data')
+        for (const entry of await readdir(src)) await rename(join(src, entry), join(mountpoint, entry))
+        const st = await lstat(src)
+        await chown(mountpoint, st.uid, st.gid)
+        await chmod(mountpoint, st.mode & 0o7777)
+      }
+      return snap
+    } finally {
+      await rm(work, { recursive: true, force: true })
+    }
+  }
+
+  // ---- replication ---------------------------------------------------------
+
+  /** Fetches the app's repository from a peer (only what is missing here). */
+  async pullFrom (peer: PeerId | string, app: string, signal: AbortSignal): Promise<{ files: number, bytes: number }> {
+    const r = await this.init.pull(peer, app, signal)
+    if (r.files > 0) this.listings.delete(app)
+    return r
+  }
+}
+
+/** The password of every repository of the cluster: a key derived from the cluster key, so any node can open any replica. */
+export function repositoryPassword (clusterKey: Uint8Array): string {
+  return createHmac('sha256', clusterKey).update('dcloud restic repository password v1').digest('hex')
+}
+
+/** The directory holding Docker's volume directories (`.../volumes`), the same for all of one engine's volumes. */
+function volumesDir (mountpoints: string[]): string {
+  const dirs = new Set(mountpoints.map(m => dirname(dirname(m))))
+  if (dirs.size !== 1) throw new UserError(`the app's volumes live in several places (${[...dirs].join(', ')}): only Docker's local volume driver is supported`, { exitCode: EXIT.software })
+  return [...dirs][0]!
+}
+
+/** restic hosts allow letters, digits, dots, dashes and underscores. */
+function hostTag (name: string): string {
+  const cleaned = name.replace(/[^A-Za-z0-9_.-]/g, '-').replace(/^[^A-Za-z0-9]+/, '')
+  return cleaned === '' ? 'dcloud' : cleaned.slice(0, 128)
+}
+
+function tagValue (tags: string[], key: string): string | null {
+  const t = tags.find(x => x.startsWith(`${key}=`))
+  return t === undefined ? null : t.slice(key.length + 1)
+}
+
+export function infoOf (s: Snapshot, app: string, bytes: number, added: number): SnapshotInfo {
+  const purpose = tagValue(s.tags, 'dcloud.purpose') ?? 'unknown'
+  return {
+    id: s.shortId,
+    app,
+    time: Math.floor(Date.parse(s.time)) || 0,
+    purpose: purpose as SnapshotInfo['purpose'],
+    node: s.hostname,
+    generation: Number(tagValue(s.tags, 'dcloud.gen') ?? '1') || 1,
+    label: tagValue(s.tags, 'dcloud.label'),
+    bytes,
+    added,
+    tree: s.tree
+  }
+}
+
+export function snapshotPolicy (app: DesiredApp): SnapshotPolicy | null {
+  return isStateful(app.manifest) ? app.manifest.snapshots ?? SNAPSHOT_DEFAULTS : null
+}
+
+async function exists (path: string): Promise<boolean> {
+  try {
+    await lstat(path)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Removes a directory's content (only called on a volume whose data a snapshot holds). */
+async function emptyDir (dir: string): Promise<void> {
+  for (const entry of await readdir(dir)) await rm(join(dir, entry), { recursive: true, force: true })
+}
