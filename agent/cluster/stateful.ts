@@ -162,24 +162,22 @@ export class DataPlane {
       case 'handoff': {
         const app = this.desired(op.name)
         await runtime.quiesce(op.name, 'stop', signal)
-        const info = await snapshots.take(app, { purpose: 'final', generation: app.generation ?? 1, signal, quiesce: 'none', hook: null })
+        const info = await snapshots.take(app, { purpose: 'final', generation: app.generation ?? 1, signal, quiesce: 'none', hook: null, describe: false })
         this.counters.snapshots++
         log.info('handed off: stopped, final snapshot taken', { app: op.name, snapshot: info.id })
         return { done: true, detail: `stopped; final snapshot ${info.id}`, snapshot: info }
       }
       case 'restore': {
-        let snap = await snapshots.find(op.app.name, op.snapshot, signal)
-        if (snap === null && op.from !== null) {
+        // Fetch what is missing first (only the last increment on a move: the bulk came with `sync`).
+        if (op.from !== null) {
           const r = await snapshots.pullFrom(op.from, op.app.name, signal)
           log.info('fetched snapshots for a restore', { app: op.app.name, from: this.init.nodeName(op.from), files: r.files, bytes: r.bytes })
-          snap = await snapshots.find(op.app.name, op.snapshot, signal)
         }
-        if (snap === null) throw new RpcError('not_found', `snapshot ${op.snapshot} of ${op.app.name} is not on this node${op.from !== null ? ' nor on the node it was fetched from' : ''}`)
         await runtime.quiesce(op.app.name, 'stop', signal)
-        await snapshots.restoreVolumes(op.app, snap.id, { signal, progress: (line) => { log.info(line, { app: op.app.name }) } })
+        await snapshots.restoreVolumes(op.app, op.snapshot, { signal, progress: (line) => { log.info(line, { app: op.app.name }) } })
         await this.init.deploy(op.app, term, signal, true)
-        await this.refreshHoldings()
-        return { done: true, detail: `restored snapshot ${snap.id} and started`, snapshot: snap }
+        void this.refreshHoldings()
+        return { done: true, detail: `restored snapshot ${op.snapshot} and started` }
       }
       case 'retire': {
         const app = this.init.store.current().apps.find(a => a.name === op.name)

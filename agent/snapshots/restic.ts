@@ -69,6 +69,13 @@ export interface BackupOptions extends SignalOptions {
   progress?: (p: BackupProgress) => void
   /** Caps restic's writes to the repository, in KiB/s (spares a Pi's SD card, or the network to a remote repository). */
   limitUploadKiB?: number
+  /**
+   * false: skip the lookup of the full snapshot record (restic 0.14 prints
+   * only the short id), one restic run less on a critical path such as the
+   * last increment of a move. The record then has the short id, the time the
+   * backup ended, the tags and host given, and no tree or paths.
+   */
+  describe?: boolean
 }
 
 export interface BackupResult extends BackupSummary {
@@ -220,6 +227,10 @@ export async function backup (repo: ResticRepo, source: BackupSource, opts: Back
   if (r.code !== 0) throw classifyFailure(ctx)
   if (done === null) throw new ResticError(`${action}: restic finished without reporting a snapshot`, r.code, { hint: 'check the repository with `restic check`; this restic may be too old or too new for dcloud' })
   // 0.14 reports the short id: look the snapshot up for its full record.
+  if (opts.describe === false) {
+    const id = (done as BackupSummary).snapshotId
+    return { ...done, snapshot: { id, shortId: id.slice(0, 8), time: new Date().toISOString(), hostname: opts.host ?? '', username: '', paths: [], tags: opts.tags ?? [], parent: null, tree: '' } }
+  }
   return { ...done, snapshot: await getSnapshot(repo, done.snapshotId, opts) }
 }
 
@@ -281,6 +292,25 @@ export async function restore (repo: ResticRepo, snapshotId: string, targetDir: 
   } catch (err) {
     await rm(staging, { recursive: true, force: true })
     throw renameError(err, target)
+  }
+}
+
+/**
+ * Restores a snapshot as restic lays it out (its top-level entries under
+ * `targetDir`, which must not exist or be empty), in one restic run: no
+ * lookup first. Fails with SnapshotNotFoundError when the id is unknown.
+ */
+export async function restoreAsIs (repo: ResticRepo, snapshotId: string, targetDir: string, opts: RestoreOptions): Promise<void> {
+  checkSnapshotId(snapshotId)
+  const target = resolve(targetDir)
+  await mustBeEmptyOrAbsent(target)
+  const args = ['restore', snapshotId, '--target', target]
+  if (opts.verify === true) args.push('--verify')
+  try {
+    await runOrThrow(repo, args, `restore snapshot ${snapshotId} into ${target}`, opts)
+  } catch (err) {
+    if (/no matching ID found|no snapshot found|invalid id/i.test((err as Error).message)) throw new SnapshotNotFoundError(snapshotId, repo.repo)
+    throw err
   }
 }
 

@@ -32,7 +32,7 @@ import type { Logger } from '../util/log.ts'
 import type { AppRuntime } from '../runtime/apps.ts'
 import { volumeName } from '../runtime/apps.ts'
 import {
-  RepoMissingError, backup, initRepo, restore as resticRestore, snapshots as resticSnapshots,
+  RepoMissingError, backup, initRepo, restore as resticRestore, restoreAsIs, snapshots as resticSnapshots,
   type ResticRepo, type Snapshot
 } from './restic.ts'
 
@@ -62,6 +62,8 @@ export interface TakeOptions {
   hook?: SnapshotPolicy['hook']
   label?: string | null
   progress?: (line: string) => void
+  /** false: do not look up the snapshot's full record afterwards (saves a restic run; the info has no tree). */
+  describe?: boolean
 }
 
 export class NoVolumesError extends UserError {
@@ -177,6 +179,7 @@ export class SnapshotService {
           tags,
           host,
           signal: opts.signal,
+          ...(opts.describe === false ? { describe: false } : {}),
           progress: (p) => { say(`snapshot ${Math.round(p.percent)}% (${p.bytesDone} of ${p.bytesTotal ?? '?'} bytes)`) }
         })
       } finally {
@@ -281,11 +284,9 @@ export class SnapshotService {
    * is not kept. Volumes of the snapshot taken from an app of another name
    * (a backup restored under a new name) map by their compose volume name.
    */
-  async restoreVolumes (app: DesiredApp, snapshotId: string, opts: { signal: AbortSignal, progress?: (line: string) => void }): Promise<SnapshotInfo> {
+  async restoreVolumes (app: DesiredApp, snapshotId: string, opts: { signal: AbortSignal, progress?: (line: string) => void }): Promise<void> {
     const { runtime } = this.init
     const say = (line: string): void => { opts.progress?.(line) }
-    const snap = await this.find(app.name, snapshotId, opts.signal)
-    if (snap === null) throw new UserError(`no snapshot ${snapshotId} of ${app.name} on this node`, { exitCode: EXIT.noInput, hint: `\`dcloud snapshot ls ${app.name}\` lists them` })
 
     const existing = await runtime.volumes(app.name, opts.signal)
     const filled: string[] = []
@@ -302,18 +303,15 @@ export class SnapshotService {
     const work = await mkdtemp(join(dataRoot, 'dcloud-restore-'))
     try {
       const target = join(work, 'out')
-      say(`restoring snapshot ${snap.id}`)
-      const restored = await this.withLock(app.name, async () => await resticRestore(this.repo(app.name), snap.id, target, { signal: opts.signal }))
-      // One volume: restic's restore made `target` that volume's directory; several: their parent.
+      say(`restoring snapshot ${snapshotId}`)
+      // One restic run, no lookup: on a move this is the critical path.
+      await this.withLock(app.name, async () => { await restoreAsIs(this.repo(app.name), snapshotId, target, { signal: opts.signal }) })
+      // Each volume's directory, `dcloud-APP-VOL`, as a top-level entry (restic names relative entries by their name).
       const dirs = new Map<string, string>()
-      if (await exists(join(target, '_data'))) {
-        dirs.set(basename(restored.paths[0] ?? ''), target)
-      } else {
-        for (const entry of await readdir(target)) dirs.set(entry, join(target, entry))
-      }
-      const sourceApp = restored.tags.find(t => t.startsWith('dcloud.app='))?.slice('dcloud.app='.length) ?? app.name
+      for (const entry of await readdir(target)) dirs.set(entry, join(target, entry))
+      const suffix = (volume: string): string => `-${volume}`
       for (const [volume, mountpoint] of mountpoints) {
-        const from = dirs.get(volumeName(sourceApp, volume)) ?? dirs.get(volumeName(app.name, volume))
+        const from = dirs.get(volumeName(app.name, volume)) ?? [...dirs.entries()].find(([name]) => name.startsWith('dcloud-') && name.endsWith(suffix(volume)))?.[1]
         if (from === undefined) {
           say(`volume ${volume}: not in the snapshot, left empty`)
           continue
@@ -325,7 +323,6 @@ export class SnapshotService {
         await chown(mountpoint, st.uid, st.gid)
         await chmod(mountpoint, st.mode & 0o7777)
       }
-      return snap
     } finally {
       await rm(work, { recursive: true, force: true })
     }

@@ -182,8 +182,10 @@ describe('restic repository replication over libp2p', () => {
     console.log(`incremental pull: ${r.files} files (${fresh.map(f => f.path.split('/')[0]).join(', ')}), ${(r.bytes / 1024).toFixed(1)} KiB in ${Math.round(r.ms)} ms; ${r.skipped} skipped`)
 
     const before = await tree(tmp)
-    const again = await pullRepo(client, serverMesh.peerId, 'notes', dstRoot, { signal: AbortSignal.timeout(30_000) })
+    const progress: SyncProgress[] = []
+    const again = await pullRepo(client, serverMesh.peerId, 'notes', dstRoot, { signal: AbortSignal.timeout(30_000), progress: (p) => progress.push(p) })
     expect(again).toMatchObject({ files: 0, bytes: 0, skipped: all.length })
+    expect(progress.at(-1)).toMatchObject({ done: true, files: 1, filesTotal: 1 })
     expect(await tree(tmp)).toEqual(before)
     console.log(`unchanged pull: 0 files in ${Math.round(again.ms)} ms (only the ${sum(all.filter(f => f.path === 'config'))}-byte config crosses, to compare)`)
   })
@@ -229,6 +231,18 @@ describe('restic repository replication over libp2p', () => {
     await rm(join(dst.repo, EXTRA.path))
   })
 
+  it('replaces a replica\'s file whose size cannot be its content (a damaged pack), and only that file', async () => {
+    const pack = (await listRepoFiles(dst.repo)).find(f => f.path.startsWith('data/') && f.size > 1024 * 1024) as { path: string, size: number }
+    const path = join(dst.repo, pack.path)
+    await rm(path)
+    await writeFile(path, (await readFile(join(src.repo, pack.path))).subarray(0, 4096), { mode: 0o400 })
+    const r = await pullRepo(client, serverMesh.peerId, 'notes', dstRoot, { signal: AbortSignal.timeout(30_000) })
+    expect(r).toMatchObject({ files: 1, bytes: pack.size })
+    expect(await listRepoFiles(dst.repo)).toEqual(await listRepoFiles(src.repo))
+    expect(temps(await tree(tmp))).toEqual([])
+    await check(dst, { signal: AbortSignal.timeout(60_000), readData: true })
+  })
+
   it('(e) a repository with the same name but another config is refused as diverged, nothing written', async () => {
     const before = await tree(tmp)
     const err = await failure(pullRepo(client, otherMesh.peerId, 'notes', dstRoot, { signal: AbortSignal.timeout(20_000) }))
@@ -248,17 +262,18 @@ describe('restic repository replication over libp2p', () => {
     const replica: ResticRepo = { repo: join(root, 'notes'), passwordFile, cacheDir: join(tmp, 'cache-abort') }
     const controller = new AbortController()
     let last: SyncProgress | undefined
+    // Stop once config, key and a pack are in place and 6 MB have come: with restic's packs of up to 16 MiB in
+    // random order, at least one big pack is still on its way (the abort comes within 250 ms, 2 MB at this rate).
     const pull = pullRepo(client, slowMesh.peerId, 'notes', root, {
       signal: controller.signal,
-      // config, key and at least one pack in place (restic 0.14's packs are up to 16 MiB): stop in the middle of the next.
-      progress: (p) => { last = p; if (p.files >= 3) controller.abort(new Error('enough')) }
-    })
+      progress: (p) => { last = p; if (p.files >= 3 && p.bytes > 6 * MB) controller.abort(new Error('enough')) }
+    }).then(() => null, (e: Error) => e)
     // The slow server serves one pull at a time.
-    await new Promise(resolve => setTimeout(resolve, 300))
+    while (slow.activePulls === 0) await new Promise(resolve => setTimeout(resolve, 10))
     const busyRoot = join(tmp, 'dst-busy')
     await mkdir(busyRoot)
     expect((await failure(pullRepo(client, slowMesh.peerId, 'notes', busyRoot, { signal: AbortSignal.timeout(10_000) }))).code).toBe('busy')
-    const aborted = await pull.then(() => null, (e: Error) => e)
+    const aborted = await pull
     expect(aborted?.message).toBe('enough')
     expect(last?.bytes).toBeLessThan(sum(await listRepoFiles(src.repo)))
     const t = await tree(root)
@@ -286,6 +301,14 @@ describe('restic repository replication over libp2p', () => {
       stream.abort(new Error('done'))
       return answer
     }
+    const askListing = async (): Promise<RepoListing> => {
+      const stream = await client.host.dialProtocol(serverMesh.peerId, REPO_PULL_PROTOCOL, { signal: AbortSignal.timeout(5000) })
+      const lp = lpStream(stream, { maxDataLength: 32 * 1024 * 1024 })
+      await lp.write(te.encode(JSON.stringify({ app: 'notes' })))
+      const listing = decodeRepoListingBytes((await lp.read({ signal: AbortSignal.timeout(10_000) })).subarray())
+      stream.abort(new Error('done'))
+      return listing
+    }
     expect(await ask(encodeRepoFrame({ app: '../etc' }))).toMatchObject({ ok: false, error: { code: 'bad_request' } })
     expect(await ask(encodeRepoFrame({ app: 'Notes' }))).toMatchObject({ ok: false, error: { code: 'bad_request' } })
     expect(await ask(encodeRepoFrame({ app: 'a'.repeat(41) }))).toMatchObject({ ok: false, error: { code: 'bad_request' } })
@@ -299,6 +322,13 @@ describe('restic repository replication over libp2p', () => {
     expect(await ask(encodeRepoFrame({ app: 'nothing' }))).toMatchObject({ ok: false, error: { code: 'not_found' } })
     await symlink(src.repo, join(srcRoot, 'alias'))
     expect(await ask(encodeRepoFrame({ app: 'alias' }))).toMatchObject({ ok: false, error: { code: 'not_found' } })
+    // A symlink with a repository file's name inside the repository is neither listed nor followed.
+    const planted = join(src.repo, FAKE)
+    await symlink('/etc/passwd', planted)
+    expect((await listRepoFiles(src.repo)).map(f => f.path)).not.toContain(FAKE)
+    const listed = await askListing()
+    await rm(planted)
+    expect(listed.ok && listed.files.map(f => f.path)).not.toContain(FAKE)
 
     // A want naming a file that was not listed.
     const stream = await client.host.dialProtocol(serverMesh.peerId, REPO_PULL_PROTOCOL, { signal: AbortSignal.timeout(5000) })

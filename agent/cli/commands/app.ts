@@ -128,7 +128,15 @@ async function move (argv: string[]): Promise<number> {
   const [name, node] = argv
   if (name === undefined || node === undefined) throw new UsageError('usage: dcloud app move NAME NODE')
   const nodeId = await nodeIdByName(node)
+  const current = (await apiGet<AppView[]>('/v1/apps')).find(a => a.name === name)
+  if (current === undefined) throw new UserError(`no app named ${name}`, { exitCode: EXIT.noInput })
   const started = Date.now()
+  if (current.nodeId === nodeId && current.state === 'running') {
+    // Pin it there all the same, so the scheduler keeps it there; nothing moves.
+    await apiRequest('POST', `/v1/apps/${encodeURIComponent(name)}/move`, { node: nodeId }, undefined, 30_000)
+    process.stdout.write(`${name} already runs on ${current.node ?? node}\n`)
+    return 0
+  }
   await apiRequest('POST', `/v1/apps/${encodeURIComponent(name)}/move`, { node: nodeId }, undefined, 30_000)
   // A stateful app has moved once its data did: the leader records the move, with its downtime, when the copy runs.
   const moved = (a: AppView): boolean => a.nodeId === nodeId && a.state === 'running' &&

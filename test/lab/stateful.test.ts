@@ -1,0 +1,225 @@
+/**
+ * Stateful apps on real engines and real restic repositories, with the notes
+ * app under a checksummed write workload: a planned move loses no
+ * acknowledged record and reports its downtime; a killed node's app comes
+ * back from its newest snapshot, named; a cut-off node stops its copy, the
+ * majority runs the app, and after the heal one copy runs and the cut-off
+ * node's divergent records are kept in a listed snapshot; a backup file
+ * restores under another name on another node; a hostile file is refused;
+ * plain restic reads what the cluster made.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { execFile } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { LabHandle, waitFor } from './harness.ts'
+import { PROJECT_ROOT } from '../../agent/config.ts'
+import type { AppView, SnapshotView } from '../../proto/api.ts'
+import { readNotesInLab, startLabWriters, verifyNotes, type NotesRecord } from './notes-client.ts'
+import { encodeEntry, endOfArchive } from '../../agent/snapshots/tar.ts'
+
+const lab = new LabHandle('tstate')
+const NOTES = join(PROJECT_ROOT, 'apps', 'examples', 'notes')
+const acked: NotesRecord[] = []
+
+interface Run { code: number, stdout: string, stderr: string }
+
+async function dc (node: string, args: string[]): Promise<Run> {
+  return await lab.exec(node, ['dcloud', ...args])
+}
+
+async function dcOk (node: string, args: string[]): Promise<string> {
+  const r = await dc(node, args)
+  if (r.code !== 0) throw new Error(`dcloud ${args.join(' ')} on ${node} exited ${r.code}\n${r.stderr}\n${r.stdout}`)
+  return r.stdout
+}
+
+async function app (node: string, name: string): Promise<AppView | undefined> {
+  return (JSON.parse(await dcOk(node, ['app', 'ls', '--json'])) as AppView[]).find(a => a.name === name)
+}
+
+async function snapshots (node: string, name: string): Promise<SnapshotView[]> {
+  return JSON.parse(await dcOk(node, ['snapshot', 'ls', name, '--json'])) as SnapshotView[]
+}
+
+async function write (node: string, client: string, ms: number, target = 'notes'): Promise<NotesRecord[]> {
+  const w = startLabWriters(lab.name, node, { app: target }, [client])
+  await waitFor(async () => { w.assertRunning(); return w.ackCount() > 0 ? true : undefined }, 30_000, `${client} to get a first acknowledgement`)
+  await new Promise(resolve => setTimeout(resolve, ms))
+  await w.stop()
+  acked.push(...w.acknowledged())
+  return w.acknowledged()
+}
+
+async function sh (cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
+  return await new Promise((resolve) => {
+    execFile(cmd, args, { env: { ...process.env, ...env }, maxBuffer: 64 * 1024 * 1024, timeout: 120_000 }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout: String(stdout), stderr: String(stderr) })
+    })
+  })
+}
+
+/** The notes log as plain restic restores it from a node's copy of the repository. */
+async function notesFromRestic (node: string, appName: string, snapshot: string): Promise<string> {
+  const root = join(lab.lab.agentDataDir(node), 'snapshots')
+  const out = await mkdtemp(join(tmpdir(), 'dcloud-restic-'))
+  try {
+    const r = await sh('restic', ['-r', join(root, 'repos', appName), '--password-file', join(root, 'restic.pw'), '--no-cache', 'restore', snapshot, '--target', out])
+    if (r.code !== 0) throw new Error(`restic restore: ${r.stderr}`)
+    return await readFile(join(out, `dcloud-${appName}-data`, '_data', 'notes.log'), 'utf8')
+  } finally {
+    await rm(out, { recursive: true, force: true })
+  }
+}
+
+describe('stateful apps', () => {
+  beforeAll(async () => {
+    await lab.up(3)
+    await waitFor(async () => (await lab.status('n1')).leader ?? undefined, 60_000, 'a leader')
+    await dcOk('n1', ['app', 'install', NOTES, '--node', 'n1'])
+  }, 240_000)
+
+  afterAll(async () => {
+    await lab.down()
+  }, 120_000)
+
+  it('snapshots on demand, replicates to a peer, and plain restic lists and restores it', async () => {
+    const written = await write('n3', 'a', 2000)
+    expect(written.length).toBeGreaterThan(5)
+    const made = JSON.parse(await dcOk('n1', ['snapshot', 'create', 'notes', '--json'])) as SnapshotView & { replicatedTo: string[] }
+    expect(made.replicatedTo.length).toBeGreaterThanOrEqual(1)
+    const listed = await snapshots('n2', 'notes')
+    const mine = listed.find(s => s.id === made.id)
+    expect(mine?.holders.length).toBeGreaterThanOrEqual(2)
+    // A replica, read with restic alone: the cluster's key-derived password file is all it needs.
+    const replica = made.replicatedTo[0]!
+    const root = join(lab.lab.agentDataDir(replica), 'snapshots')
+    const ls = await sh('restic', ['-r', join(root, 'repos', 'notes'), '--password-file', join(root, 'restic.pw'), '--no-cache', 'snapshots', '--json'])
+    expect(ls.code).toBe(0)
+    expect((JSON.parse(ls.stdout) as Array<{ short_id: string }>).map(s => s.short_id)).toContain(made.id)
+    const text = await notesFromRestic(replica, 'notes', made.id)
+    const v = verifyNotes(text, written)
+    expect(v.missing).toEqual([])
+    expect(v.corrupt).toEqual([])
+  }, 120_000)
+
+  it('moves notes from n1 to n2 while a client writes: every acknowledged record is there, downtime printed', async () => {
+    const w = startLabWriters(lab.name, 'n3', { app: 'notes' }, ['move'])
+    await waitFor(async () => { w.assertRunning(); return w.ackCount() > 0 ? true : undefined }, 30_000, 'a first acknowledgement')
+    await new Promise(resolve => setTimeout(resolve, 1000))
+    const out = await dcOk('n1', ['app', 'move', 'notes', 'n2'])
+    process.stderr.write(out)
+    expect(out).toMatch(/downtime \d+ ms/)
+    await waitFor(async () => (await app('n1', 'notes'))?.node === 'n2' ? true : undefined, 30_000, 'notes on n2')
+    // Keep writing on the new copy for a moment.
+    const before = w.ackCount()
+    await waitFor(async () => w.ackCount() > before + 5 ? true : undefined, 30_000, 'writes on n2')
+    const summaries = await w.stop()
+    acked.push(...w.acknowledged())
+    process.stderr.write(`move: ${JSON.stringify(summaries)}\n`)
+    const v = verifyNotes(await readNotesInLab(lab.name, 'n3', { app: 'notes' }), acked)
+    expect(v.missing).toEqual([])
+    expect(v.corrupt).toEqual([])
+    const a = await app('n1', 'notes')
+    expect(a?.relocation?.kind).toBe('move')
+    expect(a?.relocation?.downtimeMs).toBeGreaterThan(0)
+  }, 180_000)
+
+  it('backs up to a file and restores it under another name on another node, with the same records; a hostile file is refused', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'dcloud-backup-'))
+    try {
+      const file = join(dir, 'notes.dcloud-backup')
+      await dcOk('n1', ['backup', 'notes', '-o', file])
+      const original = await readNotesInLab(lab.name, 'n3', { app: 'notes' })
+      const out = await dcOk('n2', ['restore', file, '--name', 'notes2', '--node', 'n3', '--yes'])
+      expect(out).toMatch(/notes2 restored and running on n3/)
+      const copy = await readNotesInLab(lab.name, 'n1', { app: 'notes2' })
+      expect(copy).toBe(original)
+
+      // A tar whose first entry is ours but whose next one climbs out of the target.
+      const meta = JSON.parse((await sh('tar', ['-xOf', file, 'dcloud-backup.json'])).stdout) as Record<string, unknown>
+      const body = Buffer.from(JSON.stringify(meta))
+      const evil = Buffer.from('owned\n')
+      const hostile = Buffer.concat([
+        encodeEntry({ path: 'dcloud-backup.json', type: 'file', mode: 0o644, uid: 0, gid: 0, size: body.length, mtime: 0 }), body, Buffer.alloc((512 - body.length % 512) % 512),
+        encodeEntry({ path: 'volumes/data/../../../../escaped', type: 'file', mode: 0o644, uid: 0, gid: 0, size: evil.length, mtime: 0 }), evil, Buffer.alloc(512 - evil.length),
+        endOfArchive()
+      ])
+      const bad = join(dir, 'hostile.tar')
+      await writeFile(bad, hostile)
+      const before = await readdir(dir)
+      const r = await dc('n2', ['restore', bad, '--name', 'evil', '--yes'])
+      expect(r.code).not.toBe(0)
+      expect(r.stderr).toMatch(/\.\.|outside|not allowed|refus/i)
+      expect(await readdir(dir)).toEqual(before)
+      expect(existsSync('/escaped')).toBe(false)
+      expect((await app('n1', 'evil'))).toBeUndefined()
+      await dcOk('n1', ['app', 'rm', 'notes2'])
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  }, 240_000)
+
+  it('kills the node hosting notes: it answers on a survivor with every record up to its newest snapshot, and names it', async () => {
+    const host = (await app('n1', 'notes'))?.node
+    expect(host).toBe('n2')
+    const saved = await write('n3', 'kill-a', 1500)
+    const snap = JSON.parse(await dcOk('n1', ['snapshot', 'create', 'notes', '--json'])) as SnapshotView
+    await write('n3', 'kill-b', 1000) // after the snapshot: may be lost with n2
+    await lab.cmd('kill', 'n2')
+    const { ms } = await waitFor(async () => {
+      const a = await app('n1', 'notes')
+      return a?.state === 'running' && a.node !== 'n2' && a.relocation?.kind === 'failover' ? a : undefined
+    }, 90_000, 'notes back on a survivor', 500)
+    process.stderr.write(`failover: notes answers again ${Math.round(ms)} ms after n2 was killed\n`)
+    const ls = await dcOk('n1', ['app', 'ls'])
+    expect(ls).toContain(`from snapshot ${snap.id}`)
+    const v = verifyNotes(await readNotesInLab(lab.name, 'n3', { app: 'notes' }), saved)
+    expect(v.missing).toEqual([])
+    expect(v.corrupt).toEqual([])
+    // n2 comes back: its stale copy is retired (kept as a snapshot), never started.
+    await lab.cmd('start', 'n2')
+    await waitFor(async () => (await snapshots('n1', 'notes')).some(s => s.purpose === 'divergent' && s.node === 'n2') ? true : undefined, 120_000, 'the stale copy of n2 kept as a snapshot', 1000)
+    const running = (JSON.parse(await dcOk('n1', ['status', '--json'])) as { nodes: Array<{ name: string, apps: string[] }> }).nodes.filter(n => n.apps.includes('notes'))
+    expect(running.map(n => n.name)).toHaveLength(1)
+  }, 300_000)
+
+  it('partitions the node hosting notes: it stops its copy, the majority runs notes, and after the heal its divergent records are kept in a listed snapshot', async () => {
+    // Put notes on n1 again, snapshotted, then write records only n1 will ever have.
+    await dcOk('n1', ['app', 'move', 'notes', 'n1'])
+    await dcOk('n1', ['snapshot', 'create', 'notes'])
+    const divergent = await write('n1', 'cutoff', 1000)
+    acked.splice(acked.length - divergent.length, divergent.length) // kept in a snapshot, not in the live copy
+    await lab.cmd('partition', 'n1', 'n2,n3')
+    // The cut-off node stops its stateful app by itself.
+    await waitFor(async () => {
+      const r = await lab.exec('n1', ['docker', 'ps', '--filter', 'label=dcloud.app=notes', '--format', '{{.State}}'])
+      return r.stdout.trim() === '' ? true : undefined
+    }, 30_000, 'n1 to stop notes', 250)
+    const { value } = await waitFor(async () => {
+      const a = await app('n2', 'notes')
+      return a?.state === 'running' && a.node !== 'n1' ? a : undefined
+    }, 90_000, 'the majority to run notes', 500)
+    process.stderr.write(`partition: notes runs on ${value.node ?? '?'}\n`)
+    await lab.cmd('heal')
+    await waitFor(async () => {
+      const list = await snapshots('n2', 'notes')
+      return list.some(s => s.purpose === 'divergent' && s.node === 'n1') ? true : undefined
+    }, 120_000, "n1's divergent copy kept as a snapshot", 1000)
+    const kept = (await snapshots('n2', 'notes')).filter(s => s.purpose === 'divergent' && s.node === 'n1').at(-1)!
+    expect(kept.label).toMatch(/^divergent-n1-/)
+    const text = await notesFromRestic('n1', 'notes', kept.id)
+    expect(verifyNotes(text, divergent).missing).toEqual([])
+    const listing = await dcOk('n2', ['snapshot', 'ls', 'notes'])
+    expect(listing).toContain('divergent copy kept')
+    // One running copy.
+    await waitFor(async () => {
+      const s = JSON.parse(await dcOk('n2', ['status', '--json'])) as { nodes: Array<{ name: string, apps: string[] }> }
+      return s.nodes.filter(n => n.apps.includes('notes')).length === 1 ? true : undefined
+    }, 60_000, 'one running copy of notes')
+    const v = verifyNotes(await readNotesInLab(lab.name, 'n2', { app: 'notes' }), acked)
+    expect(v.missing).toEqual([])
+  }, 300_000)
+})
