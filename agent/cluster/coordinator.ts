@@ -26,6 +26,7 @@ import { applyChange, type DesiredStore } from './desired-store.ts'
 import type { ElectionDriver } from './election-driver.ts'
 import type { AppRuntime } from '../runtime/apps.ts'
 import { fetchImageFromPeers } from '../runtime/image-transfer.ts'
+import { hasImage } from '../runtime/images.ts'
 import type { SnapshotService } from '../snapshots/service.ts'
 import { backupToFile, importBackup, inspectBackup, type BackupFileResult } from '../snapshots/app-file.ts'
 import { DataPlane } from './stateful.ts'
@@ -93,6 +94,11 @@ export class Coordinator {
       nodeName: (id) => this.nodeName(id),
       send: async (node, op, term) => await this.send(node, op, term),
       deploy: async (app, term, signal, restored) => { await this.deploy(app, term, signal, restored) },
+      prefetchImages: async (app, signal) => {
+        for (const ref of new Set(Object.values(app.manifest.compose.services).map(s => s.image))) {
+          if (!(await hasImage(this.init.docker, ref, signal))) await this.fetchImage(ref, signal)
+        }
+      },
       commit: async (change) => { await this.commit(change) },
       localApps: () => this.init.gossip.current().resources.appStates,
       announce: () => { this.init.gossip.announceChange() }

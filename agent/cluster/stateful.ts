@@ -67,6 +67,8 @@ export interface DataPlaneInit {
   send: (node: string, op: Op, term: number) => Promise<OpResponse>
   /** Runs the app here (the coordinator's deploy, with image transfer); `restored`: its volumes were just restored for its generation. */
   deploy: (app: DesiredApp, term: number, signal: AbortSignal, restored: boolean) => Promise<void>
+  /** Gets the app's images from peers ahead of a move, so no transfer happens while it is stopped. */
+  prefetchImages: (app: DesiredApp, signal: AbortSignal) => Promise<void>
   /** Commits a change of the desired state on a majority (leader only); throws when no majority holds it. */
   commit: (change: DesiredChange) => Promise<void>
   /** The local apps' states (from the last Docker refresh). */
@@ -155,6 +157,10 @@ export class DataPlane {
         return { done: true, detail: `snapshot ${info.id}`, snapshot: info }
       }
       case 'sync': {
+        const app = this.init.store.current().apps.find(a => a.name === op.name)
+        if (app !== undefined) {
+          await this.init.prefetchImages(app, signal).catch((err: Error) => { log.warn('could not fetch the app\'s images ahead of its move', { app: op.name, error: err.message }) })
+        }
         const r = await snapshots.pullFrom(op.from, op.name, signal)
         await this.refreshHoldings()
         return { done: true, detail: `fetched ${r.files} files, ${r.bytes} bytes` }

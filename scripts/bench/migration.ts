@@ -227,6 +227,10 @@ async function agentLog (node: string, since: number): Promise<Array<{ at: numbe
   return out
 }
 
+function fmtBytes (n: number): string {
+  return n >= MiB ? `${(n / MiB).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`
+}
+
 function field (line: string, name: string): string | undefined {
   return new RegExp(`(?:^| )${name}=(\\S+)`).exec(line)?.[1]
 }
@@ -274,11 +278,13 @@ interface MoveRun {
   gaps: string[]
   snapshotBefore: { ms: number, quiescedMs: number | null } | null
   breakdown: string
+  /** Attempts the leader gave up on before the one that worked, with their error. */
+  failedAttempts: string[]
   error?: string
 }
 
 async function moveOnce (i: number, from: string, to: string, prober: string): Promise<MoveRun> {
-  const res: MoveRun = { from, to, reportedMs: null, totalMs: 0, clientMs: null, gaps: [], snapshotBefore: null, breakdown: '' }
+  const res: MoveRun = { from, to, reportedMs: null, totalMs: 0, clientMs: null, gaps: [], snapshotBefore: null, breakdown: '', failedAttempts: [] }
   // The last snapshot, then 10 MiB changed after it.
   const s0 = Date.now()
   const made = JSON.parse(await dcOk(prober, ['snapshot', 'create', 'bigvol', '--json'])) as SnapshotView & { replicatedTo: string[] }
@@ -313,6 +319,14 @@ async function moveOnce (i: number, from: string, to: string, prober: string): P
     const lines = (await Promise.all(['n1', 'n2', 'n3'].map(async n => (await agentLog(n, t0)).map(l => ({ ...l, node: n }))))).flat().sort((a, b) => a.at - b.at)
     const find = (node: string, text: string): number | undefined => lines.find(l => l.node === node && l.line.includes(text) && l.line.includes('bigvol'))?.at
     const done = lines.find(l => l.line.includes('move: done') && l.line.includes('app=bigvol'))
+    for (const l of lines) {
+      if (l.line.includes('operation failed') && l.line.includes('move bigvol')) {
+        const err = /error=(.*)$/.exec(l.line)?.[1] ?? l.line
+        res.failedAttempts.push(`${fmtMs(l.at - t0)} into the move: ${err}`)
+        problems.push(`move run ${i + 1} (${from} → ${to}): an attempt failed and the leader tried again; its log: \`operation failed op=move bigvol … error=${err}\``)
+      }
+      if (l.line.includes('repository pull failed') && l.line.includes('app=bigvol')) problems.push(`move run ${i + 1}: ${l.node} logged \`${l.line.slice(25, 400)}\``)
+    }
     if (done !== undefined) {
       const downtime = Number(field(done.line, 'downtimeMs'))
       const stopped = done.at - downtime
@@ -322,11 +336,12 @@ async function moveOnce (i: number, from: string, to: string, prober: string): P
       const fetchedBytes = lines.find(l => l.node === to && l.line.includes('fetched snapshots for a restore'))?.line
       const parts: string[] = []
       if (handed !== undefined) parts.push(`stop + final snapshot ${fmtMs(handed - stopped)}`)
-      if (handed !== undefined && fetched !== undefined) parts.push(`pull of the increment ${fmtMs(fetched - handed)}${fetchedBytes !== undefined ? ` (${Math.round(Number(field(fetchedBytes, 'bytes')) / 1024)} KiB)` : ''}`)
+      if (handed !== undefined && fetched !== undefined) parts.push(`pull of the increment ${fmtMs(fetched - handed)}${fetchedBytes !== undefined ? ` (${fmtBytes(Number(field(fetchedBytes, 'bytes')))})` : ''}`)
       if (fetched !== undefined && restoring !== undefined) parts.push(`target prepares ${fmtMs(restoring - fetched)}`)
       if (restoring !== undefined) parts.push(`restore + start ${fmtMs(done.at - restoring)}`)
       res.breakdown = parts.join(', ')
     }
+    if (res.failedAttempts.length > 0) log(`  run ${i + 1}: failed attempts: ${res.failedAttempts.join('; ')}`)
     log(`  run ${i + 1}: reported downtime ${res.reportedMs ?? '?'} ms, move took ${fmtMs(res.totalMs)}, client saw ${res.clientMs !== null ? fmtMs(res.clientMs) : '?'}; ${res.breakdown}`)
   } finally {
     await probe.stop()
@@ -393,7 +408,10 @@ async function failover (app: string, victim: string, observer: string): Promise
     const a = await appOn(observer, app).catch(() => undefined)
     res.on = a?.node ?? null
     res.note = a?.relocation != null ? `relocation ${a.relocation.kind} from snapshot ${a.relocation.snapshot}${a.relocation.snapshot === made.id ? ' (the one just taken)' : ` (the one just taken was ${made.id})`}` : 'no relocation recorded'
-    if (a?.relocation?.kind !== 'failover') problems.push(`failover of ${app}: \`dcloud app ls\` shows relocation ${JSON.stringify(a?.relocation ?? null)}, expected kind 'failover'`)
+    if (a?.relocation?.kind !== 'failover') {
+      const plan = (await agentLog(observer, t0)).find(l => l.line.includes(`op=restore ${app} on`))?.line
+      problems.push(`failover of ${app}: after its node was killed, \`dcloud app ls --json\` shows \`relocation: ${JSON.stringify(a?.relocation ?? null)}\`, expected kind 'failover' (from ${victim})${plan !== undefined ? `; the leader's plan: \`${plan.slice(25, 400)}\`` : ''}`)
+    }
     log(`  ${app}: ${victim} dead on ${observer} after ${res.deadMs !== null ? fmtMs(res.deadMs) : '?'}, answering on ${res.on ?? '?'} after ${res.answeringMs !== null ? fmtMs(res.answeringMs) : '?'}; ${res.note}`)
   } finally {
     await probe.stop()
@@ -447,7 +465,29 @@ async function writeWindow (host: string, client: string, writer: string, withSn
 
 // ---- main --------------------------------------------------------------------
 
+/** Labs other than ours on this machine (they share its cores). */
+async function otherLabs (): Promise<string[]> {
+  const out = await run('ip', ['netns', 'list']).catch(() => '')
+  const names = new Set<string>()
+  for (const m of out.matchAll(/^dcl-([a-z0-9]+)-hub\b/gm)) if (m[1] !== lab.name) names.add(m[1] as string)
+  return [...names]
+}
+
+/** Paused snapshots after which the leader planned a restart of the app as failed: the pause failed its healthcheck. */
+async function pausesSeenAsFailures (since: number): Promise<{ paused: number, restarted: string[] }> {
+  const lines = (await Promise.all(['n1', 'n2', 'n3'].map(async n => (await agentLog(n, since)).map(l => ({ ...l, node: n }))))).flat().sort((x, y) => x.at - y.at)
+  const pauses = lines.filter(l => l.line.includes('snapshot taken') && Number(field(l.line, 'quiescedMs')) > 0)
+  const restarted: string[] = []
+  for (const p of pauses) {
+    const app = field(p.line, 'app') ?? ''
+    const r = lines.find(l => l.at >= p.at - 500 && l.at <= p.at + 5000 && l.line.includes(`op=place ${app} on`) && l.line.includes('restart: failed'))
+    if (r !== undefined) restarted.push(`${app} (paused ${fmtMs(Number(field(p.line, 'quiescedMs')))}): \`${r.line.slice(25, 300)}\``)
+  }
+  return { paused: pauses.length, restarted }
+}
+
 async function main (): Promise<void> {
+  const others = new Set(await otherLabs())
   const moves: MoveRun[] = []
   const naive: NaiveRun[] = []
   const failovers: Failover[] = []
@@ -542,12 +582,15 @@ async function main (): Promise<void> {
 
     await part('failover of bigvol', async () => {
       if (quick) return
-      if (performance.now() - benchStart > 7.5 * 60_000) { problems.push(`failover of bigvol: skipped, the bench had already run ${elapsed()}`); return }
+      if (performance.now() - benchStart > 8 * 60_000) { problems.push(`failover of bigvol: skipped, the bench had already run ${elapsed()}`); return }
       const where = (await appOn(leader, 'bigvol'))?.node
       if (where == null) throw new Error('bigvol is not running anywhere')
       log(`failover: kill ${where}, which runs bigvol (${elapsed()})`)
       failovers.push(await failover('bigvol', where, leader))
     })
+    const seen = await pausesSeenAsFailures(Date.now() - (performance.now() - benchStart))
+    if (seen.restarted.length > 0) problems.push(`${seen.restarted.length} of ${seen.paused} paused snapshots were followed within 5 s by the leader planning a restart of the app as failed (its healthcheck fails while it is paused; the redeploy found it unchanged): ${seen.restarted.slice(0, 3).join('; ')}`)
+    for (const o of await otherLabs()) others.add(o)
   } finally {
     log(`lab down (${elapsed()})`)
     await lab.down().catch((err: Error) => { problems.push(`lab down: ${err.message}`) })
@@ -570,6 +613,7 @@ async function main (): Promise<void> {
   const w = snapped as WriteWindow | null
   const init = initial as { ms: number, quiescedMs: number | null, replicatedTo: string[] } | null
   const { a, b, c } = nodes
+  const flags = [...(quick ? ['--quick'] : []), ...(DATA_MB !== 1024 ? ['--mb', String(DATA_MB)] : [])]
   const rows = [
     `| planned move, ${size} volume, ${CHANGE_MB} MiB changed since the last snapshot: downtime dcloud reports | ${s(reported)} | < 3 s |`,
     `| the same, as a client polling every 50 ms from ${c} saw it (longest gap between answers) | ${s(client)} | |`,
@@ -591,6 +635,7 @@ async function main (): Promise<void> {
   moves.forEach((m, i) => {
     details.push(`- Move ${i + 1}, ${m.from} → ${m.to}: reported ${m.reportedMs !== null ? `${m.reportedMs} ms` : 'n/a'}, client ${m.clientMs !== null ? fmtMs(m.clientMs) : 'n/a'}, whole move ${fmtMs(m.totalMs)}${m.breakdown !== '' ? `; downtime: ${m.breakdown}` : ''}` +
       `${m.gaps.length > 0 ? `; client gaps over 200 ms from the move's start: ${m.gaps.join(', ')}` : ''}` +
+      `${m.failedAttempts.length > 0 ? `; ${m.failedAttempts.length} failed attempt(s) first (${m.failedAttempts.join('; ')})` : ''}` +
       `${m.snapshotBefore !== null ? `. The snapshot before it took ${fmtMs(m.snapshotBefore.ms)} and paused the app ${m.snapshotBefore.quiescedMs !== null ? fmtMs(m.snapshotBefore.quiescedMs) : '?'}` : ''}${m.error !== undefined ? `. Failed: ${m.error}` : ''}.`)
   })
   naive.forEach((n, i) => details.push(`- Naive ${i + 1}, ${n.from} → ${n.to}: stop ${fmtMs(n.stopMs)}, tar pipe ${fmtMs(n.copyMs)}, \`docker run\` ${fmtMs(n.runMs)}; answering after ${n.answeringMs !== null ? fmtMs(n.answeringMs) : 'n/a'}.`))
@@ -600,7 +645,7 @@ async function main (): Promise<void> {
     `- Under a tenth of the naive copy: ${met(Number.isFinite(ratio) ? ratio < 0.1 : null)} (${Number.isFinite(ratio) ? ratio.toFixed(2) : 'n/a'}).`
   ]
   const body = [
-    `Measured ${new Date().toISOString().slice(0, 10)} by \`npm run bench:migration${quick ? ' -- --quick' : ''}${DATA_MB !== 1024 ? ` -- --mb ${DATA_MB}` : ''}\` on ${(await run('nproc', [])).trim()} cores, Node ${process.versions.node}, lab of 3 nodes: bigvol moves between ${a} and ${b}, clients run on ${c} (the leader). ${size} of random bytes in ${FILE_MB} MiB files; ${CHANGE_MB} MiB of one file overwritten after the snapshot before each move.`,
+    `Measured ${new Date().toISOString().slice(0, 10)} by \`npm run bench:migration${flags.length > 0 ? ` -- ${flags.join(' ')}` : ''}\` on ${(await run('nproc', [])).trim()} cores, Node ${process.versions.node}, lab of 3 nodes: bigvol moves between ${a} and ${b}, clients run on ${c} (the leader). ${size} of random bytes in ${FILE_MB} MiB files; ${CHANGE_MB} MiB of one file overwritten after the snapshot before each move.`,
     '',
     '| measure | result | target |',
     '| --- | --- | --- |',
@@ -611,6 +656,7 @@ async function main (): Promise<void> {
     ...details,
     '',
     'All lab nodes share this machine\'s disk and page cache: the naive copy is a local `tar | tar` pipe between two engines\' volume directories, no network, no fsync, data still in the page cache. That favours the naive way; over a real network it would add the transfer of the whole volume. Our move copies through restic and libp2p even here. Client-side times are from a probe in ' + `${c}'s namespace sending a GET every 50 ms (not waiting for the previous one, 2 s timeout); it follows the app's endpoint through ${c}'s agent every 100 ms, so a new address costs up to that much more. "Reported" is the product's own figure: from the leader asking the source to stop until the target runs the app. Failover times count from the start of \`dcloud lab kill\`; "dead" is the leader's membership as \`/v1/status\` shows it, polled every 25 ms.`,
+    ...(others.size > 0 ? ['', `Another lab (${[...others].join(', ')}) was running on the same machine during this run: its load is in these numbers.`] : []),
     ...(problems.length > 0 ? ['', 'Problems in this run:', '', ...problems.map(p => `- ${p.replace(/\n/g, ' ')}`)] : [])
   ].join('\n')
   await writeBenchSection('migration', 'Migration: planned moves, naive copy, failover, snapshot overhead', body)
