@@ -185,6 +185,7 @@ const log = (s: string): void => { process.stderr.write(`bench:migration: ${s}\n
 const lab = new LabHandle('bmig')
 const problems: string[] = []
 const benchStart = performance.now()
+const benchStartedAt = Date.now()
 const elapsed = (): string => `${Math.round((performance.now() - benchStart) / 1000)} s`
 
 class ProductError extends Error {}
@@ -231,13 +232,16 @@ function fmtBytes (n: number): string {
   return n >= MiB ? `${(n / MiB).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`
 }
 
+/** The snapshot service's own line (not "handed off: stopped, final snapshot taken"). */
+const isSnapshotTaken = (line: string): boolean => line.includes('[agent:snapshots] snapshot taken ')
+
 function field (line: string, name: string): string | undefined {
   return new RegExp(`(?:^| )${name}=(\\S+)`).exec(line)?.[1]
 }
 
 /** The "snapshot taken" line of snapshot `id` (or the last one of `app`) in a node's log since `since`. */
 async function snapshotTaken (node: string, app: string, since: number, id?: string): Promise<{ quiescedMs: number, ms: number, added: number } | null> {
-  const lines = (await agentLog(node, since)).filter(l => l.line.includes('snapshot taken') && field(l.line, 'app') === app && (id === undefined || field(l.line, 'id') === id))
+  const lines = (await agentLog(node, since)).filter(l => isSnapshotTaken(l.line) && field(l.line, 'app') === app && (id === undefined || field(l.line, 'id') === id))
   const l = lines.at(-1)
   if (l === undefined) return null
   return { quiescedMs: Number(field(l.line, 'quiescedMs')), ms: Number(field(l.line, 'ms')), added: Number(field(l.line, 'added')) }
@@ -280,6 +284,8 @@ interface MoveRun {
   breakdown: string
   /** Attempts the leader gave up on before the one that worked, with their error. */
   failedAttempts: string[]
+  /** From the leader starting the move to asking the source to stop. */
+  beforeStop?: string
   error?: string
 }
 
@@ -335,6 +341,9 @@ async function moveOnce (i: number, from: string, to: string, prober: string): P
       const restoring = find(to, 'restoring snapshot')
       const fetchedBytes = lines.find(l => l.node === to && l.line.includes('fetched snapshots for a restore'))?.line
       const parts: string[] = []
+      const copying = lines.find(l => l.line.includes('move: copying while the app runs') && l.line.includes('app=bigvol'))?.at
+      const sent = lines.filter(l => l.node === from && l.line.includes('sent repository') && l.line.includes('app=bigvol') && l.at <= stopped).reduce((n, l) => n + Number(field(l.line, 'bytes') ?? 0), 0)
+      if (copying !== undefined) res.beforeStop = `${fmtMs(stopped - copying)} while the app ran (snapshot, then the target pulled ${fmtBytes(sent)})`
       if (handed !== undefined) parts.push(`stop + final snapshot ${fmtMs(handed - stopped)}`)
       if (handed !== undefined && fetched !== undefined) parts.push(`pull of the increment ${fmtMs(fetched - handed)}${fetchedBytes !== undefined ? ` (${fmtBytes(Number(field(fetchedBytes, 'bytes')))})` : ''}`)
       if (fetched !== undefined && restoring !== undefined) parts.push(`target prepares ${fmtMs(restoring - fetched)}`)
@@ -383,15 +392,17 @@ async function naiveOnce (i: number, from: string, to: string, prober: string, c
 
 // ---- 3. failover -------------------------------------------------------------
 
-interface Failover { app: string, victim: string, deadMs: number | null, answeringMs: number | null, on: string | null, victimWasLeader: boolean, note: string }
+interface Failover { app: string, victim: string, deadMs: number | null, answeringMs: number | null, on: string | null, victimWasLeader: boolean, note: string, snapshotMs: number, snapshotPausedMs: number | null }
 
 async function failover (app: string, victim: string, observer: string): Promise<Failover> {
-  const res: Failover = { app, victim, deadMs: null, answeringMs: null, on: null, victimWasLeader: false, note: '' }
+  const res: Failover = { app, victim, deadMs: null, answeringMs: null, on: null, victimWasLeader: false, note: '', snapshotMs: 0, snapshotPausedMs: null }
   const status = await lab.status(observer)
   res.victimWasLeader = status.nodes.find(n => n.id === status.leader)?.name === victim
   const s0 = Date.now()
   const made = JSON.parse(await dcOk(observer, ['snapshot', 'create', app, '--json'])) as SnapshotView & { replicatedTo: string[] }
-  log(`  ${app}: snapshot ${made.id} in ${fmtMs(Date.now() - s0)}, replicated to ${made.replicatedTo.join(',') || 'nobody'}`)
+  res.snapshotMs = Date.now() - s0
+  res.snapshotPausedMs = (await snapshotTaken(victim, app, s0, made.id))?.quiescedMs ?? null
+  log(`  ${app}: snapshot ${made.id} in ${fmtMs(Date.now() - s0)} (app paused ${res.snapshotPausedMs !== null ? fmtMs(res.snapshotPausedMs) : '?'}), replicated to ${made.replicatedTo.join(',') || 'nobody'}`)
   const probe = new Probe(lab.name, observer, { app })
   try {
     await probe.firstOk(0)
@@ -405,7 +416,11 @@ async function failover (app: string, victim: string, observer: string): Promise
     const back = await probe.firstOk(t0, url => !url.includes(`//${ip(victim)}:`), 300_000).catch((err: Error) => { problems.push(`failover of ${app}: not answering on a survivor within 300 s (${err.message})`); return null })
     await dead
     if (back !== null) res.answeringMs = back - t0
-    const a = await appOn(observer, app).catch(() => undefined)
+    // The leader records the relocation once the restore op returned, which can be after the app first answers.
+    const a = await waitFor(async () => {
+      const x = await appOn(observer, app)
+      return x?.relocation != null && Date.parse(x.relocation.at) >= t0 - 1000 ? x : undefined
+    }, 30_000, `the relocation of ${app} recorded`, 200).then(r => r.value, async () => await appOn(observer, app).catch(() => undefined))
     res.on = a?.node ?? null
     res.note = a?.relocation != null ? `relocation ${a.relocation.kind} from snapshot ${a.relocation.snapshot}${a.relocation.snapshot === made.id ? ' (the one just taken)' : ` (the one just taken was ${made.id})`}` : 'no relocation recorded'
     if (a?.relocation?.kind !== 'failover') {
@@ -458,7 +473,7 @@ async function writeWindow (host: string, client: string, writer: string, withSn
   const a1 = w.ackCount()
   const [summary] = await w.stop()
   if (snapshotError !== null) throw snapshotError
-  const snapshotsDuring = (await agentLog(host, t0)).filter(l => l.line.includes('snapshot taken') && field(l.line, 'app') === 'notes' && l.at <= t1).length
+  const snapshotsDuring = (await agentLog(host, t0)).filter(l => isSnapshotTaken(l.line) && field(l.line, 'app') === 'notes' && l.at <= t1).length
   const seconds = (t1 - t0) / 1000
   return { acked: a1 - a0, seconds, perS: (a1 - a0) / seconds, longestGapMs: summary?.longestGapMs ?? 0, snapshotsDuring, ...(snapshot !== undefined ? { snapshot } : {}) }
 }
@@ -473,10 +488,22 @@ async function otherLabs (): Promise<string[]> {
   return [...names]
 }
 
+/** Snapshots that kept their app paused over `minMs`: "APP on NODE: paused N for X new". */
+async function longPauses (since: number, minMs: number): Promise<string[]> {
+  const out: string[] = []
+  for (const n of ['n1', 'n2', 'n3']) {
+    for (const l of await agentLog(n, since)) {
+      if (!isSnapshotTaken(l.line) || !(Number(field(l.line, 'quiescedMs')) > minMs)) continue
+      out.push(`${field(l.line, 'app') ?? '?'} on ${n} paused ${fmtMs(Number(field(l.line, 'quiescedMs')))} by snapshot ${field(l.line, 'id') ?? '?'} (${field(l.line, 'purpose') ?? '?'}), which added ${fmtBytes(Number(field(l.line, 'added')))} of ${fmtBytes(Number(field(l.line, 'bytes')))}`)
+    }
+  }
+  return out
+}
+
 /** Paused snapshots after which the leader planned a restart of the app as failed: the pause failed its healthcheck. */
 async function pausesSeenAsFailures (since: number): Promise<{ paused: number, restarted: string[] }> {
   const lines = (await Promise.all(['n1', 'n2', 'n3'].map(async n => (await agentLog(n, since)).map(l => ({ ...l, node: n }))))).flat().sort((x, y) => x.at - y.at)
-  const pauses = lines.filter(l => l.line.includes('snapshot taken') && Number(field(l.line, 'quiescedMs')) > 0)
+  const pauses = lines.filter(l => isSnapshotTaken(l.line) && Number(field(l.line, 'quiescedMs')) > 0)
   const restarted: string[] = []
   for (const p of pauses) {
     const app = field(p.line, 'app') ?? ''
@@ -588,8 +615,10 @@ async function main (): Promise<void> {
       log(`failover: kill ${where}, which runs bigvol (${elapsed()})`)
       failovers.push(await failover('bigvol', where, leader))
     })
-    const seen = await pausesSeenAsFailures(Date.now() - (performance.now() - benchStart))
+    const seen = await pausesSeenAsFailures(benchStartedAt)
     if (seen.restarted.length > 0) problems.push(`${seen.restarted.length} of ${seen.paused} paused snapshots were followed within 5 s by the leader planning a restart of the app as failed (its healthcheck fails while it is paused; the redeploy found it unchanged): ${seen.restarted.slice(0, 3).join('; ')}`)
+    const long = await longPauses(benchStartedAt, 3000)
+    if (long.length > 0) problems.push(`snapshots that kept the app paused over 3 s: ${long.join('; ')}`)
     for (const o of await otherLabs()) others.add(o)
   } finally {
     log(`lab down (${elapsed()})`)
@@ -633,13 +662,13 @@ async function main (): Promise<void> {
   const details: string[] = []
   if (init !== null) details.push(`- First snapshot of the ${size} (restic pass while running, then paused for the pass that counts): ${fmtMs(init.ms)} including replication to ${init.replicatedTo.join(', ') || 'no peer'}; the app was paused ${init.quiescedMs !== null ? fmtMs(init.quiescedMs) : '?'}.`)
   moves.forEach((m, i) => {
-    details.push(`- Move ${i + 1}, ${m.from} → ${m.to}: reported ${m.reportedMs !== null ? `${m.reportedMs} ms` : 'n/a'}, client ${m.clientMs !== null ? fmtMs(m.clientMs) : 'n/a'}, whole move ${fmtMs(m.totalMs)}${m.breakdown !== '' ? `; downtime: ${m.breakdown}` : ''}` +
+    details.push(`- Move ${i + 1}, ${m.from} → ${m.to}: reported ${m.reportedMs !== null ? `${m.reportedMs} ms` : 'n/a'}, client ${m.clientMs !== null ? fmtMs(m.clientMs) : 'n/a'}, whole move ${fmtMs(m.totalMs)}${m.beforeStop !== undefined ? `, of which ${m.beforeStop}` : ''}${m.breakdown !== '' ? `; downtime: ${m.breakdown}` : ''}` +
       `${m.gaps.length > 0 ? `; client gaps over 200 ms from the move's start: ${m.gaps.join(', ')}` : ''}` +
       `${m.failedAttempts.length > 0 ? `; ${m.failedAttempts.length} failed attempt(s) first (${m.failedAttempts.join('; ')})` : ''}` +
       `${m.snapshotBefore !== null ? `. The snapshot before it took ${fmtMs(m.snapshotBefore.ms)} and paused the app ${m.snapshotBefore.quiescedMs !== null ? fmtMs(m.snapshotBefore.quiescedMs) : '?'}` : ''}${m.error !== undefined ? `. Failed: ${m.error}` : ''}.`)
   })
   naive.forEach((n, i) => details.push(`- Naive ${i + 1}, ${n.from} → ${n.to}: stop ${fmtMs(n.stopMs)}, tar pipe ${fmtMs(n.copyMs)}, \`docker run\` ${fmtMs(n.runMs)}; answering after ${n.answeringMs !== null ? fmtMs(n.answeringMs) : 'n/a'}.`))
-  for (const f of failovers) details.push(`- Failover of ${f.app}: killed ${f.victim}${f.victimWasLeader ? ' (the leader: includes an election)' : ' (a follower)'}; back on ${f.on ?? '?'}; ${f.note}.`)
+  for (const f of failovers) details.push(`- Failover of ${f.app}: killed ${f.victim}${f.victimWasLeader ? ' (the leader: includes an election)' : ' (a follower)'}; back on ${f.on ?? '?'}; ${f.note}. The snapshot just before the kill took ${fmtMs(f.snapshotMs)} and paused the app ${f.snapshotPausedMs !== null ? fmtMs(f.snapshotPausedMs) : '?'}.`)
   const targets = [
     `- Planned move downtime under 3 s: ${met(reported.length > 0 ? median(reported) < 3000 : null)} (${reported.length > 0 ? fmtMs(median(reported)) : 'n/a'} median).`,
     `- Under a tenth of the naive copy: ${met(Number.isFinite(ratio) ? ratio < 0.1 : null)} (${Number.isFinite(ratio) ? ratio.toFixed(2) : 'n/a'}).`

@@ -205,10 +205,16 @@ describe('stateful apps', () => {
     }, 90_000, 'the majority to run notes', 500)
     process.stderr.write(`partition: notes runs on ${value.node ?? '?'}\n`)
     await lab.cmd('heal')
-    await waitFor(async () => {
-      const list = await snapshots('n2', 'notes')
-      return list.some(s => s.purpose === 'divergent' && s.node === 'n1') ? true : undefined
-    }, 120_000, "n1's divergent copy kept as a snapshot", 1000)
+    try {
+      await waitFor(async () => {
+        const list = await snapshots('n2', 'notes')
+        return list.some(s => s.purpose === 'divergent' && s.node === 'n1') ? true : undefined
+      }, 180_000, "n1's divergent copy kept as a snapshot", 1000)
+    } catch (err) {
+      // What the cluster thought, for whoever reads the failure.
+      for (const args of [['status'], ['app', 'why', 'notes'], ['snapshot', 'ls', 'notes']]) process.stderr.write(`dcloud ${args.join(' ')}:\n${JSON.stringify(await dc('n2', args))}\n`)
+      throw err
+    }
     const kept = (await snapshots('n2', 'notes')).filter(s => s.purpose === 'divergent' && s.node === 'n1').at(-1)!
     expect(kept.label).toMatch(/^divergent-n1-/)
     const text = await notesFromRestic('n1', 'notes', kept.id)
@@ -222,5 +228,5 @@ describe('stateful apps', () => {
     }, 60_000, 'one running copy of notes')
     const v = verifyNotes(await readNotesInLab(lab.name, 'n2', { app: 'notes' }), acked)
     expect(v.missing).toEqual([])
-  }, 300_000)
+  }, 420_000)
 })
