@@ -387,14 +387,16 @@ export class DataPlane {
     const deadSince = membership.list().filter(m => m.state === 'dead').map(m => m.stateSince)
     const wait = deadSince.length === 0 ? 0 : Math.max(0, Math.max(...deadSince) + FAILOVER_MARGIN_MS - Date.now())
     if (wait > 0) await new Promise(resolve => setTimeout(resolve, wait))
-    const previous = app.relocation?.to ?? null
+    // The node it was lost with: the dead member that last reported it.
+    const previous = membership.list().find(m => m.state === 'dead' && m.resources?.appStates.some(a => a.name === app.name) === true)?.status.peerId ?? app.relocation?.to ?? null
     const generation = (app.generation ?? 1) + 1
     await commit({ kind: 'relocate', name: app.name, generation, relocation: app.relocation ?? null })
     const restored: DesiredApp = { ...this.desired(app.name), generation }
     log.info('restoring a stateful app from its newest snapshot', { app: app.name, node: nodeName(op.node), snapshot: op.snapshot, snapshotAgeS: Math.round((Date.now() - op.snapshotTime) / 1000) })
     await send(op.node, { kind: 'restore', app: restored, snapshot: op.snapshot, from: op.source === op.node ? null : op.source }, term)
     this.counters.failovers++
-    const kind = (app.generation ?? 1) === 1 && (app.relocation ?? null) === null && !op.reason.includes('dead') ? 'restore' : 'failover'
+    // An app installed from a backup file starts from its seed; any other restore replaces a copy that was lost.
+    const kind = app.seed != null && (app.generation ?? 1) === 1 && (app.relocation ?? null) === null ? 'restore' : 'failover'
     await commit({ kind: 'relocate', name: app.name, generation, relocation: { kind, snapshot: op.snapshot, snapshotTime: op.snapshotTime, from: previous, to: op.node, at: Date.now(), downtimeMs: null } })
   }
 
