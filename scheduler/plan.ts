@@ -97,6 +97,12 @@ export function plan (input: PlanInput): Plan {
   for (const need of [...rec.needs].sort(needOrder)) {
     const app = need.app
     const stateful = isStateful(app.manifest)
+    if (touched.has(app.name)) {
+      // Its stale copy is retired in this plan: a move onto that node now would restore over the
+      // stale data before it is kept as a divergent snapshot. The next plan moves it.
+      waiting.push({ app: app.name, node: need.current ?? '', reason: `${need.reason}: waits for its stale copy to be retired first` })
+      continue
+    }
 
     if (need.kind === 'restart' && need.current !== null) {
       const here = usage.byId.get(need.current)

@@ -163,10 +163,14 @@ export class SnapshotService {
       const quiesce = opts.quiesce ?? policy.quiesce
       const started = performance.now()
       if (quiesce !== 'none') {
-        const mine = await resticSnapshots(repo, { signal: opts.signal, host })
-        if (mine.length === 0) {
-          // Nothing to be incremental against yet: copy the bulk while the app runs.
-          say('first snapshot on this node: copying while the app runs')
+        const all = await resticSnapshots(repo, { signal: opts.signal, tags: [`dcloud.app=${app.name}`] })
+        // restic is incremental against this host's last snapshot of the same paths, and re-reads files
+        // whose metadata changed: with none of its own yet, or when the newest snapshot came from another
+        // node (its data was restored here by a move or a failover since), the quiesced pass would read
+        // everything. Copy the bulk while the app runs; the paused pass then reads only what changed.
+        const newest = all.at(-1)
+        if (newest === undefined || newest.hostname !== host) {
+          say('copying the bulk while the app runs')
           await backup(repo, { within, names }, { tags: [`dcloud.app=${app.name}`, 'dcloud.purpose=prepass', `dcloud.gen=${opts.generation}`], host, signal: opts.signal })
         }
       }

@@ -129,6 +129,14 @@ describe('plan', () => {
       expected: ['retire db n2']
     },
     {
+      title: 'retires a stale copy on the node an app is pinned to before moving the app there',
+      nodes: [mockNode({ id: 'n1' }), mockNode({ id: 'n2' })],
+      desired: [{ ...mockApp('db', { stateful: true, pinnedNode: 'n1' }), generation: 2 }],
+      actual: [{ ...mockPlacement('db', 'n2'), generation: 2 }, { ...mockPlacement('db', 'n1', 'stopped'), generation: 1 }],
+      expected: ['retire db n1'],
+      waiting: ['db n2: pinned to n1: waits for its stale copy to be retired first']
+    },
+    {
       title: 'moves apps off a drained node: stateless by restart, stateful with their data',
       nodes: [mockNode({ id: 'n1', drained: true }), mockNode({ id: 'n2' })],
       desired: [mockApp('a'), mockApp('db', { stateful: true })],
