@@ -2,9 +2,7 @@
  * Stateful apps on real engines and real restic repositories, with the notes
  * app under a checksummed write workload: a planned move loses no
  * acknowledged record and reports its downtime; a killed node's app comes
- * back from its newest snapshot, named; a cut-off node stops its copy, the
- * majority runs the app, and after the heal one copy runs and the cut-off
- * node's divergent records are kept in a listed snapshot; a backup file
+ * back from its newest snapshot, named; a backup file
  * restores under another name on another node; a hostile file is refused;
  * plain restic reads what the cluster made.
  */
@@ -186,47 +184,4 @@ describe('stateful apps', () => {
     const running = (JSON.parse(await dcOk('n1', ['status', '--json'])) as { nodes: Array<{ name: string, apps: string[] }> }).nodes.filter(n => n.apps.includes('notes'))
     expect(running.map(n => n.name)).toHaveLength(1)
   }, 300_000)
-
-  it('partitions the node hosting notes: it stops its copy, the majority runs notes, and after the heal its divergent records are kept in a listed snapshot', async () => {
-    // Put notes on n1 again, snapshotted, then write records only n1 will ever have.
-    await dcOk('n1', ['app', 'move', 'notes', 'n1'])
-    await dcOk('n1', ['snapshot', 'create', 'notes'])
-    const divergent = await write('n1', 'cutoff', 1000)
-    acked.splice(acked.length - divergent.length, divergent.length) // kept in a snapshot, not in the live copy
-    await lab.cmd('partition', 'n1', 'n2,n3')
-    // The cut-off node stops its stateful app by itself.
-    await waitFor(async () => {
-      const r = await lab.exec('n1', ['docker', 'ps', '--filter', 'label=dcloud.app=notes', '--format', '{{.State}}'])
-      return r.stdout.trim() === '' ? true : undefined
-    }, 30_000, 'n1 to stop notes', 250)
-    const { value } = await waitFor(async () => {
-      const a = await app('n2', 'notes')
-      return a?.state === 'running' && a.node !== 'n1' ? a : undefined
-    }, 90_000, 'the majority to run notes', 500)
-    process.stderr.write(`partition: notes runs on ${value.node ?? '?'}\n`)
-    await lab.cmd('heal')
-    try {
-      await waitFor(async () => {
-        const list = await snapshots('n2', 'notes')
-        return list.some(s => s.purpose === 'divergent' && s.node === 'n1') ? true : undefined
-      }, 180_000, "n1's divergent copy kept as a snapshot", 1000)
-    } catch (err) {
-      // What the cluster thought, for whoever reads the failure.
-      for (const args of [['status'], ['app', 'why', 'notes'], ['snapshot', 'ls', 'notes']]) process.stderr.write(`dcloud ${args.join(' ')}:\n${JSON.stringify(await dc('n2', args))}\n`)
-      throw err
-    }
-    const kept = (await snapshots('n2', 'notes')).filter(s => s.purpose === 'divergent' && s.node === 'n1').at(-1)!
-    expect(kept.label).toMatch(/^divergent-n1-/)
-    const text = await notesFromRestic('n1', 'notes', kept.id)
-    expect(verifyNotes(text, divergent).missing).toEqual([])
-    const listing = await dcOk('n2', ['snapshot', 'ls', 'notes'])
-    expect(listing).toContain('divergent copy kept')
-    // One running copy.
-    await waitFor(async () => {
-      const s = JSON.parse(await dcOk('n2', ['status', '--json'])) as { nodes: Array<{ name: string, apps: string[] }> }
-      return s.nodes.filter(n => n.apps.includes('notes')).length === 1 ? true : undefined
-    }, 60_000, 'one running copy of notes')
-    const v = verifyNotes(await readNotesInLab(lab.name, 'n2', { app: 'notes' }), acked)
-    expect(v.missing).toEqual([])
-  }, 420_000)
 })

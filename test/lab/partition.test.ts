@@ -1,0 +1,124 @@
+/**
+ * A partition, in a lab of its own: the node hosting notes is cut off from
+ * the other two. It stops its copy by itself (fencing), the majority brings
+ * notes up from its newest snapshot, and after the heal one copy runs and
+ * the cut-off node's divergent records are kept in a listed snapshot.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { execFile } from 'node:child_process'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { LabHandle, waitFor } from './harness.ts'
+import { PROJECT_ROOT } from '../../agent/config.ts'
+import type { AppView, SnapshotView } from '../../proto/api.ts'
+import { readNotesInLab, startLabWriters, verifyNotes, type NotesRecord } from './notes-client.ts'
+
+const lab = new LabHandle('tpart')
+const NOTES = join(PROJECT_ROOT, 'apps', 'examples', 'notes')
+const acked: NotesRecord[] = []
+
+interface Run { code: number, stdout: string, stderr: string }
+
+async function dc (node: string, args: string[]): Promise<Run> {
+  return await lab.exec(node, ['dcloud', ...args])
+}
+
+async function dcOk (node: string, args: string[]): Promise<string> {
+  const r = await dc(node, args)
+  if (r.code !== 0) throw new Error(`dcloud ${args.join(' ')} on ${node} exited ${r.code}\n${r.stderr}\n${r.stdout}`)
+  return r.stdout
+}
+
+async function app (node: string, name: string): Promise<AppView | undefined> {
+  return (JSON.parse(await dcOk(node, ['app', 'ls', '--json'])) as AppView[]).find(a => a.name === name)
+}
+
+async function snapshots (node: string, name: string): Promise<SnapshotView[]> {
+  return JSON.parse(await dcOk(node, ['snapshot', 'ls', name, '--json'])) as SnapshotView[]
+}
+
+async function write (node: string, client: string, ms: number): Promise<NotesRecord[]> {
+  const w = startLabWriters(lab.name, node, { app: 'notes' }, [client])
+  await waitFor(async () => { w.assertRunning(); return w.ackCount() > 0 ? true : undefined }, 30_000, `${client} to get a first acknowledgement`)
+  await new Promise(resolve => setTimeout(resolve, ms))
+  await w.stop()
+  acked.push(...w.acknowledged())
+  return w.acknowledged()
+}
+
+async function notesFromRestic (node: string, snapshot: string): Promise<string> {
+  const root = join(lab.lab.agentDataDir(node), 'snapshots')
+  const out = await mkdtemp(join(tmpdir(), 'dcloud-restic-'))
+  try {
+    const r = await new Promise<Run>((resolve) => {
+      execFile('restic', ['-r', join(root, 'repos', 'notes'), '--password-file', join(root, 'restic.pw'), '--no-cache', 'restore', snapshot, '--target', out], (err, stdout, stderr) => {
+        resolve({ code: err === null ? 0 : 1, stdout: String(stdout), stderr: String(stderr) })
+      })
+    })
+    if (r.code !== 0) throw new Error(`restic restore: ${r.stderr}`)
+    return await readFile(join(out, 'dcloud-notes-data', '_data', 'notes.log'), 'utf8')
+  } finally {
+    await rm(out, { recursive: true, force: true })
+  }
+}
+
+describe('a partition with a stateful app', () => {
+  beforeAll(async () => {
+    await lab.up(3)
+    await waitFor(async () => (await lab.status('n1')).leader ?? undefined, 60_000, 'a leader')
+    await dcOk('n1', ['app', 'install', NOTES])
+  }, 240_000)
+
+  afterAll(async () => {
+    await lab.down()
+  }, 120_000)
+
+  it('partitions the node hosting notes: it stops its copy, the majority runs notes, and after the heal its divergent records are kept in a listed snapshot', async () => {
+    const host = (await app('n1', 'notes'))?.node
+    expect(host).toBeDefined()
+    const cut = host!
+    const others = ['n1', 'n2', 'n3'].filter(n => n !== cut)
+    const [a, b] = others as [string, string]
+    await write(a, 'before', 1000)
+    await dcOk(a, ['snapshot', 'create', 'notes'])
+    // Records only the cut-off node will ever have.
+    const divergent = await write(cut, 'cutoff', 1000)
+    acked.splice(acked.length - divergent.length, divergent.length) // kept in a snapshot, not in the live copy
+    await lab.cmd('partition', cut, `${a},${b}`)
+    // The cut-off node stops its stateful app by itself.
+    await waitFor(async () => {
+      const r = await lab.exec(cut, ['docker', 'ps', '--filter', 'label=dcloud.app=notes', '--format', '{{.State}}'])
+      return r.stdout.trim() === '' ? true : undefined
+    }, 30_000, 'the cut-off node to stop notes', 250)
+    const { value } = await waitFor(async () => {
+      const v = await app(a, 'notes')
+      return v?.state === 'running' && v.node !== cut ? v : undefined
+    }, 90_000, 'the majority to run notes', 500)
+    process.stderr.write(`partition: notes runs on ${value.node ?? '?'}\n`)
+    await lab.cmd('heal')
+    try {
+      await waitFor(async () => {
+        const list = await snapshots(a, 'notes')
+        return list.some(s => s.purpose === 'divergent' && s.node === cut) ? true : undefined
+      }, 180_000, "n1's divergent copy kept as a snapshot", 1000)
+    } catch (err) {
+      // What the cluster thought, for whoever reads the failure.
+      for (const args of [['status'], ['app', 'why', 'notes'], ['snapshot', 'ls', 'notes']]) process.stderr.write(`dcloud ${args.join(' ')}:\n${JSON.stringify(await dc(a, args))}\n`)
+      throw err
+    }
+    const kept = (await snapshots(a, 'notes')).filter(s => s.purpose === 'divergent' && s.node === cut).at(-1)!
+    expect(kept.label).toMatch(new RegExp(`^divergent-${cut}-`))
+    const text = await notesFromRestic(cut, kept.id)
+    expect(verifyNotes(text, divergent).missing).toEqual([])
+    const listing = await dcOk(a, ['snapshot', 'ls', 'notes'])
+    expect(listing).toContain('divergent copy kept')
+    // One running copy.
+    await waitFor(async () => {
+      const s = JSON.parse(await dcOk(a, ['status', '--json'])) as { nodes: Array<{ name: string, apps: string[] }> }
+      return s.nodes.filter(n => n.apps.includes('notes')).length === 1 ? true : undefined
+    }, 60_000, 'one running copy of notes')
+    const v = verifyNotes(await readNotesInLab(lab.name, a, { app: 'notes' }), acked)
+    expect(v.missing).toEqual([])
+  }, 420_000)
+})
