@@ -16,7 +16,7 @@
  * id (the SHA-256 of the file's bytes, 64 lowercase hex) in one of restic's
  * directories, and nothing else: no `..`, no other directory, no `locks/`.
  */
-import { ValidationError, array, number, parseJsonBytes, record, string } from './validate.ts'
+import { ValidationError, array, lengthPrefixed, number, parseJsonBytes, record, string } from './validate.ts'
 
 export const REPO_PULL_PROTOCOL = '/dcloud/repo-pull/1'
 
@@ -203,16 +203,5 @@ export function decodeRepoStreamFrameBytes (bytes: Uint8Array): RepoStreamFrame 
 
 /** A frame: unsigned varint length (as libp2p's length prefixes), then the JSON. */
 export function encodeRepoFrame (value: unknown): Uint8Array {
-  const data = new TextEncoder().encode(JSON.stringify(value))
-  const prefix: number[] = []
-  let n = data.byteLength
-  while (n >= 0x80) {
-    prefix.push((n & 0x7f) | 0x80)
-    n = Math.floor(n / 128)
-  }
-  prefix.push(n)
-  const out = new Uint8Array(prefix.length + data.byteLength)
-  out.set(prefix, 0)
-  out.set(data, prefix.length)
-  return out
+  return lengthPrefixed(new TextEncoder().encode(JSON.stringify(value)))
 }

@@ -81,3 +81,18 @@ export class OversizedError extends ValidationError {
     super(field, `is ${size} bytes, more than the limit of ${max}`)
   }
 }
+
+/** An unsigned varint (as libp2p's length prefixes) followed by the bytes. */
+export function lengthPrefixed (data: Uint8Array): Uint8Array {
+  const prefix: number[] = []
+  let n = data.byteLength
+  while (n >= 0x80) {
+    prefix.push((n & 0x7f) | 0x80)
+    n = Math.floor(n / 128)
+  }
+  prefix.push(n)
+  const out = new Uint8Array(prefix.length + data.byteLength)
+  out.set(prefix, 0)
+  out.set(data, prefix.length)
+  return out
+}

@@ -29,11 +29,12 @@ import {
   IMAGE_HEADER_MAX_BYTES, IMAGE_PROTOCOL, IMAGE_REQUEST_MAX_BYTES, decodeImageHeaderBytes, decodeImageRequestBytes, encodeJson, isImageRef,
   type ImageErrorCode, type ImageHeader
 } from '../../proto/runtime.ts'
+import { lengthPrefixed } from '../../proto/validate.ts'
 import type { Mesh } from '../mesh/mesh.ts'
 import type { Logger } from '../util/log.ts'
 import { hasImage, imageSize, loadImage, saveImage } from './images.ts'
 
-export { IMAGE_PROTOCOL }
+export { IMAGE_PROTOCOL, lengthPrefixed }
 
 /** Largest image a node accepts from a peer unless told otherwise. */
 export const DEFAULT_MAX_IMAGE_BYTES = 8 * 1024 ** 3
@@ -438,20 +439,6 @@ async function drained (sink: PassThrough, signal: AbortSignal): Promise<void> {
   })
 }
 
-/** An unsigned varint (as libp2p's length prefixes) followed by the bytes. */
-export function lengthPrefixed (data: Uint8Array): Uint8Array {
-  const prefix: number[] = []
-  let n = data.byteLength
-  while (n >= 0x80) {
-    prefix.push((n & 0x7f) | 0x80)
-    n = Math.floor(n / 128)
-  }
-  prefix.push(n)
-  const out = new Uint8Array(prefix.length + data.byteLength)
-  out.set(prefix, 0)
-  out.set(data, prefix.length)
-  return out
-}
 
 /**
  * Reads one varint-length-prefixed frame of at most `max` bytes; a prefix
