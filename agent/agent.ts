@@ -24,7 +24,7 @@ import { inspectBackup } from './snapshots/app-file.ts'
 import { KeyedMutex, pullRepo, serveRepos } from './snapshots/repo-sync.ts'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { join } from 'node:path'
-import { decodeChange } from '../proto/cluster.ts'
+import { decodeChange, decodeDomain, decodeStorage } from '../proto/cluster.ts'
 import type { ApiErrorCode } from '../proto/api.ts'
 import type { AppReport } from '../proto/status.ts'
 import type { AppActual } from '../proto/runtime.ts'
@@ -48,6 +48,8 @@ export interface AgentOptions {
   heartbeatMs?: number
   /** An address both halves of a two-node cluster can probe (host or host:port); null disables the two-node rule's witness. */
   witness?: string | null
+  /** The restic program; default `restic` on PATH. */
+  restic?: string
 }
 
 const LOAD_SAMPLE_MS = 5000
@@ -148,7 +150,8 @@ export class Agent {
       runtime,
       lock,
       pull: async (peer, app, signal) => await pullRepo(mesh, typeof peer === 'string' ? peerIdFromString(peer) : peer, app, join(opts.dataDir, 'snapshots', 'repos'), { signal, lock }),
-      log: log.child('snapshots')
+      log: log.child('snapshots'),
+      ...(opts.restic !== undefined ? { restic: opts.restic } : {})
     })
     this.coordinator = new Coordinator({ mesh, rpc: this.rpc, membership: this.membership, gossip: this.gossip, collector: this.collector, store, election: this.election, runtime, docker, snapshots, log: log.child('cluster') })
 
@@ -194,11 +197,13 @@ export class Agent {
         'POST /v1/apps/:name/backup': async ({ params, body }) => await viaApi(async () => await this.requireCluster().backup(appName(params.name), filePath(body), AbortSignal.timeout(LONG_OP_MS))),
         'POST /v1/backups/inspect': async ({ body }) => await viaApi(async () => await inspectBackup(filePath(body), AbortSignal.timeout(LONG_OP_MS))),
         'POST /v1/backups/restore': async ({ body }) => {
-          const b = (body ?? {}) as { name?: unknown, node?: unknown }
+          const b = (body ?? {}) as { name?: unknown, node?: unknown, hostPath?: unknown, domain?: unknown }
           const name = b.name === null || b.name === undefined ? null : appName(b.name)
           if (b.node !== null && b.node !== undefined && (typeof b.node !== 'string' || !/^[1-9A-HJ-NP-Za-km-z]{40,60}$/.test(b.node))) throw new ApiError('bad_request', 'node must be a node id (`dcloud status` lists them)')
           const node = typeof b.node === 'string' ? b.node : null
-          return await viaApi(async () => await this.requireCluster().restoreFile(filePath(body), { name, node }, AbortSignal.timeout(LONG_OP_MS)))
+          const storage = b.hostPath === null || b.hostPath === undefined ? null : decodeOrBadRequest(() => decodeStorage({ hostPath: b.hostPath }, 'hostPath')).hostPath
+          const domain = b.domain === null || b.domain === undefined ? null : decodeOrBadRequest(() => decodeDomain(b.domain))
+          return await viaApi(async () => await this.requireCluster().restoreFile(filePath(body), { name, node, storage: storage === null ? null : { hostPath: storage }, domain }, AbortSignal.timeout(LONG_OP_MS)))
         },
         'POST /v1/nodes/:node/drain': async ({ params, body }) => {
           const change = decodeOrBadRequest(() => decodeChange({ kind: 'drain', node: params.node, drained: (body as { drained?: unknown } | undefined)?.drained ?? true }))

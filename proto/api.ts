@@ -96,6 +96,10 @@ export interface AppView {
   /** Stateful apps: the live data generation, and the last time the data came from a snapshot. */
   generation?: number
   relocation?: RelocationView | null
+  /** The node directory its data is kept in, when not Docker's volumes (`dcloud restore --data-dir`). */
+  hostPath?: string
+  /** The domain chosen for it (`dcloud restore --domain`). */
+  domain?: string
 }
 
 export interface RelocationView {

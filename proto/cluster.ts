@@ -4,7 +4,7 @@
  * decoders here before use; every operation carries the leader's term.
  */
 import type { AppManifest, ComposeService, SnapshotPolicy } from './app.ts'
-import type { DesiredApp, Relocation } from './plan.ts'
+import type { AppStorage, DesiredApp, Relocation } from './plan.ts'
 import { ValidationError, array, number, record, string, stringMap } from './validate.ts'
 
 export const VOTE_PROTOCOL = '/dcloud/vote/1'
@@ -38,7 +38,7 @@ export interface DesiredState {
 }
 
 export type DesiredChange =
-  | { kind: 'install', app: { name: string, manifest: AppManifest, pinnedNode: string | null, seed?: DesiredApp['seed'] } }
+  | { kind: 'install', app: { name: string, manifest: AppManifest, pinnedNode: string | null, seed?: DesiredApp['seed'], storage?: AppStorage | null, domain?: string | null } }
   | { kind: 'remove', name: string }
   | { kind: 'move', name: string, node: string }
   | { kind: 'drain', node: string, drained: boolean }
@@ -54,8 +54,12 @@ export type Op =
   | { kind: 'remove', name: string }
   /** Snapshot the app's volumes here now (it keeps running, quiesced for the final pass) and replicate. */
   | { kind: 'snapshot', name: string, purpose: SnapshotPurpose }
-  /** Fetch the app's snapshot repository from `from` (the bulk of a move, while the app runs there). */
-  | { kind: 'sync', name: string, from: string }
+  /**
+   * Fetch the app's snapshot repository from `from` (the bulk of a move, while
+   * the app runs there), and restore `snapshot` into a stage directory so the
+   * move's restore only applies the last increment.
+   */
+  | { kind: 'sync', name: string, from: string, snapshot: string | null }
   /** Stop the app here for good and take its final snapshot (the last increment of a move). */
   | { kind: 'handoff', name: string }
   /** Restore `snapshot` into the app's volumes here (fetching it from `from` when missing), then run the app. */
@@ -214,8 +218,31 @@ export function decodeDesiredApp (raw: unknown, field = 'app'): DesiredApp {
     revision: number(r.revision, `${field}.revision`, { min: 0, max: MAX_INT, integer: true }),
     ...(r.generation !== undefined ? { generation: number(r.generation, `${field}.generation`, { min: 1, max: MAX_INT, integer: true }) } : {}),
     ...(r.relocation !== undefined ? { relocation: r.relocation === null ? null : decodeRelocation(r.relocation, `${field}.relocation`) } : {}),
-    ...(r.seed !== undefined && r.seed !== null ? { seed: decodeSeed(r.seed, `${field}.seed`) } : {})
+    ...(r.seed !== undefined && r.seed !== null ? { seed: decodeSeed(r.seed, `${field}.seed`) } : {}),
+    ...(r.storage !== undefined && r.storage !== null ? { storage: decodeStorage(r.storage, `${field}.storage`) } : {}),
+    ...(r.domain !== undefined && r.domain !== null ? { domain: decodeDomain(r.domain, `${field}.domain`) } : {})
   }
+}
+
+/** System directories (and, but for `/`, what lies below them) that no app's data may go in: a typo must not spread volumes over /etc. */
+const SYSTEM_DIRS = ['/', '/bin', '/boot', '/dev', '/etc', '/lib', '/lib64', '/proc', '/run', '/sbin', '/sys', '/usr', '/var/lib/docker']
+
+export function decodeStorage (raw: unknown, field = 'storage'): AppStorage {
+  const r = record(raw, field)
+  const hostPath = string(r.hostPath, `${field}.hostPath`, { max: 1024 })
+  if (!hostPath.startsWith('/')) throw new ValidationError(`${field}.hostPath`, 'must be an absolute path')
+  if (hostPath.split('/').some(c => c === '.' || c === '..') || hostPath.includes('//') || (hostPath.length > 1 && hostPath.endsWith('/')) || /[\0-\x1f]/.test(hostPath)) throw new ValidationError(`${field}.hostPath`, 'must be a plain absolute path (no ".", "..", "//", trailing "/" or control characters)')
+  if (SYSTEM_DIRS.some(d => hostPath === d || (d !== '/' && hostPath.startsWith(d + '/')))) throw new ValidationError(`${field}.hostPath`, `${hostPath} is a system directory; choose a directory of its own, such as /srv/dcloud`)
+  return { hostPath }
+}
+
+/** A DNS name of at least two labels: letters, digits and dashes, 253 characters at most. */
+const DOMAIN = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$/
+
+export function decodeDomain (raw: unknown, field = 'domain'): string {
+  const d = string(raw, field, { max: 253 })
+  if (!DOMAIN.test(d)) throw new ValidationError(field, `${JSON.stringify(d)} is not a domain name (lowercase labels of letters, digits and dashes, like notes.example.org)`)
+  return d
 }
 
 export function decodeChange (raw: unknown): DesiredChange {
@@ -229,7 +256,9 @@ export function decodeChange (raw: unknown): DesiredChange {
           name: string(a.name, 'change.app.name', { max: 40, pattern: APP_NAME }),
           manifest: decodeManifest(a.manifest, 'change.app.manifest'),
           pinnedNode: a.pinnedNode === null || a.pinnedNode === undefined ? null : string(a.pinnedNode, 'change.app.pinnedNode', { max: 64, pattern: PEER_ID }),
-          ...(a.seed !== undefined && a.seed !== null ? { seed: decodeSeed(a.seed, 'change.app.seed') } : {})
+          ...(a.seed !== undefined && a.seed !== null ? { seed: decodeSeed(a.seed, 'change.app.seed') } : {}),
+          ...(a.storage !== undefined && a.storage !== null ? { storage: decodeStorage(a.storage, 'change.app.storage') } : {}),
+          ...(a.domain !== undefined && a.domain !== null ? { domain: decodeDomain(a.domain, 'change.app.domain') } : {})
         }
       }
     }
@@ -268,7 +297,12 @@ export function decodeOpRequest (raw: unknown): OpRequest {
       decoded = { kind: 'snapshot', name: name(), purpose: op.purpose as SnapshotPurpose }
       break
     }
-    case 'sync': decoded = { kind: 'sync', name: name(), from: string(op.from, 'op.op.from', { max: 64, pattern: PEER_ID }) }; break
+    case 'sync': decoded = {
+      kind: 'sync',
+      name: name(),
+      from: string(op.from, 'op.op.from', { max: 64, pattern: PEER_ID }),
+      snapshot: op.snapshot === undefined || op.snapshot === null ? null : snap(op.snapshot, 'op.op.snapshot')
+    }; break
     case 'handoff': decoded = { kind: 'handoff', name: name() }; break
     case 'restore': decoded = {
       kind: 'restore',

@@ -61,6 +61,24 @@ export interface DesiredApp {
    * and the node holding it. Its first placement restores it.
    */
   seed?: { snapshot: string, time: number, node: string } | null
+  /** Where the app's volumes keep their data on the node running it; absent or null: Docker's local volumes. */
+  storage?: AppStorage | null
+  /**
+   * The domain the user chose for the app (`dcloud restore --domain`), kept
+   * with it across moves; absent: its name under the cluster's domain.
+   */
+  domain?: string | null
+}
+
+/**
+ * A directory of the node instead of Docker's volume directory: each volume
+ * VOL of app APP keeps its data in `hostPath/dcloud-APP-VOL/_data` (the same
+ * layout as Docker's, so snapshots of both look alike), bound into a Docker
+ * local volume. A disk of its own, say, mounted at the same path on every
+ * node the app may run on.
+ */
+export interface AppStorage {
+  hostPath: string
 }
 
 export interface Relocation {

@@ -24,7 +24,9 @@ export const LABELS = {
   /** The compose volume name: on volumes. */
   volume: 'dcloud.volume',
   /** Stateful apps: the data generation the container was started with (DesiredApp.generation). */
-  generation: 'dcloud.generation'
+  generation: 'dcloud.generation',
+  /** On volumes of an app with a storage: the node directory their data is in (AppStorage.hostPath). */
+  hostPath: 'dcloud.host-path'
 } as const
 
 export type AppRunState = 'running' | 'starting' | 'stopped' | 'failed'

@@ -15,7 +15,7 @@ import {
 import { isStateful } from '../../proto/app.ts'
 import type { AppView, RelocationView, SnapshotView, WhyView } from '../../proto/api.ts'
 import type { ClusterBeat, AppReport, NodeResources } from '../../proto/status.ts'
-import type { ClusterSnapshot, DesiredApp, Operation, Placement, Plan, SchedNode, SchedulerPolicy } from '../../proto/plan.ts'
+import type { AppStorage, ClusterSnapshot, DesiredApp, Operation, Placement, Plan, SchedNode, SchedulerPolicy } from '../../proto/plan.ts'
 import { DEFAULT_POLICY, plan as makePlan } from '../../scheduler/plan.ts'
 import { RpcError, rpcCall, type RpcServer } from '../mesh/rpc.ts'
 import type { Mesh } from '../mesh/mesh.ts'
@@ -449,7 +449,9 @@ export class Coordinator {
         stateful,
         endpoints,
         revision: app.revision,
-        ...(stateful ? { generation: app.generation ?? 1, relocation: this.relocationView(app) } : {})
+        ...(stateful ? { generation: app.generation ?? 1, relocation: this.relocationView(app) } : {}),
+        ...(app.storage != null ? { hostPath: app.storage.hostPath } : {}),
+        ...(app.domain != null ? { domain: app.domain } : {})
       }
     })
   }
@@ -536,14 +538,17 @@ export class Coordinator {
   }
 
   /** Restores a backup file as app `name` (default: the name it was backed up under), pinned to `node` if given. */
-  async restoreFile (file: string, opts: { name: string | null, node: string | null }, signal: AbortSignal): Promise<{ name: string, snapshot: string | null, revision: number }> {
+  async restoreFile (file: string, opts: { name: string | null, node: string | null, storage?: AppStorage | null, domain?: string | null }, signal: AbortSignal): Promise<{ name: string, snapshot: string | null, revision: number }> {
     if (opts.node !== null && !this.isKnownNode(opts.node)) throw new RpcError('not_found', `no node ${opts.node} in the cluster`)
     const meta = await inspectBackup(file, signal)
     const name = opts.name ?? meta.app
     if (this.init.store.current().apps.some(a => a.name === name)) throw new RpcError('exists', `an app named ${name} is already installed; restore it under another --name`)
     const { snapshot } = await importBackup(file, name, this.init.snapshots, signal)
     const seed = snapshot === null ? null : { snapshot: snapshot.id, time: snapshot.time, node: this.selfId }
-    const r = await this.change({ kind: 'install', app: { name, manifest: meta.manifest, pinnedNode: opts.node, seed } }, signal)
+    const r = await this.change({
+      kind: 'install',
+      app: { name, manifest: meta.manifest, pinnedNode: opts.node, seed, ...(opts.storage != null ? { storage: opts.storage } : {}), ...(opts.domain != null ? { domain: opts.domain } : {}) }
+    }, signal)
     return { name, snapshot: snapshot?.id ?? null, revision: r.revision }
   }
 

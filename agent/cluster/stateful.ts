@@ -50,6 +50,13 @@ const FENCE_START_GRACE_MS = 5000
  */
 export const FAILOVER_MARGIN_MS = 2000
 const SCHEDULE_CHECK_MS = 5000
+/**
+ * A move stages the copy on the target while the app runs (and after the stop
+ * applies only the increment) for data of this size and more. Below it, one
+ * full restore is quicker than restic's diff and a partial restore: about a
+ * second of restic runs against a few hundred MB/s here, tens on a Pi's card.
+ */
+export const STAGE_MIN_BYTES = 64 * 1024 * 1024
 const REPLICATE_TIMEOUT_MS = 10 * 60_000
 
 export interface DataPlaneInit {
@@ -104,6 +111,7 @@ export class DataPlane {
     if (this.started) return
     this.started = true
     await this.init.snapshots.start()
+    await this.init.snapshots.dropStages(AbortSignal.timeout(30_000)).catch((err: Error) => { this.init.log.warn('cannot clear stage directories of unfinished moves', { error: err.message }) })
     await this.init.rpc.register({
       protocol: SNAPSHOT_QUERY_PROTOCOL,
       decode: decodeSnapshotQuery,
@@ -163,7 +171,14 @@ export class DataPlane {
         }
         const r = await snapshots.pullFrom(op.from, op.name, signal)
         await this.refreshHoldings()
-        return { done: true, detail: `fetched ${r.files} files, ${r.bytes} bytes` }
+        let staged = ''
+        if (op.snapshot !== null) {
+          // Not fatal: without a stage the restore copies everything, only slower.
+          await snapshots.stage(op.name, op.snapshot, app?.storage ?? null, signal).then(() => { staged = `; staged ${op.snapshot}` }, (err: Error) => {
+            log.warn('could not stage the copy ahead of a move', { app: op.name, snapshot: op.snapshot, error: err.message })
+          })
+        }
+        return { done: true, detail: `fetched ${r.files} files, ${r.bytes} bytes${staged}` }
       }
       case 'handoff': {
         const app = this.desired(op.name)
@@ -361,8 +376,10 @@ export class DataPlane {
     const { send, commit, log, nodeName } = this.init
     const started = Date.now()
     log.info('move: copying while the app runs', { app: app.name, from: nodeName(from), to: nodeName(to) })
-    await send(from, { kind: 'snapshot', name: app.name, purpose: 'pre-move' }, term)
-    await send(to, { kind: 'sync', name: app.name, from }, term)
+    const copy = await send(from, { kind: 'snapshot', name: app.name, purpose: 'pre-move' }, term)
+    // Staged only when restoring it whole would cost more than the two restic runs of an increment.
+    const stage = copy.snapshot !== undefined && copy.snapshot.bytes >= STAGE_MIN_BYTES ? copy.snapshot.id : null
+    await send(to, { kind: 'sync', name: app.name, from, snapshot: stage }, term)
     const stoppedAt = Date.now()
     const handoff = await send(from, { kind: 'handoff', name: app.name }, term)
     const final = handoff.snapshot

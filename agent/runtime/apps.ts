@@ -13,6 +13,8 @@
  * copy of a moved app, once its final snapshot is safe.
  */
 import { createHash } from 'node:crypto'
+import { mkdir, rm } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
 import type Docker from 'dockerode'
 import type { ComposeService, PortMapping } from '../../proto/app.ts'
 import type { DesiredApp } from '../../proto/plan.ts'
@@ -26,6 +28,8 @@ import { dockerStatus, hasImage, pullImage } from './images.ts'
 
 /** Docker's rule for container, network and volume names, kept short enough to combine. */
 const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/
+/** After a snapshot's pause, healthchecks failed while frozen are forgiven this long (the next passing one clears them). */
+const RESUME_GRACE_MS = 30_000
 /** How long a container gets to stop before Docker kills it. */
 const STOP_TIMEOUT_S = 10
 /** A pull that sees no progress for this long is given up: the peers are asked next. */
@@ -83,6 +87,23 @@ export class StaleTermError extends UserError {
 
 export function networkName (app: string): string {
   return `dcloud-${app}`
+}
+
+/**
+ * Where a volume's data is: the directory a local volume binds (its
+ * `device`), or Docker's own directory. A bound volume's mountpoint is empty
+ * while no container uses it, so snapshots and restores go to the device.
+ */
+export function dataDirOf (v: { Mountpoint: string, Options?: Record<string, string> | null }): string {
+  const o = v.Options ?? {}
+  const bind = (o.o ?? '').split(',').includes('bind')
+  if (bind && typeof o.device === 'string' && o.device.startsWith('/')) return o.device
+  return v.Mountpoint
+}
+
+/** A bound directory dcloud made for this volume: `.../dcloud-APP-VOL/_data` (never someone's own directory). */
+function isOwnHostDir (dir: string, volume: string): boolean {
+  return basename(dir) === '_data' && basename(dirname(dir)) === volume
 }
 
 export function volumeName (app: string, volume: string): string {
@@ -150,11 +171,18 @@ export function startOrder (services: Record<string, ComposeService>): string[] 
 }
 
 /** What Docker's container state means for the app. */
-export function serviceState (s: Docker.ContainerInspectInfo['State']): { state: ServiceRunState, health: ServiceHealth } {
+/**
+ * A container's state for the scheduler. `justResumed`: it was unpaused or
+ * restarted after a snapshot moments ago; the healthchecks that timed out
+ * while it was frozen still count against it until the next one passes, and
+ * an unhealthy verdict from them is not a failure to restart it for.
+ */
+export function serviceState (s: Docker.ContainerInspectInfo['State'], justResumed = false): { state: ServiceRunState, health: ServiceHealth } {
   const h = s.Health?.Status
   const health: ServiceHealth = h === 'starting' || h === 'healthy' || h === 'unhealthy' ? h : 'none'
   switch (s.Status) {
     case 'running':
+      if (health === 'unhealthy' && justResumed) return { state: 'running', health }
       return { state: health === 'unhealthy' ? 'failed' : health === 'starting' ? 'starting' : 'running', health }
     case 'created':
       // A container that could not start (a port already taken) stays 'created' with an error.
@@ -216,6 +244,8 @@ function message (err: unknown): string {
 
 export class AppRuntime {
   private readonly docker: Docker
+  /** Containers resumed after a snapshot, and when (see serviceState). */
+  private readonly resumedAt = new Map<string, number>()
   private readonly log: Logger
   /** One operation per app at a time: a deploy and a remove of the same app must not interleave. */
   private readonly locks = new Map<string, Promise<unknown>>()
@@ -270,7 +300,7 @@ export class AppRuntime {
 
     const net = await this.ensureNetwork(app.name, signal, say)
     for (const [volume, spec] of Object.entries(app.manifest.compose.volumes)) {
-      await this.ensureVolume(app.name, volume, spec.labels, signal, say)
+      await this.ensureVolume(app, volume, spec.labels, signal, say)
     }
 
     // Services the app no longer has go first: they may hold ports the new ones want.
@@ -362,7 +392,9 @@ export class AppRuntime {
       const app = labels[LABELS.app]
       const service = labels[LABELS.service]
       if (app === undefined || service === undefined) continue // labelled by hand, not ours
-      const { state, health } = serviceState(info.State)
+      const resumed = this.resumedAt.get(info.Id)
+      if (resumed !== undefined && Date.now() - resumed > RESUME_GRACE_MS) this.resumedAt.delete(info.Id)
+      const { state, health } = serviceState(info.State, resumed !== undefined && Date.now() - resumed <= RESUME_GRACE_MS)
       const list = apps.get(app) ?? []
       list.push({
         service,
@@ -424,23 +456,35 @@ export class AppRuntime {
     return lines.map(l => l.text).join('\n') + (lines.length > 0 ? '\n' : '')
   }
 
-  /** The app's Docker volumes on this node: compose name, Docker name and where its data is. */
-  async volumes (appName: string, signal: AbortSignal): Promise<Array<{ volume: string, name: string, mountpoint: string }>> {
+  /** The engine's data directory (`/var/lib/docker`): work directories beside its volumes share their file system. */
+  async dataRoot (signal: AbortSignal): Promise<string> {
+    const info = await (this.docker.info as (o: object) => Promise<{ DockerRootDir?: string }>)({ abortSignal: signal })
+    if (typeof info.DockerRootDir !== 'string' || !info.DockerRootDir.startsWith('/')) throw new UserError('the Docker engine did not say where its data lives (DockerRootDir)', { exitCode: EXIT.software })
+    return info.DockerRootDir
+  }
+
+  /**
+   * The app's Docker volumes on this node: compose name, Docker name and where
+   * its data is (`mountpoint`: Docker's own directory, or the node's
+   * directory a volume of an app with a storage binds).
+   */
+  async volumes (appName: string, signal: AbortSignal): Promise<Array<{ volume: string, name: string, mountpoint: string, hostBound: boolean }>> {
     const list = await this.docker.listVolumes({ filters: { label: [`${LABELS.app}=${appName}`] }, abortSignal: signal } as object)
-    const out: Array<{ volume: string, name: string, mountpoint: string }> = []
+    const out: Array<{ volume: string, name: string, mountpoint: string, hostBound: boolean }> = []
     for (const v of list.Volumes ?? []) {
       const volume = v.Labels?.[LABELS.volume]
       if (volume === undefined || v.Name !== volumeName(appName, volume)) continue
-      out.push({ volume, name: v.Name, mountpoint: v.Mountpoint })
+      const mountpoint = dataDirOf(v)
+      out.push({ volume, name: v.Name, mountpoint, hostBound: mountpoint !== v.Mountpoint && isOwnHostDir(mountpoint, v.Name) })
     }
     return out.sort((a, b) => a.volume < b.volume ? -1 : 1)
   }
 
   /** Makes the app's volume if it does not exist (a restore fills it before the app starts); returns its mountpoint. */
   async createVolume (app: DesiredApp, volume: string, signal: AbortSignal): Promise<string> {
-    await this.ensureVolume(app.name, volume, app.manifest.compose.volumes[volume]?.labels ?? {}, signal, () => {})
+    await this.ensureVolume(app, volume, app.manifest.compose.volumes[volume]?.labels ?? {}, signal, () => {})
     const info = await this.docker.getVolume(volumeName(app.name, volume)).inspect({ abortSignal: signal })
-    return info.Mountpoint
+    return dataDirOf(info)
   }
 
   /**
@@ -476,6 +520,7 @@ export class AppRuntime {
       try {
         if (how === 'pause') await this.docker.getContainer(id).unpause({ abortSignal: signal })
         else await this.docker.getContainer(id).start({ abortSignal: signal })
+        this.resumedAt.set(id, Date.now())
       } catch (err) {
         const status = dockerStatus(err)
         if (status !== 304 && status !== 404 && status !== 409) this.log.warn('could not unpause a container after a snapshot', { app: appName, container: id, error: message(err) })
@@ -514,6 +559,9 @@ export class AppRuntime {
         try {
           await this.docker.getVolume(v.name).remove({ abortSignal: signal } as object)
           removed.push(v.name)
+          // A bound directory outlives its Docker volume: it is the data, and it goes with it (only ever
+          // the `dcloud-APP-VOL` directory dcloud made for this volume).
+          if (v.hostBound) await rm(dirname(v.mountpoint), { recursive: true, force: true })
         } catch (err) {
           if (!isNotFound(err)) throw err
         }
@@ -577,19 +625,36 @@ export class AppRuntime {
     return name
   }
 
-  private async ensureVolume (app: string, volume: string, labels: Record<string, string>, signal: AbortSignal, say: (line: string) => void): Promise<void> {
-    const name = volumeName(app, volume)
+  private async ensureVolume (app: DesiredApp, volume: string, labels: Record<string, string>, signal: AbortSignal, say: (line: string) => void): Promise<void> {
+    const name = volumeName(app.name, volume)
+    const hostDir = app.storage == null ? null : join(app.storage.hostPath, name, '_data')
     try {
       const info = await this.docker.getVolume(name).inspect({ abortSignal: signal })
       // Reused as it is, whoever made it (a restore may have): recreating would lose data.
-      if (info.Labels?.[LABELS.app] !== app) this.log.warn('reusing a volume dcloud did not create', { volume: name, app })
+      if (info.Labels?.[LABELS.app] !== app.name) this.log.warn('reusing a volume dcloud did not create', { volume: name, app: app.name })
+      if (hostDir !== null && dataDirOf(info) !== hostDir) this.log.warn('the app\'s volume keeps its data elsewhere than its storage asks; it stays where it is', { volume: name, data: dataDirOf(info), asked: hostDir })
       return
     } catch (err) {
       if (!isNotFound(err)) throw err
     }
-    say(`creating volume ${name}`)
-    await this.docker.createVolume({ Name: name, Labels: { ...labels, [LABELS.app]: app, [LABELS.volume]: volume }, abortSignal: signal } as object)
+    if (hostDir === null) {
+      say(`creating volume ${name}`)
+      await this.docker.createVolume({ Name: name, Labels: { ...labels, [LABELS.app]: app.name, [LABELS.volume]: volume }, abortSignal: signal } as object)
+      return
+    }
+    // The local driver binding a directory of the node: Docker mounts it where the volume is used, and
+    // never removes what is in it. The directory must exist before anything mounts it.
+    say(`creating volume ${name} with its data in ${hostDir}`)
+    await mkdir(hostDir, { recursive: true, mode: 0o755 })
+    await this.docker.createVolume({
+      Name: name,
+      Driver: 'local',
+      DriverOpts: { type: 'none', o: 'bind', device: hostDir },
+      Labels: { ...labels, [LABELS.app]: app.name, [LABELS.volume]: volume, [LABELS.hostPath]: app.storage!.hostPath },
+      abortSignal: signal
+    } as object)
   }
+
 
   private async createContainer (app: DesiredApp, service: string, svc: ComposeService, hash: string, network: string, opts: DeployOptions): Promise<string> {
     const name = containerName(app.name, service)

@@ -19,6 +19,11 @@
  * extraction goes to a fresh directory next to the target that is renamed into
  * place only after the whole archive verified, and nothing is ever written
  * through a symlink. See docs/snapshots.md for the rules.
+ *
+ * The writer and reader of one volume's entries (scanTree/writeTree and
+ * TreeExtractor) know nothing of the metadata: tar-repo.ts builds its
+ * snapshot archives (`NAME/...` side by side) with the same ones, so both
+ * formats obey one set of safety rules.
  */
 import { createHash, randomBytes, type Hash } from 'node:crypto'
 import { createReadStream, constants, type Stats } from 'node:fs'
@@ -236,13 +241,13 @@ async function * walk (root: string, prefixBytes: number, signal: AbortSignal): 
   yield * dir(root, '.')
 }
 
-/** Refuses a volume whose symlinks lead outside it: the archive could not be restored safely. */
-function checkLinks (volume: string, dir: string, links: Map<string, string>): void {
+/** Refuses a tree whose symlinks lead outside it: the archive could not be restored safely. */
+function checkLinks (tree: TreeSpec, links: Map<string, string>): void {
   for (const [rel, target] of links) {
     if (symlinkEscapes(rel, links)) {
-      throw new UserError(`volume ${volume}: symlink ${join(dir, rel)} points outside the volume (${JSON.stringify(target)})`, {
+      throw new UserError(`${tree.label}: symlink ${join(tree.dir, rel)} points outside the ${tree.noun} (${JSON.stringify(target)})`, {
         exitCode: EXIT.dataError,
-        hint: 'a backup file may only hold symlinks that stay inside their volume (restores refuse the others); make it relative to the volume, or remove it'
+        hint: `an archive may only hold symlinks that stay inside their ${tree.noun} (restores refuse the others); make it relative to the ${tree.noun}, or remove it`
       })
     }
   }
@@ -284,8 +289,13 @@ export async function listingDigest (dir: string, opts: { signal: AbortSignal })
 // ---------------------------------------------------------------------------
 // Writing
 
+/** Where tree writers put their bytes. */
+export interface TarSink {
+  write: (b: Buffer) => Promise<void>
+}
+
 /** Buffers small writes into fewer system calls; tracks the position. */
-class FileSink {
+export class FileSink implements TarSink {
   private chunks: Buffer[] = []
   private buffered = 0
   position = 0
@@ -325,9 +335,101 @@ class FileSink {
 class ChangedError extends UserError {
   override name = 'VolumeChangedError'
 
-  constructor (volume: string, what: string) {
-    super(`volume ${volume} changed while it was being archived (${what})`, { exitCode: EXIT.tempFail, hint: 'stop the app (or let dcloud stop it) and back it up again; nothing was written' })
+  constructor (label: string, what: string) {
+    super(`${label} changed while it was being archived (${what})`, { exitCode: EXIT.tempFail, hint: 'stop the app (or let dcloud stop it) and back it up again; nothing was written' })
   }
+}
+
+/**
+ * One directory written into an archive as a tree of entries under `prefix`.
+ * Backup files hold one per volume (`volumes/NAME/`); a tar repository's
+ * archives one per top-level entry (`NAME/`).
+ */
+export interface TreeSpec {
+  dir: string
+  /** Archive path of the tree's root directory, ending in '/'. */
+  prefix: string
+  /** The tree in messages: "volume data". */
+  label: string
+  /** What a tree is, in messages: "volume". */
+  noun: string
+}
+
+export interface TreeScan extends TreeSpec {
+  entries: number
+  /** Directories among the entries, the root included. */
+  dirs: number
+  /** Bytes of file content. */
+  bytes: number
+}
+
+/**
+ * Pass 1 over a tree: counts what pass 2 must find again (and progress
+ * totals), and refuses what the reader would refuse, before a byte is
+ * written. Sockets, fifos and device nodes are appended to `skipped`.
+ */
+export async function scanTree (spec: TreeSpec, signal: AbortSignal, skipped: string[]): Promise<TreeScan> {
+  const dir = resolve(spec.dir)
+  const tree = { ...spec, dir }
+  let entries = 0
+  let dirs = 0
+  let bytes = 0
+  const links = new Map<string, string>()
+  for await (const e of walk(dir, Buffer.byteLength(spec.prefix), signal)) {
+    if (e.kind === 'skip') {
+      skipped.push(`${e.abs} (${e.skipReason ?? '?'})`)
+      continue
+    }
+    entries++
+    if (e.kind === 'd') dirs++
+    if (e.kind === 'f') bytes += e.st.size
+    if (e.kind === 'l' && e.target !== null) links.set(e.rel, e.target)
+  }
+  checkLinks(tree, links)
+  return { ...tree, entries, dirs, bytes }
+}
+
+/**
+ * Pass 2: writes a scanned tree's entries (each directory sorted by name)
+ * and returns its listing's sha256. A tree that no longer matches its scan
+ * fails: its data would be inconsistent. `progress` is called after each
+ * entry and as file content moves, with the entries written so far and the
+ * bytes just moved.
+ */
+export async function writeTree (sink: TarSink, tree: TreeScan, signal: AbortSignal, progress: (entries: number, moved: number) => void = () => {}): Promise<string> {
+  const hash = createHash('sha256')
+  const links = new Map<string, string>()
+  let entries = 0
+  let bytes = 0
+  const prefix = tree.prefix
+  for await (const e of walk(tree.dir, Buffer.byteLength(prefix), signal)) {
+    if (e.kind === 'skip') continue
+    entries++
+    const path = e.rel === '.' ? prefix : `${prefix}${e.rel}`
+    const base = { mode: e.st.mode, uid: e.st.uid, gid: e.st.gid, mtime: Math.floor(e.st.mtimeMs / 1000) }
+    if (e.kind === 'd') {
+      await sink.write(encodeEntry({ ...base, path, type: 'dir', size: 0 }))
+      hash.update(listingLine('d', e.rel, e.st.mode, e.st.uid, e.st.gid, 0, null, null))
+    } else if (e.kind === 'l') {
+      const target = e.target ?? ''
+      links.set(e.rel, target)
+      await sink.write(encodeEntry({ ...base, path, type: 'symlink', size: 0, linkpath: target }))
+      hash.update(listingLine('l', e.rel, e.st.mode, e.st.uid, e.st.gid, 0, null, target))
+    } else if (e.kind === 'h') {
+      await sink.write(encodeEntry({ ...base, path, type: 'hardlink', size: 0, linkpath: `${prefix}${e.target ?? ''}` }))
+      hash.update(listingLine('h', e.rel, e.st.mode, e.st.uid, e.st.gid, 0, null, e.target))
+    } else {
+      await sink.write(encodeEntry({ ...base, path, type: 'file', size: e.st.size }))
+      const sha = await copyFile(e, sink, tree.label, signal, (n) => { progress(entries, n) })
+      await sink.write(Buffer.alloc(padding(e.st.size)))
+      hash.update(listingLine('f', e.rel, e.st.mode, e.st.uid, e.st.gid, e.st.size, sha, null))
+      bytes += e.st.size
+    }
+    progress(entries, 0)
+  }
+  if (entries !== tree.entries || bytes !== tree.bytes) throw new ChangedError(tree.label, `${tree.entries} entries and ${tree.bytes} bytes when counted, ${entries} and ${bytes} when written`)
+  checkLinks(tree, links)
+  return hash.digest('hex')
 }
 
 /**
@@ -358,27 +460,14 @@ export async function writeArchive (file: string, opts: WriteArchiveOptions): Pr
   if (await exists(out)) throw new UserError(`${out} already exists; refusing to replace it`, { exitCode: EXIT.cantCreate, hint: 'choose another file name, or move the old backup away first' })
 
   // Pass 1: count, and refuse what cannot be archived, before creating anything.
-  const scanned: Array<{ name: string, dir: string, entries: number, bytes: number }> = []
+  const scanned: Array<TreeScan & { name: string }> = []
   const skipped: string[] = []
   let total = 0
   for (const v of opts.volumes) {
-    const dir = resolve(v.dir)
-    let entries = 0
-    let bytes = 0
-    const links = new Map<string, string>()
-    for await (const e of walk(dir, Buffer.byteLength(`volumes/${v.name}/`), signal)) {
-      if (e.kind === 'skip') {
-        skipped.push(`${e.abs} (${e.skipReason ?? '?'})`)
-        continue
-      }
-      entries++
-      if (e.kind === 'f') bytes += e.st.size
-      if (e.kind === 'l' && e.target !== null) links.set(e.rel, e.target)
-    }
-    checkLinks(v.name, dir, links)
-    scanned.push({ name: v.name, dir, entries, bytes })
-    total += bytes
-    opts.progress?.({ phase: 'scan', volume: v.name, entries, bytesDone: 0, bytesTotal: total })
+    const scan = await scanTree({ dir: v.dir, prefix: `volumes/${v.name}/`, label: `volume ${v.name}`, noun: 'volume' }, signal, skipped)
+    scanned.push({ ...scan, name: v.name })
+    total += scan.bytes
+    opts.progress?.({ phase: 'scan', volume: v.name, entries: scan.entries, bytesDone: 0, bytesTotal: total })
   }
 
   const placeholders = scanned.map(() => randomBytes(32).toString('hex'))
@@ -416,42 +505,10 @@ export async function writeArchive (file: string, opts: WriteArchiveOptions): Pr
     }
 
     for (const [i, v] of scanned.entries()) {
-      const hash = createHash('sha256')
-      const links = new Map<string, string>()
-      let entries = 0
-      let bytes = 0
-      const prefix = `volumes/${v.name}/`
-      for await (const e of walk(v.dir, Buffer.byteLength(prefix), signal)) {
-        if (e.kind === 'skip') continue
-        entries++
-        const path = e.rel === '.' ? prefix : `${prefix}${e.rel}`
-        const base = { mode: e.st.mode, uid: e.st.uid, gid: e.st.gid, mtime: Math.floor(e.st.mtimeMs / 1000) }
-        if (e.kind === 'd') {
-          await sink.write(encodeEntry({ ...base, path, type: 'dir', size: 0 }))
-          hash.update(listingLine('d', e.rel, e.st.mode, e.st.uid, e.st.gid, 0, null, null))
-        } else if (e.kind === 'l') {
-          const target = e.target ?? ''
-          links.set(e.rel, target)
-          await sink.write(encodeEntry({ ...base, path, type: 'symlink', size: 0, linkpath: target }))
-          hash.update(listingLine('l', e.rel, e.st.mode, e.st.uid, e.st.gid, 0, null, target))
-        } else if (e.kind === 'h') {
-          await sink.write(encodeEntry({ ...base, path, type: 'hardlink', size: 0, linkpath: `${prefix}${e.target ?? ''}` }))
-          hash.update(listingLine('h', e.rel, e.st.mode, e.st.uid, e.st.gid, 0, null, e.target))
-        } else {
-          await sink.write(encodeEntry({ ...base, path, type: 'file', size: e.st.size }))
-          const sha = await copyFile(e, sink, v.name, signal, (n) => { done += n; report(v.name, entries) })
-          await sink.write(Buffer.alloc(padding(e.st.size)))
-          hash.update(listingLine('f', e.rel, e.st.mode, e.st.uid, e.st.gid, e.st.size, sha, null))
-          bytes += e.st.size
-        }
-        report(v.name, entries)
-      }
-      if (entries !== v.entries || bytes !== v.bytes) throw new ChangedError(v.name, `${v.entries} entries and ${v.bytes} bytes when counted, ${entries} and ${bytes} when written`)
-      checkLinks(v.name, v.dir, links)
-      const digest = hash.digest('hex')
+      const digest = await writeTree(sink, v, signal, (entries, moved) => { done += moved; report(v.name, entries) })
       const volume = meta.volumes[i] as BackupVolume
       volume.listingSha256 = digest
-      report(v.name, entries, true)
+      report(v.name, v.entries, true)
     }
     await sink.write(endOfArchive())
     await sink.flush()
@@ -480,22 +537,22 @@ export async function writeArchive (file: string, opts: WriteArchiveOptions): Pr
 }
 
 /** Copies exactly the size lstat saw, hashing it; a file that changes meanwhile fails the backup. */
-async function copyFile (e: WalkEntry, sink: FileSink, volume: string, signal: AbortSignal, moved: (n: number) => void): Promise<string> {
+async function copyFile (e: WalkEntry, sink: TarSink, label: string, signal: AbortSignal, moved: (n: number) => void): Promise<string> {
   const h = createHash('sha256')
   // O_NOFOLLOW: a file swapped for a symlink since the walk is not followed.
   const fh = await open(e.abs, constants.O_RDONLY | constants.O_NOFOLLOW).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT' || err.code === 'ELOOP') throw new ChangedError(volume, `${e.abs} disappeared`)
+    if (err.code === 'ENOENT' || err.code === 'ELOOP') throw new ChangedError(label, `${e.abs} disappeared`)
     throw err
   })
   try {
     const before = await fh.stat()
-    if (before.ino !== e.st.ino || before.size !== e.st.size) throw new ChangedError(volume, `${e.abs} was replaced or resized`)
+    if (before.ino !== e.st.ino || before.size !== e.st.size) throw new ChangedError(label, `${e.abs} was replaced or resized`)
     let pos = 0
     while (pos < e.st.size) {
       signal.throwIfAborted()
       const buf = Buffer.allocUnsafe(Math.min(CHUNK, e.st.size - pos))
       const { bytesRead } = await fh.read(buf, 0, buf.length, pos)
-      if (bytesRead === 0) throw new ChangedError(volume, `${e.abs} shrank`)
+      if (bytesRead === 0) throw new ChangedError(label, `${e.abs} shrank`)
       const chunk = buf.subarray(0, bytesRead)
       h.update(chunk)
       await sink.write(chunk)
@@ -503,7 +560,7 @@ async function copyFile (e: WalkEntry, sink: FileSink, volume: string, signal: A
       moved(bytesRead)
     }
     const after = await fh.stat()
-    if (after.size !== e.st.size || after.mtimeMs !== e.st.mtimeMs) throw new ChangedError(volume, `${e.abs} was written to`)
+    if (after.size !== e.st.size || after.mtimeMs !== e.st.mtimeMs) throw new ChangedError(label, `${e.abs} was written to`)
   } finally {
     await fh.close()
   }
@@ -595,18 +652,6 @@ export async function extractArchive (source: ArchiveSource, target: string, opt
   }
 }
 
-interface VolumeState {
-  meta: BackupVolume
-  hash: Hash
-  entries: number
-  bytes: number
-  /** Every entry seen, by volume-relative path; the value is its kind. */
-  tree: Map<string, ListingKind>
-  links: Map<string, string>
-  /** Directories to give their mode, owner and time once their content is in (deepest last). */
-  dirs: Array<{ abs: string, e: TarEntry }>
-}
-
 const IS_ROOT = process.getuid?.() === 0
 
 async function readArchive (source: ArchiveSource, root: string | null, opts: ReadOptions, metaOnly: boolean): Promise<{ meta: BackupMeta }> {
@@ -639,44 +684,37 @@ async function readArchive (source: ArchiveSource, root: string | null, opts: Re
     const meta = decodeBackupMeta(raw)
     if (metaOnly) return { meta }
 
-    const volumes = new Map<string, VolumeState>(meta.volumes.map(v => [v.name, { meta: v, hash: createHash('sha256'), entries: 0, bytes: 0, tree: new Map(), links: new Map(), dirs: [] }]))
-    if (root !== null) for (const v of meta.volumes) await fsStep(`volumes/${v.name}/`, async () => { await mkdir(join(root, v.name), { mode: 0o700 }) })
+    const trees = new TreeExtractor(meta.volumes.map(v => v.name), root, {
+      base: ['volumes'],
+      noun: 'volume',
+      declaredIn: META_FILE,
+      reserved: [META_FILE],
+      outside: `is outside volumes/<name>/ and is not ${META_FILE}`
+    })
+    await trees.begin()
     let lastReport = 0
     const report = (volume: string | null, force = false): void => {
       if (opts.progress === undefined) return
       const now = Date.now()
       if (!force && now - lastReport < PROGRESS_EVERY_MS) return
       lastReport = now
-      const entries = [...volumes.values()].reduce((n, v) => n + v.entries, 0)
-      opts.progress({ phase: 'read', volume, entries, bytesDone: tar.offset, bytesTotal: totalBytes })
+      opts.progress({ phase: 'read', volume, entries: trees.entries, bytesDone: tar.offset, bytesTotal: totalBytes })
     }
 
     for (let e = await tar.next(); e !== null; e = await tar.next()) {
       signal.throwIfAborted()
-      const { vol, rel } = placeEntry(e, volumes)
-      await readEntry(tar, e, vol, rel, root === null ? null : join(root, vol.meta.name, ...(rel === '.' ? [] : rel.split('/'))), root === null ? null : join(root, vol.meta.name))
-      report(vol.meta.name)
+      report(await trees.entry(tar, e))
     }
 
-    for (const vol of volumes.values()) {
-      const name = vol.meta.name
-      if (!vol.tree.has('.')) throw new ArchiveError(`volume ${name} is declared in ${META_FILE} but not in the archive`)
-      for (const rel of vol.links.keys()) {
-        if (symlinkEscapes(rel, vol.links)) throw new ArchiveError(`symlink points outside its volume through other symlinks (${JSON.stringify(vol.links.get(rel))})`, `volumes/${name}/${rel}`)
+    const found = new Map(trees.finish().map(t => [t.name, t]))
+    for (const v of meta.volumes) {
+      const t = found.get(v.name) as TreeResult
+      if (t.entries !== v.entries || t.bytes !== v.bytes) {
+        throw new ArchiveError(`volume ${v.name} holds ${t.entries} entries and ${t.bytes} bytes, ${META_FILE} says ${v.entries} and ${v.bytes}`)
       }
-      if (vol.entries !== vol.meta.entries || vol.bytes !== vol.meta.bytes) {
-        throw new ArchiveError(`volume ${name} holds ${vol.entries} entries and ${vol.bytes} bytes, ${META_FILE} says ${vol.meta.entries} and ${vol.meta.bytes}`)
-      }
-      if (vol.hash.digest('hex') !== vol.meta.listingSha256) throw new ArchiveError(`volume ${name}'s content does not match its checksum in ${META_FILE}: the archive was modified or damaged`)
-      // Deepest first, so that a read-only directory is closed only after its children are in.
-      for (const d of vol.dirs.reverse()) {
-        await fsStep(d.e.path, async () => {
-          if (IS_ROOT) await chown(d.abs, d.e.uid, d.e.gid)
-          await chmod(d.abs, d.e.mode & 0o7777)
-          await utimes(d.abs, d.e.mtime, d.e.mtime)
-        })
-      }
+      if (t.listingSha256 !== v.listingSha256) throw new ArchiveError(`volume ${v.name}'s content does not match its checksum in ${META_FILE}: the archive was modified or damaged`)
     }
+    await trees.settle()
     report(null, true)
     return { meta }
   } finally {
@@ -684,30 +722,231 @@ async function readArchive (source: ArchiveSource, root: string | null, opts: Re
   }
 }
 
+/** How a TreeExtractor places entries and names things in its messages. */
+export interface TreeRules {
+  /** Path components before each tree's name: ['volumes'] in a backup file, none in a tar repository's archive. */
+  base: string[]
+  /** What a tree is, in messages: "volume". */
+  noun: string
+  /** Where the trees are declared, in messages: "dcloud-backup.json". */
+  declaredIn: string
+  /** Paths that may appear only once, before the trees (a backup file's metadata): a second one is refused. */
+  reserved?: string[]
+  /** The refusal of an entry outside `base/<name>/` (only possible with a base). */
+  outside?: string
+}
+
+/** What an extractor read of one tree: compare it with what the archive's owner recorded. */
+export interface TreeResult {
+  name: string
+  entries: number
+  bytes: number
+  /** sha256 of the tree's content listing (see listingLine). */
+  listingSha256: string
+}
+
+interface TreeState {
+  name: string
+  /** Archive path of the tree's root, ending in '/'. */
+  prefix: string
+  /** Where the tree is extracted to; null when only verifying. */
+  dir: string | null
+  hash: Hash
+  entries: number
+  bytes: number
+  /** Every entry seen, by tree-relative path; the value is its kind. */
+  tree: Map<string, ListingKind>
+  links: Map<string, string>
+  /** Directories to give their mode, owner and time once their content is in (deepest last). */
+  dirs: Array<{ abs: string, e: TarEntry }>
+}
+
 /**
- * Where an entry belongs, refusing any path that could land outside its
- * volume or anything but a volume's content after the metadata.
+ * The safe reader of trees side by side (`BASE/NAME/...` for each declared
+ * NAME), shared by backup files and tar repositories: every rule of
+ * docs/snapshots.md ("Reading: the safety rules") about entries, checked
+ * before an entry's bytes reach the disk. Writes into `root/NAME/`, or
+ * nothing when `root` is null.
+ *
+ * Use: begin(), entry() for each archive entry, finish() once the archive
+ * ended, then the caller's own checks of the results, and settle() last:
+ * directories get their final (possibly read-only) modes only once nothing
+ * can fail any more, so a refused archive can always be removed.
  */
-function placeEntry (e: TarEntry, volumes: Map<string, VolumeState>): { vol: VolumeState, rel: string } {
-  if (e.type === 'char' || e.type === 'block') throw new ArchiveError(`${e.type === 'char' ? 'character' : 'block'} device entries are not allowed`, e.path)
-  if (e.type === 'fifo') throw new ArchiveError('fifo entries are not allowed', e.path)
-  if (e.type === 'other') throw new ArchiveError(`entry type ${JSON.stringify(e.flag)} is not allowed`, e.path)
-  if (e.path === META_FILE) throw new ArchiveError('appears twice', e.path)
-  const parts = splitPath(e.path, e.type === 'dir', e.path)
-  if (parts[0] !== 'volumes' || parts.length < 2) throw new ArchiveError(`is outside volumes/<name>/ and is not ${META_FILE}`, e.path)
-  const vol = volumes.get(parts[1] as string)
-  if (vol === undefined) throw new ArchiveError(`volume ${JSON.stringify(parts[1])} is not in ${META_FILE}`, e.path)
-  const rel = parts.length === 2 ? '.' : parts.slice(2).join('/')
-  if (vol.tree.has(rel)) throw new ArchiveError('appears twice', e.path)
-  if (rel === '.') {
-    if (e.type !== 'dir') throw new ArchiveError('a volume\'s root must be a directory', e.path)
-  } else {
-    if (!vol.tree.has('.')) throw new ArchiveError('comes before its volume\'s directory entry', e.path)
-    const parent = rel.includes('/') ? rel.slice(0, rel.lastIndexOf('/')) : '.'
-    // Only directories we created ourselves are ever walked through: never a symlink.
-    if (vol.tree.get(parent) !== 'd') throw new ArchiveError(`its directory ${JSON.stringify(parent)} is not a directory earlier in the archive`, e.path)
+export class TreeExtractor {
+  private readonly trees: Map<string, TreeState>
+  private readonly root: string | null
+  private readonly rules: TreeRules
+
+  constructor (names: string[], root: string | null, rules: TreeRules) {
+    this.root = root
+    this.rules = rules
+    this.trees = new Map(names.map(name => [name, {
+      name,
+      prefix: [...rules.base, name].join('/') + '/',
+      dir: root === null ? null : join(root, name),
+      hash: createHash('sha256'),
+      entries: 0,
+      bytes: 0,
+      tree: new Map(),
+      links: new Map(),
+      dirs: []
+    }]))
   }
-  return { vol, rel }
+
+  /** Entries read so far, all trees together. */
+  get entries (): number {
+    let n = 0
+    for (const t of this.trees.values()) n += t.entries
+    return n
+  }
+
+  /** Creates each tree's directory (mode 0700 until settle()). */
+  async begin (): Promise<void> {
+    for (const t of this.trees.values()) {
+      const dir = t.dir
+      if (dir !== null) await fsStep(t.prefix, async () => { await mkdir(dir, { mode: 0o700 }) })
+    }
+  }
+
+  /** Places and reads (or writes) one entry, consuming its content; returns its tree's name. */
+  async entry (tar: TarReader, e: TarEntry): Promise<string> {
+    const { t, rel } = this.place(e)
+    await this.read(tar, e, t, rel, t.dir === null ? null : join(t.dir, ...(rel === '.' ? [] : rel.split('/'))))
+    return t.name
+  }
+
+  /** After the last entry: every tree present, no symlink leaving its tree through others. */
+  finish (): TreeResult[] {
+    const { noun, declaredIn } = this.rules
+    const out: TreeResult[] = []
+    for (const t of this.trees.values()) {
+      if (!t.tree.has('.')) throw new ArchiveError(`${noun} ${t.name} is declared in ${declaredIn} but not in the archive`)
+      for (const rel of t.links.keys()) {
+        if (symlinkEscapes(rel, t.links)) throw new ArchiveError(`symlink points outside its ${noun} through other symlinks (${JSON.stringify(t.links.get(rel))})`, `${t.prefix}${rel}`)
+      }
+      out.push({ name: t.name, entries: t.entries, bytes: t.bytes, listingSha256: t.hash.digest('hex') })
+    }
+    return out
+  }
+
+  /** Gives directories their mode, owner and time, deepest first (a read-only directory is closed after its children are in). */
+  async settle (): Promise<void> {
+    for (const t of this.trees.values()) {
+      for (const d of t.dirs.reverse()) {
+        await fsStep(d.e.path, async () => {
+          if (IS_ROOT) await chown(d.abs, d.e.uid, d.e.gid)
+          await chmod(d.abs, d.e.mode & 0o7777)
+          await utimes(d.abs, d.e.mtime, d.e.mtime)
+        })
+      }
+      t.dirs = []
+    }
+  }
+
+  /**
+   * Where an entry belongs, refusing any path that could land outside its
+   * tree or anything but a tree's content.
+   */
+  private place (e: TarEntry): { t: TreeState, rel: string } {
+    const { base, noun, declaredIn } = this.rules
+    if (e.type === 'char' || e.type === 'block') throw new ArchiveError(`${e.type === 'char' ? 'character' : 'block'} device entries are not allowed`, e.path)
+    if (e.type === 'fifo') throw new ArchiveError('fifo entries are not allowed', e.path)
+    if (e.type === 'other') throw new ArchiveError(`entry type ${JSON.stringify(e.flag)} is not allowed`, e.path)
+    if (this.rules.reserved?.includes(e.path) === true) throw new ArchiveError('appears twice', e.path)
+    const parts = splitPath(e.path, e.type === 'dir', e.path)
+    const k = base.length
+    if (parts.length < k + 1 || base.some((b, i) => parts[i] !== b)) throw new ArchiveError(this.rules.outside ?? `is outside ${base.join('/')}/<name>/`, e.path)
+    const t = this.trees.get(parts[k] as string)
+    if (t === undefined) throw new ArchiveError(`${noun} ${JSON.stringify(parts[k])} is not in ${declaredIn}`, e.path)
+    const rel = parts.length === k + 1 ? '.' : parts.slice(k + 1).join('/')
+    if (t.tree.has(rel)) throw new ArchiveError('appears twice', e.path)
+    if (rel === '.') {
+      if (e.type !== 'dir') throw new ArchiveError(`a ${noun}'s root must be a directory`, e.path)
+    } else {
+      if (!t.tree.has('.')) throw new ArchiveError(`comes before its ${noun}'s directory entry`, e.path)
+      const parent = rel.includes('/') ? rel.slice(0, rel.lastIndexOf('/')) : '.'
+      // Only directories we created ourselves are ever walked through: never a symlink.
+      if (t.tree.get(parent) !== 'd') throw new ArchiveError(`its directory ${JSON.stringify(parent)} is not a directory earlier in the archive`, e.path)
+    }
+    return { t, rel }
+  }
+
+  private async read (tar: TarReader, e: TarEntry, t: TreeState, rel: string, abs: string | null): Promise<void> {
+    const { noun } = this.rules
+    let sha: string | null = null
+    let kind: ListingKind
+    let target: string | null = null
+    switch (e.type) {
+      case 'dir':
+        kind = 'd'
+        if (abs !== null) {
+          if (rel !== '.') await fsStep(e.path, async () => { await mkdir(abs, { mode: 0o700 }) })
+          t.dirs.push({ abs, e })
+        }
+        break
+      case 'symlink': {
+        kind = 'l'
+        target = e.linkpath
+        if (target === '') throw new ArchiveError('symlink has no target', e.path)
+        t.links.set(rel, target)
+        // The obvious escapes are refused at once; chains through other symlinks once all are known.
+        if (symlinkEscapes(rel, new Map([[rel, target]]))) throw new ArchiveError(`symlink points outside its ${noun} (${JSON.stringify(target)})`, e.path)
+        if (abs !== null) {
+          await fsStep(e.path, async () => {
+            await symlink(target as string, abs)
+            if (IS_ROOT) await lchown(abs, e.uid, e.gid)
+            await lutimes(abs, e.mtime, e.mtime)
+          })
+        }
+        break
+      }
+      case 'hardlink': {
+        kind = 'h'
+        if (e.linkpath.startsWith('/') || !e.linkpath.startsWith(t.prefix)) throw new ArchiveError(`hardlink points outside its ${noun} (${JSON.stringify(e.linkpath)})`, e.path)
+        const linkParts = splitPath(e.linkpath, false, e.path)
+        target = linkParts.slice(this.rules.base.length + 1).join('/')
+        const to = t.tree.get(target)
+        if (to !== 'f' && to !== 'h') throw new ArchiveError(`hardlink target ${JSON.stringify(e.linkpath)} is not a file earlier in the archive`, e.path)
+        if (abs !== null && t.dir !== null) {
+          const from = join(t.dir, ...target.split('/'))
+          await fsStep(e.path, async () => { await link(from, abs) })
+        }
+        break
+      }
+      case 'file': {
+        kind = 'f'
+        const h = createHash('sha256')
+        if (abs === null) {
+          for await (const c of tar.content(e.path)) h.update(c)
+        } else {
+          // O_EXCL and O_NOFOLLOW: never through a symlink, never over anything.
+          const fh = await fsStep(e.path, async () => await open(abs, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600))
+          try {
+            for await (const c of tar.content(e.path)) {
+              h.update(c)
+              await fsStep(e.path, async () => { await fh.write(c) })
+            }
+            await fsStep(e.path, async () => {
+              if (IS_ROOT) await fh.chown(e.uid, e.gid)
+              await fh.chmod(e.mode & 0o1777)
+              await fh.utimes(e.mtime, e.mtime)
+            })
+          } finally {
+            await fh.close()
+          }
+        }
+        sha = h.digest('hex')
+        t.bytes += e.size
+        break
+      }
+      default:
+        throw new ArchiveError(`entry type ${JSON.stringify(e.flag)} is not allowed`, e.path)
+    }
+    t.tree.set(rel, kind)
+    t.entries++
+    t.hash.update(listingLine(kind, rel, e.mode, e.uid, e.gid, kind === 'f' ? e.size : 0, sha, target))
+  }
 }
 
 /** Path components, refusing absolute paths, `..`, `.` and empty components. */
@@ -723,82 +962,6 @@ function splitPath (path: string, isDir: boolean, entry: string): string[] {
   return parts
 }
 
-async function readEntry (tar: TarReader, e: TarEntry, vol: VolumeState, rel: string, abs: string | null, volRoot: string | null): Promise<void> {
-  let sha: string | null = null
-  let kind: ListingKind
-  let target: string | null = null
-  switch (e.type) {
-    case 'dir':
-      kind = 'd'
-      if (abs !== null) {
-        if (rel !== '.') await fsStep(e.path, async () => { await mkdir(abs, { mode: 0o700 }) })
-        vol.dirs.push({ abs, e })
-      }
-      break
-    case 'symlink': {
-      kind = 'l'
-      target = e.linkpath
-      if (target === '') throw new ArchiveError('symlink has no target', e.path)
-      vol.links.set(rel, target)
-      // The obvious escapes are refused at once; chains through other symlinks once all are known.
-      if (symlinkEscapes(rel, new Map([[rel, target]]))) throw new ArchiveError(`symlink points outside its volume (${JSON.stringify(target)})`, e.path)
-      if (abs !== null) {
-        await fsStep(e.path, async () => {
-          await symlink(target as string, abs)
-          if (IS_ROOT) await lchown(abs, e.uid, e.gid)
-          await lutimes(abs, e.mtime, e.mtime)
-        })
-      }
-      break
-    }
-    case 'hardlink': {
-      kind = 'h'
-      const prefix = `volumes/${vol.meta.name}/`
-      if (e.linkpath.startsWith('/') || !e.linkpath.startsWith(prefix)) throw new ArchiveError(`hardlink points outside its volume (${JSON.stringify(e.linkpath)})`, e.path)
-      const linkParts = splitPath(e.linkpath, false, e.path)
-      target = linkParts.slice(2).join('/')
-      const to = vol.tree.get(target)
-      if (to !== 'f' && to !== 'h') throw new ArchiveError(`hardlink target ${JSON.stringify(e.linkpath)} is not a file earlier in the archive`, e.path)
-      if (abs !== null && volRoot !== null) {
-        const from = join(volRoot, ...target.split('/'))
-        await fsStep(e.path, async () => { await link(from, abs) })
-      }
-      break
-    }
-    case 'file': {
-      kind = 'f'
-      const h = createHash('sha256')
-      if (abs === null) {
-        for await (const c of tar.content(e.path)) h.update(c)
-      } else {
-        // O_EXCL and O_NOFOLLOW: never through a symlink, never over anything.
-        const fh = await fsStep(e.path, async () => await open(abs, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600))
-        try {
-          for await (const c of tar.content(e.path)) {
-            h.update(c)
-            await fsStep(e.path, async () => { await fh.write(c) })
-          }
-          await fsStep(e.path, async () => {
-            if (IS_ROOT) await fh.chown(e.uid, e.gid)
-            await fh.chmod(e.mode & 0o1777)
-            await fh.utimes(e.mtime, e.mtime)
-          })
-        } finally {
-          await fh.close()
-        }
-      }
-      sha = h.digest('hex')
-      vol.bytes += e.size
-      break
-    }
-    default:
-      throw new ArchiveError(`entry type ${JSON.stringify(e.flag)} is not allowed`, e.path)
-  }
-  vol.tree.set(rel, kind)
-  vol.entries++
-  vol.hash.update(listingLine(kind, rel, e.mode, e.uid, e.gid, kind === 'f' ? e.size : 0, sha, target))
-}
-
 /** A file-system step of an extraction: its failure names the entry (and a full disk says so). */
 async function fsStep<T> (entry: string, fn: () => Promise<T>): Promise<T> {
   try {
@@ -809,7 +972,7 @@ async function fsStep<T> (entry: string, fn: () => Promise<T>): Promise<T> {
   }
 }
 
-function diskFull (err: unknown, where: string | null, doing: string): UserError | null {
+export function diskFull (err: unknown, where: string | null, doing: string): UserError | null {
   const code = (err as NodeJS.ErrnoException | null)?.code
   if (code !== 'ENOSPC' && code !== 'EDQUOT') return null
   return new UserError(`no space left on the disk${where === null ? '' : ` holding ${where}`} while ${doing}`, { exitCode: EXIT.ioError, hint: 'free space and try again; nothing partial was left behind' })

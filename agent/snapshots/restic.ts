@@ -315,6 +315,81 @@ export async function restoreAsIs (repo: ResticRepo, snapshotId: string, targetD
 }
 
 /**
+ * One entry of `restic diff`: `+` added, `-` removed, or one or more of `T`
+ * type changed, `M` content changed, `U` metadata changed (`TU`, `MU`).
+ * Directories end in `/`.
+ */
+export interface DiffEntry {
+  path: string
+  modifier: string
+}
+
+/** What changed from snapshot `from` to snapshot `to` (metadata changes included), as restic compares their trees. */
+export async function diff (repo: ResticRepo, from: string, to: string, opts: SignalOptions): Promise<DiffEntry[]> {
+  checkSnapshotId(from)
+  checkSnapshotId(to)
+  const stdout = await runOrThrow(repo, ['diff', '--json', '--metadata', '--', from, to], `compare snapshots ${from} and ${to}`, opts)
+  return parseResticJson(repo, `compare snapshots ${from} and ${to}`, () => {
+    const out: DiffEntry[] = []
+    for (const line of stdout.split('\n')) {
+      if (line.trim() === '') continue
+      const v = JSON.parse(line) as { message_type?: unknown, path?: unknown, modifier?: unknown }
+      if (v.message_type !== 'change') continue
+      if (typeof v.path !== 'string' || !v.path.startsWith('/') || v.path.split('/').includes('..')) throw new Error(`change.path ${JSON.stringify(v.path)} is not an absolute path`)
+      if (typeof v.modifier !== 'string' || !/^(\+|-|T?M?U?)$/.test(v.modifier) || v.modifier === '') throw new Error(`change.modifier ${JSON.stringify(v.modifier)} is unknown`)
+      out.push({ path: v.path, modifier: v.modifier })
+    }
+    return out
+  })
+}
+
+/** One node of a snapshot's tree as `restic ls --json` describes it. */
+export interface TreeNode {
+  path: string
+  type: string
+  mode: number
+  uid: number
+  gid: number
+  mtime: string
+}
+
+/** Every file and directory of a snapshot, with its metadata. */
+export async function ls (repo: ResticRepo, snapshotId: string, opts: SignalOptions): Promise<TreeNode[]> {
+  checkSnapshotId(snapshotId)
+  const stdout = await runOrThrow(repo, ['ls', '--json', '--', snapshotId], `list the files of snapshot ${snapshotId}`, opts)
+  return parseResticJson(repo, `list the files of snapshot ${snapshotId}`, () => {
+    const out: TreeNode[] = []
+    for (const line of stdout.split('\n')) {
+      if (line.trim() === '') continue
+      const v = JSON.parse(line) as Record<string, unknown>
+      if (v.struct_type !== 'node') continue
+      if (typeof v.path !== 'string' || typeof v.type !== 'string') throw new Error('node without path or type')
+      out.push({ path: v.path, type: v.type, mode: Number(v.mode ?? 0), uid: Number(v.uid ?? 0), gid: Number(v.gid ?? 0), mtime: String(v.mtime ?? '') })
+    }
+    return out
+  })
+}
+
+/** restic's include patterns treat `*`, `?`, `[`, `]` and `\\` as pattern syntax: a path names itself only escaped. */
+export function literalPattern (path: string): string {
+  return path.replace(/[*?[\]\\]/g, c => `\\${c}`)
+}
+
+/**
+ * Restores only the given paths of a snapshot into `targetDir`, over what is
+ * there: files are rewritten whole, others are left alone. The increment of a
+ * move, applied on top of the copy restored while the app still ran.
+ */
+export async function restorePaths (repo: ResticRepo, snapshotId: string, targetDir: string, paths: string[], opts: RestoreOptions): Promise<void> {
+  checkSnapshotId(snapshotId)
+  if (paths.length === 0) return
+  const args = ['restore', snapshotId, '--target', resolve(targetDir)]
+  for (const p of paths) args.push('--include', literalPattern(p))
+  if (opts.verify === true) args.push('--verify')
+  await runOrThrow(repo, args, `restore ${paths.length} path(s) of snapshot ${snapshotId}`, opts)
+}
+
+/**
  * Removes snapshots from the index (their data stays until `prune`). Only ever
  * called explicitly. Returns the full ids of the snapshots removed.
  */

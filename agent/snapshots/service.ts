@@ -20,11 +20,12 @@
  * holds the app's lock: a peer never copies a half-written file, and two
  * restic processes never race on one repository.
  */
+import { execFile } from 'node:child_process'
 import { createHmac } from 'node:crypto'
 import { chmod, chown, lstat, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import type { PeerId } from '@libp2p/interface'
-import type { DesiredApp } from '../../proto/plan.ts'
+import type { AppStorage, DesiredApp } from '../../proto/plan.ts'
 import { SNAPSHOT_DEFAULTS, isStateful, type SnapshotPolicy } from '../../proto/app.ts'
 import type { SnapshotInfo, SnapshotPurpose } from '../../proto/cluster.ts'
 import { UserError, EXIT } from '../util/errors.ts'
@@ -35,9 +36,19 @@ import {
   RepoMissingError, backup, initRepo, restore as resticRestore, restoreAsIs, snapshots as resticSnapshots,
   type ResticRepo, type Snapshot
 } from './restic.ts'
+import { applyIncrement } from './increment.ts'
+import { initTarRepository, isTarRepository, tarBackup, tarRestore, tarSnapshots } from './tar-repo.ts'
+import { RepoSyncError } from './repo-sync.ts'
 
 /** Purposes whose snapshots are never restored automatically: they hold a copy the user decides about. */
 const NOT_RESTORABLE = new Set<string>(['divergent', 'replaced', 'prepass', 'fenced'])
+/** A pull answered `busy` is tried again this many times (about 40 s in all). */
+const PULL_BUSY_RETRIES = 12
+/** An increment with more changed paths than this is restored in full (the paths go on restic's command line). */
+const MAX_INCREMENT_PATHS = 4000
+
+/** restic's repository format, or the tar fallback's (tar-repo.ts) where restic is missing. */
+export type RepoFormat = 'restic' | 'tar'
 
 export interface SnapshotServiceInit {
   dataDir: string
@@ -81,6 +92,12 @@ export class SnapshotService {
   private readonly init: SnapshotServiceInit
   /** Listings by app, dropped whenever the repository changes (a restic call costs about half a second). */
   private readonly listings = new Map<string, SnapshotInfo[]>()
+  /** Copies restored ahead of a move, by app: which snapshot, in which stage directory. */
+  private readonly stages = new Map<string, { snapshot: string, dir: string }>()
+  /** Whether this node has restic (found at start); without it new repositories are tar repositories. */
+  private resticFound = true
+  /** The format of each app's repository here, once known (a repository never changes format). */
+  private readonly formats = new Map<string, RepoFormat>()
 
   constructor (init: SnapshotServiceInit) {
     this.init = init
@@ -92,6 +109,8 @@ export class SnapshotService {
 
   /** Creates the directories and writes the password derived from the cluster key (every node derives the same). */
   async start (): Promise<void> {
+    this.resticFound = await hasProgram(this.init.restic ?? 'restic')
+    if (!this.resticFound) this.init.log.warn('restic is missing: new snapshot repositories here are tar repositories (full copies, not encrypted at rest); install restic for incremental, encrypted ones', { restic: this.init.restic ?? 'restic' })
     await mkdir(this.reposRoot, { recursive: true, mode: 0o700 })
     await mkdir(this.cacheDir, { recursive: true, mode: 0o700 })
     const password = repositoryPassword(this.init.clusterKey) + '\n'
@@ -106,6 +125,21 @@ export class SnapshotService {
 
   repo (app: string): ResticRepo {
     return { repo: join(this.reposRoot, app), passwordFile: this.passwordFile, cacheDir: this.cacheDir, ...(this.init.restic !== undefined ? { binary: this.init.restic } : {}) }
+  }
+
+  /**
+   * The format of the app's repository here: what its config says when it
+   * exists (a replica keeps its origin's format), else restic where this node
+   * has it and tar where it does not.
+   */
+  async format (app: string): Promise<RepoFormat> {
+    const known = this.formats.get(app)
+    if (known !== undefined) return known
+    const dir = join(this.reposRoot, app)
+    if (!(await exists(join(dir, 'config')))) return this.resticFound ? 'restic' : 'tar'
+    const format: RepoFormat = await isTarRepository(dir) ? 'tar' : 'restic'
+    this.formats.set(app, format)
+    return format
   }
 
   private async withLock<T> (app: string, fn: () => Promise<T>): Promise<T> {
@@ -159,10 +193,11 @@ export class SnapshotService {
     const repo = this.repo(app.name)
 
     return await this.withLock(app.name, async () => {
-      await this.ensureRepo(app.name, opts.signal)
+      const format = await this.ensureRepo(app.name, opts.signal)
       const quiesce = opts.quiesce ?? policy.quiesce
       const started = performance.now()
-      if (quiesce !== 'none') {
+      // A tar repository copies everything at every pass: a prepass would only double the work.
+      if (quiesce !== 'none' && format === 'restic') {
         const all = await resticSnapshots(repo, { signal: opts.signal, tags: [`dcloud.app=${app.name}`] })
         // restic is incremental against this host's last snapshot of the same paths, and re-reads files
         // whose metadata changed: with none of its own yet, or when the newest snapshot came from another
@@ -179,13 +214,14 @@ export class SnapshotService {
       let result
       try {
         if (frozen.length > 0) say(`${quiesce === 'pause' ? 'paused' : 'stopped'} ${frozen.length} container(s) for the final pass`)
-        result = await backup(repo, { within, names }, {
+        const options = {
           tags,
           host,
           signal: opts.signal,
           ...(opts.describe === false ? { describe: false } : {}),
-          progress: (p) => { say(`snapshot ${Math.round(p.percent)}% (${p.bytesDone} of ${p.bytesTotal ?? '?'} bytes)`) }
-        })
+          progress: (p: { percent: number, bytesDone: number, bytesTotal: number | null }) => { say(`snapshot ${Math.round(p.percent)}% (${p.bytesDone} of ${p.bytesTotal ?? '?'} bytes)`) }
+        }
+        result = format === 'restic' ? await backup(repo, { within, names }, options) : await tarBackup(repo.repo, { within, names }, options)
       } finally {
         if (frozen.length > 0 && quiesce !== 'none') await runtime.resume(app.name, frozen, quiesce, AbortSignal.timeout(60_000))
       }
@@ -197,13 +233,15 @@ export class SnapshotService {
     })
   }
 
-  private async ensureRepo (app: string, signal: AbortSignal): Promise<void> {
-    try {
-      await stat(join(this.reposRoot, app, 'config'))
-    } catch {
-      await initRepo(this.repo(app), { signal })
-      this.init.log.info('snapshot repository created', { app, repo: join(this.reposRoot, app) })
-    }
+  /** Creates the app's repository here if there is none (restic where this node has it, else tar); returns its format. */
+  private async ensureRepo (app: string, signal: AbortSignal): Promise<RepoFormat> {
+    const format = await this.format(app)
+    if (await exists(join(this.reposRoot, app, 'config'))) return format
+    if (format === 'restic') await initRepo(this.repo(app), { signal })
+    else await initTarRepository(join(this.reposRoot, app), { signal })
+    this.formats.set(app, format)
+    this.init.log.info('snapshot repository created', { app, repo: join(this.reposRoot, app), format })
+    return format
   }
 
   /**
@@ -215,8 +253,9 @@ export class SnapshotService {
     const names = (await readdir(stage)).sort()
     if (names.length === 0) throw new UserError('nothing to import: no volumes', { exitCode: EXIT.dataError })
     return await this.withLock(app, async () => {
-      await this.ensureRepo(app, signal)
-      const r = await backup(this.repo(app), { within: stage, names }, { tags: [`dcloud.app=${app}`, `dcloud.purpose=${purpose}`, 'dcloud.gen=1'], host: hostTag(this.init.nodeName()), signal })
+      const format = await this.ensureRepo(app, signal)
+      const options = { tags: [`dcloud.app=${app}`, `dcloud.purpose=${purpose}`, 'dcloud.gen=1'], host: hostTag(this.init.nodeName()), signal }
+      const r = format === 'restic' ? await backup(this.repo(app), { within: stage, names }, options) : await tarBackup(join(this.reposRoot, app), { within: stage, names }, options)
       this.listings.delete(app)
       return infoOf(r.snapshot, app, r.bytesProcessed, r.dataAdded)
     })
@@ -227,9 +266,9 @@ export class SnapshotService {
    * volume VOL's data (what a backup file is written from).
    */
   async restoreToDirs (app: string, snapshotId: string, target: string, signal: AbortSignal): Promise<Record<string, string>> {
-    const restored = await this.withLock(app, async () => await resticRestore(this.repo(app), snapshotId, join(target, 'restic'), { signal }))
+    const restored = await this.withLock(app, async () => await this.restoreLaidOut(app, snapshotId, join(target, 'restic'), signal, true))
     const base = join(target, 'restic')
-    const entries = await exists(join(base, '_data')) ? [[basename(restored.paths[0] ?? ''), base] as const] : (await readdir(base)).map(e => [e, join(base, e)] as const)
+    const entries = await exists(join(base, '_data')) ? [[basename(restored?.paths[0] ?? ''), base] as const] : (await readdir(base)).map(e => [e, join(base, e)] as const)
     const prefix = `dcloud-${app}-`
     const dirs: Record<string, string> = {}
     for (const [name, dir] of entries) {
@@ -252,7 +291,10 @@ export class SnapshotService {
       return []
     }
     try {
-      snaps = await this.withLock(app, async () => await resticSnapshots(this.repo(app), { signal, tags: [`dcloud.app=${app}`] }))
+      const format = await this.format(app)
+      snaps = await this.withLock(app, async () => format === 'restic'
+        ? await resticSnapshots(this.repo(app), { signal, tags: [`dcloud.app=${app}`] })
+        : await tarSnapshots(join(this.reposRoot, app), { signal, tags: [`dcloud.app=${app}`], onSkip: (path, reason) => { this.init.log.warn('a snapshot of the tar repository is unreadable here; skipped', { app, path, reason }) } }))
     } catch (err) {
       if (err instanceof RepoMissingError) return []
       throw err
@@ -303,13 +345,31 @@ export class SnapshotService {
 
     const mountpoints = new Map<string, string>()
     for (const volume of Object.keys(app.manifest.compose.volumes)) mountpoints.set(volume, await runtime.createVolume(app, volume, opts.signal))
-    const dataRoot = dirname(volumesDir([...mountpoints.values()]))
-    const work = await mkdtemp(join(dataRoot, 'dcloud-restore-'))
+    // Work directories go beside the data, on its file system, so that restored files are renamed into place:
+    // Docker's data directory, or the storage's own directory (often a disk of its own).
+    const dataRoot = app.storage != null ? app.storage.hostPath : dirname(volumesDir([...mountpoints.values()]))
+    const staged = this.stages.get(app.name)
+    this.stages.delete(app.name)
+    const work = await mkdtemp(join(dataRoot, app.storage != null ? '.dcloud-restore-' : 'dcloud-restore-'))
     try {
-      const target = join(work, 'out')
-      say(`restoring snapshot ${snapshotId}`)
-      // One restic run, no lookup: on a move this is the critical path.
-      await this.withLock(app.name, async () => { await restoreAsIs(this.repo(app.name), snapshotId, target, { signal: opts.signal }) })
+      let target = join(work, 'out')
+      let fromStage = false
+      if (staged !== undefined && dirname(staged.dir) === dataRoot) {
+        try {
+          const started = performance.now()
+          const changes = await this.applyIncrement(app.name, staged, snapshotId, opts.signal)
+          target = join(staged.dir, 'out')
+          fromStage = true
+          say(`brought the copy staged from ${staged.snapshot} up to snapshot ${snapshotId}: ${changes} change(s) in ${Math.round(performance.now() - started)} ms`)
+        } catch (err) {
+          this.init.log.warn('the staged copy could not be brought up to date: restoring in full', { app: app.name, staged: staged.snapshot, snapshot: snapshotId, error: (err as Error).message })
+        }
+      }
+      if (!fromStage) {
+        say(`restoring snapshot ${snapshotId}`)
+        // One restic run, no lookup: on a move this is the critical path.
+        await this.withLock(app.name, async () => { await this.restoreLaidOut(app.name, snapshotId, target, opts.signal) })
+      }
       // Each volume's directory, `dcloud-APP-VOL`, as a top-level entry (restic names relative entries by their name).
       const dirs = new Map<string, string>()
       for (const entry of await readdir(target)) dirs.set(entry, join(target, entry))
@@ -329,16 +389,85 @@ export class SnapshotService {
       }
     } finally {
       await rm(work, { recursive: true, force: true })
+      if (staged !== undefined) await rm(staged.dir, { recursive: true, force: true })
     }
+  }
+
+  /**
+   * Restores a snapshot as restic lays it out, its top-level entries
+   * (`dcloud-APP-VOL`) under `target`, in either format. `lookup`: restic
+   * looks the snapshot up first (for its paths); on a move's critical path
+   * it does not (one restic run less).
+   */
+  private async restoreLaidOut (app: string, snapshotId: string, target: string, signal: AbortSignal, lookup = false): Promise<Snapshot | null> {
+    if (await this.format(app) === 'tar') return await tarRestore(join(this.reposRoot, app), snapshotId, target, { signal })
+    if (lookup) return await resticRestore(this.repo(app), snapshotId, target, { signal })
+    await restoreAsIs(this.repo(app), snapshotId, target, { signal })
+    return null
+  }
+
+  /**
+   * Restores a snapshot beside Docker's volumes while the app still runs
+   * elsewhere (a move's copy phase). The move's restore then applies only
+   * what changed since (applyIncrement) instead of restoring everything
+   * while the app is down. A stage is only a copy: dropping it loses nothing.
+   */
+  async stage (app: string, snapshotId: string, storage: AppStorage | null, signal: AbortSignal): Promise<void> {
+    // Only restic can name what changed since: a tar repository restores in full anyway.
+    if (await this.format(app) !== 'restic') return
+    let dir: string
+    if (storage !== null) {
+      await mkdir(storage.hostPath, { recursive: true, mode: 0o755 })
+      dir = join(storage.hostPath, `.dcloud-stage-${app}`)
+    } else {
+      dir = join(await this.init.runtime.dataRoot(signal), `dcloud-stage-${app}`)
+    }
+    this.stages.delete(app)
+    await rm(dir, { recursive: true, force: true })
+    await mkdir(dir, { mode: 0o700 })
+    const started = performance.now()
+    try {
+      await this.withLock(app, async () => { await this.restoreLaidOut(app, snapshotId, join(dir, 'out'), signal) })
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true })
+      throw err
+    }
+    this.stages.set(app, { snapshot: snapshotId, dir })
+    this.init.log.info('staged a copy ahead of a move', { app, snapshot: snapshotId, ms: Math.round(performance.now() - started) })
+  }
+
+  /** Stage directories left by moves that never finished (an agent restart forgets its stages). */
+  async dropStages (signal: AbortSignal): Promise<void> {
+    const root = await this.init.runtime.dataRoot(signal)
+    for (const entry of await readdir(root).catch(() => [] as string[])) {
+      if (entry.startsWith('dcloud-stage-') && !this.stages.has(entry.slice('dcloud-stage-'.length))) await rm(join(root, entry), { recursive: true, force: true })
+    }
+  }
+
+  /** Brings a staged copy up to `snapshotId` (increment.ts); the number of changes applied. */
+  private async applyIncrement (app: string, staged: { snapshot: string, dir: string }, snapshotId: string, signal: AbortSignal): Promise<number> {
+    if (staged.snapshot === snapshotId) return 0
+    return await this.withLock(app, async () => await applyIncrement(this.repo(app), staged.snapshot, snapshotId, join(staged.dir, 'out'), { signal, maxPaths: MAX_INCREMENT_PATHS }))
   }
 
   // ---- replication ---------------------------------------------------------
 
   /** Fetches the app's repository from a peer (only what is missing here). */
   async pullFrom (peer: PeerId | string, app: string, signal: AbortSignal): Promise<{ files: number, bytes: number }> {
-    const r = await this.init.pull(peer, app, signal)
-    if (r.files > 0) this.listings.delete(app)
-    return r
+    // `busy`: a pull of the same app is running here (a replication meeting a move's sync), or the peer's
+    // repository is in use. Both end soon; two nodes pulling from each other back off at random.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const r = await this.init.pull(peer, app, signal)
+        if (r.files > 0) this.listings.delete(app)
+        return r
+      } catch (err) {
+        if (!(err instanceof RepoSyncError) || err.code !== 'busy' || attempt >= PULL_BUSY_RETRIES) throw err
+        const wait = Math.min(4000, 250 * 2 ** attempt) * (0.5 + Math.random())
+        this.init.log.debug('repository busy, pulling again shortly', { app, attempt, waitMs: Math.round(wait), error: err.message })
+        await sleepFor(wait, signal)
+      }
+    }
   }
 }
 
@@ -392,6 +521,25 @@ async function exists (path: string): Promise<boolean> {
   } catch {
     return false
   }
+}
+
+/** Whether a program runs here (`PROGRAM version`); false when it is missing or not executable. */
+async function hasProgram (program: string): Promise<boolean> {
+  return await new Promise(resolve => {
+    execFile(program, ['version'], { timeout: 10_000 }, (err) => {
+      const code = (err as NodeJS.ErrnoException | null)?.code
+      resolve(err === null || (code !== 'ENOENT' && code !== 'EACCES'))
+    })
+  })
+}
+
+async function sleepFor (ms: number, signal: AbortSignal): Promise<void> {
+  signal.throwIfAborted()
+  await new Promise<void>((resolve, reject) => {
+    const done = (): void => { clearTimeout(t); reject(signal.reason) }
+    const t = setTimeout(() => { signal.removeEventListener('abort', done); resolve() }, ms)
+    signal.addEventListener('abort', done, { once: true })
+  })
 }
 
 /** Removes a directory's content (only called on a volume whose data a snapshot holds). */

@@ -15,6 +15,8 @@ import {
   type BackupProgress, type ResticRepo
 } from '../../agent/snapshots/restic.ts'
 import { listingDigest } from '../../agent/snapshots/archive.ts'
+import { applyIncrement } from '../../agent/snapshots/increment.ts'
+import { restoreAsIs } from '../../agent/snapshots/restic.ts'
 import { UserError } from '../../agent/util/errors.ts'
 import { need } from './need.ts'
 
@@ -297,5 +299,57 @@ describe('restic wrapper', () => {
     await expect(backup(repo, { dir: source }, { tags: ['a,b'], signal: signal() })).rejects.toMatchObject({ message: 'snapshot tag "a,b" is not allowed', hint: expect.stringMatching(/no comma/) })
     await expect(backup(repo, { dir: source }, { host: '--repo=/tmp', signal: signal() })).rejects.toThrow(/host .* is not allowed/)
     await expect(backup(repo, { dir: join(base, 'nothing-here') }, { signal: signal() })).rejects.toThrow(/does not exist/)
+  })
+
+  it('brings a staged restore up to a later snapshot by its increment alone: added, removed, changed, retyped, odd names, directory modes', async () => {
+    const within = join(base, 'inc-src')
+    const vol = join(within, 'dcloud-inc-data', '_data')
+    await mkdir(join(vol, 'sub', 'deep'), { recursive: true })
+    await writeFile(join(vol, 'big'), randomBytes(3 * 1024 * 1024))
+    await writeFile(join(vol, 'gone'), 'removed later\n')
+    await mkdir(join(vol, 'gonedir'))
+    await writeFile(join(vol, 'gonedir', 'f'), 'x')
+    await writeFile(join(vol, 'sub', 'x'), 'hello\n')
+    await writeFile(join(vol, 'becomes-dir'), 'a file first\n')
+    await writeFile(join(vol, 'sub', 'deep', 'keep'), randomBytes(4096))
+    const host = 'inc-host'
+    const tags = ['dcloud.app=inc']
+    const first = await backup(repo, { within, names: ['dcloud-inc-data'] }, { tags, host, signal: signal() })
+    const stage = join(base, 'inc-stage')
+    await restoreAsIs(repo, first.snapshot.id, stage, { signal: signal() })
+
+    // The increment: every kind of change restic's diff reports.
+    const fh = await (await import('node:fs/promises')).open(join(vol, 'big'), 'r+')
+    await fh.write(Buffer.alloc(100_000, 7), 0, 100_000, 1024 * 1024)
+    await fh.close()
+    await rm(join(vol, 'gone'))
+    await rm(join(vol, 'gonedir'), { recursive: true })
+    await writeFile(join(vol, 'sub', 'x'), 'hi\n') // shorter: the old bytes must not linger
+    await rm(join(vol, 'becomes-dir'))
+    await mkdir(join(vol, 'becomes-dir'))
+    await writeFile(join(vol, 'becomes-dir', 'inside'), 'now a directory\n')
+    await writeFile(join(vol, 'we*rd [name]?'), 'glob characters in a name\n')
+    await mkdir(join(vol, 'newdir', 'nested'), { recursive: true })
+    await writeFile(join(vol, 'newdir', 'nested', 'n'), 'new\n')
+    await chmod(join(vol, 'sub', 'deep'), 0o700)
+    await chmod(vol, 0o770)
+    const second = await backup(repo, { within, names: ['dcloud-inc-data'] }, { tags, host, signal: signal() })
+
+    const changes = await applyIncrement(repo, first.snapshot.id, second.snapshot.id, stage, { signal: signal(), maxPaths: 100 })
+    expect(changes).toBeGreaterThanOrEqual(8)
+    const fresh = join(base, 'inc-fresh')
+    await restoreAsIs(repo, second.snapshot.id, fresh, { signal: signal() })
+    const digest = async (d: string): Promise<string> => (await listingDigest(join(d, 'dcloud-inc-data'), { signal: signal() })).sha256
+    const [a, b, c] = [await digest(stage), await digest(fresh), await digest(within)]
+    expect(a).toBe(b)
+    expect(a).toBe(c)
+    expect((await stat(join(stage, 'dcloud-inc-data', '_data', 'sub', 'deep'))).mode & 0o777).toBe(0o700)
+    expect((await stat(join(stage, 'dcloud-inc-data', '_data'))).mode & 0o777).toBe(0o770)
+
+    // More changes than may go on a command line: it says so, and the caller restores in full.
+    await writeFile(join(vol, 'another'), 'x')
+    await writeFile(join(vol, 'and-another'), 'y')
+    const third = await backup(repo, { within, names: ['dcloud-inc-data'] }, { tags, host, signal: signal() })
+    await expect(applyIncrement(repo, second.snapshot.id, third.snapshot.id, stage, { signal: signal(), maxPaths: 1 })).rejects.toThrow(/more than the 1 restored one by one/)
   })
 })

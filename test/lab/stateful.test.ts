@@ -49,7 +49,8 @@ async function write (node: string, client: string, ms: number, target = 'notes'
   // A snapshot's pause can hold the writes for a while on a loaded machine: wait for enough records, not for time.
   await waitFor(async () => w.ackCount() > 5 ? true : undefined, 60_000, `${client} to get more than 5 acknowledgements`)
   await w.stop()
-  acked.push(...w.acknowledged())
+  // The records notes must hold from now on (another app's records are its own).
+  if (target === 'notes') acked.push(...w.acknowledged())
   return w.acknowledged()
 }
 
@@ -133,10 +134,28 @@ describe('stateful apps', () => {
       const file = join(dir, 'notes.dcloud-backup')
       await dcOk('n1', ['backup', 'notes', '-o', file])
       const original = await readNotesInLab(lab.name, 'n3', { app: 'notes' })
-      const out = await dcOk('n2', ['restore', file, '--name', 'notes2', '--node', 'n3', '--yes'])
+      // Its data in a directory of the node's own (a disk mounted there, say), and a domain of its own.
+      const dataDir = join(dir, 'disk')
+      const out = await dcOk('n2', ['restore', file, '--name', 'notes2', '--node', 'n3', '--data-dir', dataDir, '--domain', 'notes.home.example', '--yes'])
       expect(out).toMatch(/notes2 restored and running on n3/)
+      expect(out).toContain(`data in ${dataDir} on n3`)
       const copy = await readNotesInLab(lab.name, 'n1', { app: 'notes2' })
       expect(copy).toBe(original)
+      expect(await readFile(join(dataDir, 'dcloud-notes2-data', '_data', 'notes.log'), 'utf8')).toBe(original)
+      const view = await app('n1', 'notes2')
+      expect(view?.hostPath).toBe(dataDir)
+      expect(view?.domain).toBe('notes.home.example')
+      // Snapshots read the data where it is: a new record is in the next snapshot.
+      const more = await write('n3', 'd2', 500, 'notes2')
+      const snap = JSON.parse(await dcOk('n3', ['snapshot', 'create', 'notes2', '--json'])) as SnapshotView
+      const fromRestic = await notesFromRestic('n3', 'notes2', snap.id)
+      expect(verifyNotes(fromRestic, more).missing).toEqual([])
+      expect(fromRestic.startsWith(original)).toBe(true)
+      // A system directory is refused before anything is written.
+      const sys = await dc('n2', ['restore', file, '--name', 'notes3', '--data-dir', '/etc/dcloud-x', '--yes'])
+      expect(sys.code).not.toBe(0)
+      expect(sys.stderr).toMatch(/system directory/)
+      expect(existsSync('/etc/dcloud-x')).toBe(false)
 
       // A tar whose first entry is ours but whose next one climbs out of the target.
       const meta = JSON.parse((await sh('tar', ['-xOf', file, 'dcloud-backup.json'])).stdout) as Record<string, unknown>

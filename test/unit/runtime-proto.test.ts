@@ -179,6 +179,13 @@ describe('states', () => {
     expect(serviceState(st(over as Partial<Docker.ContainerInspectInfo['State']>))).toEqual({ state, health })
   })
 
+  it('forgives an unhealthy verdict just after a snapshot\'s pause, and nothing else', () => {
+    const unhealthy = st({ Health: { Status: 'unhealthy', FailingStreak: 3, Log: [] } })
+    expect(serviceState(unhealthy, true)).toEqual({ state: 'running', health: 'unhealthy' })
+    expect(serviceState(unhealthy, false)).toEqual({ state: 'failed', health: 'unhealthy' })
+    expect(serviceState(st({ Status: 'exited', ExitCode: 1 }), true)).toEqual({ state: 'failed', health: 'none' })
+  })
+
   it('combine into the app state', () => {
     expect(appState([])).toBe('stopped')
     expect(appState([{ state: 'running' }, { state: 'running' }])).toBe('running')

@@ -16,7 +16,9 @@ export const agentHelp = `dcloud agent [options]
   --no-mdns             do not discover peers by mDNS (also DCLOUD_MDNS=off)
   --heartbeat-ms N      status interval (default 1000)
   --witness HOST[:PORT] what a two-node cluster probes to let its lower-id node lead alone
-                        (default: the default gateway, port 53; any TCP answer counts)`
+                        (default: the default gateway, port 53; any TCP answer counts)
+  --restic PATH         the restic program (default: restic on PATH); where there is none,
+                        new snapshot repositories are tar repositories (see docs/snapshots.md)`
 
 export async function agentCommand (argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -32,7 +34,8 @@ export async function agentCommand (argv: string[]): Promise<number> {
       api: { type: 'string' },
       'no-mdns': { type: 'boolean', default: false },
       'heartbeat-ms': { type: 'string' },
-      witness: { type: 'string' }
+      witness: { type: 'string' },
+      restic: { type: 'string' }
     }
   })
   const dataDir = values['data-dir'] ?? defaultDataDir()
@@ -58,7 +61,8 @@ export async function agentCommand (argv: string[]): Promise<number> {
     mdns: !mdnsOff,
     peers: values.peer ?? [],
     heartbeatMs,
-    witness: values.witness ?? null
+    witness: values.witness ?? null,
+    ...(values.restic !== undefined ? { restic: values.restic } : {})
   }, log)
 
   // The agent keeps running whatever a peer sends; a bug that escapes a handler is logged, not fatal.

@@ -19,10 +19,14 @@ export const backupHelp = `dcloud backup APP -o FILE [--json]
   writes the app (its manifest, settings and every volume) into one tar file;
   restore it on this or any other cluster with \`dcloud restore FILE\``
 
-export const restoreHelp = `dcloud restore FILE [--name NAME] [--node NODE] [--yes] [--json]
+export const restoreHelp = `dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--domain DOMAIN] [--yes] [--json]
   checks the backup file, then installs its app with its data.
-  Without --yes it asks which name and node to use (default: the backed-up name, any node).
-  Data goes into Docker volumes of the chosen node.`
+  Without --yes it asks for each (default: the backed-up name, any node, Docker volumes, no domain).
+  --data-dir DIR  keep the data in DIR on the node (DIR/dcloud-APP-VOLUME/_data, bound into a
+                  Docker local volume) instead of Docker's volume directory; DIR must exist on
+                  every node the app may move to (a disk mounted at the same path, say)
+  --domain NAME   the domain the app answers to, kept with the app (routing needs the ingress)
+  Other volume drivers than Docker's local one are not supported: snapshots read the data from disk.`
 
 /** Long operations: a snapshot of a large volume, a backup, a restore. */
 const LONG_MS = 60 * 60_000
@@ -110,14 +114,16 @@ export async function backupCommand (argv: string[]): Promise<number> {
 }
 
 export async function restoreCommand (argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { name: { type: 'string' }, node: { type: 'string' }, yes: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } })
+  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { name: { type: 'string' }, node: { type: 'string' }, 'data-dir': { type: 'string' }, domain: { type: 'string' }, yes: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } })
   const fileArg = positionals[0]
-  if (fileArg === undefined) throw new UsageError('usage: dcloud restore FILE [--name NAME] [--node NODE] [--yes]', restoreHelp)
+  if (fileArg === undefined) throw new UsageError('usage: dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--domain DOMAIN] [--yes]', restoreHelp)
   const file = resolve(fileArg)
   const meta = await apiRequest<{ app: string, createdAt: string, manifest: { id: string, version: string }, volumes: Array<{ name: string, entries: number, bytes: number }> }>('POST', '/v1/backups/inspect', { file }, undefined, LONG_MS)
   process.stderr.write(`${file}: ${meta.app} (${meta.manifest.id} ${meta.manifest.version}), backed up ${meta.createdAt}, ${meta.volumes.length} volume(s), ${bytes(meta.volumes.reduce((n, v) => n + v.bytes, 0))}: verified\n`)
   let name = values.name ?? null
   let node = values.node ?? null
+  let hostPath = values['data-dir'] === undefined ? null : resolve(values['data-dir'])
+  let domain = values.domain ?? null
   if (values.yes !== true) {
     if (!process.stdin.isTTY) throw new UserError('restore asks where to put the app: run it in a terminal, or give --yes (with --name and --node as needed)', { exitCode: EXIT.usage })
     const status = await apiGet<StatusResponse>('/v1/status')
@@ -130,7 +136,11 @@ export async function restoreCommand (argv: string[]): Promise<number> {
       const alive = status.nodes.filter(x => x.state === 'alive').map(x => x.name)
       const where = (await rl.question(`node (${alive.join(', ')}) [${node ?? 'any'}]: `)).trim()
       if (where !== '') node = where
-      process.stderr.write('data: Docker volumes on that node (the local driver)\n')
+      const dir = (await rl.question(`data: Docker volumes, or a directory on the node [${hostPath ?? 'Docker volumes'}]: `)).trim()
+      if (dir !== '') hostPath = resolve(dir)
+      const d = (await rl.question(`domain [${domain ?? 'none'}]: `)).trim()
+      if (d !== '') domain = d
+      process.stderr.write(`restoring ${name ?? meta.app} on ${node ?? 'any node'}, data in ${hostPath ?? 'Docker volumes'}${domain !== null ? `, domain ${domain}` : ''}\n`)
       if ((await rl.question('restore? [y/N] ')).trim().toLowerCase() !== 'y') return EXIT.failure
     } finally {
       rl.close()
@@ -144,13 +154,17 @@ export async function restoreCommand (argv: string[]): Promise<number> {
     nodeId = found.id
   }
   const started = Date.now()
-  const r = await apiRequest<{ name: string, snapshot: string | null }>('POST', '/v1/backups/restore', { file, name, node: nodeId }, undefined, LONG_MS)
+  const r = await apiRequest<{ name: string, snapshot: string | null }>('POST', '/v1/backups/restore', { file, name, node: nodeId, hostPath, domain }, undefined, LONG_MS)
   process.stderr.write(`${r.name}: installed${r.snapshot !== null ? `; its data is snapshot ${r.snapshot}` : ''}, waiting for it to run...\n`)
   for (;;) {
     const app = (await apiGet<AppView[]>('/v1/apps')).find(a => a.name === r.name)
     if (app !== undefined && app.state === 'running' && (r.snapshot === null || app.relocation != null)) {
       if (values.json === true) process.stdout.write(JSON.stringify(app, null, 2) + '\n')
-      else process.stdout.write(`${r.name} restored and running on ${app.node ?? '?'} in ${((Date.now() - started) / 1000).toFixed(1)} s${app.endpoints.length > 0 ? ` at ${app.endpoints.join(' ')}` : ''}\n`)
+      else {
+        process.stdout.write(`${r.name} restored and running on ${app.node ?? '?'} in ${((Date.now() - started) / 1000).toFixed(1)} s${app.endpoints.length > 0 ? ` at ${app.endpoints.join(' ')}` : ''}\n`)
+        if (app.hostPath !== undefined) process.stdout.write(`  data in ${app.hostPath} on ${app.node ?? '?'}\n`)
+        if (app.domain !== undefined) process.stdout.write(`  domain ${app.domain}\n`)
+      }
       return 0
     }
     if (Date.now() - started > 30 * 60_000) throw new UserError(`${r.name} was installed but is not running yet`, { exitCode: EXIT.tempFail, hint: `\`dcloud app why ${r.name}\` says why` })

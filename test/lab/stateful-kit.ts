@@ -1,0 +1,83 @@
+/**
+ * What the stateful lab tests share: the dcloud CLI in a lab node, the app
+ * and snapshot listings as JSON, a notes writer whose acknowledged records
+ * are remembered, and reading a snapshot with plain restic (no dcloud), as a
+ * user would.
+ */
+import { execFile } from 'node:child_process'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { waitFor, type LabHandle } from './harness.ts'
+import { PROJECT_ROOT } from '../../agent/config.ts'
+import type { AppView, SnapshotView } from '../../proto/api.ts'
+import { startLabWriters, type NotesRecord } from './notes-client.ts'
+
+export const NOTES = join(PROJECT_ROOT, 'apps', 'examples', 'notes')
+
+export interface Run { code: number, stdout: string, stderr: string }
+
+export async function sh (cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
+  return await new Promise((resolve) => {
+    execFile(cmd, args, { env: { ...process.env, ...env }, maxBuffer: 64 * 1024 * 1024, timeout: 120_000 }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout: String(stdout), stderr: String(stderr) })
+    })
+  })
+}
+
+export class StatefulKit {
+  readonly lab: LabHandle
+  /** Every record acknowledged by notes (the app named `notes`) so far: what it must hold from now on. */
+  readonly acked: NotesRecord[] = []
+
+  constructor (lab: LabHandle) {
+    this.lab = lab
+  }
+
+  async dc (node: string, args: string[]): Promise<Run> {
+    return await this.lab.exec(node, ['dcloud', ...args])
+  }
+
+  async dcOk (node: string, args: string[]): Promise<string> {
+    const r = await this.dc(node, args)
+    if (r.code !== 0) throw new Error(`dcloud ${args.join(' ')} on ${node} exited ${r.code}\n${r.stderr}\n${r.stdout}`)
+    return r.stdout
+  }
+
+  async app (node: string, name: string): Promise<AppView | undefined> {
+    return (JSON.parse(await this.dcOk(node, ['app', 'ls', '--json'])) as AppView[]).find(a => a.name === name)
+  }
+
+  async snapshots (node: string, name: string): Promise<SnapshotView[]> {
+    return JSON.parse(await this.dcOk(node, ['snapshot', 'ls', name, '--json'])) as SnapshotView[]
+  }
+
+  /**
+   * Writes to `target` from `node` for `ms`, then until more than 5 records
+   * were acknowledged (a snapshot's pause can hold writes on a loaded
+   * machine: wait for records, not for time). Records of notes are added to
+   * `acked`; another app's are its own.
+   */
+  async write (node: string, client: string, ms: number, target = 'notes'): Promise<NotesRecord[]> {
+    const w = startLabWriters(this.lab.name, node, { app: target }, [client])
+    await waitFor(async () => { w.assertRunning(); return w.ackCount() > 0 ? true : undefined }, 30_000, `${client} to get a first acknowledgement`)
+    await new Promise(resolve => setTimeout(resolve, ms))
+    await waitFor(async () => w.ackCount() > 5 ? true : undefined, 60_000, `${client} to get more than 5 acknowledgements`)
+    await w.stop()
+    if (target === 'notes') this.acked.push(...w.acknowledged())
+    return w.acknowledged()
+  }
+
+  /** The notes log of `appName` as plain restic restores it from a node's copy of the repository. */
+  async notesFromRestic (node: string, appName: string, snapshot: string): Promise<string> {
+    const root = join(this.lab.lab.agentDataDir(node), 'snapshots')
+    const out = await mkdtemp(join(tmpdir(), 'dcloud-restic-'))
+    try {
+      const r = await sh('restic', ['-r', join(root, 'repos', appName), '--password-file', join(root, 'restic.pw'), '--no-cache', 'restore', snapshot, '--target', out])
+      if (r.code !== 0) throw new Error(`restic restore: ${r.stderr}`)
+      return await readFile(join(out, `dcloud-${appName}-data`, '_data', 'notes.log'), 'utf8')
+    } finally {
+      await rm(out, { recursive: true, force: true })
+    }
+  }
+}
