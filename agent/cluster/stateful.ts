@@ -34,6 +34,7 @@ import type { DesiredStore } from './desired-store.ts'
 import type { ElectionDriver } from './election-driver.ts'
 import type { AppRuntime } from '../runtime/apps.ts'
 import { snapshotPolicy, type SnapshotService } from '../snapshots/service.ts'
+import { KEEP_DEFAULTS } from '../../scheduler/retention.ts'
 import type { Logger } from '../util/log.ts'
 
 /** A node that stops seeing a quorum fences after this long (its peers went suspect seconds ago already). */
@@ -58,6 +59,8 @@ const SCHEDULE_CHECK_MS = 5000
  */
 export const STAGE_MIN_BYTES = 64 * 1024 * 1024
 const REPLICATE_TIMEOUT_MS = 10 * 60_000
+/** How often each repository held here is checked against the retention rule. */
+const RETENTION_CHECK_MS = 10 * 60_000
 
 export interface DataPlaneInit {
   mesh: Mesh
@@ -96,6 +99,7 @@ export class DataPlane {
   private quorumLostAt: number | null = null
   private readonly startedAt = Date.now()
   private fencing = false
+  private retaining = false
   private readonly controller = new AbortController()
   private started = false
 
@@ -121,6 +125,7 @@ export class DataPlane {
     await this.refreshHoldings()
     this.timers.push(setInterval(() => { void this.fenceCheck() }, 250))
     this.timers.push(setInterval(() => { void this.scheduledSnapshots() }, SCHEDULE_CHECK_MS))
+    this.timers.push(setInterval(() => { void this.retention() }, RETENTION_CHECK_MS))
   }
 
   async stop (): Promise<void> {
@@ -314,6 +319,30 @@ export class DataPlane {
           this.init.log.warn('scheduled snapshot failed', { app: app.name, error: err.message })
         })
         .finally(() => { this.taking.delete(app.name) })
+    }
+  }
+
+  /**
+   * Applies the retention rule to every repository held here, the running
+   * app's and the replicas alike (the same rule everywhere, so the copies
+   * converge). The snapshot the user was told the app came from is kept.
+   */
+  private async retention (): Promise<void> {
+    if (this.retaining) return
+    this.retaining = true
+    try {
+      for (const name of await this.init.snapshots.apps()) {
+        const app = this.init.store.current().apps.find(a => a.name === name)
+        const keep = new Set<string>(app?.relocation?.snapshot !== undefined ? [app.relocation.snapshot] : [])
+        try {
+          const forgotten = await this.init.snapshots.applyRetention(name, KEEP_DEFAULTS, keep, this.controller.signal)
+          if (forgotten.length > 0) await this.refreshHoldings()
+        } catch (err) {
+          this.init.log.warn('retention failed', { app: name, error: (err as Error).message })
+        }
+      }
+    } finally {
+      this.retaining = false
     }
   }
 

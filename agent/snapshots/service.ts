@@ -33,15 +33,18 @@ import type { Logger } from '../util/log.ts'
 import type { AppRuntime } from '../runtime/apps.ts'
 import { volumeName } from '../runtime/apps.ts'
 import {
-  RepoMissingError, backup, initRepo, restore as resticRestore, restoreAsIs, snapshots as resticSnapshots,
+  RepoMissingError, backup, forget as forgetSnapshots, initRepo, prune, restore as resticRestore, restoreAsIs, snapshots as resticSnapshots,
   type ResticRepo, type Snapshot
 } from './restic.ts'
 import { applyIncrement } from './increment.ts'
-import { initTarRepository, isTarRepository, tarBackup, tarRestore, tarSnapshots } from './tar-repo.ts'
+import { initTarRepository, isTarRepository, tarBackup, tarForget, tarRestore, tarSnapshots } from './tar-repo.ts'
+import { snapshotsToForget, type KeepRule } from '../../scheduler/retention.ts'
 import { RepoSyncError } from './repo-sync.ts'
 
 /** Purposes whose snapshots are never restored automatically: they hold a copy the user decides about. */
 const NOT_RESTORABLE = new Set<string>(['divergent', 'replaced', 'prepass', 'fenced'])
+/** restic's prune rewrites packs and reads the whole index: at most this often per repository. */
+const PRUNE_EVERY_MS = 24 * 3600_000
 /** A pull answered `busy` is tried again this many times (about 40 s in all). */
 const PULL_BUSY_RETRIES = 12
 /** An increment with more changed paths than this is restored in full (the paths go on restic's command line). */
@@ -94,6 +97,9 @@ export class SnapshotService {
   private readonly listings = new Map<string, SnapshotInfo[]>()
   /** Copies restored ahead of a move, by app: which snapshot, in which stage directory. */
   private readonly stages = new Map<string, { snapshot: string, dir: string }>()
+  /** When each app's repository was last pruned here, and which have forgotten snapshots not pruned yet. */
+  private readonly prunedAt = new Map<string, number>()
+  private readonly unpruned = new Set<string>()
   /** Whether this node has restic (found at start); without it new repositories are tar repositories. */
   private resticFound = true
   /** The format of each app's repository here, once known (a repository never changes format). */
@@ -282,6 +288,11 @@ export class SnapshotService {
 
   /** The app's snapshots held here, oldest first (prepasses left out). */
   async list (app: string, signal: AbortSignal): Promise<SnapshotInfo[]> {
+    return (await this.listAll(app, signal)).filter(s => s.purpose !== ('prepass' as string))
+  }
+
+  /** Every snapshot of the app held here, prepasses included, oldest first. */
+  private async listAll (app: string, signal: AbortSignal): Promise<SnapshotInfo[]> {
     const cached = this.listings.get(app)
     if (cached !== undefined) return cached
     let snaps: Snapshot[]
@@ -299,7 +310,7 @@ export class SnapshotService {
       if (err instanceof RepoMissingError) return []
       throw err
     }
-    const out = snaps.map(s => infoOf(s, app, 0, 0)).filter(s => s.purpose !== ('prepass' as string)).sort((a, b) => a.time - b.time)
+    const out = snaps.map(s => infoOf(s, app, 0, 0)).sort((a, b) => a.time - b.time)
     this.listings.set(app, out)
     return out
   }
@@ -448,6 +459,43 @@ export class SnapshotService {
   private async applyIncrement (app: string, staged: { snapshot: string, dir: string }, snapshotId: string, signal: AbortSignal): Promise<number> {
     if (staged.snapshot === snapshotId) return 0
     return await this.withLock(app, async () => await applyIncrement(this.repo(app), staged.snapshot, snapshotId, join(staged.dir, 'out'), { signal, maxPaths: MAX_INCREMENT_PATHS }))
+  }
+
+  // ---- retention -------------------------------------------------------------
+
+  /**
+   * Forgets the snapshots the retention rule lets go (scheduler/retention.ts)
+   * and, at most once a day and only after forgetting, prunes the data no
+   * snapshot needs any more. Returns the ids forgotten.
+   */
+  async applyRetention (app: string, rule: KeepRule, keepIds: ReadonlySet<string>, signal: AbortSignal): Promise<string[]> {
+    const all = await this.listAll(app, signal)
+    const forget = snapshotsToForget(all, rule, keepIds)
+    const dueForPrune = (): boolean => this.unpruned.has(app) && Date.now() - (this.prunedAt.get(app) ?? 0) >= PRUNE_EVERY_MS
+    if (forget.length === 0 && !dueForPrune()) return []
+    const format = await this.format(app)
+    const dir = join(this.reposRoot, app)
+    await this.withLock(app, async () => {
+      if (format === 'tar') {
+        // A tar repository's forget removes the archives no snapshot uses: nothing to prune.
+        if (forget.length > 0) await tarForget(dir, forget, { signal })
+        return
+      }
+      if (forget.length > 0) {
+        await forgetSnapshots(this.repo(app), { ids: forget }, { signal })
+        this.unpruned.add(app)
+      }
+      if (dueForPrune()) {
+        await prune(this.repo(app), { signal })
+        this.prunedAt.set(app, Date.now())
+        this.unpruned.delete(app)
+        this.init.log.info('repository pruned', { app })
+      }
+    })
+    this.listings.delete(app)
+    if (forget.length === 0) return []
+    this.init.log.info('snapshots forgotten by the retention rule', { app, forgotten: forget.length, ids: forget.slice(0, 20) })
+    return forget
   }
 
   // ---- replication ---------------------------------------------------------

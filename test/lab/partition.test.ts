@@ -5,63 +5,20 @@
  * the cut-off node's divergent records are kept in a listed snapshot.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { execFile } from 'node:child_process'
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { LabHandle, waitFor } from './harness.ts'
-import { PROJECT_ROOT } from '../../agent/config.ts'
 import type { AppView, SnapshotView } from '../../proto/api.ts'
 import { readNotesInLab, startLabWriters, verifyNotes, type NotesRecord } from './notes-client.ts'
+import { NOTES, StatefulKit, type Run } from './stateful-kit.ts'
 
 const lab = new LabHandle('tpart')
-const NOTES = join(PROJECT_ROOT, 'apps', 'examples', 'notes')
-const acked: NotesRecord[] = []
-
-interface Run { code: number, stdout: string, stderr: string }
-
-async function dc (node: string, args: string[]): Promise<Run> {
-  return await lab.exec(node, ['dcloud', ...args])
-}
-
-async function dcOk (node: string, args: string[]): Promise<string> {
-  const r = await dc(node, args)
-  if (r.code !== 0) throw new Error(`dcloud ${args.join(' ')} on ${node} exited ${r.code}\n${r.stderr}\n${r.stdout}`)
-  return r.stdout
-}
-
-async function app (node: string, name: string): Promise<AppView | undefined> {
-  return (JSON.parse(await dcOk(node, ['app', 'ls', '--json'])) as AppView[]).find(a => a.name === name)
-}
-
-async function snapshots (node: string, name: string): Promise<SnapshotView[]> {
-  return JSON.parse(await dcOk(node, ['snapshot', 'ls', name, '--json'])) as SnapshotView[]
-}
-
-async function write (node: string, client: string, ms: number): Promise<NotesRecord[]> {
-  const w = startLabWriters(lab.name, node, { app: 'notes' }, [client])
-  await waitFor(async () => { w.assertRunning(); return w.ackCount() > 0 ? true : undefined }, 30_000, `${client} to get a first acknowledgement`)
-  await new Promise(resolve => setTimeout(resolve, ms))
-  await w.stop()
-  acked.push(...w.acknowledged())
-  return w.acknowledged()
-}
-
-async function notesFromRestic (node: string, snapshot: string): Promise<string> {
-  const root = join(lab.lab.agentDataDir(node), 'snapshots')
-  const out = await mkdtemp(join(tmpdir(), 'dcloud-restic-'))
-  try {
-    const r = await new Promise<Run>((resolve) => {
-      execFile('restic', ['-r', join(root, 'repos', 'notes'), '--password-file', join(root, 'restic.pw'), '--no-cache', 'restore', snapshot, '--target', out], (err, stdout, stderr) => {
-        resolve({ code: err === null ? 0 : 1, stdout: String(stdout), stderr: String(stderr) })
-      })
-    })
-    if (r.code !== 0) throw new Error(`restic restore: ${r.stderr}`)
-    return await readFile(join(out, 'dcloud-notes-data', '_data', 'notes.log'), 'utf8')
-  } finally {
-    await rm(out, { recursive: true, force: true })
-  }
-}
+const kit = new StatefulKit(lab)
+const { acked } = kit
+const dc = async (node: string, args: string[]): Promise<Run> => await kit.dc(node, args)
+const dcOk = async (node: string, args: string[]): Promise<string> => await kit.dcOk(node, args)
+const app = async (node: string, name: string): Promise<AppView | undefined> => await kit.app(node, name)
+const snapshots = async (node: string, name: string): Promise<SnapshotView[]> => await kit.snapshots(node, name)
+const write = async (node: string, client: string, ms: number): Promise<NotesRecord[]> => await kit.write(node, client, ms)
+const notesFromRestic = async (node: string, snapshot: string): Promise<string> => await kit.notesFromRestic(node, 'notes', snapshot)
 
 describe('a partition with a stateful app', () => {
   beforeAll(async () => {

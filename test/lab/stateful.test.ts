@@ -7,73 +7,25 @@
  * plain restic reads what the cluster made.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { execFile } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { LabHandle, waitFor } from './harness.ts'
-import { PROJECT_ROOT } from '../../agent/config.ts'
 import type { AppView, SnapshotView } from '../../proto/api.ts'
 import { readNotesInLab, startLabWriters, verifyNotes, type NotesRecord } from './notes-client.ts'
+import { NOTES, StatefulKit, sh, type Run } from './stateful-kit.ts'
 import { encodeEntry, endOfArchive } from '../../agent/snapshots/tar.ts'
 
 const lab = new LabHandle('tstate')
-const NOTES = join(PROJECT_ROOT, 'apps', 'examples', 'notes')
-const acked: NotesRecord[] = []
-
-interface Run { code: number, stdout: string, stderr: string }
-
-async function dc (node: string, args: string[]): Promise<Run> {
-  return await lab.exec(node, ['dcloud', ...args])
-}
-
-async function dcOk (node: string, args: string[]): Promise<string> {
-  const r = await dc(node, args)
-  if (r.code !== 0) throw new Error(`dcloud ${args.join(' ')} on ${node} exited ${r.code}\n${r.stderr}\n${r.stdout}`)
-  return r.stdout
-}
-
-async function app (node: string, name: string): Promise<AppView | undefined> {
-  return (JSON.parse(await dcOk(node, ['app', 'ls', '--json'])) as AppView[]).find(a => a.name === name)
-}
-
-async function snapshots (node: string, name: string): Promise<SnapshotView[]> {
-  return JSON.parse(await dcOk(node, ['snapshot', 'ls', name, '--json'])) as SnapshotView[]
-}
-
-async function write (node: string, client: string, ms: number, target = 'notes'): Promise<NotesRecord[]> {
-  const w = startLabWriters(lab.name, node, { app: target }, [client])
-  await waitFor(async () => { w.assertRunning(); return w.ackCount() > 0 ? true : undefined }, 30_000, `${client} to get a first acknowledgement`)
-  await new Promise(resolve => setTimeout(resolve, ms))
-  // A snapshot's pause can hold the writes for a while on a loaded machine: wait for enough records, not for time.
-  await waitFor(async () => w.ackCount() > 5 ? true : undefined, 60_000, `${client} to get more than 5 acknowledgements`)
-  await w.stop()
-  // The records notes must hold from now on (another app's records are its own).
-  if (target === 'notes') acked.push(...w.acknowledged())
-  return w.acknowledged()
-}
-
-async function sh (cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
-  return await new Promise((resolve) => {
-    execFile(cmd, args, { env: { ...process.env, ...env }, maxBuffer: 64 * 1024 * 1024, timeout: 120_000 }, (err, stdout, stderr) => {
-      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout: String(stdout), stderr: String(stderr) })
-    })
-  })
-}
-
-/** The notes log as plain restic restores it from a node's copy of the repository. */
-async function notesFromRestic (node: string, appName: string, snapshot: string): Promise<string> {
-  const root = join(lab.lab.agentDataDir(node), 'snapshots')
-  const out = await mkdtemp(join(tmpdir(), 'dcloud-restic-'))
-  try {
-    const r = await sh('restic', ['-r', join(root, 'repos', appName), '--password-file', join(root, 'restic.pw'), '--no-cache', 'restore', snapshot, '--target', out])
-    if (r.code !== 0) throw new Error(`restic restore: ${r.stderr}`)
-    return await readFile(join(out, `dcloud-${appName}-data`, '_data', 'notes.log'), 'utf8')
-  } finally {
-    await rm(out, { recursive: true, force: true })
-  }
-}
+const kit = new StatefulKit(lab)
+const { acked } = kit
+const dc = async (node: string, args: string[]): Promise<Run> => await kit.dc(node, args)
+const dcOk = async (node: string, args: string[]): Promise<string> => await kit.dcOk(node, args)
+const app = async (node: string, name: string): Promise<AppView | undefined> => await kit.app(node, name)
+const snapshots = async (node: string, name: string): Promise<SnapshotView[]> => await kit.snapshots(node, name)
+const write = async (node: string, client: string, ms: number, target = 'notes'): Promise<NotesRecord[]> => await kit.write(node, client, ms, target)
+const notesFromRestic = async (node: string, appName: string, snapshot: string): Promise<string> => await kit.notesFromRestic(node, appName, snapshot)
 
 describe('stateful apps', () => {
   beforeAll(async () => {
