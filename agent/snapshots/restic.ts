@@ -133,7 +133,8 @@ const MAX_STDOUT = 64 * 1024 * 1024
 const MAX_STDERR = 256 * 1024
 const MAX_LINE = 1024 * 1024
 const SNAPSHOT_ID = /^[0-9a-f]{8,64}$/
-const TAG = /^[A-Za-z0-9_.:=/@+-]{1,128}$/
+/** Tags restic reads back as written: no comma (it splits tag lists on commas). Shared with tar-repo.ts. */
+export const SNAPSHOT_TAG = /^[A-Za-z0-9_.:=/@+-]{1,128}$/
 const HOST = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/
 const DURATION = /^(\d+[ymdh])+$/
 
@@ -439,18 +440,19 @@ export async function unlock (repo: ResticRepo, opts: SignalOptions): Promise<vo
 
 // ---------------------------------------------------------------------------
 
-function checkTag (tag: string): string {
-  if (!TAG.test(tag)) throw new UserError(`snapshot tag ${JSON.stringify(tag)} is not allowed`, { exitCode: EXIT.usage, hint: 'tags are 1 to 128 letters, digits and _ . : = / @ + -, with no comma (restic splits tag lists on commas)' })
+/** Tags, hosts and ids mean the same whichever format holds the snapshot (tar-repo.ts uses these too). */
+export function checkTag (tag: string): string {
+  if (!SNAPSHOT_TAG.test(tag)) throw new UserError(`snapshot tag ${JSON.stringify(tag)} is not allowed`, { exitCode: EXIT.usage, hint: 'tags are 1 to 128 letters, digits and _ . : = / @ + -, with no comma (restic splits tag lists on commas)' })
   return tag
 }
 
-function checkHost (host: string): string {
+export function checkHost (host: string): string {
   if (!HOST.test(host)) throw new UserError(`snapshot host ${JSON.stringify(host)} is not allowed`, { exitCode: EXIT.usage, hint: 'use letters, digits, _ . and -, starting with a letter or digit' })
   return host
 }
 
-function checkSnapshotId (id: string): void {
-  if (!SNAPSHOT_ID.test(id)) throw new UserError(`${JSON.stringify(id)} is not a snapshot id`, { exitCode: EXIT.usage, hint: 'give 8 to 64 hex digits, as `restic snapshots` shows them' })
+export function checkSnapshotId (id: string): void {
+  if (!SNAPSHOT_ID.test(id)) throw new UserError(`${JSON.stringify(id)} is not a snapshot id`, { exitCode: EXIT.usage, hint: 'give 8 to 64 hex digits, as `dcloud snapshot ls` or `restic snapshots` shows them' })
 }
 
 async function mustBe (path: string, kind: 'directory' | 'any'): Promise<void> {

@@ -21,6 +21,7 @@
  * restic processes never race on one repository.
  */
 import { execFile } from 'node:child_process'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { createHmac } from 'node:crypto'
 import { chmod, chown, lstat, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
@@ -513,7 +514,7 @@ export class SnapshotService {
         if (!(err instanceof RepoSyncError) || err.code !== 'busy' || attempt >= PULL_BUSY_RETRIES) throw err
         const wait = Math.min(4000, 250 * 2 ** attempt) * (0.5 + Math.random())
         this.init.log.debug('repository busy, pulling again shortly', { app, attempt, waitMs: Math.round(wait), error: err.message })
-        await sleepFor(wait, signal)
+        await sleep(wait, undefined, { signal })
       }
     }
   }
@@ -578,15 +579,6 @@ async function hasProgram (program: string): Promise<boolean> {
       const code = (err as NodeJS.ErrnoException | null)?.code
       resolve(err === null || (code !== 'ENOENT' && code !== 'EACCES'))
     })
-  })
-}
-
-async function sleepFor (ms: number, signal: AbortSignal): Promise<void> {
-  signal.throwIfAborted()
-  await new Promise<void>((resolve, reject) => {
-    const done = (): void => { clearTimeout(t); reject(signal.reason) }
-    const t = setTimeout(() => { signal.removeEventListener('abort', done); resolve() }, ms)
-    signal.addEventListener('abort', done, { once: true })
   })
 }
 

@@ -62,7 +62,7 @@ import { UserError, EXIT } from '../util/errors.ts'
 import { ArchiveError, FileSink, TreeExtractor, diskFull, listingDigest, scanTree, writeTree, type TarSink, type TreeResult, type TreeScan } from './archive.ts'
 import { mustBeEmptyOrAbsent, renameError } from './restore-target.ts'
 import {
-  RepoCorruptError, RepoExistsError, RepoMissingError, SnapshotNotFoundError,
+  RepoCorruptError, RepoExistsError, RepoMissingError, SNAPSHOT_TAG, SnapshotNotFoundError, checkHost, checkSnapshotId, checkTag,
   type BackupOptions, type BackupProgress, type BackupResult, type BackupSource, type FailureContext,
   type RestoreOptions, type SignalOptions, type Snapshot, type SnapshotsOptions
 } from './restic.ts'
@@ -91,10 +91,6 @@ const PROGRESS_MS = 250
 const HEX64 = /^[0-9a-f]{64}$/
 const CONFIG_ID = /^[0-9a-f]{32}$/
 const TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/
-// The rules of restic.ts (not exported there), so that tags and hosts mean the same whichever backend holds the snapshot.
-const SNAPSHOT_ID = /^[0-9a-f]{8,64}$/
-const TAG = /^[A-Za-z0-9_.:=/@+-]{1,128}$/
-const HOST = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/
 
 // ---------------------------------------------------------------------------
 // Errors: subclasses of restic.ts's, so a caller's `instanceof RepoMissingError`
@@ -271,7 +267,7 @@ function decodeRecord (raw: unknown): SnapshotRecord {
     time,
     hostname: string(r.hostname, 'snapshot.hostname', { max: 255 }),
     username: string(r.username ?? '', 'snapshot.username', { max: 255 }),
-    tags: array(r.tags, 'snapshot.tags', MAX_TAGS, (v, f) => string(v, f, { max: 128, pattern: TAG })),
+    tags: array(r.tags, 'snapshot.tags', MAX_TAGS, (v, f) => string(v, f, { max: 128, pattern: SNAPSHOT_TAG })),
     paths,
     tree: string(r.tree, 'snapshot.tree', { max: 64, pattern: HEX64 }),
     archive: string(r.archive, 'snapshot.archive', { max: 64, pattern: HEX64 }),
@@ -899,16 +895,3 @@ function isPlainName (n: string): boolean {
   return n !== '' && n !== '.' && n !== '..' && !n.includes('/') && !n.includes('\0') && !n.startsWith('-') && Buffer.byteLength(n) <= 255
 }
 
-function checkTag (tag: string): string {
-  if (!TAG.test(tag)) throw new UserError(`snapshot tag ${JSON.stringify(tag)} is not allowed`, { exitCode: EXIT.usage, hint: 'tags are 1 to 128 letters, digits and _ . : = / @ + -, with no comma (restic splits tag lists on commas)' })
-  return tag
-}
-
-function checkHost (host: string): string {
-  if (!HOST.test(host)) throw new UserError(`snapshot host ${JSON.stringify(host)} is not allowed`, { exitCode: EXIT.usage, hint: 'use letters, digits, _ . and -, starting with a letter or digit' })
-  return host
-}
-
-function checkSnapshotId (id: string): void {
-  if (!SNAPSHOT_ID.test(id)) throw new UserError(`${JSON.stringify(id)} is not a snapshot id`, { exitCode: EXIT.usage, hint: 'give 8 to 64 hex digits, as the snapshot listing shows them' })
-}

@@ -6,19 +6,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LabHandle, waitFor } from './harness.ts'
-import type { AppView, SnapshotView } from '../../proto/api.ts'
-import { readNotesInLab, startLabWriters, verifyNotes, type NotesRecord } from './notes-client.ts'
-import { NOTES, StatefulKit, type Run } from './stateful-kit.ts'
+import { readNotesInLab, verifyNotes } from './notes-client.ts'
+import { NOTES, StatefulKit } from './stateful-kit.ts'
 
 const lab = new LabHandle('tpart')
 const kit = new StatefulKit(lab)
-const { acked } = kit
-const dc = async (node: string, args: string[]): Promise<Run> => await kit.dc(node, args)
-const dcOk = async (node: string, args: string[]): Promise<string> => await kit.dcOk(node, args)
-const app = async (node: string, name: string): Promise<AppView | undefined> => await kit.app(node, name)
-const snapshots = async (node: string, name: string): Promise<SnapshotView[]> => await kit.snapshots(node, name)
-const write = async (node: string, client: string, ms: number): Promise<NotesRecord[]> => await kit.write(node, client, ms)
-const notesFromRestic = async (node: string, snapshot: string): Promise<string> => await kit.notesFromRestic(node, 'notes', snapshot)
+const { acked, dc, dcOk, app, snapshots, write, notesFromRestic } = kit
 
 describe('a partition with a stateful app', () => {
   beforeAll(async () => {
@@ -66,7 +59,7 @@ describe('a partition with a stateful app', () => {
     }
     const kept = (await snapshots(a, 'notes')).filter(s => s.purpose === 'divergent' && s.node === cut).at(-1)!
     expect(kept.label).toMatch(new RegExp(`^divergent-${cut}-`))
-    const text = await notesFromRestic(cut, kept.id)
+    const text = await notesFromRestic(cut, 'notes', kept.id)
     expect(verifyNotes(text, divergent).missing).toEqual([])
     const listing = await dcOk(a, ['snapshot', 'ls', 'notes'])
     expect(listing).toContain('divergent copy kept')

@@ -34,23 +34,20 @@ export class StatefulKit {
     this.lab = lab
   }
 
-  async dc (node: string, args: string[]): Promise<Run> {
-    return await this.lab.exec(node, ['dcloud', ...args])
-  }
+  // Arrow properties, so a test can take them apart: `const { dc, dcOk } = kit`.
+  dc = async (node: string, args: string[]): Promise<Run> => await this.lab.exec(node, ['dcloud', ...args])
 
-  async dcOk (node: string, args: string[]): Promise<string> {
+  dcOk = async (node: string, args: string[]): Promise<string> => {
     const r = await this.dc(node, args)
     if (r.code !== 0) throw new Error(`dcloud ${args.join(' ')} on ${node} exited ${r.code}\n${r.stderr}\n${r.stdout}`)
     return r.stdout
   }
 
-  async app (node: string, name: string): Promise<AppView | undefined> {
-    return (JSON.parse(await this.dcOk(node, ['app', 'ls', '--json'])) as AppView[]).find(a => a.name === name)
-  }
+  app = async (node: string, name: string): Promise<AppView | undefined> =>
+    (JSON.parse(await this.dcOk(node, ['app', 'ls', '--json'])) as AppView[]).find(a => a.name === name)
 
-  async snapshots (node: string, name: string): Promise<SnapshotView[]> {
-    return JSON.parse(await this.dcOk(node, ['snapshot', 'ls', name, '--json'])) as SnapshotView[]
-  }
+  snapshots = async (node: string, name: string): Promise<SnapshotView[]> =>
+    JSON.parse(await this.dcOk(node, ['snapshot', 'ls', name, '--json'])) as SnapshotView[]
 
   /**
    * Writes to `target` from `node` for `ms`, then until more than 5 records
@@ -58,7 +55,7 @@ export class StatefulKit {
    * machine: wait for records, not for time). Records of notes are added to
    * `acked`; another app's are its own.
    */
-  async write (node: string, client: string, ms: number, target = 'notes'): Promise<NotesRecord[]> {
+  write = async (node: string, client: string, ms: number, target = 'notes'): Promise<NotesRecord[]> => {
     const w = startLabWriters(this.lab.name, node, { app: target }, [client])
     await waitFor(async () => { w.assertRunning(); return w.ackCount() > 0 ? true : undefined }, 30_000, `${client} to get a first acknowledgement`)
     await new Promise(resolve => setTimeout(resolve, ms))
@@ -69,7 +66,7 @@ export class StatefulKit {
   }
 
   /** The notes log of `appName` as plain restic restores it from a node's copy of the repository. */
-  async notesFromRestic (node: string, appName: string, snapshot: string): Promise<string> {
+  notesFromRestic = async (node: string, appName: string, snapshot: string): Promise<string> => {
     const root = join(this.lab.lab.agentDataDir(node), 'snapshots')
     const out = await mkdtemp(join(tmpdir(), 'dcloud-restic-'))
     try {

@@ -12,20 +12,14 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { LabHandle, waitFor } from './harness.ts'
-import type { AppView, SnapshotView } from '../../proto/api.ts'
-import { readNotesInLab, startLabWriters, verifyNotes, type NotesRecord } from './notes-client.ts'
-import { NOTES, StatefulKit, sh, type Run } from './stateful-kit.ts'
+import type { SnapshotView } from '../../proto/api.ts'
+import { readNotesInLab, startLabWriters, verifyNotes } from './notes-client.ts'
+import { NOTES, StatefulKit, sh } from './stateful-kit.ts'
 import { encodeEntry, endOfArchive } from '../../agent/snapshots/tar.ts'
 
 const lab = new LabHandle('tstate')
 const kit = new StatefulKit(lab)
-const { acked } = kit
-const dc = async (node: string, args: string[]): Promise<Run> => await kit.dc(node, args)
-const dcOk = async (node: string, args: string[]): Promise<string> => await kit.dcOk(node, args)
-const app = async (node: string, name: string): Promise<AppView | undefined> => await kit.app(node, name)
-const snapshots = async (node: string, name: string): Promise<SnapshotView[]> => await kit.snapshots(node, name)
-const write = async (node: string, client: string, ms: number, target = 'notes'): Promise<NotesRecord[]> => await kit.write(node, client, ms, target)
-const notesFromRestic = async (node: string, appName: string, snapshot: string): Promise<string> => await kit.notesFromRestic(node, appName, snapshot)
+const { acked, dc, dcOk, app, snapshots, write, notesFromRestic } = kit
 
 describe('stateful apps', () => {
   beforeAll(async () => {
