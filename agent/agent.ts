@@ -14,7 +14,8 @@ import { ResourceCollector } from './status/collector.ts'
 import { DockerRuntime, dockerFromEnv } from './runtime/docker.ts'
 import { ApiServer, ApiError } from './api/server.ts'
 import { RpcServer, RpcError } from './mesh/rpc.ts'
-import { DesiredStore } from './cluster/desired-store.ts'
+import { DesiredStore, stateDigest } from './cluster/desired-store.ts'
+import { Replicator } from './cluster/replication.ts'
 import { Coordinator } from './cluster/coordinator.ts'
 import { ElectionDriver } from './cluster/election-driver.ts'
 import { AppRuntime } from './runtime/apps.ts'
@@ -72,6 +73,8 @@ export class Agent {
   private rpc: RpcServer | undefined
   private coordinator: Coordinator | undefined
   private election: ElectionDriver | undefined
+  private replicator: Replicator | undefined
+  private store: DesiredStore | undefined
   private timers: NodeJS.Timeout[] = []
   private readonly controller = new AbortController()
   private started = false
@@ -102,6 +105,7 @@ export class Agent {
     const runtime = new AppRuntime({ docker, log: log.child('runtime') })
     const store = new DesiredStore(opts.dataDir, log.child('desired'))
     await store.load()
+    this.store = store
     this.collector = new ResourceCollector(new DockerRuntime(docker), log.child('resources'))
     this.collector.useAppReporter(async (signal) => reportApps(await runtime.list(signal ?? AbortSignal.timeout(10_000)), store))
     await this.collector.sampleLoad()
@@ -140,6 +144,7 @@ export class Agent {
     })
     this.rpc = new RpcServer(mesh, log.child('rpc'))
     this.election = new ElectionDriver({ mesh, rpc: this.rpc, membership: this.membership, store, dataDir: opts.dataDir, witness: opts.witness ?? null, log: log.child('election') })
+    this.replicator = new Replicator({ mesh, rpc: this.rpc, store, election: this.election, membership: this.membership, log: log.child('replication') })
     // One lock per app's snapshot repository: restic runs, pulls into it and pulls from it never overlap.
     const repoLocks = new KeyedMutex()
     const lock = async (app: string): Promise<() => void> => await repoLocks.acquire(app)
@@ -153,13 +158,14 @@ export class Agent {
       log: log.child('snapshots'),
       ...(opts.restic !== undefined ? { restic: opts.restic } : {})
     })
-    this.coordinator = new Coordinator({ mesh, rpc: this.rpc, membership: this.membership, gossip: this.gossip, collector: this.collector, store, election: this.election, runtime, docker, snapshots, log: log.child('cluster') })
+    this.coordinator = new Coordinator({ mesh, rpc: this.rpc, membership: this.membership, gossip: this.gossip, collector: this.collector, store, election: this.election, replicator: this.replicator, runtime, docker, snapshots, log: log.child('cluster') })
 
     await mesh.start()
     this.listeningAt = Date.now()
     await serveImages(mesh, docker, log.child('images'))
     await serveRepos(mesh, { root: snapshots.reposRoot, log: log.child('repo-sync'), lock })
     await this.coordinator.start()
+    await this.replicator.start()
     await this.election.start()
     this.gossip.start()
     log.info('agent listening', { name: opts.name, peerId: mesh.peerId.toString(), addrs: mesh.listenAddrs(), mdns: opts.mdns })
@@ -242,6 +248,7 @@ export class Agent {
     this.gossip?.stop()
     await this.api?.stop()
     await this.election?.stop()
+    await this.replicator?.stop()
     await this.coordinator?.stop()
     await this.rpc?.stop()
     await this.mesh?.stop()
@@ -251,8 +258,9 @@ export class Agent {
     const self = this.requireStarted()
     const now = Date.now()
     const mine = self.gossip.current()
-    const nodes: NodeView[] = [{ ...viewOf(mine, mine.resources), state: 'alive', self: true, lastSeenMs: 0 }]
-    for (const m of self.membership.list()) nodes.push({ ...viewOf(m.status, m.resources), state: m.state, self: false, lastSeenMs: now - m.lastHeardAt })
+    const drained = new Set(this.store?.current().drained ?? [])
+    const nodes: NodeView[] = [{ ...viewOf(mine, mine.resources), drained: drained.has(mine.peerId), state: 'alive', self: true, lastSeenMs: 0 }]
+    for (const m of self.membership.list()) nodes.push({ ...viewOf(m.status, m.resources), drained: drained.has(m.status.peerId), state: m.state, self: false, lastSeenMs: now - m.lastHeardAt })
     nodes.sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id))
     return { self: mine.peerId, leader: this.election?.leader ?? null, nodes }
   }
@@ -275,10 +283,20 @@ export class Agent {
       term: this.election?.term ?? 0,
       leader: this.election?.leader ?? null,
       ops: this.coordinator?.counters ?? { opsExecuted: 0, opsRefused: 0, opsFailed: 0, plans: 0 },
+      state: this.stateView(),
+      replication: this.replicator?.counters ?? null,
       rpc: this.rpc?.counters ?? { served: 0, rejected: 0, failed: 0 },
       ...memory(),
       cpuSeconds: (usage.user + usage.system) / 1e6
     }
+  }
+
+  /** Where this node's copy of the replicated state stands. */
+  private stateView (): MetricsResponse['state'] {
+    const store = this.store
+    if (store === undefined) return { revision: 0, term: 0, lastIndex: 0, commitIndex: 0, digest: '' }
+    const s = store.current()
+    return { revision: s.revision, term: s.term, lastIndex: store.lastIndex, commitIndex: store.committed, digest: stateDigest(s) }
   }
 
   private requireCluster (): Coordinator {
@@ -335,7 +353,9 @@ const RPC_TO_API: Record<string, ApiErrorCode> = {
   conflict: 'conflict',
   stale_term: 'conflict',
   no_leader: 'no_leader',
+  not_leader: 'no_leader',
   unreachable: 'unavailable',
+  unavailable: 'unavailable',
   bad_request: 'bad_request'
 }
 
@@ -355,7 +375,7 @@ function memory (): { rssBytes: number, heapUsedBytes: number, externalBytes: nu
 }
 
 /** A node as the API shows it; resources not yet reported show as zero and 'unknown'. */
-function viewOf (s: NodeStatus, r: NodeResources | null): Omit<NodeView, 'state' | 'self' | 'lastSeenMs'> {
+function viewOf (s: NodeStatus, r: NodeResources | null): Omit<NodeView, 'state' | 'self' | 'lastSeenMs' | 'drained'> {
   return {
     id: s.peerId,
     name: s.name,

@@ -23,6 +23,8 @@ export interface NodeView {
   agentVersion: string
   labels: Record<string, string>
   apps: string[]
+  /** The user drained it (`dcloud node drain`): it takes no apps. */
+  drained: boolean
   /** True for the node that answered this request. */
   self: boolean
   /** Milliseconds since this node was last heard from (0 for self). */
@@ -54,7 +56,18 @@ export interface MetricsResponse {
   /** The election term this node is in, and the leader it follows. */
   term: number
   leader: string | null
+  /** Operations run and refused (a refusal: not from the leader of this node's term). */
   ops: { opsExecuted: number, opsRefused: number, opsFailed: number, plans: number }
+  /** This node's copy of the replicated desired state: committed revision and term, log end, and a digest equal on nodes holding the same state. */
+  state: { revision: number, term: number, lastIndex: number, commitIndex: number, digest: string }
+  /** The replicated log: appends sent, appends this node refused by reason, and refusals its followers sent back. */
+  replication: {
+    appendsSent: number
+    snapshotsSent: number
+    refused: Record<'gap' | 'mismatch' | 'conflicts_committed' | 'stale_term' | 'not_leader' | 'bad_request', number>
+    refusedByFollowers: number
+    commits: number
+  } | null
   rpc: { served: number, rejected: number, failed: number }
   rssBytes: number
   /** V8 heap in use, and memory outside it (Buffers): where the RSS goes. */

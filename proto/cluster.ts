@@ -9,7 +9,8 @@ import { ValidationError, array, number, record, string, stringMap } from './val
 
 export const VOTE_PROTOCOL = '/dcloud/vote/1'
 export const HEARTBEAT_PROTOCOL = '/dcloud/leader-heartbeat/1'
-export const DESIRED_PROTOCOL = '/dcloud/desired/1'
+/** The replicated log of desired-state changes: only the leader of the current term appends (Raft's AppendEntries). */
+export const APPEND_PROTOCOL = '/dcloud/append/1'
 export const CHANGE_PROTOCOL = '/dcloud/change/1'
 export const OP_PROTOCOL = '/dcloud/op/1'
 export const APP_QUERY_PROTOCOL = '/dcloud/app-query/1'
@@ -19,8 +20,12 @@ const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{40,60}$/
 export const APP_NAME = /^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$|^[a-z0-9]$/
 const MAX_INT = 2 ** 53 - 1
 
-/** `preVote`: only asks whether the voter would vote in `term`; the voter changes nothing. */
-export interface VoteRequest { term: number, candidate: string, desiredTerm: number, desiredRevision: number, preVote: boolean }
+/**
+ * `preVote`: only asks whether the voter would vote in `term`; the voter changes nothing.
+ * `lastLogTerm`/`lastLogIndex`: the candidate's log, which must be at least as
+ * up to date as the voter's (Raft's election restriction).
+ */
+export interface VoteRequest { term: number, candidate: string, lastLogTerm: number, lastLogIndex: number, preVote: boolean }
 export interface VoteResponse { term: number, granted: boolean, reason: string }
 /** The leader's heartbeat; `sentAt` is the leader's clock, echoed in the ack so it can time its lease. */
 export interface LeaderHeartbeat { term: number, leader: string, sentAt: number }
@@ -45,7 +50,40 @@ export type DesiredChange =
   /** Made by the leader itself: the app's data now lives in a new generation (restored from a snapshot). */
   | { kind: 'relocate', name: string, generation: number, relocation: Relocation | null }
 
+/** `revision`: the log index the change was committed at; `replicatedTo`: how many nodes held it then (this one included). */
 export interface ChangeResponse { revision: number, replicatedTo: number }
+
+/**
+ * One entry of the replicated log. Applying the entries in order to the empty
+ * state gives the desired state; a state's `revision` is the index of the
+ * last entry applied and its `term` that entry's term. `change` is null for
+ * the no-op a new leader appends to commit what earlier terms left (Raft §8).
+ */
+export interface LogEntry { index: number, term: number, change: DesiredChange | null }
+
+/**
+ * The leader's append (Raft's AppendEntries, with InstallSnapshot folded in):
+ * `entries` follow the entry at `prevIndex`, whose term must be `prevTerm` on
+ * the follower (the log-matching rule). `snapshot`, when present, is a state
+ * the leader committed: a follower whose log ends before it takes it whole.
+ * `commit`: the leader's commit index. With no entries it only carries that.
+ */
+export interface AppendRequest {
+  term: number
+  leader: string
+  prevIndex: number
+  prevTerm: number
+  entries: LogEntry[]
+  commit: number
+  snapshot?: { index: number, term: number, state: DesiredState }
+}
+/** `lastIndex`: the follower's last log index after the call, a hint for where the leader resumes after a refusal. */
+export interface AppendResponse { term: number, ok: boolean, lastIndex: number, reason: string }
+
+/** Entries per append: a follower far behind catches up in batches (or from a snapshot). */
+export const APPEND_MAX_ENTRIES = 64
+/** The largest append on the wire: a snapshot of the whole state, or a batch of entries. */
+export const APPEND_MAX_BYTES = 16 * 1024 * 1024
 
 export type SnapshotPurpose = 'scheduled' | 'manual' | 'pre-move' | 'final' | 'fenced' | 'divergent' | 'replaced' | 'backup' | 'imported'
 
@@ -107,8 +145,8 @@ export function decodeVoteRequest (raw: unknown): VoteRequest {
   return {
     term: number(r.term, 'vote.term', { min: 0, max: MAX_INT, integer: true }),
     candidate: string(r.candidate, 'vote.candidate', { max: 64, pattern: PEER_ID }),
-    desiredTerm: number(r.desiredTerm, 'vote.desiredTerm', { min: 0, max: MAX_INT, integer: true }),
-    desiredRevision: number(r.desiredRevision, 'vote.desiredRevision', { min: 0, max: MAX_INT, integer: true }),
+    lastLogTerm: number(r.lastLogTerm, 'vote.lastLogTerm', { min: 0, max: MAX_INT, integer: true }),
+    lastLogIndex: number(r.lastLogIndex, 'vote.lastLogIndex', { min: 0, max: MAX_INT, integer: true }),
     preVote: r.preVote === undefined ? false : bool(r.preVote, 'vote.preVote')
   }
 }
@@ -280,6 +318,60 @@ export function decodeChangeResponse (raw: unknown): ChangeResponse {
   return {
     revision: number(r.revision, 'response.revision', { min: 0, max: MAX_INT, integer: true }),
     replicatedTo: number(r.replicatedTo, 'response.replicatedTo', { min: 0, max: 10_000, integer: true })
+  }
+}
+
+export function decodeLogEntry (raw: unknown, field = 'entry'): LogEntry {
+  const r = record(raw, field)
+  return {
+    index: number(r.index, `${field}.index`, { min: 1, max: MAX_INT, integer: true }),
+    term: number(r.term, `${field}.term`, { min: 0, max: MAX_INT, integer: true }),
+    change: r.change === null ? null : decodeChange(r.change)
+  }
+}
+
+/**
+ * Decodes an append and checks its shape: entries contiguous after
+ * `prevIndex`, their terms never decreasing and never past the request's.
+ * Whether it fits the receiver's log is the replication rules' business.
+ */
+export function decodeAppendRequest (raw: unknown): AppendRequest {
+  const r = record(raw, 'append')
+  const req: AppendRequest = {
+    term: number(r.term, 'append.term', { min: 0, max: MAX_INT, integer: true }),
+    leader: string(r.leader, 'append.leader', { max: 64, pattern: PEER_ID }),
+    prevIndex: number(r.prevIndex, 'append.prevIndex', { min: 0, max: MAX_INT, integer: true }),
+    prevTerm: number(r.prevTerm, 'append.prevTerm', { min: 0, max: MAX_INT, integer: true }),
+    entries: array(r.entries, 'append.entries', APPEND_MAX_ENTRIES, (v, f) => decodeLogEntry(v, f)),
+    commit: number(r.commit, 'append.commit', { min: 0, max: MAX_INT, integer: true })
+  }
+  let term = req.prevTerm
+  for (const [i, e] of req.entries.entries()) {
+    if (e.index !== req.prevIndex + 1 + i) throw new ValidationError(`append.entries.${i}.index`, `entries must follow prevIndex ${req.prevIndex} without gaps (expected ${req.prevIndex + 1 + i}, got ${e.index})`)
+    if (e.term < term || e.term > req.term) throw new ValidationError(`append.entries.${i}.term`, `entry terms must not decrease and not exceed the request's term ${req.term}`)
+    term = e.term
+  }
+  if (r.snapshot !== undefined) {
+    const s = record(r.snapshot, 'append.snapshot')
+    const snapshot = {
+      index: number(s.index, 'append.snapshot.index', { min: 0, max: MAX_INT, integer: true }),
+      term: number(s.term, 'append.snapshot.term', { min: 0, max: req.term, integer: true }),
+      state: decodeDesiredState(s.state)
+    }
+    if (snapshot.state.revision !== snapshot.index || snapshot.state.term !== snapshot.term) throw new ValidationError('append.snapshot', 'the state\'s revision and term must be the snapshot\'s index and term')
+    if (req.prevIndex !== snapshot.index || req.prevTerm !== snapshot.term) throw new ValidationError('append.snapshot', 'entries sent with a snapshot follow it')
+    req.snapshot = snapshot
+  }
+  return req
+}
+
+export function decodeAppendResponse (raw: unknown): AppendResponse {
+  const r = record(raw, 'response')
+  return {
+    term: number(r.term, 'response.term', { min: 0, max: MAX_INT, integer: true }),
+    ok: bool(r.ok, 'response.ok'),
+    lastIndex: number(r.lastIndex, 'response.lastIndex', { min: 0, max: MAX_INT, integer: true }),
+    reason: string(r.reason, 'response.reason', { max: 500 })
   }
 }
 
@@ -455,7 +547,7 @@ function port (value: unknown, field: string): number {
   return number(value, field, { min: 1, max: 65_535, integer: true })
 }
 
-/** Whether desired state `a` is newer than `b`: by the term of its last change, then by revision (Raft's log comparison). */
-export function newerDesired (a: { term: number, revision: number }, b: { term: number, revision: number }): boolean {
-  return a.term !== b.term ? a.term > b.term : a.revision > b.revision
+/** Whether log `a` is more up to date than log `b`: by the term of its last entry, then by its length (Raft §5.4.1). */
+export function moreUpToDate (a: { lastTerm: number, lastIndex: number }, b: { lastTerm: number, lastIndex: number }): boolean {
+  return a.lastTerm !== b.lastTerm ? a.lastTerm > b.lastTerm : a.lastIndex > b.lastIndex
 }

@@ -22,7 +22,9 @@
  *   and at any moment at most one node believes it leads (with clock rates
  *   within (electionTimeoutMinMs / leaseMs - 1) of each other: 33 % by default).
  * - Any message with a higher term makes a node adopt it (a leader steps down);
- *   operations carry their term, and `acceptOperation` refuses older ones.
+ *   operations carry their term, and `acceptFromLeader` takes only those of
+ *   the current term's leader. Terms rise only through the election's own
+ *   messages, never through an operation or an append.
  */
 import { mulberry32Step } from './random.ts'
 
@@ -104,8 +106,6 @@ export type ElectionEvent =
   | { type: 'heartbeatAck', from: string, term: number, ok: boolean, sentAt: number }
   /** The voter set changed (a node joined, or a person removed one). */
   | { type: 'membershipChange', voters: string[] }
-  /** A term seen elsewhere, e.g. on an operation accepted by `acceptOperation`. */
-  | { type: 'termSeen', term: number }
 
 export type ElectionAction =
   /** Store term and vote durably before carrying out the actions after it. */
@@ -261,18 +261,23 @@ export function nextTickAt (s: ElectionState): number {
 }
 
 export type Fencing =
-  | { accepted: true, term: number }
-  | { accepted: false, term: number, reason: string }
+  | { accepted: true }
+  | { accepted: false, code: 'stale_term' | 'not_leader', reason: string }
 
 /**
- * Fencing: an agent carries out an operation only when its term is at least
- * the newest term the agent knows. A newer term is adopted (persist it, and
- * pass it to the election as `termSeen`).
+ * Fencing: a node carries out an operation (or takes a log append) only from
+ * the leader it knows for its own current term. An older term is a deposed
+ * leader's; a newer one, or another sender, is nobody this node elected: a
+ * term never rises through an operation, only through the election's own
+ * messages (PreVote, RequestVote, the leader's heartbeat), so a peer that
+ * merely holds the cluster key cannot raise it by claiming one.
  */
-export function acceptOperation (localTerm: number, opTerm: number): Fencing {
-  if (!Number.isSafeInteger(opTerm) || opTerm < 0) return { accepted: false, term: localTerm, reason: `operation carries no valid term (${String(opTerm)})` }
-  if (opTerm < localTerm) return { accepted: false, term: localTerm, reason: `operation of term ${opTerm} is older than term ${localTerm}: its leader has been replaced` }
-  return { accepted: true, term: Math.max(localTerm, opTerm) }
+export function acceptFromLeader (local: { term: number, leader: string | null }, msg: { term: number, sender: string }): Fencing {
+  if (!Number.isSafeInteger(msg.term) || msg.term < 0) return { accepted: false, code: 'stale_term', reason: `the message carries no valid term (${String(msg.term)})` }
+  if (msg.term < local.term) return { accepted: false, code: 'stale_term', reason: `term ${msg.term} is older than term ${local.term}: its leader has been replaced` }
+  if (msg.term > local.term) return { accepted: false, code: 'not_leader', reason: `term ${msg.term} is newer than this node's term ${local.term}, and terms rise only through elections` }
+  if (local.leader !== msg.sender) return { accepted: false, code: 'not_leader', reason: `${msg.sender} is not the leader of term ${msg.term}${local.leader !== null ? ` (${local.leader} is)` : ' (none is known yet)'}` }
+  return { accepted: true }
 }
 
 function resetDeadline (s: ElectionState, now: number): void {
@@ -493,10 +498,6 @@ export function step (state: ElectionState, event: ElectionEvent, now: number): 
       break
     }
 
-    case 'termSeen': {
-      if (Number.isSafeInteger(event.term)) adoptTerm(s, event.term, now, actions)
-      break
-    }
   }
   return { state: s, actions }
 }

@@ -7,10 +7,10 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { PeerId } from '@libp2p/interface'
 import {
-  APP_QUERY_PROTOCOL, CHANGE_PROTOCOL, DESIRED_PROTOCOL, OP_PROTOCOL,
-  decodeAppQuery, decodeChange, decodeChangeResponse, decodeDesiredState, decodeOpRequest, decodeOpResponse, newerDesired,
+  APP_QUERY_PROTOCOL, CHANGE_PROTOCOL, OP_PROTOCOL,
+  decodeAppQuery, decodeChange, decodeChangeResponse, decodeOpRequest, decodeOpResponse,
   decodeSnapshotInfo,
-  type ChangeResponse, type DesiredChange, type DesiredState, type Op, type OpRequest, type OpResponse, type SnapshotInfo
+  type ChangeResponse, type DesiredChange, type Op, type OpRequest, type OpResponse, type SnapshotInfo
 } from '../../proto/cluster.ts'
 import { isStateful } from '../../proto/app.ts'
 import type { AppView, RelocationView, SnapshotView, WhyView } from '../../proto/api.ts'
@@ -22,7 +22,8 @@ import type { Mesh } from '../mesh/mesh.ts'
 import type { Membership } from '../status/membership.ts'
 import type { StatusGossip } from '../status/gossip.ts'
 import type { ResourceCollector } from '../status/collector.ts'
-import { applyChange, type DesiredStore } from './desired-store.ts'
+import type { DesiredStore } from './desired-store.ts'
+import { LEADER_WAIT_MS, type Replicator } from './replication.ts'
 import type { ElectionDriver } from './election-driver.ts'
 import type { AppRuntime } from '../runtime/apps.ts'
 import { fetchImageFromPeers } from '../runtime/image-transfer.ts'
@@ -34,8 +35,8 @@ import type Docker from 'dockerode'
 import type { Logger } from '../util/log.ts'
 
 const RECONCILE_MS = 1000
-/** How long the leader waits for a majority to hold a change before answering anyway. */
-const REPLICATION_WAIT_MS = 5000
+/** How long a follower waits for the leader to commit a change it forwarded. */
+const FORWARD_WAIT_MS = 15_000
 /** An operation sent but not yet visible in the target's reports counts as placed this long. */
 const INFLIGHT_GRACE_MS = 15_000
 const OP_TIMEOUT_MS = 10 * 60_000
@@ -48,6 +49,7 @@ export interface CoordinatorInit {
   collector: ResourceCollector
   store: DesiredStore
   election: ElectionDriver
+  replicator: Replicator
   runtime: AppRuntime
   docker: Docker
   snapshots: SnapshotService
@@ -71,7 +73,6 @@ export class Coordinator {
   private readonly cooling = new Map<string, { until: number, reason: string }>()
   private readonly imageFetches = new Map<string, Promise<void>>()
   private timers: NodeJS.Timeout[] = []
-  private pulling = false
   private reconciling = false
   private started = false
   private readonly controller = new AbortController()
@@ -119,7 +120,6 @@ export class Coordinator {
     if (this.started) return
     this.started = true
     const { rpc } = this.init
-    await rpc.register({ protocol: DESIRED_PROTOCOL, decode: () => ({}), handle: async () => this.init.store.current(), maxRequestBytes: 1024 })
     await rpc.register({ protocol: CHANGE_PROTOCOL, decode: decodeChange, handle: async (change, _from, signal) => await this.change(change, signal) })
     await rpc.register({ protocol: OP_PROTOCOL, decode: decodeOpRequest, handle: async (req, from, signal) => await this.execute(req, from.toString(), signal), timeoutMs: OP_TIMEOUT_MS, maxRequestBytes: 1024 * 1024 })
     await rpc.register({
@@ -133,7 +133,7 @@ export class Coordinator {
       timeoutMs: OP_TIMEOUT_MS
     })
     await this.data.start()
-    this.timers.push(setInterval(() => { void this.pullDesired() }, 250))
+    this.init.store.onCommitted(() => { this.init.gossip.announceChange(); void this.reconcile() })
     this.timers.push(setInterval(() => { void this.reconcile() }, RECONCILE_MS))
   }
 
@@ -148,83 +148,41 @@ export class Coordinator {
 
   // ---- desired state ---------------------------------------------------
 
-  /** Applies a user's change on the leader, or forwards it there. */
+  /** Commits a user's change through the leader's log (forwarding it to the leader from a follower). */
   async change (change: DesiredChange, signal?: AbortSignal): Promise<ChangeResponse> {
-    const { election, store, mesh } = this.init
+    const { election, mesh, replicator } = this.init
     if (!election.isLeader) {
       const leader = election.leader
       if (leader === null || leader === this.selfId) throw new RpcError('no_leader', 'no scheduler is elected right now; try again in a few seconds')
-      return await rpcCall(mesh, peerIdFromString(leader), CHANGE_PROTOCOL, change, { decode: decodeChangeResponse, signal, timeoutMs: REPLICATION_WAIT_MS + 5000 })
+      return await rpcCall(mesh, peerIdFromString(leader), CHANGE_PROTOCOL, change, { decode: decodeChangeResponse, signal, timeoutMs: FORWARD_WAIT_MS })
     }
     if ((change.kind === 'move' || change.kind === 'drain') && !this.isKnownNode(change.node)) throw new RpcError('not_found', `no node ${change.node} in the cluster`)
-    const next = applyChange(store.current(), change, election.term)
-    await store.replace(next)
-    this.init.gossip.announceChange()
-    this.init.log.info('desired state changed', { revision: next.revision, change: change.kind, app: change.kind === 'install' ? change.app.name : change.kind === 'drain' ? undefined : change.name, node: change.kind === 'drain' || change.kind === 'move' ? this.nodeName(change.node) : undefined })
-    const replicatedTo = await this.waitForReplication(next, signal)
-    void this.reconcile()
-    return { revision: next.revision, replicatedTo }
+    const r = await replicator.propose(change, signal)
+    this.init.log.info('desired state changed', { revision: r.revision, change: change.kind, app: change.kind === 'install' ? change.app.name : change.kind === 'drain' ? undefined : change.name, node: change.kind === 'drain' || change.kind === 'move' ? this.nodeName(change.node) : undefined })
+    return r
   }
 
   /**
-   * The leader's own change (a new data generation): applied, and answered
-   * only once a majority holds it. A leader that cannot reach a majority must
-   * not move data: it throws.
+   * The leader's own change (a new data generation): committed, or it
+   * throws. A leader that cannot reach a majority must not move data.
    */
   private async commit (change: DesiredChange): Promise<void> {
-    const { election, store } = this.init
-    if (!election.isLeader) throw new RpcError('no_leader', 'lost the leadership')
-    const next = applyChange(store.current(), change, election.term)
-    await store.replace(next)
-    this.init.gossip.announceChange()
-    const holders = await this.waitForReplication(next)
-    const voters = 1 + this.init.membership.list().length
-    if (holders < Math.floor(voters / 2) + 1) throw new RpcError('unavailable', `revision ${next.revision} reached ${holders} of ${voters} nodes, not a majority`)
-  }
-
-  private async waitForReplication (state: DesiredState, signal?: AbortSignal): Promise<number> {
-    const deadline = Date.now() + REPLICATION_WAIT_MS
-    for (;;) {
-      const holders = 1 + this.init.membership.list().filter(m => m.state !== 'dead' && m.status.cluster !== undefined && m.status.cluster.desiredRevision >= state.revision).length
-      const voters = 1 + this.init.membership.list().length
-      if (holders >= Math.floor(voters / 2) + 1 || Date.now() > deadline || signal?.aborted === true) return holders
-      await new Promise(resolve => setTimeout(resolve, 50))
-    }
-  }
-
-  /** Followers take a newer desired state from whoever announces one. */
-  private async pullDesired (): Promise<void> {
-    if (this.pulling) return
-    const mine = this.init.store.current()
-    const source = this.init.membership.list()
-      .filter(m => m.state === 'alive' && m.status.cluster !== undefined && m.status.cluster.desiredRevision > mine.revision)
-      .sort((a, b) => (b.status.cluster?.desiredRevision ?? 0) - (a.status.cluster?.desiredRevision ?? 0))[0]
-    if (source === undefined) return
-    this.pulling = true
-    try {
-      const state = await rpcCall(this.init.mesh, peerIdFromString(source.status.peerId), DESIRED_PROTOCOL, {}, { decode: decodeDesiredState, timeoutMs: 10_000, maxResponseBytes: 16 * 1024 * 1024, signal: this.controller.signal })
-      if (newerDesired(state, mine) && await this.init.store.replace(state)) {
-        this.init.log.info('took a newer desired state', { revision: state.revision, from: source.status.name })
-        this.init.gossip.announceChange()
-      }
-    } catch (err) {
-      this.init.log.debug('desired state pull failed', { from: source.status.name, error: (err as Error).message })
-    } finally {
-      this.pulling = false
-    }
+    await this.init.replicator.propose(change)
   }
 
   // ---- operations on this node -----------------------------------------
 
-  /** Runs an operation the leader sent, unless it comes from an older term (fencing). */
+  /** Runs an operation, only from the leader of this node's current term (fencing: scheduler/election.ts, acceptFromLeader). */
   async execute (req: OpRequest, from: string, signal: AbortSignal): Promise<OpResponse> {
     const { election, log } = this.init
-    if (req.term < election.term) {
+    const fence = req.leader !== from
+      ? { accepted: false as const, code: 'not_leader' as const, reason: `the operation names ${req.leader} as leader but comes from ${from}` }
+      : await election.acceptFromLeader(req.term, from, LEADER_WAIT_MS)
+    if (!fence.accepted) {
       this.counters.opsRefused++
-      log.warn('refused an operation from an older term', { term: req.term, current: election.term, from, op: req.op.kind })
-      throw new RpcError('stale_term', `operation of term ${req.term} refused: this node is in term ${election.term}`)
+      log.warn('refused an operation', { from, term: req.term, current: election.term, op: req.op.kind, reason: fence.reason })
+      throw new RpcError(fence.code, `operation refused: ${fence.reason}`)
     }
-    await election.observeTerm(req.term, req.leader)
     try {
       const res = await this.runOp(req.op, req.term, signal)
       this.counters.opsExecuted++
@@ -337,11 +295,10 @@ export class Coordinator {
    * start second copies.
    */
   private readyToPlan (): boolean {
-    const mine = this.init.store.current()
     return this.init.election.votersCurrent() &&
       this.init.membership.list().every(m => m.state === 'dead' || m.resources !== null) &&
-      // A leader that knows less than a member must first take the member's desired state.
-      !this.init.membership.list().some(m => m.state !== 'dead' && m.status.cluster !== undefined && m.status.cluster.desiredRevision > mine.revision)
+      // Until its first entry is committed, a new leader's state may lack what earlier leaders committed.
+      this.init.replicator.ready
   }
 
   private async reconcile (): Promise<void> {

@@ -1,19 +1,42 @@
 /**
  * The replicated desired state on this node's disk: every app the user asked
- * for. Every node keeps a copy so any survivor can lead with nothing lost.
- * Only the leader changes it; followers take newer revisions from the leader.
+ * for, as a log of changes (Raft's log) and the state those changes make.
+ * Every node keeps a copy so any survivor can lead with nothing lost.
+ *
+ * On disk, in DATA_DIR/state/:
+ * - `snapshot.json`: the committed state at some index (its `revision`);
+ * - `log.jsonl`: the entries after it, one JSON object a line, and commit
+ *   marks (`{"commit": N}`) recording how far the log is known committed.
+ *
+ * Appends are fsynced before they are acknowledged; the snapshot is rewritten
+ * only at compaction (every COMPACT_AFTER entries), so a change costs one
+ * appended line, not a rewrite of the whole state. Readers see only the
+ * committed state (`current()`); the leader validates new changes against the
+ * tip (`tip()`), committed or not.
  */
-import { readFile, rename, writeFile, copyFile } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { constants } from 'node:fs'
+import { copyFile, mkdir, open, readFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
-import { decodeDesiredState, newerDesired, type DesiredChange, type DesiredState } from '../../proto/cluster.ts'
+import { decodeDesiredState, decodeLogEntry, type DesiredChange, type DesiredState, type LogEntry } from '../../proto/cluster.ts'
+import { lastIndex, lastTerm, termAt, type LogView } from '../../scheduler/replication.ts'
 import { RpcError } from '../mesh/rpc.ts'
+import { KeyedMutex } from '../snapshots/repo-sync.ts'
+import { fsyncDir, writeFileDurable } from '../util/durable.ts'
 import type { Logger } from '../util/log.ts'
 
 export const EMPTY_STATE: DesiredState = { revision: 0, term: 0, apps: [] }
 
-/** Applies a user's change to the desired state; pure. Throws RpcError with a code a client can act on. */
-export function applyChange (state: DesiredState, change: DesiredChange, term: number): DesiredState {
-  const revision = state.revision + 1
+/** After this many entries past the snapshot, the committed ones are folded into a new snapshot. */
+export const COMPACT_AFTER = 64
+
+/**
+ * Applies a change to the desired state, as the entry at `at`; pure. Throws
+ * RpcError with a code a client can act on when the change does not fit.
+ */
+export function applyChange (state: DesiredState, change: DesiredChange, at: { index: number, term: number }): DesiredState {
+  const revision = at.index
+  const term = at.term
   switch (change.kind) {
     case 'install': {
       if (state.apps.some(a => a.name === change.app.name)) {
@@ -46,53 +69,256 @@ export function applyChange (state: DesiredState, change: DesiredChange, term: n
   }
 }
 
+/**
+ * Applies a committed log entry. The leader checked the change against the
+ * same state before appending it, so it fits; should it not (a bug), the
+ * entry still takes its index, so every node stays at the same revision.
+ */
+export function applyEntry (state: DesiredState, entry: LogEntry, log?: Logger): DesiredState {
+  if (entry.change === null) return { ...state, revision: entry.index, term: entry.term }
+  try {
+    return applyChange(state, entry.change, entry)
+  } catch (err) {
+    log?.error('a committed log entry does not apply; skipped it', { index: entry.index, change: entry.change.kind, error: (err as Error).message })
+    return { ...state, revision: entry.index, term: entry.term }
+  }
+}
+
+/** A digest of the state that is the same on every node holding the same state (for tests and `dcloud status --json`). */
+export function stateDigest (state: DesiredState): string {
+  return createHash('sha256').update(JSON.stringify(state)).digest('hex').slice(0, 16)
+}
+
 export class DesiredStore {
-  private state: DesiredState = EMPTY_STATE
-  private readonly path: string
+  private readonly dir: string
+  private readonly legacyPath: string
   private readonly log: Logger
-  private writing: Promise<void> = Promise.resolve()
+  /** The committed, applied state. */
+  private state: DesiredState = EMPTY_STATE
+  /** The snapshot on disk covers the log up to here. */
+  private snapshotIndex = 0
+  private snapshotTerm = 0
+  /** Entries after the snapshot, in memory as on disk. */
+  private entries: LogEntry[] = []
+  private commitIndex = 0
+  private readonly writes = new KeyedMutex()
+  private readonly onCommit: Array<(state: DesiredState) => void> = []
 
   constructor (dataDir: string, log: Logger) {
-    this.path = join(dataDir, 'desired.json')
+    this.dir = join(dataDir, 'state')
+    this.legacyPath = join(dataDir, 'desired.json')
     this.log = log
   }
 
-  async load (): Promise<void> {
-    let text: string
-    try {
-      text = await readFile(this.path, 'utf8')
-    } catch {
-      return
-    }
-    try {
-      this.state = decodeDesiredState(JSON.parse(text))
-    } catch (err) {
-      // Never throw away what the user asked for: keep the unreadable file beside.
-      const keep = `${this.path}.unreadable-${Date.now()}`
-      await copyFile(this.path, keep)
-      this.log.error('the desired state on disk is unreadable; kept it and starting empty until a peer replicates its copy', { kept: keep, error: (err as Error).message })
-    }
+  private get snapshotPath (): string { return join(this.dir, 'snapshot.json') }
+  private get logPath (): string { return join(this.dir, 'log.jsonl') }
+
+  /** Called after every commit, with the new committed state. */
+  onCommitted (fn: (state: DesiredState) => void): void {
+    this.onCommit.push(fn)
   }
 
+  async load (): Promise<void> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 })
+    let snapshot = await this.readSnapshot()
+    if (snapshot === null) snapshot = await this.migrateLegacy()
+    if (snapshot !== null) {
+      this.state = snapshot
+      this.snapshotIndex = snapshot.revision
+      this.snapshotTerm = snapshot.term
+      this.commitIndex = snapshot.revision
+    }
+    const { entries, commit, damaged } = await this.readLog()
+    this.entries = entries
+    const upTo = Math.min(commit, lastIndex(this.view()))
+    if (upTo > this.commitIndex) this.applyUpTo(upTo)
+    if (damaged) await this.rewriteLog()
+    this.log.debug('replicated state loaded', { revision: this.state.revision, lastIndex: this.lastIndex, commitIndex: this.commitIndex })
+  }
+
+  /** The committed desired state: what the cluster has agreed on. */
   current (): DesiredState {
     return this.state
   }
 
-  /** Takes `next` when it is newer (by term of last change, then revision); returns whether it did. */
-  async replace (next: DesiredState): Promise<boolean> {
-    if (!newerDesired(next, this.state)) return false
-    this.state = next
-    await this.persist()
-    return true
+  /** The log as the replication rules see it. */
+  view (): LogView {
+    return { snapshotIndex: this.snapshotIndex, snapshotTerm: this.snapshotTerm, entries: this.entries, commitIndex: this.commitIndex }
   }
 
-  private async persist (): Promise<void> {
-    const snapshot = JSON.stringify(this.state)
-    // Writes are serialised and atomic (write, then rename).
-    this.writing = this.writing.then(async () => {
-      await writeFile(`${this.path}.tmp`, snapshot, { mode: 0o600 })
-      await rename(`${this.path}.tmp`, this.path)
+  get lastIndex (): number { return lastIndex(this.view()) }
+  get lastTerm (): number { return lastTerm(this.view()) }
+  get committed (): number { return this.commitIndex }
+
+  termAt (index: number): number | null {
+    return termAt(this.view(), index)
+  }
+
+  /** Up to `max` entries from `index` on; empty when `index` is past the end or compacted away. */
+  entriesFrom (index: number, max: number): LogEntry[] {
+    if (index <= this.snapshotIndex) return []
+    return this.entries.slice(index - this.snapshotIndex - 1, index - this.snapshotIndex - 1 + max)
+  }
+
+  /** The state with every entry applied, committed or not: what a new change must fit. */
+  tip (): DesiredState {
+    let s = this.state
+    for (const e of this.entries) if (e.index > this.commitIndex) s = applyEntry(s, e)
+    return s
+  }
+
+  /**
+   * Drops the entries after `truncateAfter` (when given; never committed
+   * ones) and appends `append`, durably: returns once they are on disk.
+   */
+  async appendEntries (truncateAfter: number | null, append: LogEntry[]): Promise<void> {
+    await this.writes.run('log', async () => {
+      if (truncateAfter !== null && truncateAfter < this.lastIndex) {
+        if (truncateAfter < this.commitIndex) throw new Error(`refusing to drop committed entries after ${truncateAfter} (committed up to ${this.commitIndex})`)
+        const dropped = this.lastIndex - truncateAfter
+        this.entries = this.entries.slice(0, truncateAfter - this.snapshotIndex)
+        await this.rewriteLog()
+        this.log.info('dropped uncommitted log entries of an older term', { after: truncateAfter, dropped })
+      }
+      if (append.length === 0) return
+      if ((append[0] as LogEntry).index !== this.lastIndex + 1) throw new Error(`entry ${(append[0] as LogEntry).index} does not follow the log's last entry ${this.lastIndex}`)
+      await this.appendLines(append.map(e => JSON.stringify(e)))
+      this.entries.push(...append)
     })
-    await this.writing
+  }
+
+  /** Marks the log committed up to `index` and applies the entries that became committed. */
+  async commit (index: number): Promise<void> {
+    const advanced = await this.writes.run('log', async () => {
+      const upTo = Math.min(index, this.lastIndex)
+      if (upTo <= this.commitIndex) return false
+      // The mark is fsynced too: a node that restarts serves what it knew was committed.
+      await this.appendLines([JSON.stringify({ commit: upTo })])
+      this.applyUpTo(upTo)
+      if (this.entries.length >= COMPACT_AFTER) await this.compact()
+      return true
+    })
+    if (advanced) for (const fn of this.onCommit) fn(this.state)
+  }
+
+  /**
+   * Takes a state the leader committed at `index` in place of the log up to
+   * there (a follower that was away longer than the leader keeps entries).
+   */
+  async installSnapshot (index: number, term: number, state: DesiredState): Promise<void> {
+    await this.writes.run('log', async () => {
+      if (index <= this.commitIndex) return
+      // Entries past the snapshot survive only if they continue it.
+      const keep = this.termAt(index) === term ? this.entries.filter(e => e.index > index) : []
+      await writeFileDurable(this.snapshotPath, JSON.stringify({ ...state, revision: index, term }))
+      this.state = state
+      this.snapshotIndex = index
+      this.snapshotTerm = term
+      this.commitIndex = index
+      this.entries = keep
+      await this.rewriteLog()
+      this.log.info('took a snapshot of the replicated state from the leader', { revision: index, term })
+    })
+    for (const fn of this.onCommit) fn(this.state)
+  }
+
+  private applyUpTo (upTo: number): void {
+    for (const e of this.entries) {
+      if (e.index <= this.commitIndex) continue
+      if (e.index > upTo) break
+      this.state = applyEntry(this.state, e, this.log)
+    }
+    this.commitIndex = upTo
+  }
+
+  /** Folds the committed entries into a new snapshot; the uncommitted tail stays in the log. */
+  private async compact (): Promise<void> {
+    const term = this.termAt(this.commitIndex) ?? this.state.term
+    await writeFileDurable(this.snapshotPath, JSON.stringify(this.state))
+    this.entries = this.entries.filter(e => e.index > this.commitIndex)
+    this.snapshotIndex = this.commitIndex
+    this.snapshotTerm = term
+    await this.rewriteLog()
+  }
+
+  private async rewriteLog (): Promise<void> {
+    const lines = this.entries.map(e => JSON.stringify(e))
+    if (this.commitIndex > this.snapshotIndex) lines.push(JSON.stringify({ commit: this.commitIndex }))
+    await writeFileDurable(this.logPath, lines.length > 0 ? lines.join('\n') + '\n' : '')
+  }
+
+  private async appendLines (lines: string[]): Promise<void> {
+    const fh = await open(this.logPath, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT, 0o600)
+    let created = false
+    try {
+      created = (await fh.stat()).size === 0
+      await fh.writeFile(lines.join('\n') + '\n')
+      await fh.sync()
+    } finally {
+      await fh.close()
+    }
+    if (created) await fsyncDir(this.dir)
+  }
+
+  private async readSnapshot (): Promise<DesiredState | null> {
+    let text: string
+    try { text = await readFile(this.snapshotPath, 'utf8') } catch { return null }
+    try {
+      return decodeDesiredState(JSON.parse(text))
+    } catch (err) {
+      // Never throw away what the user asked for: keep the unreadable file beside.
+      const keep = `${this.snapshotPath}.unreadable-${Date.now()}`
+      await copyFile(this.snapshotPath, keep)
+      this.log.error('the replicated state on disk is unreadable; kept it, and starting empty until the leader sends its copy', { kept: keep, error: (err as Error).message })
+      return null
+    }
+  }
+
+  /** A node upgraded from the whole-document format: its desired.json becomes the first snapshot (kept, renamed). */
+  private async migrateLegacy (): Promise<DesiredState | null> {
+    let state: DesiredState
+    try {
+      state = decodeDesiredState(JSON.parse(await readFile(this.legacyPath, 'utf8')))
+    } catch {
+      return null
+    }
+    await writeFileDurable(this.snapshotPath, JSON.stringify(state))
+    await rename(this.legacyPath, `${this.legacyPath}.migrated`)
+    this.log.info('moved the desired state into the replicated log', { revision: state.revision })
+    return state
+  }
+
+  /**
+   * Reads the log: entries continuing the snapshot, and the highest commit
+   * mark. A torn last line (a crash mid-append, never acknowledged) is
+   * dropped; anything else unreadable is kept aside and the log ends before
+   * it. Either way the caller rewrites the log as it now stands.
+   */
+  private async readLog (): Promise<{ entries: LogEntry[], commit: number, damaged: boolean }> {
+    let text: string
+    try { text = await readFile(this.logPath, 'utf8') } catch { return { entries: [], commit: 0, damaged: false } }
+    // The piece after the last newline is empty, or a torn append.
+    const complete = text.split('\n').slice(0, -1)
+    const entries: LogEntry[] = []
+    let commit = 0
+    let damaged = false
+    for (const line of complete) {
+      try {
+        const raw = JSON.parse(line) as Record<string, unknown>
+        if (typeof raw.commit === 'number' && Object.keys(raw).length === 1) { commit = Math.max(commit, raw.commit); continue }
+        const e = decodeLogEntry(raw)
+        if (e.index <= this.snapshotIndex) continue // left by a compaction cut short: the snapshot has it
+        const expected = this.snapshotIndex + entries.length + 1
+        if (e.index !== expected) throw new Error(`entry ${e.index} where ${expected} was expected`)
+        entries.push(e)
+      } catch (err) {
+        damaged = true
+        const keep = `${this.logPath}.unreadable-${Date.now()}`
+        await copyFile(this.logPath, keep)
+        this.log.error('the replicated log on disk is damaged; kept it and using the entries before the damage', { kept: keep, error: (err as Error).message })
+        break
+      }
+    }
+    return { entries, commit, damaged: damaged || (text !== '' && !text.endsWith('\n')) }
   }
 }

@@ -8,20 +8,21 @@
  */
 import { randomInt } from 'node:crypto'
 import { createConnection } from 'node:net'
-import { readFile, rename, writeFile } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { peerIdFromString } from '@libp2p/peer-id'
 import {
-  HEARTBEAT_PROTOCOL, VOTE_PROTOCOL, decodeHeartbeatAck, decodeLeaderHeartbeat, decodeVoteRequest, decodeVoteResponse, newerDesired,
+  HEARTBEAT_PROTOCOL, VOTE_PROTOCOL, decodeHeartbeatAck, decodeLeaderHeartbeat, decodeVoteRequest, decodeVoteResponse, moreUpToDate,
   type HeartbeatAck, type VoteResponse
 } from '../../proto/cluster.ts'
-import { initElection, isLeader, reachesQuorum, step, type ElectionAction, type ElectionConfig, type ElectionEvent, type ElectionState } from '../../scheduler/election.ts'
+import { acceptFromLeader, initElection, isLeader, reachesQuorum, step, type Fencing, type ElectionAction, type ElectionConfig, type ElectionEvent, type ElectionState } from '../../scheduler/election.ts'
 import { rpcCall, type RpcServer } from '../mesh/rpc.ts'
 import type { Mesh } from '../mesh/mesh.ts'
 import type { Membership } from '../status/membership.ts'
 import type { DesiredStore } from './desired-store.ts'
 import type { Logger } from '../util/log.ts'
+import { writeFileDurable } from '../util/durable.ts'
 
 /**
  * Faster than the rules' defaults: a LAN answers in milliseconds, and a new
@@ -98,12 +99,12 @@ export class ElectionDriver {
       maxRequestBytes: 1024,
       handle: async (req, from) => {
         if (req.candidate !== from.toString()) return { term: this.term, granted: false, reason: 'the candidate must ask for itself' }
-        const mine = this.init.store.current()
-        const behind = newerDesired(mine, { term: req.desiredTerm, revision: req.desiredRevision })
+        const { store } = this.init
+        const behind = moreUpToDate({ lastTerm: store.lastTerm, lastIndex: store.lastIndex }, { lastTerm: req.lastLogTerm, lastIndex: req.lastLogIndex })
         const actions = await this.apply({ type: req.preVote ? 'preVoteRequest' : 'voteRequest', from: req.candidate, term: req.term, candidateBehind: behind })
         const vote = actions.find(a => a.type === (req.preVote ? 'sendPreVote' : 'sendVote'))
         const granted = (vote?.type === 'sendVote' || vote?.type === 'sendPreVote') && vote.granted
-        return { term: this.term, granted, reason: granted ? 'granted' : behind ? 'the candidate\'s desired state is older than ours' : 'refused' } satisfies VoteResponse
+        return { term: this.term, granted, reason: granted ? 'granted' : behind ? 'the candidate\'s log is behind ours' : 'refused' } satisfies VoteResponse
       }
     })
     await rpc.register({
@@ -130,9 +131,24 @@ export class ElectionDriver {
     await this.persisting
   }
 
-  /** A term seen on an operation the fencing rule accepted: adopt it. */
-  async observeTerm (term: number, _leader: string): Promise<void> {
-    await this.apply({ type: 'termSeen', term })
+  /**
+   * Whether `sender` is the leader of `term`, this node's current term
+   * (scheduler/election.ts, `acceptFromLeader`). A message from a leader can
+   * arrive a moment before its first heartbeat does: while the answer is
+   * "not yet known", it waits up to `waitMs` for the election to say.
+   */
+  async acceptFromLeader (term: number, sender: string, waitMs: number): Promise<Fencing> {
+    const deadline = monotonic() + waitMs
+    for (;;) {
+      const verdict = acceptFromLeader({ term: this.term, leader: this.leader }, { term, sender })
+      if (verdict.accepted || monotonic() >= deadline || term < this.term || (term === this.term && this.leader !== null)) return verdict
+      await new Promise(resolve => setTimeout(resolve, TICK_MS))
+    }
+  }
+
+  /** Whether `who` (peer ids) is a quorum of the voters, by the same rule as the election's. */
+  isQuorum (who: ReadonlySet<string>): boolean {
+    return reachesQuorum(this.voters(), who, this.witnessReachable)
   }
 
   /**
@@ -190,8 +206,8 @@ export class ElectionDriver {
       case 'sendVoteRequests':
       case 'sendPreVoteRequests': {
         const preVote = action.type === 'sendPreVoteRequests'
-        const mine = this.init.store.current()
-        const request = { term: action.term, candidate: this.self, desiredTerm: mine.term, desiredRevision: mine.revision, preVote }
+        const { store } = this.init
+        const request = { term: action.term, candidate: this.self, lastLogTerm: store.lastTerm, lastLogIndex: store.lastIndex, preVote }
         if (!preVote) log.info('asking for votes', { term: action.term, voters: action.to.length + 1 })
         for (const to of action.to) {
           void rpcCall(this.init.mesh, peerIdFromString(to), VOTE_PROTOCOL, request, { decode: decodeVoteResponse, timeoutMs: 1000 })
@@ -222,13 +238,10 @@ export class ElectionDriver {
     }
   }
 
-  /** Writes term, vote and voters durably (serialised; write then rename). */
+  /** Writes term, vote and voters durably (serialised; fsynced, renamed, directory fsynced) before any vote leaves. */
   private async save (term = this.term, votedFor = this.state?.votedFor ?? null): Promise<void> {
     const text = JSON.stringify({ term, votedFor, voters: [...this.knownVoters].sort() })
-    this.persisting = this.persisting.then(async () => {
-      await writeFile(`${this.path}.tmp`, text, { mode: 0o600 })
-      await rename(`${this.path}.tmp`, this.path)
-    })
+    this.persisting = this.persisting.then(async () => { await writeFileDurable(this.path, text) })
     await this.persisting
   }
 

@@ -126,9 +126,9 @@ describe('apps and the elected scheduler in the lab', () => {
     const target = survivors.find(n => n !== after.name) as string
     const targetId = (await lab.status(target)).self
     const ip = `10.213.0.${10 + Number(target.slice(1))}`
-    const stale = await lab.exec(target, [NODE_BIN, join(PROJECT_ROOT, 'test', 'lab', 'stale-op.ts'), join(lab.lab.stateDir, 'cluster.key'), String(before.term), `/ip4/${ip}/tcp/7370/p2p/${targetId}`, APPS[0] as string])
+    const stale = await lab.exec(target, [NODE_BIN, join(PROJECT_ROOT, 'test', 'lab', 'rogue-leader.ts'), join(lab.lab.stateDir, 'cluster.key'), String(before.term), APPS[0] as string, `/ip4/${ip}/tcp/7370/p2p/${targetId}`])
     expect(stale.code, stale.stderr).toBe(0)
-    expect(JSON.parse(stale.stdout)).toMatchObject({ ok: false, code: 'stale_term' })
+    expect(JSON.parse(stale.stdout).results[targetId]).toMatchObject({ op: { ok: false, code: 'stale_term' }, append: { ok: true, value: { ok: false } } })
     expect((await lab.metrics(target)).ops.opsRefused).toBeGreaterThanOrEqual(1)
 
     // The dead leader's apps answer again on the survivors.

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import {
-  DEFAULT_ELECTION, acceptOperation, checkElectionConfig, initElection, isLeader, leaseExpiry, majority, nextTickAt, step, tieBreaker,
+  DEFAULT_ELECTION, acceptFromLeader, checkElectionConfig, initElection, isLeader, leaseExpiry, majority, nextTickAt, step, tieBreaker,
   type ElectionAction, type ElectionEvent, type ElectionState
 } from '../../scheduler/election.ts'
 
@@ -176,7 +176,6 @@ describe('election rules', () => {
     const { state } = run(c, [[{ type: 'voteResponse', from: 'b', term: 1, granted: true }, c.electionStartedAt + 5]])
     for (const event of [
       { type: 'heartbeatAck', from: 'c', term: 2, ok: false, sentAt: 0 },
-      { type: 'termSeen', term: 2 },
       { type: 'leaderHeartbeat', from: 'c', term: 2, sentAt: 0 }
     ] as const) {
       const r = step(state, event, c.electionStartedAt + 10)
@@ -266,17 +265,21 @@ describe('two-node rule', () => {
 })
 
 describe('fencing', () => {
+  const L = 'leader-of-5'
   it.each([
-    [5, 5, true, 5],
-    [5, 6, true, 6],
-    [5, 4, false, 5],
-    [0, 0, true, 0],
-    [3, Number.NaN, false, 3],
-    [3, -1, false, 3]
-  ])('local term %i, operation of term %s: accepted %s, term becomes %i', (local, op, accepted, term) => {
-    const r = acceptOperation(local, op)
+    ['the known leader, current term', { term: 5, leader: L }, { term: 5, sender: L }, true, null],
+    ['a deposed leader', { term: 5, leader: L }, { term: 4, sender: 'old' }, false, 'stale_term'],
+    ['any peer claiming the next term', { term: 5, leader: L }, { term: 6, sender: 'rogue' }, false, 'not_leader'],
+    ['the current term from another peer', { term: 5, leader: L }, { term: 5, sender: 'rogue' }, false, 'not_leader'],
+    ['before the leader of the term is known', { term: 5, leader: null }, { term: 5, sender: L }, false, 'not_leader'],
+    ['no valid term', { term: 3, leader: L }, { term: Number.NaN, sender: L }, false, 'stale_term'],
+    ['a negative term', { term: 3, leader: L }, { term: -1, sender: L }, false, 'stale_term']
+  ] as const)('%s: accepted %s', (_what, local, msg, accepted, code) => {
+    const r = acceptFromLeader(local, msg)
     expect(r.accepted).toBe(accepted)
-    expect(r.term).toBe(term)
-    if (!r.accepted) expect(r.reason).toMatch(/term/)
+    if (!r.accepted) {
+      expect(r.code).toBe(code)
+      expect(r.reason).toMatch(/term|leader/)
+    }
   })
 })
