@@ -18,7 +18,7 @@ export async function statusCommand (argv: string[]): Promise<number> {
   const rows = status.nodes.map(n => [
     (n.self ? '* ' : '  ') + n.name,
     shortId(n.id),
-    n.state + (n.id === status.leader ? ' (leader)' : ''),
+    n.state + (n.id === status.leader ? ' (leader)' : '') + (n.drained ? ' (drained)' : ''),
     `${n.cpu.toFixed(0)}% of ${n.cores}`,
     `${bytes(n.memFree)} / ${bytes(n.memTotal)}`,
     bytes(n.diskFree),
