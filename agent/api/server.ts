@@ -24,6 +24,7 @@ import { pipeline } from 'node:stream/promises'
 import type { Readable } from 'node:stream'
 import { API_ERRORS, type ApiErrorCode, type ApiMetrics, type ApiRefusal } from '../../proto/api.ts'
 import type { Logger } from '../util/log.ts'
+import { EXIT, UserError } from '../util/errors.ts'
 import { apiTokenVerifier, authenticate, FailureLimiter, TrustedProxies, type CredentialVerifier, type FailureLimiterInit, type Principal, type Transport } from './auth.ts'
 import { HostPolicy, RefusalRecorder, STATE_CHANGING, hasBody, mediaType, originRefusal, splitHostPort, type RefusalContext } from './guards.ts'
 
@@ -240,7 +241,14 @@ export class ApiServer {
    */
   private async prepareSocketDir (dir: string): Promise<void> {
     if (existsSync(dir)) return
-    await mkdir(dir, { recursive: true, mode: 0o750 })
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o750 })
+    } catch (err) {
+      throw new UserError(`cannot create ${dir} for the API socket: ${(err as Error).message}`, {
+        exitCode: EXIT.cantCreate,
+        hint: 'systemd makes it for dcloud.service (RuntimeDirectory=dcloud); otherwise run the agent as root, or set DCLOUD_RUNTIME_DIR to a directory it may write'
+      })
+    }
     await this.giveToGroup(dir)
   }
 
