@@ -13,7 +13,9 @@ import { StatusGossip } from './status/gossip.ts'
 import { ResourceCollector } from './status/collector.ts'
 import { DockerRuntime, dockerFromEnv } from './runtime/docker.ts'
 import { ApiServer, ApiError } from './api/server.ts'
-import { RpcServer, RpcError } from './mesh/rpc.ts'
+import { RpcServer } from './mesh/rpc.ts'
+import { apiRoutes, type ApiBackend, type ClusterApi } from './api/routes.ts'
+import type { BackupMeta } from './snapshots/archive.ts'
 import { DesiredStore, stateDigest } from './cluster/desired-store.ts'
 import { Replicator } from './cluster/replication.ts'
 import { Coordinator } from './cluster/coordinator.ts'
@@ -25,8 +27,6 @@ import { inspectBackup } from './snapshots/app-file.ts'
 import { KeyedMutex, pullRepo, serveRepos } from './snapshots/repo-sync.ts'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { join } from 'node:path'
-import { decodeChange, decodeDomain, decodeStorage } from '../proto/cluster.ts'
-import type { ApiErrorCode } from '../proto/api.ts'
 import type { AppReport } from '../proto/status.ts'
 import type { AppActual } from '../proto/runtime.ts'
 import { AGENT_VERSION, paths } from './config.ts'
@@ -51,7 +51,14 @@ export interface AgentOptions {
   witness?: string | null
   /** The restic program; default `restic` on PATH. */
   restic?: string
+  /** Extra Host names the TCP API answers to (`--api-host`), e.g. the front door's domain. */
+  apiHosts?: string[]
+  /** Proxies whose X-Forwarded-For the API believes (`--trusted-proxy`). */
+  trustedProxies?: string[]
 }
+
+/** Members of this group reach the API's Unix socket, i.e. administer the node (as with `docker`). */
+export const SOCKET_GROUP = 'dcloud'
 
 const LOAD_SAMPLE_MS = 5000
 const DOCKER_POLL_MS = 30_000
@@ -60,7 +67,7 @@ const REDIAL_MS = 2000
 /** How long we keep dialling a dead node before leaving its return to mDNS or its own dials. */
 const REDIAL_DEAD_FOR_MS = 15 * 60_000
 
-export class Agent {
+export class Agent implements ApiBackend {
   readonly startedAt = Date.now()
   listeningAt: number | null = null
   private readonly opts: AgentOptions
@@ -172,50 +179,14 @@ export class Agent {
 
     this.api = new ApiServer({
       socketPath: p.socket,
+      socketGroup: SOCKET_GROUP,
       tcp: opts.apiTcp,
       token,
+      nodeName: opts.name,
+      hostNames: opts.apiHosts ?? [],
+      trustedProxies: opts.trustedProxies ?? [],
       log: log.child('api'),
-      routes: {
-        'GET /v1/health': () => ({ ok: true }),
-        'GET /v1/status': () => this.status(),
-        'GET /v1/metrics': () => this.metrics(),
-        'GET /v1/apps': () => this.requireCluster().apps(),
-        'POST /v1/apps': async ({ body }) => {
-          const change = decodeOrBadRequest(() => decodeChange({ kind: 'install', app: body }))
-          return await viaApi(async () => await this.requireCluster().change(change))
-        },
-        'DELETE /v1/apps/:name': async ({ params }) => {
-          const change = decodeOrBadRequest(() => decodeChange({ kind: 'remove', name: params.name }))
-          return await viaApi(async () => await this.requireCluster().change(change))
-        },
-        'POST /v1/apps/:name/move': async ({ params, body }) => {
-          const change = decodeOrBadRequest(() => decodeChange({ kind: 'move', name: params.name, node: (body as { node?: unknown } | undefined)?.node }))
-          return await viaApi(async () => await this.requireCluster().change(change))
-        },
-        'GET /v1/apps/:name/logs': async ({ params, query }) => {
-          const tail = Math.min(10_000, Math.max(1, Number(query.get('tail') ?? 200) || 200))
-          return await viaApi(async () => await this.requireCluster().logs(params.name ?? '', tail))
-        },
-        'GET /v1/apps/:name/why': async ({ params }) => await viaApi(async () => await this.requireCluster().why(params.name ?? '')),
-        'GET /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await this.requireCluster().snapshotList(appName(params.name), AbortSignal.timeout(120_000))),
-        'POST /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await this.requireCluster().snapshotTake(appName(params.name), AbortSignal.timeout(LONG_OP_MS))),
-        'POST /v1/apps/:name/snapshots/:id/restore': async ({ params }) => await viaApi(async () => await this.requireCluster().rollback(appName(params.name), snapshotId(params.id), AbortSignal.timeout(LONG_OP_MS))),
-        'POST /v1/apps/:name/backup': async ({ params, body }) => await viaApi(async () => await this.requireCluster().backup(appName(params.name), filePath(body), AbortSignal.timeout(LONG_OP_MS))),
-        'POST /v1/backups/inspect': async ({ body }) => await viaApi(async () => await inspectBackup(filePath(body), AbortSignal.timeout(LONG_OP_MS))),
-        'POST /v1/backups/restore': async ({ body }) => {
-          const b = (body ?? {}) as { name?: unknown, node?: unknown, hostPath?: unknown, domain?: unknown }
-          const name = b.name === null || b.name === undefined ? null : appName(b.name)
-          if (b.node !== null && b.node !== undefined && (typeof b.node !== 'string' || !/^[1-9A-HJ-NP-Za-km-z]{40,60}$/.test(b.node))) throw new ApiError('bad_request', 'node must be a node id (`dcloud status` lists them)')
-          const node = typeof b.node === 'string' ? b.node : null
-          const storage = b.hostPath === null || b.hostPath === undefined ? null : decodeOrBadRequest(() => decodeStorage({ hostPath: b.hostPath }, 'hostPath')).hostPath
-          const domain = b.domain === null || b.domain === undefined ? null : decodeOrBadRequest(() => decodeDomain(b.domain))
-          return await viaApi(async () => await this.requireCluster().restoreFile(filePath(body), { name, node, storage: storage === null ? null : { hostPath: storage }, domain }, AbortSignal.timeout(LONG_OP_MS)))
-        },
-        'POST /v1/nodes/:node/drain': async ({ params, body }) => {
-          const change = decodeOrBadRequest(() => decodeChange({ kind: 'drain', node: params.node, drained: (body as { drained?: unknown } | undefined)?.drained ?? true }))
-          return await viaApi(async () => await this.requireCluster().change(change))
-        }
-      }
+      routes: apiRoutes(this, () => this.api?.metrics() ?? { refused: { unauthorized: 0, forbidden: 0, rateLimited: 0, badHost: 0, badOrigin: 0, badContentType: 0, tooLarge: 0, badJson: 0 }, refusalsNotLogged: 0 })
     })
     await this.api.start()
 
@@ -265,7 +236,7 @@ export class Agent {
     return { self: mine.peerId, leader: this.election?.leader ?? null, nodes }
   }
 
-  metrics (): MetricsResponse {
+  metrics (): Omit<MetricsResponse, 'api'> {
     const self = this.requireStarted()
     const usage = process.cpuUsage()
     return {
@@ -299,9 +270,13 @@ export class Agent {
     return { revision: s.revision, term: s.term, lastIndex: store.lastIndex, commitIndex: store.committed, digest: stateDigest(s) }
   }
 
-  private requireCluster (): Coordinator {
+  cluster (): ClusterApi {
     if (this.coordinator === undefined) throw new ApiError('internal', 'agent not started')
     return this.coordinator
+  }
+
+  async inspectBackup (file: string, signal: AbortSignal): Promise<BackupMeta> {
+    return await inspectBackup(file, signal)
   }
 
   private requireStarted (): { mesh: Mesh, gossip: StatusGossip, membership: Membership } {
@@ -319,54 +294,6 @@ function reportApps (apps: AppActual[], store: DesiredStore): AppReport[] {
     const port = svc?.ports.find(p => p.container === web?.port && p.host !== null)
     return { name: a.app, state: a.state, revision: a.revision, webPort: port?.host ?? null, generation: a.generation }
   })
-}
-
-/** Snapshots, backups and restores of large volumes take long; the caller's connection waits. */
-const LONG_OP_MS = 60 * 60_000
-
-function appName (v: unknown): string {
-  return decodeOrBadRequest(() => decodeChange({ kind: 'remove', name: v })).kind === 'remove' ? String(v) : ''
-}
-
-function snapshotId (v: unknown): string {
-  if (typeof v !== 'string' || !/^[0-9a-f]{4,64}$/.test(v)) throw new ApiError('bad_request', 'a snapshot id is 4 to 64 hex digits')
-  return v
-}
-
-function filePath (body: unknown): string {
-  const file = (body as { file?: unknown } | undefined)?.file
-  if (typeof file !== 'string' || !file.startsWith('/') || file.length > 4096 || file.includes('\0')) throw new ApiError('bad_request', 'file must be an absolute path')
-  return file
-}
-
-function decodeOrBadRequest<T> (decode: () => T): T {
-  try {
-    return decode()
-  } catch (err) {
-    throw new ApiError('bad_request', (err as Error).message)
-  }
-}
-
-const RPC_TO_API: Record<string, ApiErrorCode> = {
-  not_found: 'not_found',
-  exists: 'conflict',
-  conflict: 'conflict',
-  stale_term: 'conflict',
-  no_leader: 'no_leader',
-  not_leader: 'no_leader',
-  unreachable: 'unavailable',
-  unavailable: 'unavailable',
-  bad_request: 'bad_request'
-}
-
-/** Runs a cluster call for the API, turning the cluster's error codes into the API's. */
-async function viaApi<T> (call: () => Promise<T>): Promise<T> {
-  try {
-    return await call()
-  } catch (err) {
-    if (err instanceof RpcError) throw new ApiError(RPC_TO_API[err.code] ?? 'internal', err.message)
-    throw err
-  }
 }
 
 function memory (): { rssBytes: number, heapUsedBytes: number, externalBytes: number } {
