@@ -17,7 +17,7 @@
 import { hostname as osHostname, networkInterfaces } from 'node:os'
 import type { IncomingHttpHeaders } from 'node:http'
 import { API_REFUSALS, type ApiMetrics, type ApiRefusal } from '../../proto/api.ts'
-import type { Logger } from '../util/log.ts'
+import { ThrottledLog, type Logger } from '../util/log.ts'
 
 export function splitHostPort (value: string): { host: string, port: number } {
   const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(value)
@@ -151,38 +151,22 @@ export interface RefusalContext {
 }
 
 /**
- * Counts refusals by kind (shown in /v1/metrics) and logs them, but only the
- * first `perMinute` of each kind per minute: a flood of bad requests must not
- * flood the journal. The next logged line of a kind says how many were left
- * out before it.
+ * Counts refusals by kind (shown in /v1/metrics) and logs them with who sent
+ * them, throttled per kind (ThrottledLog).
  */
 export class RefusalRecorder {
   readonly refused: Record<ApiRefusal, number> = Object.fromEntries(API_REFUSALS.map(k => [k, 0])) as Record<ApiRefusal, number>
-  notLogged = 0
-  private readonly windows = new Map<ApiRefusal, { start: number, logged: number, skipped: number }>()
-  private readonly log: Logger
-  private readonly perMinute: number
-  private readonly now: () => number
+  private readonly log: ThrottledLog
 
   constructor (init: { log: Logger, perMinute?: number, now?: () => number }) {
-    this.log = init.log
-    this.perMinute = init.perMinute ?? 10
-    this.now = init.now ?? Date.now
+    this.log = new ThrottledLog(init.log, init)
   }
+
+  get notLogged (): number { return this.log.notLogged }
 
   record (kind: ApiRefusal, who: RefusalContext, reason: string): void {
     this.refused[kind]++
-    const now = this.now()
-    let w = this.windows.get(kind)
-    if (w === undefined || now - w.start >= 60_000) {
-      w = { start: now, logged: 0, skipped: w?.skipped ?? 0 }
-      this.windows.set(kind, w)
-    }
-    if (w.logged >= this.perMinute) { w.skipped++; this.notLogged++; return }
-    w.logged++
-    const fields: Record<string, unknown> = { kind, reason, client: who.client, method: who.method, path: who.path.slice(0, 200), userAgent: (who.userAgent ?? '').slice(0, 120) }
-    if (w.skipped > 0) { fields.notLoggedBefore = w.skipped; w.skipped = 0 }
-    this.log.warn('api request refused', fields)
+    this.log.warn(kind, 'api request refused', { kind, reason, client: who.client, method: who.method, path: who.path.slice(0, 200), userAgent: (who.userAgent ?? '').slice(0, 120) })
   }
 
   metrics (): ApiMetrics {

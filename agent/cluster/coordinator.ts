@@ -32,7 +32,7 @@ import type { SnapshotService } from '../snapshots/service.ts'
 import { backupToFile, importBackup, inspectBackup, type BackupFileResult } from '../snapshots/app-file.ts'
 import { DataPlane } from './stateful.ts'
 import type Docker from 'dockerode'
-import type { Logger } from '../util/log.ts'
+import { ThrottledLog, type Logger } from '../util/log.ts'
 
 const RECONCILE_MS = 1000
 /** How long a follower waits for the leader to commit a change it forwarded. */
@@ -67,6 +67,8 @@ export interface CoordinatorCounters { opsExecuted: number, opsRefused: number, 
 export class Coordinator {
   readonly counters: CoordinatorCounters = { opsExecuted: 0, opsRefused: 0, opsFailed: 0, plans: 0 }
   private readonly init: CoordinatorInit
+  /** Operations refused at the fence, logged with their sender. */
+  private readonly refusals: ThrottledLog
   private readonly inflight = new Map<string, Inflight>()
   private lastPlan: Plan | null = null
   /** Nodes whose last operation failed, and until when they get no new apps. */
@@ -82,6 +84,7 @@ export class Coordinator {
 
   constructor (init: CoordinatorInit) {
     this.init = init
+    this.refusals = new ThrottledLog(init.log)
     this.data = new DataPlane({
       mesh: init.mesh,
       rpc: init.rpc,
@@ -174,13 +177,13 @@ export class Coordinator {
 
   /** Runs an operation, only from the leader of this node's current term (fencing: scheduler/election.ts, acceptFromLeader). */
   async execute (req: OpRequest, from: string, signal: AbortSignal): Promise<OpResponse> {
-    const { election, log } = this.init
+    const { election } = this.init
     const fence = req.leader !== from
       ? { accepted: false as const, code: 'not_leader' as const, reason: `the operation names ${req.leader} as leader but comes from ${from}` }
       : await election.acceptFromLeader(req.term, from, LEADER_WAIT_MS)
     if (!fence.accepted) {
       this.counters.opsRefused++
-      log.warn('refused an operation', { from, term: req.term, current: election.term, op: req.op.kind, reason: fence.reason })
+      this.refusals.warn(fence.code, 'refused an operation', { from, term: req.term, current: election.term, op: req.op.kind, reason: fence.reason })
       throw new RpcError(fence.code, `operation refused: ${fence.reason}`)
     }
     try {

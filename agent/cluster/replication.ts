@@ -24,7 +24,7 @@ import type { Membership } from '../status/membership.ts'
 import { applyChange, type DesiredStore } from './desired-store.ts'
 import type { ElectionDriver } from './election-driver.ts'
 import { KeyedMutex } from '../snapshots/repo-sync.ts'
-import type { Logger } from '../util/log.ts'
+import { ThrottledLog, type Logger } from '../util/log.ts'
 
 const PUMP_MS = 200
 /** How long a change waits to be committed before the caller hears that it may not have been. */
@@ -83,6 +83,7 @@ export class Replicator {
   }
 
   private readonly init: ReplicatorInit
+  private readonly refusals: ThrottledLog
   private leading: Leading | null = null
   private readonly proposals = new KeyedMutex()
   private readonly appends = new KeyedMutex()
@@ -92,6 +93,7 @@ export class Replicator {
 
   constructor (init: ReplicatorInit) {
     this.init = init
+    this.refusals = new ThrottledLog(init.log)
   }
 
   private get self (): string { return this.init.mesh.peerId.toString() }
@@ -105,9 +107,9 @@ export class Replicator {
         try {
           return decodeAppendRequest(raw)
         } catch (err) {
-          // Out-of-order entries, terms going backwards, a snapshot that contradicts itself: refused before anything is read.
+          // Out-of-order entries, terms going backwards, a snapshot that contradicts itself:
+          // refused before anything is read (the RPC server logs it with its sender).
           this.counters.refused.bad_request++
-          this.init.log.warn('refused a malformed log append', { error: (err as Error).message })
           throw err
         }
       },
@@ -269,10 +271,10 @@ export class Replicator {
 
   /** A follower's side: an append is taken only from the leader of this node's current term. */
   private async onAppend (req: AppendRequest, from: string): Promise<AppendResponse> {
-    const { store, election, log } = this.init
+    const { store, election } = this.init
     const refuse = (reason: AppendRefusal, message: string): AppendResponse => {
       this.counters.refused[reason]++
-      log.warn('refused a log append', { from, reason, message, term: req.term, prevIndex: req.prevIndex, entries: req.entries.length })
+      this.refusals.warn(reason, 'refused a log append', { from, reason, message, term: req.term, prevIndex: req.prevIndex, entries: req.entries.length })
       return { term: election.term, ok: false, lastIndex: store.lastIndex, reason: message }
     }
     if (req.leader !== from) return refuse('not_leader', `the append names ${req.leader} as leader but comes from ${from}`)

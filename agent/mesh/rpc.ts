@@ -11,7 +11,7 @@
 import { lpStream } from '@libp2p/utils'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import type { Mesh } from './mesh.ts'
-import type { Logger } from '../util/log.ts'
+import { ThrottledLog, type Logger } from '../util/log.ts'
 
 export const RPC_MAX_BYTES = 1024 * 1024
 
@@ -42,11 +42,14 @@ export class RpcServer {
   readonly counters: RpcCounters = { served: 0, rejected: 0, failed: 0 }
   private readonly mesh: Mesh
   private readonly log: Logger
+  /** Requests refused for their content, logged with their sender (throttled: a peer's flood must not flood the journal). */
+  private readonly refusals: ThrottledLog
   private readonly protocols: string[] = []
 
   constructor (mesh: Mesh, log: Logger) {
     this.mesh = mesh
     this.log = log
+    this.refusals = new ThrottledLog(log)
   }
 
   async register<Req, Res> (h: RpcHandler<Req, Res>): Promise<void> {
@@ -71,7 +74,7 @@ export class RpcServer {
         req = h.decode(JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray())))
       } catch (err) {
         this.counters.rejected++
-        this.log.debug('rejected request', { protocol: h.protocol, from: from.toString(), error: (err as Error).message })
+        this.refusals.warn(h.protocol, 'refused a malformed request', { protocol: h.protocol, from: from.toString(), error: (err as Error).message })
         response = { ok: false, error: { code: 'bad_request', message: (err as Error).message } }
         await lp.write(encode(response), { signal })
         await stream.close({ signal }).catch(() => {})

@@ -36,3 +36,37 @@ export function createLogger (component: string, write: (line: string) => void =
     child: (c) => createLogger(`${component}:${c}`, write)
   }
 }
+
+/**
+ * Warnings about input from outside (refused requests, peers' bad messages)
+ * at most `perMinute` per key a minute: a flood of bad input must not flood
+ * the journal. The next line logged for a key says how many were left out
+ * before it; `notLogged` counts them all, for metrics.
+ */
+export class ThrottledLog {
+  notLogged = 0
+  private readonly windows = new Map<string, { start: number, logged: number, skipped: number }>()
+  private readonly log: Logger
+  private readonly perMinute: number
+  private readonly now: () => number
+
+  constructor (log: Logger, opts: { perMinute?: number, now?: () => number } = {}) {
+    this.log = log
+    this.perMinute = opts.perMinute ?? 10
+    this.now = opts.now ?? Date.now
+  }
+
+  warn (key: string, msg: string, fields: Record<string, unknown>): void {
+    const now = this.now()
+    let w = this.windows.get(key)
+    if (w === undefined || now - w.start >= 60_000) {
+      w = { start: now, logged: 0, skipped: w?.skipped ?? 0 }
+      this.windows.set(key, w)
+    }
+    if (w.logged >= this.perMinute) { w.skipped++; this.notLogged++; return }
+    w.logged++
+    const out = w.skipped > 0 ? { ...fields, notLoggedBefore: w.skipped } : fields
+    w.skipped = 0
+    this.log.warn(msg, out)
+  }
+}
