@@ -133,13 +133,15 @@ describe('the replicated desired state in the lab', () => {
     for (const t of [term, term + 1]) {
       const r = await lab.exec('n3', [NODE_BIN, join(PROJECT_ROOT, 'test', 'lab', 'rogue-leader.ts'), join(lab.lab.stateDir, 'cluster.key'), String(t), 'hello', ...targets])
       expect(r.code, r.stderr).toBe(0)
-      const report = JSON.parse(r.stdout) as { results: Record<string, { op: { ok: boolean, code?: string }, append: { ok: boolean, value?: { ok: boolean, reason: string } } }>, announcedTo: number }
+      const report = JSON.parse(r.stdout) as { results: Record<string, { op: { ok: boolean, code?: string }, append: { ok: boolean, value?: { ok: boolean, reason: string } }, outOfOrder: { ok: boolean, code?: string, message?: string } }>, announcedTo: number }
       expect(Object.keys(report.results)).toHaveLength(3)
       for (const [peer, res] of Object.entries(report.results)) {
         expect(res.op, `operation at term ${t} on ${peer}`).toMatchObject({ ok: false, code: 'not_leader' })
         expect(res.append.ok).toBe(true) // the call went through...
         expect(res.append.value, `append at term ${t} on ${peer}`).toMatchObject({ ok: false }) // ...and was refused
         expect(res.append.value?.reason).toMatch(/leader|term/)
+        expect(res.outOfOrder, `out-of-order append on ${peer}`).toMatchObject({ ok: false, code: 'bad_request' })
+        expect(res.outOfOrder.message).toMatch(/without gaps/)
       }
       expect(report.announcedTo).toBeGreaterThanOrEqual(1)
     }
@@ -153,6 +155,7 @@ describe('the replicated desired state in the lab', () => {
       expect(m.state.revision).toBe(b.state.revision)
       expect(m.ops.opsRefused - b.ops.opsRefused).toBe(2)
       expect((m.replication?.refused.not_leader ?? 0) - (b.replication?.refused.not_leader ?? 0)).toBe(2)
+      expect((m.replication?.refused.bad_request ?? 0) - (b.replication?.refused.bad_request ?? 0)).toBe(2)
     }
   })
 })

@@ -9,6 +9,8 @@
  * - `op`: an operation removing APP_NAME;
  * - `append`: a log append that would install a drain of itself and claims a
  *   commit far ahead;
+ * - `outOfOrder`: an append whose entries skip an index (malformed whatever
+ *   the sender);
  * and it publishes a status beat announcing a desired state of a revision no
  * node holds. Prints one JSON line: per target, what the operation and the
  * append got back, and how many peers received the announcement.
@@ -53,7 +55,11 @@ for (const target of targets) {
     term, leader: self, prevIndex: 0, prevTerm: 0, commit: 1_000_000,
     entries: [{ index: 1, term, change: { kind: 'drain', node: self, drained: true } }]
   }, { decode: decodeAppendResponse, timeoutMs: 20_000 }))
-  results[peer.toString()] = { op, append }
+  const outOfOrder = await attempt(async () => await rpcCall(mesh, peer, APPEND_PROTOCOL, {
+    term, leader: self, prevIndex: 0, prevTerm: 0, commit: 0,
+    entries: [{ index: 1, term, change: null }, { index: 3, term, change: null }]
+  }, { decode: decodeAppendResponse, timeoutMs: 20_000 }))
+  results[peer.toString()] = { op, append, outOfOrder }
 }
 
 // Announce a desired state far ahead of everyone's: followers used to pull the highest one they heard of.

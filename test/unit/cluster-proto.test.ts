@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest'
 import { join } from 'node:path'
 import { loadApp } from '../../apps/catalog.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
-import { decodeChange, decodeDomain, decodeOpRequest, decodeStorage } from '../../proto/cluster.ts'
+import { decodeAppendRequest, decodeChange, decodeDomain, decodeOpRequest, decodeStorage, decodeVoteRequest } from '../../proto/cluster.ts'
 
 describe('app storage (restore --data-dir)', () => {
   it('accepts a plain absolute directory', () => {
@@ -64,5 +64,35 @@ describe('sync operations name the snapshot to stage', () => {
     expect(decodeOpRequest(base).op).toEqual({ kind: 'sync', name: 'notes', from, snapshot: null })
     expect(decodeOpRequest({ ...base, op: { ...base.op, snapshot: 'abcdef12' } }).op).toEqual({ kind: 'sync', name: 'notes', from, snapshot: 'abcdef12' })
     expect(() => decodeOpRequest({ ...base, op: { ...base.op, snapshot: '../x' } })).toThrow(/snapshot/)
+  })
+})
+
+describe('log appends are refused by shape before anyone reads them', () => {
+  const LEADER = '12D3KooWFi8L9725trCzbPFxZuGGGW5HEaLdcc1AqbRwuJGWDk2Y'
+  const base = { term: 3, leader: LEADER, prevIndex: 4, prevTerm: 2, commit: 4 }
+  const noop = (index: number, term: number): { index: number, term: number, change: null } => ({ index, term, change: null })
+  it('takes contiguous entries after prevIndex with terms that never decrease', () => {
+    expect(decodeAppendRequest({ ...base, entries: [noop(5, 2), noop(6, 3)] }).entries).toHaveLength(2)
+    expect(decodeAppendRequest({ ...base, entries: [] }).entries).toEqual([])
+  })
+  it.each([
+    ['a gap', [noop(5, 3), noop(7, 3)], /without gaps/],
+    ['an entry before prevIndex', [noop(4, 3)], /without gaps/],
+    ['terms going backwards', [noop(5, 3), noop(6, 2)], /must not decrease/],
+    ['a term older than prevTerm', [noop(5, 1)], /must not decrease/],
+    ['a term past the request\'s', [noop(5, 4)], /not exceed/],
+    ['a change that is not one', [{ index: 5, term: 3, change: { kind: 'wipe' } }], /change.kind/]
+  ])('refuses %s', (_what, entries, message) => {
+    expect(() => decodeAppendRequest({ ...base, entries })).toThrow(message)
+  })
+  it('refuses a snapshot that contradicts itself or the entries after it', () => {
+    const state = { revision: 4, term: 2, apps: [] }
+    expect(decodeAppendRequest({ ...base, entries: [], snapshot: { index: 4, term: 2, state } }).snapshot?.index).toBe(4)
+    expect(() => decodeAppendRequest({ ...base, entries: [], snapshot: { index: 4, term: 2, state: { ...state, revision: 9 } } })).toThrow(/revision and term/)
+    expect(() => decodeAppendRequest({ ...base, prevIndex: 3, entries: [], snapshot: { index: 4, term: 2, state } })).toThrow(/follow it/)
+  })
+  it('votes name the candidate\'s log', () => {
+    expect(decodeVoteRequest({ term: 2, candidate: LEADER, lastLogTerm: 1, lastLogIndex: 9, preVote: true })).toMatchObject({ lastLogTerm: 1, lastLogIndex: 9 })
+    expect(() => decodeVoteRequest({ term: 2, candidate: LEADER, lastLogTerm: -1, lastLogIndex: 9 })).toThrow(/lastLogTerm/)
   })
 })
