@@ -13,19 +13,20 @@ import { StatusGossip } from './status/gossip.ts'
 import { ResourceCollector } from './status/collector.ts'
 import { DockerRuntime, dockerFromEnv } from './runtime/docker.ts'
 import { ApiServer, ApiError } from './api/server.ts'
-import { RpcServer, RpcError } from './mesh/rpc.ts'
+import { RpcServer } from './mesh/rpc.ts'
 import { DesiredStore } from './cluster/desired-store.ts'
 import { Coordinator } from './cluster/coordinator.ts'
 import { ElectionDriver } from './cluster/election-driver.ts'
 import { AppRuntime } from './runtime/apps.ts'
 import { serveImages } from './runtime/image-transfer.ts'
 import { SnapshotService } from './snapshots/service.ts'
-import { inspectBackup } from './snapshots/app-file.ts'
+import { BackupFiles } from './snapshots/backup-files.ts'
+import { backupRoutes } from './api/backups.ts'
+import { apiFailureOf } from './api/errors.ts'
 import { KeyedMutex, pullRepo, serveRepos } from './snapshots/repo-sync.ts'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { join } from 'node:path'
-import { decodeChange, decodeDomain, decodeStorage } from '../proto/cluster.ts'
-import type { ApiErrorCode } from '../proto/api.ts'
+import { decodeChange } from '../proto/cluster.ts'
 import type { AppReport } from '../proto/status.ts'
 import type { AppActual } from '../proto/runtime.ts'
 import { AGENT_VERSION, paths } from './config.ts'
@@ -72,6 +73,7 @@ export class Agent {
   private rpc: RpcServer | undefined
   private coordinator: Coordinator | undefined
   private election: ElectionDriver | undefined
+  private readonly backups: BackupFiles
   private timers: NodeJS.Timeout[] = []
   private readonly controller = new AbortController()
   private started = false
@@ -79,6 +81,7 @@ export class Agent {
   constructor (opts: AgentOptions, log: Logger) {
     this.opts = opts
     this.log = log
+    this.backups = new BackupFiles(opts.dataDir)
   }
 
   async start (): Promise<void> {
@@ -87,6 +90,7 @@ export class Agent {
     const { opts, log } = this
     const p = paths(opts.dataDir)
     await mkdir(opts.dataDir, { recursive: true, mode: 0o700 })
+    await this.backups.start()
 
     if (opts.keyFile === p.keyFile && !existsSync(p.keyFile)) {
       await writeNewClusterKey(p.keyFile)
@@ -194,17 +198,7 @@ export class Agent {
         'GET /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await this.requireCluster().snapshotList(appName(params.name), AbortSignal.timeout(120_000))),
         'POST /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await this.requireCluster().snapshotTake(appName(params.name), AbortSignal.timeout(LONG_OP_MS))),
         'POST /v1/apps/:name/snapshots/:id/restore': async ({ params }) => await viaApi(async () => await this.requireCluster().rollback(appName(params.name), snapshotId(params.id), AbortSignal.timeout(LONG_OP_MS))),
-        'POST /v1/apps/:name/backup': async ({ params, body }) => await viaApi(async () => await this.requireCluster().backup(appName(params.name), filePath(body), AbortSignal.timeout(LONG_OP_MS))),
-        'POST /v1/backups/inspect': async ({ body }) => await viaApi(async () => await inspectBackup(filePath(body), AbortSignal.timeout(LONG_OP_MS))),
-        'POST /v1/backups/restore': async ({ body }) => {
-          const b = (body ?? {}) as { name?: unknown, node?: unknown, hostPath?: unknown, domain?: unknown }
-          const name = b.name === null || b.name === undefined ? null : appName(b.name)
-          if (b.node !== null && b.node !== undefined && (typeof b.node !== 'string' || !/^[1-9A-HJ-NP-Za-km-z]{40,60}$/.test(b.node))) throw new ApiError('bad_request', 'node must be a node id (`dcloud status` lists them)')
-          const node = typeof b.node === 'string' ? b.node : null
-          const storage = b.hostPath === null || b.hostPath === undefined ? null : decodeOrBadRequest(() => decodeStorage({ hostPath: b.hostPath }, 'hostPath')).hostPath
-          const domain = b.domain === null || b.domain === undefined ? null : decodeOrBadRequest(() => decodeDomain(b.domain))
-          return await viaApi(async () => await this.requireCluster().restoreFile(filePath(body), { name, node, storage: storage === null ? null : { hostPath: storage }, domain }, AbortSignal.timeout(LONG_OP_MS)))
-        },
+        ...backupRoutes({ files: this.backups, cluster: () => this.requireCluster() }),
         'POST /v1/nodes/:node/drain': async ({ params, body }) => {
           const change = decodeOrBadRequest(() => decodeChange({ kind: 'drain', node: params.node, drained: (body as { drained?: unknown } | undefined)?.drained ?? true }))
           return await viaApi(async () => await this.requireCluster().change(change))
@@ -276,6 +270,7 @@ export class Agent {
       leader: this.election?.leader ?? null,
       ops: this.coordinator?.counters ?? { opsExecuted: 0, opsRefused: 0, opsFailed: 0, plans: 0 },
       rpc: this.rpc?.counters ?? { served: 0, rejected: 0, failed: 0 },
+      backups: { ...this.backups.counters },
       ...memory(),
       cpuSeconds: (usage.user + usage.system) / 1e6
     }
@@ -315,12 +310,6 @@ function snapshotId (v: unknown): string {
   return v
 }
 
-function filePath (body: unknown): string {
-  const file = (body as { file?: unknown } | undefined)?.file
-  if (typeof file !== 'string' || !file.startsWith('/') || file.length > 4096 || file.includes('\0')) throw new ApiError('bad_request', 'file must be an absolute path')
-  return file
-}
-
 function decodeOrBadRequest<T> (decode: () => T): T {
   try {
     return decode()
@@ -329,22 +318,13 @@ function decodeOrBadRequest<T> (decode: () => T): T {
   }
 }
 
-const RPC_TO_API: Record<string, ApiErrorCode> = {
-  not_found: 'not_found',
-  exists: 'conflict',
-  conflict: 'conflict',
-  stale_term: 'conflict',
-  no_leader: 'no_leader',
-  unreachable: 'unavailable',
-  bad_request: 'bad_request'
-}
-
-/** Runs a cluster call for the API, turning the cluster's error codes into the API's. */
+/** Runs a cluster call for the API, turning the cluster's errors into the API's (errors.ts). */
 async function viaApi<T> (call: () => Promise<T>): Promise<T> {
   try {
     return await call()
   } catch (err) {
-    if (err instanceof RpcError) throw new ApiError(RPC_TO_API[err.code] ?? 'internal', err.message)
+    const failure = apiFailureOf(err)
+    if (failure !== null) throw new ApiError(failure.code, failure.message, failure.hint)
     throw err
   }
 }
