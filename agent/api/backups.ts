@@ -25,9 +25,12 @@ const LONG_OP_MS = 60 * 60_000
 /** Content types an upload may have. */
 const UPLOAD_TYPES = ['application/octet-stream', BACKUP_CONTENT_TYPE]
 
+/** What the routes need of the cluster (the Coordinator). */
+export type BackupCluster = Pick<Coordinator, 'backup' | 'restoreFile' | 'checkRestore'>
+
 export interface BackupRoutesInit {
   files: BackupFiles
-  cluster: () => Coordinator
+  cluster: () => BackupCluster
 }
 
 export function backupRoutes ({ files, cluster }: BackupRoutesInit): Record<string, Route> {

@@ -114,13 +114,12 @@ export async function apiDownload (path: string, file: string, opts: { target?: 
   const out = await open(part, 'wx', 0o600)
   try {
     try {
-      await pipeline(res, count, out.createWriteStream({ highWaterMark: 1024 * 1024, autoClose: false }))
+      // flush: fsync before the stream closes the file.
+      await pipeline(res, count, out.createWriteStream({ highWaterMark: 1024 * 1024, flush: true }))
     } catch (err) {
       throw cutShort(target, done, total, err)
     }
     if (!res.complete || (total !== null && done !== total)) throw cutShort(target, done, total, null)
-    await out.sync()
-    await out.close()
     try {
       await link(part, file)
     } catch (err) {
