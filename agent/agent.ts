@@ -14,19 +14,17 @@ import { ResourceCollector } from './status/collector.ts'
 import { DockerRuntime, dockerFromEnv } from './runtime/docker.ts'
 import { ApiServer, ApiError } from './api/server.ts'
 import { RpcServer } from './mesh/rpc.ts'
+import { apiRoutes, type ApiBackend, type ClusterApi } from './api/routes.ts'
+import { BackupFiles } from './snapshots/backup-files.ts'
 import { DesiredStore } from './cluster/desired-store.ts'
 import { Coordinator } from './cluster/coordinator.ts'
 import { ElectionDriver } from './cluster/election-driver.ts'
 import { AppRuntime } from './runtime/apps.ts'
 import { serveImages } from './runtime/image-transfer.ts'
 import { SnapshotService } from './snapshots/service.ts'
-import { BackupFiles } from './snapshots/backup-files.ts'
-import { backupRoutes } from './api/backups.ts'
-import { apiFailureOf } from './api/errors.ts'
 import { KeyedMutex, pullRepo, serveRepos } from './snapshots/repo-sync.ts'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { join } from 'node:path'
-import { decodeChange } from '../proto/cluster.ts'
 import type { AppReport } from '../proto/status.ts'
 import type { AppActual } from '../proto/runtime.ts'
 import { AGENT_VERSION, paths } from './config.ts'
@@ -51,7 +49,14 @@ export interface AgentOptions {
   witness?: string | null
   /** The restic program; default `restic` on PATH. */
   restic?: string
+  /** Extra Host names the TCP API answers to (`--api-host`), e.g. the front door's domain. */
+  apiHosts?: string[]
+  /** Proxies whose X-Forwarded-For the API believes (`--trusted-proxy`). */
+  trustedProxies?: string[]
 }
+
+/** Members of this group reach the API's Unix socket, i.e. administer the node (as with `docker`). */
+export const SOCKET_GROUP = 'dcloud'
 
 const LOAD_SAMPLE_MS = 5000
 const DOCKER_POLL_MS = 30_000
@@ -60,7 +65,7 @@ const REDIAL_MS = 2000
 /** How long we keep dialling a dead node before leaving its return to mDNS or its own dials. */
 const REDIAL_DEAD_FOR_MS = 15 * 60_000
 
-export class Agent {
+export class Agent implements ApiBackend {
   readonly startedAt = Date.now()
   listeningAt: number | null = null
   private readonly opts: AgentOptions
@@ -73,7 +78,8 @@ export class Agent {
   private rpc: RpcServer | undefined
   private coordinator: Coordinator | undefined
   private election: ElectionDriver | undefined
-  private readonly backups: BackupFiles
+  /** DATA_DIR/backups: backup files through the API (ApiBackend). */
+  readonly backups: BackupFiles
   private timers: NodeJS.Timeout[] = []
   private readonly controller = new AbortController()
   private started = false
@@ -170,40 +176,14 @@ export class Agent {
 
     this.api = new ApiServer({
       socketPath: p.socket,
+      socketGroup: SOCKET_GROUP,
       tcp: opts.apiTcp,
       token,
+      nodeName: opts.name,
+      hostNames: opts.apiHosts ?? [],
+      trustedProxies: opts.trustedProxies ?? [],
       log: log.child('api'),
-      routes: {
-        'GET /v1/health': () => ({ ok: true }),
-        'GET /v1/status': () => this.status(),
-        'GET /v1/metrics': () => this.metrics(),
-        'GET /v1/apps': () => this.requireCluster().apps(),
-        'POST /v1/apps': async ({ body }) => {
-          const change = decodeOrBadRequest(() => decodeChange({ kind: 'install', app: body }))
-          return await viaApi(async () => await this.requireCluster().change(change))
-        },
-        'DELETE /v1/apps/:name': async ({ params }) => {
-          const change = decodeOrBadRequest(() => decodeChange({ kind: 'remove', name: params.name }))
-          return await viaApi(async () => await this.requireCluster().change(change))
-        },
-        'POST /v1/apps/:name/move': async ({ params, body }) => {
-          const change = decodeOrBadRequest(() => decodeChange({ kind: 'move', name: params.name, node: (body as { node?: unknown } | undefined)?.node }))
-          return await viaApi(async () => await this.requireCluster().change(change))
-        },
-        'GET /v1/apps/:name/logs': async ({ params, query }) => {
-          const tail = Math.min(10_000, Math.max(1, Number(query.get('tail') ?? 200) || 200))
-          return await viaApi(async () => await this.requireCluster().logs(params.name ?? '', tail))
-        },
-        'GET /v1/apps/:name/why': async ({ params }) => await viaApi(async () => await this.requireCluster().why(params.name ?? '')),
-        'GET /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await this.requireCluster().snapshotList(appName(params.name), AbortSignal.timeout(120_000))),
-        'POST /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await this.requireCluster().snapshotTake(appName(params.name), AbortSignal.timeout(LONG_OP_MS))),
-        'POST /v1/apps/:name/snapshots/:id/restore': async ({ params }) => await viaApi(async () => await this.requireCluster().rollback(appName(params.name), snapshotId(params.id), AbortSignal.timeout(LONG_OP_MS))),
-        ...backupRoutes({ files: this.backups, cluster: () => this.requireCluster() }),
-        'POST /v1/nodes/:node/drain': async ({ params, body }) => {
-          const change = decodeOrBadRequest(() => decodeChange({ kind: 'drain', node: params.node, drained: (body as { drained?: unknown } | undefined)?.drained ?? true }))
-          return await viaApi(async () => await this.requireCluster().change(change))
-        }
-      }
+      routes: apiRoutes(this, () => this.api?.metrics() ?? { refused: { unauthorized: 0, forbidden: 0, rateLimited: 0, badHost: 0, badOrigin: 0, badContentType: 0, tooLarge: 0, badJson: 0 }, refusalsNotLogged: 0 })
     })
     await this.api.start()
 
@@ -251,7 +231,7 @@ export class Agent {
     return { self: mine.peerId, leader: this.election?.leader ?? null, nodes }
   }
 
-  metrics (): MetricsResponse {
+  metrics (): Omit<MetricsResponse, 'api'> {
     const self = this.requireStarted()
     const usage = process.cpuUsage()
     return {
@@ -276,7 +256,7 @@ export class Agent {
     }
   }
 
-  private requireCluster (): Coordinator {
+  cluster (): ClusterApi {
     if (this.coordinator === undefined) throw new ApiError('internal', 'agent not started')
     return this.coordinator
   }
@@ -296,37 +276,6 @@ function reportApps (apps: AppActual[], store: DesiredStore): AppReport[] {
     const port = svc?.ports.find(p => p.container === web?.port && p.host !== null)
     return { name: a.app, state: a.state, revision: a.revision, webPort: port?.host ?? null, generation: a.generation }
   })
-}
-
-/** Snapshots, backups and restores of large volumes take long; the caller's connection waits. */
-const LONG_OP_MS = 60 * 60_000
-
-function appName (v: unknown): string {
-  return decodeOrBadRequest(() => decodeChange({ kind: 'remove', name: v })).kind === 'remove' ? String(v) : ''
-}
-
-function snapshotId (v: unknown): string {
-  if (typeof v !== 'string' || !/^[0-9a-f]{4,64}$/.test(v)) throw new ApiError('bad_request', 'a snapshot id is 4 to 64 hex digits')
-  return v
-}
-
-function decodeOrBadRequest<T> (decode: () => T): T {
-  try {
-    return decode()
-  } catch (err) {
-    throw new ApiError('bad_request', (err as Error).message)
-  }
-}
-
-/** Runs a cluster call for the API, turning the cluster's errors into the API's (errors.ts). */
-async function viaApi<T> (call: () => Promise<T>): Promise<T> {
-  try {
-    return await call()
-  } catch (err) {
-    const failure = apiFailureOf(err)
-    if (failure !== null) throw new ApiError(failure.code, failure.message, failure.hint)
-    throw err
-  }
 }
 
 function memory (): { rssBytes: number, heapUsedBytes: number, externalBytes: number } {

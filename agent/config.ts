@@ -18,9 +18,14 @@ export const PROJECT_ROOT = fileURLToPath(new URL('..', import.meta.url)).replac
 
 export const AGENT_VERSION: string = (JSON.parse(readFileSync(join(PROJECT_ROOT, 'package.json'), 'utf8')) as { version: string }).version
 
+/** An installed node's data directory (systemd's StateDirectory), and the default for root. */
+export const SYSTEM_DATA_DIR = '/var/lib/dcloud'
+/** An installed node's runtime directory (systemd's RuntimeDirectory=dcloud, mode 0750): where its API socket is. */
+export const SYSTEM_RUNTIME_DIR = '/run/dcloud'
+
 export function defaultDataDir (): string {
   if (process.env.DCLOUD_DATA_DIR !== undefined && process.env.DCLOUD_DATA_DIR !== '') return process.env.DCLOUD_DATA_DIR
-  if (process.getuid?.() === 0) return '/var/lib/dcloud'
+  if (process.getuid?.() === 0) return SYSTEM_DATA_DIR
   return join(process.env.XDG_DATA_HOME ?? join(homedir(), '.local', 'share'), 'dcloud')
 }
 
@@ -30,12 +35,25 @@ export function defaultNodeName (): string {
   return name.slice(0, 63) || 'node'
 }
 
-export function paths (dataDir: string): { keyFile: string, identity: string, token: string, socket: string, incarnation: string } {
+/**
+ * Where the API socket of the agent with this data directory lives: in
+ * DCLOUD_RUNTIME_DIR when set (the lab gives each node one); for the system
+ * data directory, in /run/dcloud, which members of the `dcloud` group can
+ * traverse (the data directory, mode 0700, they cannot); otherwise in the
+ * data directory itself (an agent of one user, for that user). The agent, the
+ * CLI and the lab all ask this one function.
+ */
+export function runtimeDir (dataDir: string, env: NodeJS.ProcessEnv = process.env): string {
+  if (env.DCLOUD_RUNTIME_DIR !== undefined && env.DCLOUD_RUNTIME_DIR !== '') return env.DCLOUD_RUNTIME_DIR
+  return dataDir.replace(/\/+$/, '') === SYSTEM_DATA_DIR ? SYSTEM_RUNTIME_DIR : dataDir
+}
+
+export function paths (dataDir: string, env: NodeJS.ProcessEnv = process.env): { keyFile: string, identity: string, token: string, socket: string, incarnation: string } {
   return {
     keyFile: join(dataDir, 'cluster.key'),
     identity: join(dataDir, 'node.key'),
     token: join(dataDir, 'api.token'),
-    socket: join(dataDir, 'api.sock'),
+    socket: join(runtimeDir(dataDir, env), 'api.sock'),
     incarnation: join(dataDir, 'incarnation')
   }
 }

@@ -75,19 +75,37 @@ export interface MetricsResponse {
   heapUsedBytes: number
   externalBytes: number
   cpuSeconds: number
+  /** The local API's own counters. */
+  api: ApiMetrics
+}
+
+/** Why the API refused a request before any handler ran: one counter per guard. */
+export type ApiRefusal = 'unauthorized' | 'forbidden' | 'rateLimited' | 'badHost' | 'badOrigin' | 'badContentType' | 'tooLarge' | 'badJson'
+
+export const API_REFUSALS: readonly ApiRefusal[] = ['unauthorized', 'forbidden', 'rateLimited', 'badHost', 'badOrigin', 'badContentType', 'tooLarge', 'badJson']
+
+export interface ApiMetrics {
+  /** Requests refused by a guard, by kind, since the agent started. */
+  refused: Record<ApiRefusal, number>
+  /** Refusals not written to the log because their kind had already logged its share in that minute. */
+  refusalsNotLogged: number
 }
 
 /** Every error the API returns, with the HTTP status it maps to. Documented in docs/api.md. */
 export const API_ERRORS = {
   bad_request: { status: 400, message: 'the request is not valid' },
-  unauthorized: { status: 401, message: 'a bearer token is required for requests that do not come from this machine' },
-  forbidden: { status: 403, message: 'the token is not valid' },
+  unauthorized: { status: 401, message: 'a credential is required: send Authorization: Bearer TOKEN (the token is in the agent data directory\'s api.token), or use the Unix socket' },
+  forbidden: { status: 403, message: 'the credential is not valid' },
+  bad_origin: { status: 403, message: 'this request comes from a web page of another origin; the agent refuses changes from other sites' },
+  unsupported_media_type: { status: 415, message: 'send the body as JSON with Content-Type: application/json' },
+  misdirected: { status: 421, message: 'this agent does not serve that Host name; use http://127.0.0.1:7371, the node\'s address, or add the name with `dcloud agent --api-host NAME`' },
+  too_many_attempts: { status: 429, message: 'too many failed credentials from this address; wait and try again' },
+  payload_too_large: { status: 413, message: 'the request body is too large' },
+  insufficient_storage: { status: 507, message: 'not enough free disk space on the node for this request' },
   not_found: { status: 404, message: 'no such endpoint' },
   method_not_allowed: { status: 405, message: 'method not allowed on this endpoint' },
   conflict: { status: 409, message: 'the request conflicts with the current state' },
   length_required: { status: 411, message: 'this endpoint needs a Content-Length: send the body with its length' },
-  unsupported_media_type: { status: 415, message: 'the request body has a content type this endpoint does not take' },
-  insufficient_storage: { status: 507, message: 'not enough free disk space on the node for this request' },
   no_leader: { status: 503, message: 'no scheduler is elected right now (no majority of nodes reachable); try again shortly' },
   unavailable: { status: 503, message: 'a node needed for this request cannot be reached' },
   internal: { status: 500, message: 'the agent failed to answer; see its log' }

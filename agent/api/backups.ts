@@ -18,11 +18,11 @@ import type { Coordinator } from '../cluster/coordinator.ts'
 import { inspectBackup } from '../snapshots/app-file.ts'
 import type { BackupMeta } from '../snapshots/archive.ts'
 import type { BackupFiles } from '../snapshots/backup-files.ts'
-import { ApiError, readJsonBody, streamResponse, type Route } from './server.ts'
+import { ApiError, StreamResponse, readJsonBody, type Routes } from './server.ts'
 
 /** Snapshots, backups and restores of large volumes take long; the caller's connection waits. */
 const LONG_OP_MS = 60 * 60_000
-/** Content types an upload may have. */
+/** Content types an upload may have; JSON names a file in the backups directory instead. */
 const UPLOAD_TYPES = ['application/octet-stream', BACKUP_CONTENT_TYPE]
 
 /** What the routes need of the cluster (the Coordinator). */
@@ -33,47 +33,41 @@ export interface BackupRoutesInit {
   cluster: () => BackupCluster
 }
 
-export function backupRoutes ({ files, cluster }: BackupRoutesInit): Record<string, Route> {
+export function backupRoutes ({ files, cluster }: BackupRoutesInit): Routes {
   return {
-    'GET /v1/apps/:name/backup': async ({ req, params }) => {
+    'GET /v1/apps/:name/backup': async ({ params, signal }) => {
       const name = appName(params.name)
-      const staged = await whileConnected(req, async (signal) => await files.stageDownload(async (file) => await cluster().backup(name, file, signal)))
-      return streamResponse({ stream: staged.stream, contentType: BACKUP_CONTENT_TYPE, length: staged.bytes, filename: backupFileName(name, new Date()) })
+      const staged = await files.stageDownload(async (file) => await cluster().backup(name, file, longOp(signal)))
+      return new StreamResponse(staged.stream, { contentType: BACKUP_CONTENT_TYPE, length: staged.bytes, filename: backupFileName(name, new Date()) })
     },
 
-    'POST /v1/apps/:name/backup': async ({ req, params, body }): Promise<BackupFileView> => {
+    'POST /v1/apps/:name/backup': async ({ params, body, signal }): Promise<BackupFileView> => {
       const name = appName(params.name)
       const file = await files.fresh(field(body, 'file'))
-      return await whileConnected(req, async (signal) => await cluster().backup(name, file, signal))
+      return await cluster().backup(name, file, longOp(signal))
     },
 
-    'POST /v1/backups/inspect': async ({ req, body }): Promise<BackupMeta> => {
+    'POST /v1/backups/inspect': async ({ body, signal }): Promise<BackupMeta> => {
       const file = await files.existing(field(body, 'file'))
-      return await whileConnected(req, async (signal) => await inspectBackup(file, signal))
+      return await inspectBackup(file, longOp(signal))
     },
 
     'POST /v1/backups/restore': {
-      rawBody: true,
-      handler: async ({ req, query }): Promise<RestoreView> => {
-        const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? ''
-        if (type === 'application/json') {
+      rawBody: [...UPLOAD_TYPES, 'application/json'],
+      handler: async ({ req, query, signal }): Promise<RestoreView> => {
+        if ((req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() === 'application/json') {
           const body = await readJsonBody(req)
           const opts = restoreOptions((k) => k === 'dataDir' ? field(body, 'dataDir') ?? field(body, 'hostPath') : field(body, k))
           cluster().checkRestore(opts)
           const file = await files.existing(field(body, 'file'))
-          return await whileConnected(req, async (signal) => await cluster().restoreFile(file, opts, signal))
-        }
-        if (!UPLOAD_TYPES.includes(type)) {
-          throw new ApiError('unsupported_media_type', `send the backup file as the body with Content-Type application/octet-stream, or {"file"} as application/json (got ${JSON.stringify(type || 'none')})`)
+          return await cluster().restoreFile(file, opts, longOp(signal))
         }
         const length = contentLength(req)
         const opts = restoreOptions((k) => query.get(k) ?? undefined)
         // Refused before a byte is received: an unknown node, a name taken.
         cluster().checkRestore(opts)
-        return await whileConnected(req, async (signal) => {
-          const r = await files.receive(req, length, signal, async (file) => await cluster().restoreFile(file, opts, signal))
-          return { ...r, uploaded: length }
-        })
+        const r = await files.receive(req, length, longOp(signal), async (file) => await cluster().restoreFile(file, opts, longOp(signal)))
+        return { ...r, uploaded: length }
       }
     }
   }
@@ -123,17 +117,7 @@ function decodeOrBadRequest<T> (decode: () => T): T {
   }
 }
 
-/**
- * Runs a long call with a signal that aborts when the caller hangs up (no
- * point building a backup nobody will read) or after LONG_OP_MS.
- */
-async function whileConnected<T> (req: IncomingMessage, call: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const gone = new AbortController()
-  const onClose = (): void => { gone.abort(new ApiError('bad_request', 'the caller hung up')) }
-  req.socket.once('close', onClose)
-  try {
-    return await call(AbortSignal.any([gone.signal, AbortSignal.timeout(LONG_OP_MS)]))
-  } finally {
-    req.socket.off('close', onClose)
-  }
+/** The request's signal (the caller hung up: no point building a backup nobody reads), capped at LONG_OP_MS. */
+function longOp (signal: AbortSignal): AbortSignal {
+  return AbortSignal.any([signal, AbortSignal.timeout(LONG_OP_MS)])
 }

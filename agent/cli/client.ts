@@ -1,6 +1,9 @@
 /**
- * The CLI's way to the agent: the Unix socket of the data directory, or
- * DCLOUD_API (unix:/path or http://host:port, with DCLOUD_TOKEN for remote agents).
+ * The CLI's way to the agent: its Unix socket (the default data directory's,
+ * else an installed node's /run/dcloud/api.sock, which the `dcloud` group
+ * reaches), or DCLOUD_API (unix:/path or http://host:port). Over TCP every
+ * request carries the token: DCLOUD_TOKEN, else the data directory's
+ * api.token when this user can read it (root on the node).
  *
  * `apiRequest` sends and receives JSON; `apiDownload` saves a streamed answer
  * into a file and `apiUpload` sends a file as the body. All three go through
@@ -8,12 +11,13 @@
  * error answers into errors the user can act on.
  */
 import { request, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http'
-import { createReadStream, existsSync } from 'node:fs'
+import { createReadStream, existsSync, readFileSync } from 'node:fs'
 import { link, open, rm, stat, unlink } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import { Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
-import { defaultDataDir, paths, API_PORT } from '../config.ts'
+import { defaultDataDir, paths, API_PORT, SYSTEM_DATA_DIR } from '../config.ts'
+import { isLoopback } from '../api/auth.ts'
 import { AgentUnreachableError, UserError, EXIT } from '../util/errors.ts'
 
 /** The agent answered with one of the API's error codes. */
@@ -33,7 +37,7 @@ export class ApiCallError extends UserError {
 function exitCodeOf (status: number): number {
   switch (status) {
     case 400: case 411: case 413: case 415: return EXIT.dataError
-    case 401: case 403: return EXIT.noPermission
+    case 401: case 403: case 429: return EXIT.noPermission
     case 404: return EXIT.noInput
     case 409: return EXIT.cantCreate
     case 503: return EXIT.tempFail
@@ -52,18 +56,46 @@ export interface ApiTarget {
 
 export function resolveApi (env: NodeJS.ProcessEnv = process.env): ApiTarget {
   const api = env.DCLOUD_API
-  const token = env.DCLOUD_TOKEN
+  const dataDir = defaultDataDir()
+  // The local token file goes only to this machine's agent, never to a remote DCLOUD_API.
+  const token = (local: boolean): string | undefined => env.DCLOUD_TOKEN !== undefined && env.DCLOUD_TOKEN !== '' ? env.DCLOUD_TOKEN : local ? readToken(paths(dataDir, env).token) : undefined
   if (api !== undefined && api !== '') {
     if (api.startsWith('unix:')) {
       const socketPath = api.replace(/^unix:(\/\/)?/, '')
       return { socketPath, describe: api }
     }
     const url = new URL(api)
-    return { host: url.hostname, port: Number(url.port || API_PORT), token, describe: api }
+    const host = url.hostname.replace(/^\[|\]$/g, '')
+    return withToken({ host, port: Number(url.port || API_PORT), describe: api }, token(host === 'localhost' || isLoopback(host)))
   }
-  const socket = paths(defaultDataDir()).socket
-  if (existsSync(socket)) return { socketPath: socket, describe: `unix:${socket}` }
-  return { host: '127.0.0.1', port: API_PORT, token, describe: `http://127.0.0.1:${API_PORT}` }
+  // This user's own agent first; then the node's, for a member of the dcloud group
+  // (whose default data directory is in their home).
+  for (const socket of new Set([paths(dataDir, env).socket, paths(SYSTEM_DATA_DIR, env).socket])) {
+    if (existsSync(socket)) return { socketPath: socket, describe: `unix:${socket}` }
+  }
+  return withToken({ host: '127.0.0.1', port: API_PORT, describe: `http://127.0.0.1:${API_PORT}` }, token(true))
+}
+
+function withToken (target: ApiTarget, token: string | undefined): ApiTarget {
+  return token === undefined ? target : { ...target, token }
+}
+
+/** The token file, when this user may read it; else undefined (the agent then says what is missing). */
+function readToken (file: string): string | undefined {
+  try {
+    const t = readFileSync(file, 'utf8').trim()
+    return t === '' ? undefined : t
+  } catch {
+    return undefined
+  }
+}
+
+/** What to do about a refused credential: the agent's message says what is wrong, this says how to get in. */
+function credentialHint (status: number, target: ApiTarget, retryAfter: string | undefined): string {
+  if (status === 429) return `wait ${retryAfter ?? 'a minute'} s before trying again, with the right token`
+  const socket = paths(SYSTEM_DATA_DIR).socket
+  if (status === 403) return `check DCLOUD_TOKEN: it must be the content of the agent's DATA_DIR/api.token${target.socketPath !== undefined ? '' : ` (or use the socket ${socket})`}`
+  return `on the node, run dcloud as root, or join the dcloud group (sudo usermod -aG dcloud $USER, then log in again) to use ${socket}; from elsewhere set DCLOUD_TOKEN to the node's DATA_DIR/api.token`
 }
 
 export async function apiGet<T> (path: string, target: ApiTarget = resolveApi(), timeoutMs = 5000): Promise<T> {
@@ -207,7 +239,9 @@ async function exchange (x: ExchangeInit): Promise<IncomingMessage> {
       if (status < 400) { resolve(res); return }
       readJson<unknown>(res, target).then((body) => {
         const err = (body as { error?: { code?: string, message?: string, hint?: string } }).error
-        reject(new ApiCallError(`the agent refused: ${err?.message ?? 'unknown error'} (${err?.code ?? status})`, err?.code ?? String(status), status, err?.hint))
+        const credential = status === 401 || status === 403 || status === 429
+        const hint = credential && err?.code !== 'bad_origin' ? credentialHint(status, target, res.headers['retry-after']) : err?.hint
+        reject(new ApiCallError(`the agent refused: ${err?.message ?? 'unknown error'} (${err?.code ?? status})`, err?.code ?? String(status), status, hint))
       }, reject).finally(() => { req.destroy() })
     })
     req.setTimeout(x.idleMs ?? 60 * 60_000, () => { req.destroy(new Error(`nothing moved for ${Math.round((x.idleMs ?? 3_600_000) / 1000)} s`)) })

@@ -13,13 +13,13 @@
  */
 import { spawn } from 'node:child_process'
 import { existsSync, openSync, closeSync, readFileSync, readdirSync, statSync, readlinkSync } from 'node:fs'
-import { mkdir, readFile, rm, writeFile, copyFile, rename } from 'node:fs/promises'
+import { chmod, mkdir, readFile, rm, writeFile, copyFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { run, tryRun } from './sh.ts'
 import { buildBusyboxRootfs, loadImageTar } from './images.ts'
 import { newClusterKey, parseClusterKey } from '../../agent/mesh/cluster-key.ts'
 import { apiGet } from '../../agent/cli/client.ts'
-import { API_PORT, P2P_PORT, PROJECT_ROOT } from '../../agent/config.ts'
+import { API_PORT, P2P_PORT, PROJECT_ROOT, paths } from '../../agent/config.ts'
 import { UserError, EXIT } from '../../agent/util/errors.ts'
 
 const DCLOUD_BIN = join(PROJECT_ROOT, 'bin', 'dcloud')
@@ -71,7 +71,9 @@ export class Lab {
   nodeRunDir (node: string): string { return join(this.runDir, node) }
   agentDataDir (node: string): string { return join(this.nodeDir(node), 'agent') }
   dockerSocket (node: string): string { return join(this.nodeRunDir(node), 'docker.sock') }
-  agentSocket (node: string): string { return join(this.agentDataDir(node), 'api.sock') }
+  /** The agent's runtime directory, outside its data directory (0700) so that the `dcloud` group can reach the socket, as on an installed node. */
+  agentRuntimeDir (node: string): string { return join(this.nodeRunDir(node), 'api') }
+  agentSocket (node: string): string { return paths(this.agentDataDir(node), { DCLOUD_RUNTIME_DIR: this.agentRuntimeDir(node) }).socket }
   private get statePath (): string { return join(this.stateDir, 'lab.json') }
 
   exists (): boolean {
@@ -103,6 +105,7 @@ export class Lab {
       PATH: `${join(PROJECT_ROOT, 'bin')}:${process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'}`,
       DOCKER_HOST: `unix://${this.dockerSocket(node)}`,
       DCLOUD_DATA_DIR: this.agentDataDir(node),
+      DCLOUD_RUNTIME_DIR: this.agentRuntimeDir(node),
       DCLOUD_API: `unix:${this.agentSocket(node)}`,
       DCLOUD_LAB_NODE: node
     }
@@ -119,6 +122,10 @@ export class Lab {
     await this.cleanupLeftovers()
     await mkdir(this.stateDir, { recursive: true, mode: 0o700 })
     await mkdir(this.runDir, { recursive: true, mode: 0o700 })
+    // Traversable (not listable) down to each node's agent runtime directory, whose own
+    // mode and group (dcloud) decide who reaches the API socket, as /run/dcloud does on a node.
+    await chmod(RUN_ROOT, 0o711)
+    await chmod(this.runDir, 0o711)
     const keyFile = join(this.stateDir, 'cluster.key')
     await writeFile(keyFile, newClusterKey(), { mode: 0o600 })
     const state: LabState = { name: this.name, createdAt: new Date().toISOString(), keyFile, nodes: [], partition: null }
@@ -311,6 +318,7 @@ export class Lab {
     await run('ip', ['-n', ns, 'route', 'add', '224.0.0.0/4', 'dev', 'eth0'])
     await mkdir(this.nodeDir(n.name), { recursive: true, mode: 0o700 })
     await mkdir(this.nodeRunDir(n.name), { recursive: true, mode: 0o700 })
+    await chmod(this.nodeRunDir(n.name), 0o711)
   }
 
   private async startDockerd (n: LabNode): Promise<number> {

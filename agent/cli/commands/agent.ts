@@ -4,6 +4,8 @@ import { Agent } from '../../agent.ts'
 import { API_PORT, P2P_PORT, defaultDataDir, defaultNodeName, paths } from '../../config.ts'
 import { createLogger } from '../../util/log.ts'
 import { UsageError } from '../../util/errors.ts'
+import { TrustedProxies } from '../../api/auth.ts'
+import { parseHostHeader } from '../../api/guards.ts'
 
 export const agentHelp = `dcloud agent [options]
   --data-dir DIR        where the node keeps its identity, key and state (default ${defaultDataDir()})
@@ -12,7 +14,12 @@ export const agentHelp = `dcloud agent [options]
   --label KEY=VALUE     a label other nodes see (repeatable), e.g. --label ssd=true
   --listen MULTIADDR    libp2p listen address (default /ip4/0.0.0.0/tcp/${P2P_PORT})
   --peer MULTIADDR      a peer to dial where multicast does not reach (repeatable)
-  --api HOST:PORT       local HTTP API (default 127.0.0.1:${API_PORT}); "off" to serve only the Unix socket
+  --api HOST:PORT       local HTTP API (default 127.0.0.1:${API_PORT}); "off" to serve only the Unix socket;
+                        every TCP request needs the token (DATA_DIR/api.token), see docs/api.md
+  --api-host NAME       another Host name the TCP API answers to (repeatable), e.g. a domain in front of it;
+                        loopback names, the node's addresses, hostname and name(.local) are always served
+  --trusted-proxy ADDR  a proxy (IP or CIDR, repeatable) whose X-Forwarded-For gives the client's address
+                        for rate limits and logs (default: none)
   --no-mdns             do not discover peers by mDNS (also DCLOUD_MDNS=off)
   --heartbeat-ms N      status interval (default 1000)
   --witness HOST[:PORT] what a two-node cluster probes to let its lower-id node lead alone
@@ -35,7 +42,9 @@ export async function agentCommand (argv: string[]): Promise<number> {
       'no-mdns': { type: 'boolean', default: false },
       'heartbeat-ms': { type: 'string' },
       witness: { type: 'string' },
-      restic: { type: 'string' }
+      restic: { type: 'string' },
+      'api-host': { type: 'string', multiple: true, default: [] },
+      'trusted-proxy': { type: 'string', multiple: true, default: [] }
     }
   })
   const dataDir = values['data-dir'] ?? defaultDataDir()
@@ -50,6 +59,11 @@ export async function agentCommand (argv: string[]): Promise<number> {
   const mdnsOff = values['no-mdns'] === true || process.env.DCLOUD_MDNS === 'off'
   const api = values.api ?? process.env.DCLOUD_API_LISTEN ?? `127.0.0.1:${API_PORT}`
 
+  const apiHosts = values['api-host'] ?? []
+  for (const h of apiHosts) if (parseHostHeader(h) === null) throw new UsageError(`--api-host ${h}: expected a host name or address, e.g. cloud.example.org`)
+  const trustedProxies = values['trusted-proxy'] ?? []
+  try { void new TrustedProxies(trustedProxies) } catch (err) { throw new UsageError(`--${(err as Error).message.replace(/^trusted proxy/, 'trusted-proxy')}`) }
+
   const log = createLogger('agent')
   const agent = new Agent({
     dataDir,
@@ -62,6 +76,8 @@ export async function agentCommand (argv: string[]): Promise<number> {
     peers: values.peer ?? [],
     heartbeatMs,
     witness: values.witness ?? null,
+    apiHosts,
+    trustedProxies,
     ...(values.restic !== undefined ? { restic: values.restic } : {})
   }, log)
 

@@ -1,0 +1,98 @@
+/**
+ * The API's route table: one place that says which paths exist, what each
+ * takes and what it answers. It is built from `ApiBackend`, the narrow slice
+ * of the agent the handlers need, so the whole table runs in-process in tests
+ * (test/unit/api-server.test.ts) against a small in-memory backend.
+ */
+import { ApiError, type Routes } from './server.ts'
+import { decodeChange } from '../../proto/cluster.ts'
+import type { ApiMetrics, MetricsResponse, StatusResponse } from '../../proto/api.ts'
+import type { Coordinator } from '../cluster/coordinator.ts'
+import type { BackupFiles } from '../snapshots/backup-files.ts'
+import { backupRoutes } from './backups.ts'
+import { apiFailureOf } from './errors.ts'
+
+/** The control plane's calls the API makes; the Coordinator implements them. */
+export type ClusterApi = Pick<Coordinator, 'apps' | 'change' | 'logs' | 'why' | 'snapshotList' | 'snapshotTake' | 'rollback' | 'backup' | 'restoreFile' | 'checkRestore'>
+
+/** What the handlers need from the agent. */
+export interface ApiBackend {
+  status: () => StatusResponse
+  /** The agent's metrics; the API's own counters are added by the route. */
+  metrics: () => Omit<MetricsResponse, 'api'>
+  /** The control plane; throws (ApiError internal) while the agent is not started. */
+  cluster: () => ClusterApi
+  /** The node's backups directory: uploads, downloads and the only paths the API takes (backups.ts). */
+  backups: BackupFiles
+}
+
+/** Snapshots, backups and restores of large volumes take long; the caller's connection waits. */
+export const LONG_OP_MS = 60 * 60_000
+
+/**
+ * Every route of the API. `apiMetrics` gives the server's own counters
+ * (refusals by guard), which live in the ApiServer, not in the agent.
+ */
+export function apiRoutes (backend: ApiBackend, apiMetrics: () => ApiMetrics): Routes {
+  const cluster = (): ClusterApi => backend.cluster()
+  return {
+    // Open without a credential: it says only that an agent answers here (the lab and installers poll it).
+    'GET /v1/health': { public: true, handler: () => ({ ok: true }) },
+    'GET /v1/status': () => backend.status(),
+    'GET /v1/metrics': (): MetricsResponse => ({ ...backend.metrics(), api: apiMetrics() }),
+    'GET /v1/apps': () => cluster().apps(),
+    'POST /v1/apps': async ({ body }) => {
+      const change = decodeOrBadRequest(() => decodeChange({ kind: 'install', app: body }))
+      return await viaApi(async () => await cluster().change(change))
+    },
+    'DELETE /v1/apps/:name': async ({ params }) => {
+      const change = decodeOrBadRequest(() => decodeChange({ kind: 'remove', name: params.name }))
+      return await viaApi(async () => await cluster().change(change))
+    },
+    'POST /v1/apps/:name/move': async ({ params, body }) => {
+      const change = decodeOrBadRequest(() => decodeChange({ kind: 'move', name: params.name, node: (body as { node?: unknown } | undefined)?.node }))
+      return await viaApi(async () => await cluster().change(change))
+    },
+    'GET /v1/apps/:name/logs': async ({ params, query }) => {
+      const tail = Math.min(10_000, Math.max(1, Number(query.get('tail') ?? 200) || 200))
+      return await viaApi(async () => await cluster().logs(params.name ?? '', tail))
+    },
+    'GET /v1/apps/:name/why': async ({ params }) => await viaApi(async () => await cluster().why(params.name ?? '')),
+    'GET /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await cluster().snapshotList(appName(params.name), AbortSignal.timeout(120_000))),
+    'POST /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await cluster().snapshotTake(appName(params.name), AbortSignal.timeout(LONG_OP_MS))),
+    'POST /v1/apps/:name/snapshots/:id/restore': async ({ params }) => await viaApi(async () => await cluster().rollback(appName(params.name), snapshotId(params.id), AbortSignal.timeout(LONG_OP_MS))),
+    ...backupRoutes({ files: backend.backups, cluster }),
+    'POST /v1/nodes/:node/drain': async ({ params, body }) => {
+      const change = decodeOrBadRequest(() => decodeChange({ kind: 'drain', node: params.node, drained: (body as { drained?: unknown } | undefined)?.drained ?? true }))
+      return await viaApi(async () => await cluster().change(change))
+    }
+  }
+}
+
+function appName (v: unknown): string {
+  return decodeOrBadRequest(() => decodeChange({ kind: 'remove', name: v })).kind === 'remove' ? String(v) : ''
+}
+
+function snapshotId (v: unknown): string {
+  if (typeof v !== 'string' || !/^[0-9a-f]{4,64}$/.test(v)) throw new ApiError('bad_request', 'a snapshot id is 4 to 64 hex digits')
+  return v
+}
+
+function decodeOrBadRequest<T> (decode: () => T): T {
+  try {
+    return decode()
+  } catch (err) {
+    throw new ApiError('bad_request', (err as Error).message)
+  }
+}
+
+/** Runs a cluster call for the API, turning the cluster's errors into the API's (errors.ts, the one mapping). */
+async function viaApi<T> (call: () => Promise<T>): Promise<T> {
+  try {
+    return await call()
+  } catch (err) {
+    const failure = apiFailureOf(err)
+    if (failure !== null) throw new ApiError(failure.code, failure.message, {}, failure.hint)
+    throw err
+  }
+}
