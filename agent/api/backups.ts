@@ -62,10 +62,17 @@ export function backupRoutes ({ files, cluster }: BackupRoutesInit): Routes {
           const file = await files.existing(field(body, 'file'))
           return await cluster().restoreFile(file, opts, longOp(signal))
         }
-        const length = contentLength(req)
-        const opts = restoreOptions((k) => query.get(k) ?? undefined)
-        // Refused before a byte is received: an unknown node, a name taken.
-        cluster().checkRestore(opts)
+        let length: number
+        let opts: RestoreOptions
+        try {
+          length = contentLength(req)
+          opts = restoreOptions((k) => query.get(k) ?? undefined)
+          // Refused before a byte is received: an unknown node, a name taken.
+          cluster().checkRestore(opts)
+        } catch (err) {
+          files.counters.uploadsRefused++
+          throw err
+        }
         const r = await files.receive(req, length, longOp(signal), async (file) => await cluster().restoreFile(file, opts, longOp(signal)))
         return { ...r, uploaded: length }
       }

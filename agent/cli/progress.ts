@@ -17,7 +17,7 @@ export class Progress {
   private readonly out: { write: (s: string) => unknown }
   private readonly tty: boolean
   private readonly now: () => number
-  private readonly started: number
+  private started: number
   private last = 0
   private done = 0
   private total: number | null = null
@@ -29,6 +29,12 @@ export class Progress {
     this.tty = opts.tty ?? (opts.out ?? process.stderr).isTTY === true
     this.now = opts.now ?? Date.now
     this.started = this.now()
+  }
+
+  /** Starts the clock again: the transfer begins now (after a wait for the other side). */
+  restart (): void {
+    this.started = this.now()
+    this.last = 0
   }
 
   /** Bytes done so far, of `total` when known; prints when it is time to. */

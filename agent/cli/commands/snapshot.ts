@@ -118,7 +118,7 @@ export async function backupCommand (argv: string[]): Promise<number> {
   try {
     transfer = await apiDownload(`/v1/apps/${encodeURIComponent(app)}/backup`, file, {
       target,
-      onAnswer: () => { clearInterval(waiting) },
+      onAnswer: () => { clearInterval(waiting); progress.restart() },
       progress: (done, total) => { progress.update(done, total) }
     })
   } catch (err) {
