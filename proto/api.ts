@@ -67,7 +67,7 @@ export interface MetricsResponse {
    * Backup files through the API: uploads restored (`POST /v1/backups/restore`
    * with a body), uploads refused (no length, no room, truncated, not a
    * backup, or the restore failed; nothing kept of them), backups downloaded
-   * in full (`GET /v1/apps/:name/backup`) and downloads cut short.
+   * in full (`GET /v1/apps/:name/backup`) and downloads that failed (the build) or were cut short.
    */
   backups: BackupCounters
   rssBytes: number

@@ -154,8 +154,8 @@ export class BackupFiles {
         throw err
       }
     } catch (err) {
-      this.counters.downloadsFailed++
       await rm(file, { force: true })
+      this.counters.downloadsFailed++
       throw err
     }
   }
@@ -177,6 +177,7 @@ export class BackupFiles {
    */
   async receive<R> (body: Readable, length: number, signal: AbortSignal, use: (file: string) => Promise<R>): Promise<R> {
     let file: string | null = null
+    let done = false
     try {
       await this.start()
       const room = await this.room()
@@ -189,13 +190,13 @@ export class BackupFiles {
         this.claimed -= length
       }
       const r = await use(file)
-      this.counters.uploads++
+      done = true
       return r
-    } catch (err) {
-      this.counters.uploadsRefused++
-      throw err
     } finally {
+      // Counted once the temp file is gone: whoever reads the counter finds nothing left.
       if (file !== null) await rm(file, { force: true })
+      if (done) this.counters.uploads++
+      else this.counters.uploadsRefused++
     }
   }
 

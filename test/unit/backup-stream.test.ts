@@ -26,6 +26,7 @@ import { readBackupMeta } from '../../agent/snapshots/app-file.ts'
 import { extractArchive, verifyArchive, writeArchive } from '../../agent/snapshots/archive.ts'
 import { ApiCallError, apiDownload, apiRequest, apiUpload, type ApiTarget } from '../../agent/cli/client.ts'
 import { createLogger } from '../../agent/util/log.ts'
+import { Progress } from '../../agent/cli/progress.ts'
 import type { BackupFileView, RestoreView } from '../../proto/api.ts'
 import { mockManifest } from '../builders.ts'
 
@@ -290,5 +291,35 @@ describe('a full disk', () => {
     expect(files.counters.uploadsRefused).toBe(before + 1)
     expect(await listBackups()).toEqual(['filler'])
     await rm(filler)
+  })
+})
+
+describe('the CLI progress line', () => {
+  const run = (tty: boolean): string[] => {
+    let t = 0
+    const out: string[] = []
+    const p = new Progress('notes: downloading', { out: { write: (s: string) => out.push(s) }, tty, now: () => t })
+    for (let i = 1; i <= 40; i++) { t = i * 100; p.update(i * 25 * MiB, 1000 * MiB) }
+    const r = p.finish()
+    expect(r).toEqual({ bytes: 1000 * MiB, seconds: 4, bytesPerSecond: 250 * MiB })
+    return out
+  }
+
+  it('prints a line a second without a terminal: bytes of total, percent, rate; then the total time', () => {
+    const out = run(false)
+    expect(out).toEqual([
+      'notes: downloading: 250 MiB of 1000 MiB (25%), 250 MiB/s\n',
+      'notes: downloading: 500 MiB of 1000 MiB (50%), 250 MiB/s\n',
+      'notes: downloading: 750 MiB of 1000 MiB (75%), 250 MiB/s\n',
+      'notes: downloading: 1000 MiB of 1000 MiB (100%), 250 MiB/s\n',
+      'notes: downloading: 1000 MiB of 1000 MiB (100%) in 4.0 s, 250 MiB/s\n'
+    ])
+  })
+
+  it('rewrites one line on a terminal, a few times a second', () => {
+    const out = run(true)
+    expect(out.length).toBe(21)
+    expect(out.every(s => s.startsWith('\r\x1b[K'))).toBe(true)
+    expect(out.at(-1)).toMatch(/\(100%\) in 4\.0 s, 250 MiB\/s\n$/)
   })
 })
