@@ -225,6 +225,8 @@ if ! getent passwd "$USER_NAME" >/dev/null; then
   useradd --system --user-group --home-dir "$DATA_DIR" --no-create-home --shell /usr/sbin/nologin --comment "Dentropy Cloud agent" "$USER_NAME"
   changed "created the system user $USER_NAME"
 fi
+# The group reaches the API socket (/run/dcloud/api.sock); useradd --user-group made it.
+getent group "$USER_NAME" >/dev/null || { groupadd --system "$USER_NAME"; changed "created the $USER_NAME group"; }
 if ! id -nG "$USER_NAME" | tr ' ' '\n' | grep -qx docker; then
   usermod -aG docker "$USER_NAME"
   changed "added $USER_NAME to the docker group"
@@ -305,3 +307,6 @@ if systemd_running; then
 else
   say "not starting services (--no-start, or systemd is not running); dcloud.service starts at the next boot"
 fi
+say "to let a user run dcloud without sudo: usermod -aG $USER_NAME USER (then log in again);"
+say "  members of the $USER_NAME group control this node and its apps, as members of the docker group do"
+

@@ -262,6 +262,9 @@ export class ApiServer {
     if (group === undefined || group === null) return
     const gid = await groupId(group)
     if (gid === null) { this.init.log.debug('socket group does not exist; only root and the agent user reach the socket', { group, path }); return }
+    // Only root and members may give a file to a group: an agent a user runs for themself does not try.
+    if (process.getegid?.() === gid) return // made with that group already
+    if (process.getuid?.() !== 0 && !(process.getgroups?.() ?? []).includes(gid)) { this.init.log.debug('not in the socket group; the socket stays the agent user\'s', { group, path }); return }
     try {
       await chown(path, -1, gid)
     } catch (err) {

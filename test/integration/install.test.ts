@@ -112,6 +112,9 @@ describe('scripts/install.sh in a clean Debian 12 chroot', () => {
     expect((await lstat(join(root, 'var/lib/dcloud'))).mode & 0o777).toBe(0o700)
     const group = readFileSync(join(root, 'etc/group'), 'utf8').split('\n').find(l => l.startsWith('docker:'))
     expect(group?.split(':')[3]?.split(',')).toContain('dcloud')
+    // The group that reaches the API socket, and how the admin lets a user in.
+    expect(readFileSync(join(root, 'etc/group'), 'utf8')).toMatch(/^dcloud:x:\d+:/m)
+    expect(r.out).toContain('usermod -aG dcloud USER')
 
     const env = readFileSync(join(root, 'etc/dcloud/agent.env'), 'utf8')
     expect(env).toMatch(/^DCLOUD_NAME=srv-1$/m)
@@ -155,7 +158,12 @@ describe('scripts/install.sh in a clean Debian 12 chroot', () => {
     expect(readFileSync(join(root, 'var/lib/dcloud/cluster.key'), 'utf8')).toBe(key)
   })
 
-  it('runs: the installed agent starts as the dcloud user and answers dcloud status', async () => {
+  it('runs: the installed agent starts as the dcloud user and answers dcloud status, to root and the dcloud group only', async () => {
+    // The unit declares RuntimeDirectory=dcloud (0750): systemd makes /run/dcloud before the start; so do we.
+    const unit = readFileSync(join(root, 'etc/systemd/system/dcloud.service'), 'utf8')
+    expect(unit).toMatch(/^RuntimeDirectory=dcloud$/m)
+    expect(unit).toMatch(/^RuntimeDirectoryMode=0750$/m)
+    expect((await inChroot(root, ['install', '-d', '-o', 'dcloud', '-g', 'dcloud', '-m', '0750', '/run/dcloud'])).code).toBe(0)
     // As the unit runs it (user, environment file, data dir), minus mDNS and the TCP API,
     // in a network namespace of its own.
     const agent = spawnInChroot(root, ['setpriv', '--reuid=dcloud', '--regid=dcloud', '--init-groups', '--',
@@ -166,7 +174,7 @@ describe('scripts/install.sh in a clean Debian 12 chroot', () => {
       let status: { code: number, out: string } = { code: -1, out: '' }
       for (let i = 0; i < 60; i++) {
         await sleep(500)
-        if (!existsSync(join(root, 'var/lib/dcloud/api.sock'))) continue
+        if (!existsSync(join(root, 'run/dcloud/api.sock'))) continue
         status = await inChroot(root, ['/usr/local/bin/dcloud', 'status', '--json'])
         if (status.code === 0) break
       }
@@ -176,6 +184,17 @@ describe('scripts/install.sh in a clean Debian 12 chroot', () => {
       // It made its identity in the data directory, as the dcloud user.
       const uid = (await lstat(join(root, 'var/lib/dcloud/cluster.key'))).uid
       expect((await lstat(join(root, 'var/lib/dcloud/node.key'))).uid).toBe(uid)
+      // The socket: 0660, group dcloud. A member of the group (as the installer tells the admin
+      // to make one) drives the node through it; anyone else cannot reach it.
+      const sock = await lstat(join(root, 'run/dcloud/api.sock'))
+      expect(sock.mode & 0o777).toBe(0o660)
+      expect(sock.gid).toBe((await lstat(join(root, 'var/lib/dcloud'))).gid)
+      expect((await inChroot(root, ['sh', '-c', 'useradd --create-home alice && usermod -aG dcloud alice && useradd --create-home mallory'])).code).toBe(0)
+      const asAlice = await inChroot(root, ['setpriv', '--reuid=alice', '--regid=alice', '--init-groups', '--', 'env', 'HOME=/home/alice', '/usr/local/bin/dcloud', 'status', '--json'])
+      expect(asAlice.code, asAlice.out).toBe(0)
+      const asMallory = await inChroot(root, ['setpriv', '--reuid=mallory', '--regid=mallory', '--init-groups', '--', 'env', 'HOME=/home/mallory', '/usr/local/bin/dcloud', 'status', '--json'])
+      expect(asMallory.code, asMallory.out).not.toBe(0)
+      expect((await inChroot(root, ['sh', '-c', 'userdel -r alice && userdel -r mallory'])).code).toBe(0)
     } finally {
       if (agent.pid !== undefined) process.kill(agent.pid, 'SIGTERM')
       await new Promise<void>(resolve => { if (agent.exitCode !== null || agent.signalCode !== null) resolve(); else agent.once('exit', () => { resolve() }) })

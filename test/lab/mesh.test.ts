@@ -74,20 +74,26 @@ describe('agent mesh in the lab', () => {
     expect(rm.code).toBe(0)
   })
 
-  it('asks for the token when the API is called from another machine', async () => {
+  it('asks for the token on every TCP request: from another machine, and on loopback too', async () => {
     const n1 = await lab.status('n1')
+    // On the node itself, over loopback, without a credential: refused like any other address.
+    const local = await lab.exec('n1', ['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://127.0.0.1:7371/v1/status'])
+    expect(local.stdout).toBe('401')
     // `lab exec` points DCLOUD_API at the node's own agent; `env` points it at n1's, over the lab network.
     const remote = (token?: string): string[] => ['env', 'DCLOUD_API=http://10.213.0.11:7371', ...(token !== undefined ? [`DCLOUD_TOKEN=${token}`] : []), 'dcloud', 'status', '--json']
     const anonymous = await lab.exec('n2', remote())
     expect(anonymous.code).toBe(77)
-    expect(anonymous.stderr).toMatch(/bearer token is required/)
+    expect(anonymous.stderr).toMatch(/a credential is required/)
     const wrong = await lab.exec('n2', remote('nope'))
     expect(wrong.code).toBe(77)
-    expect(wrong.stderr).toMatch(/token is not valid/)
+    expect(wrong.stderr).toMatch(/credential is not valid/)
     const token = (await readFile(join(lab.lab.agentDataDir('n1'), 'api.token'), 'utf8')).trim()
     const ok = await lab.exec('n2', remote(token))
     expect(ok.code, ok.stderr).toBe(0)
     expect(JSON.parse(ok.stdout).self).toBe(n1.self)
+    const refused = (await lab.metrics('n1')).api.refused
+    expect(refused.unauthorized).toBeGreaterThanOrEqual(2)
+    expect(refused.forbidden).toBe(1)
   })
 
   it('keeps a node with another key out, and shows its connection attempts failing', async () => {

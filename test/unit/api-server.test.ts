@@ -18,11 +18,12 @@ import { BackupFiles } from '../../agent/snapshots/backup-files.ts'
 import { apiRoutes, type ApiBackend, type ClusterApi } from '../../agent/api/routes.ts'
 import { FailureLimiter, TrustedProxies, apiTokenVerifier, authenticate, bearerToken } from '../../agent/api/auth.ts'
 import { HostPolicy, RefusalRecorder, originRefusal, parseHostHeader } from '../../agent/api/guards.ts'
-import { apiGet, apiRequest } from '../../agent/cli/client.ts'
+import { apiGet, apiRequest, resolveApi } from '../../agent/cli/client.ts'
 import { createLogger } from '../../agent/util/log.ts'
 import { UserError } from '../../agent/util/errors.ts'
 import { loadApp } from '../../apps/catalog.ts'
-import { PROJECT_ROOT } from '../../agent/config.ts'
+import { PROJECT_ROOT, paths } from '../../agent/config.ts'
+import { writeFile, mkdir } from 'node:fs/promises'
 import type { MetricsResponse } from '../../proto/api.ts'
 
 const TOKEN = 's3cret-token'
@@ -179,6 +180,36 @@ describe('refusal log', () => {
   it('names downloads safely', () => {
     expect(contentDisposition('notes 2026-01-01.dcloud')).toBe('attachment; filename="notes 2026-01-01.dcloud"; filename*=UTF-8\'\'notes%202026-01-01.dcloud')
     expect(contentDisposition('é"\\.tar')).toBe('attachment; filename="___.tar"; filename*=UTF-8\'\'%C3%A9%22%5C.tar')
+  })
+})
+
+describe('where the socket is, and what the CLI sends', () => {
+  it('has one rule for the socket: DCLOUD_RUNTIME_DIR, /run/dcloud for the system data dir, else the data dir', () => {
+    expect(paths('/var/lib/dcloud', {}).socket).toBe('/run/dcloud/api.sock')
+    expect(paths('/var/lib/dcloud/', {}).socket).toBe('/run/dcloud/api.sock')
+    expect(paths('/home/u/.local/share/dcloud', {}).socket).toBe('/home/u/.local/share/dcloud/api.sock')
+    expect(paths('/var/lib/dcloud-lab/l/n1/agent', { DCLOUD_RUNTIME_DIR: '/run/dcloud-lab/l/n1/api' }).socket).toBe('/run/dcloud-lab/l/n1/api/api.sock')
+    expect(paths('/x', { DCLOUD_RUNTIME_DIR: '/r' }).token).toBe('/x/api.token') // the token stays in the data dir
+  })
+
+  it('sends the local token file only to an agent on this machine', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'dcloud-cli-'))
+    await mkdir(dataDir, { recursive: true })
+    await writeFile(join(dataDir, 'api.token'), 'local-token\n')
+    const saved = process.env.DCLOUD_DATA_DIR
+    process.env.DCLOUD_DATA_DIR = dataDir
+    try {
+      const env = { DCLOUD_DATA_DIR: dataDir, DCLOUD_RUNTIME_DIR: join(dataDir, 'no-socket-here') }
+      expect(resolveApi({ ...env, DCLOUD_API: 'http://127.0.0.1:7371' }).token).toBe('local-token')
+      expect(resolveApi({ ...env, DCLOUD_API: 'http://[::1]:7371' }).token).toBe('local-token')
+      expect(resolveApi({ ...env, DCLOUD_API: 'http://10.0.0.5:7371' }).token).toBeUndefined()
+      expect(resolveApi({ ...env, DCLOUD_API: 'http://10.0.0.5:7371', DCLOUD_TOKEN: 'given' }).token).toBe('given')
+      expect(resolveApi({ ...env, DCLOUD_API: 'unix:/tmp/x.sock' })).toEqual({ socketPath: '/tmp/x.sock', describe: 'unix:/tmp/x.sock' })
+    } finally {
+      if (saved === undefined) delete process.env.DCLOUD_DATA_DIR
+      else process.env.DCLOUD_DATA_DIR = saved
+      await rm(dataDir, { recursive: true, force: true })
+    }
   })
 })
 
