@@ -15,7 +15,7 @@ import { DockerRuntime, dockerFromEnv } from './runtime/docker.ts'
 import { ApiServer, ApiError } from './api/server.ts'
 import { RpcServer } from './mesh/rpc.ts'
 import { apiRoutes, type ApiBackend, type ClusterApi } from './api/routes.ts'
-import type { BackupMeta } from './snapshots/archive.ts'
+import { BackupFiles } from './snapshots/backup-files.ts'
 import { DesiredStore, stateDigest } from './cluster/desired-store.ts'
 import { Replicator } from './cluster/replication.ts'
 import { Coordinator } from './cluster/coordinator.ts'
@@ -23,7 +23,6 @@ import { ElectionDriver } from './cluster/election-driver.ts'
 import { AppRuntime } from './runtime/apps.ts'
 import { serveImages } from './runtime/image-transfer.ts'
 import { SnapshotService } from './snapshots/service.ts'
-import { inspectBackup } from './snapshots/app-file.ts'
 import { KeyedMutex, pullRepo, serveRepos } from './snapshots/repo-sync.ts'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { join } from 'node:path'
@@ -82,6 +81,8 @@ export class Agent implements ApiBackend {
   private election: ElectionDriver | undefined
   private replicator: Replicator | undefined
   private store: DesiredStore | undefined
+  /** DATA_DIR/backups: backup files through the API (ApiBackend). */
+  readonly backups: BackupFiles
   private timers: NodeJS.Timeout[] = []
   private readonly controller = new AbortController()
   private started = false
@@ -89,6 +90,7 @@ export class Agent implements ApiBackend {
   constructor (opts: AgentOptions, log: Logger) {
     this.opts = opts
     this.log = log
+    this.backups = new BackupFiles(opts.dataDir)
   }
 
   async start (): Promise<void> {
@@ -97,6 +99,7 @@ export class Agent implements ApiBackend {
     const { opts, log } = this
     const p = paths(opts.dataDir)
     await mkdir(opts.dataDir, { recursive: true, mode: 0o700 })
+    await this.backups.start()
 
     if (opts.keyFile === p.keyFile && !existsSync(p.keyFile)) {
       await writeNewClusterKey(p.keyFile)
@@ -257,6 +260,7 @@ export class Agent implements ApiBackend {
       state: this.stateView(),
       replication: this.replicator?.counters ?? null,
       rpc: this.rpc?.counters ?? { served: 0, rejected: 0, failed: 0 },
+      backups: { ...this.backups.counters },
       ...memory(),
       cpuSeconds: (usage.user + usage.system) / 1e6
     }
@@ -273,10 +277,6 @@ export class Agent implements ApiBackend {
   cluster (): ClusterApi {
     if (this.coordinator === undefined) throw new ApiError('internal', 'agent not started')
     return this.coordinator
-  }
-
-  async inspectBackup (file: string, signal: AbortSignal): Promise<BackupMeta> {
-    return await inspectBackup(file, signal)
   }
 
   private requireStarted (): { mesh: Mesh, gossip: StatusGossip, membership: Membership } {

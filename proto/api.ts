@@ -38,6 +38,13 @@ export interface StatusResponse {
   nodes: NodeView[]
 }
 
+export interface BackupCounters {
+  uploads: number
+  uploadsRefused: number
+  downloads: number
+  downloadsFailed: number
+}
+
 export interface MetricsResponse {
   peerId: string
   name: string
@@ -69,6 +76,13 @@ export interface MetricsResponse {
     commits: number
   } | null
   rpc: { served: number, rejected: number, failed: number }
+  /**
+   * Backup files through the API: uploads restored (`POST /v1/backups/restore`
+   * with a body), uploads refused (no length, no room, truncated, not a
+   * backup, or the restore failed; nothing kept of them), backups downloaded
+   * in full (`GET /v1/apps/:name/backup`) and downloads that failed (the build) or were cut short.
+   */
+  backups: BackupCounters
   rssBytes: number
   /** V8 heap in use, and memory outside it (Buffers): where the RSS goes. */
   heapUsedBytes: number
@@ -104,6 +118,7 @@ export const API_ERRORS = {
   not_found: { status: 404, message: 'no such endpoint' },
   method_not_allowed: { status: 405, message: 'method not allowed on this endpoint' },
   conflict: { status: 409, message: 'the request conflicts with the current state' },
+  length_required: { status: 411, message: 'this endpoint needs a Content-Length: send the body with its length' },
   no_leader: { status: 503, message: 'no scheduler is elected right now (no majority of nodes reachable); try again shortly' },
   unavailable: { status: 503, message: 'a node needed for this request cannot be reached' },
   internal: { status: 500, message: 'the agent failed to answer; see its log' }
@@ -176,5 +191,25 @@ export interface WhyView {
 }
 
 export interface ApiErrorBody {
-  error: { code: ApiErrorCode, message: string }
+  /** `hint`: what the caller can do about it, when the agent knows. */
+  error: { code: ApiErrorCode, message: string, hint?: string }
+}
+
+/** What `GET /v1/apps/:name/backup` sends in headers besides the file (the body). */
+export const BACKUP_CONTENT_TYPE = 'application/x-tar'
+
+/** A backup file restored or written through the API (`POST /v1/backups/restore`, `POST /v1/apps/:name/backup`). */
+export interface BackupFileView {
+  file: string
+  bytes: number
+  snapshot: string | null
+  volumes: Array<{ name: string, entries: number, bytes: number }>
+}
+
+export interface RestoreView {
+  name: string
+  snapshot: string | null
+  revision: number
+  /** Bytes of the upload, when the file came as the request's body. */
+  uploaded?: number
 }

@@ -5,14 +5,15 @@
  * (test/unit/api-server.test.ts) against a small in-memory backend.
  */
 import { ApiError, type Routes } from './server.ts'
-import { RpcError } from '../mesh/rpc.ts'
-import { decodeChange, decodeDomain, decodeStorage } from '../../proto/cluster.ts'
-import type { ApiErrorCode, ApiMetrics, MetricsResponse, StatusResponse } from '../../proto/api.ts'
+import { decodeChange } from '../../proto/cluster.ts'
+import type { ApiMetrics, MetricsResponse, StatusResponse } from '../../proto/api.ts'
 import type { Coordinator } from '../cluster/coordinator.ts'
-import type { BackupMeta } from '../snapshots/archive.ts'
+import type { BackupFiles } from '../snapshots/backup-files.ts'
+import { backupRoutes } from './backups.ts'
+import { apiFailureOf } from './errors.ts'
 
 /** The control plane's calls the API makes; the Coordinator implements them. */
-export type ClusterApi = Pick<Coordinator, 'apps' | 'change' | 'logs' | 'why' | 'snapshotList' | 'snapshotTake' | 'rollback' | 'backup' | 'restoreFile'>
+export type ClusterApi = Pick<Coordinator, 'apps' | 'change' | 'logs' | 'why' | 'snapshotList' | 'snapshotTake' | 'rollback' | 'backup' | 'restoreFile' | 'checkRestore'>
 
 /** What the handlers need from the agent. */
 export interface ApiBackend {
@@ -21,7 +22,8 @@ export interface ApiBackend {
   metrics: () => Omit<MetricsResponse, 'api'>
   /** The control plane; throws (ApiError internal) while the agent is not started. */
   cluster: () => ClusterApi
-  inspectBackup: (file: string, signal: AbortSignal) => Promise<BackupMeta>
+  /** The node's backups directory: uploads, downloads and the only paths the API takes (backups.ts). */
+  backups: BackupFiles
 }
 
 /** Snapshots, backups and restores of large volumes take long; the caller's connection waits. */
@@ -59,17 +61,7 @@ export function apiRoutes (backend: ApiBackend, apiMetrics: () => ApiMetrics): R
     'GET /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await cluster().snapshotList(appName(params.name), AbortSignal.timeout(120_000))),
     'POST /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await cluster().snapshotTake(appName(params.name), AbortSignal.timeout(LONG_OP_MS))),
     'POST /v1/apps/:name/snapshots/:id/restore': async ({ params }) => await viaApi(async () => await cluster().rollback(appName(params.name), snapshotId(params.id), AbortSignal.timeout(LONG_OP_MS))),
-    'POST /v1/apps/:name/backup': async ({ params, body }) => await viaApi(async () => await cluster().backup(appName(params.name), filePath(body), AbortSignal.timeout(LONG_OP_MS))),
-    'POST /v1/backups/inspect': async ({ body }) => await viaApi(async () => await backend.inspectBackup(filePath(body), AbortSignal.timeout(LONG_OP_MS))),
-    'POST /v1/backups/restore': async ({ body }) => {
-      const b = (body ?? {}) as { name?: unknown, node?: unknown, hostPath?: unknown, domain?: unknown }
-      const name = b.name === null || b.name === undefined ? null : appName(b.name)
-      if (b.node !== null && b.node !== undefined && (typeof b.node !== 'string' || !/^[1-9A-HJ-NP-Za-km-z]{40,60}$/.test(b.node))) throw new ApiError('bad_request', 'node must be a node id (`dcloud status` lists them)')
-      const node = typeof b.node === 'string' ? b.node : null
-      const storage = b.hostPath === null || b.hostPath === undefined ? null : decodeOrBadRequest(() => decodeStorage({ hostPath: b.hostPath }, 'hostPath')).hostPath
-      const domain = b.domain === null || b.domain === undefined ? null : decodeOrBadRequest(() => decodeDomain(b.domain))
-      return await viaApi(async () => await cluster().restoreFile(filePath(body), { name, node, storage: storage === null ? null : { hostPath: storage }, domain }, AbortSignal.timeout(LONG_OP_MS)))
-    },
+    ...backupRoutes({ files: backend.backups, cluster }),
     'POST /v1/nodes/:node/drain': async ({ params, body }) => {
       const change = decodeOrBadRequest(() => decodeChange({ kind: 'drain', node: params.node, drained: (body as { drained?: unknown } | undefined)?.drained ?? true }))
       return await viaApi(async () => await cluster().change(change))
@@ -86,12 +78,6 @@ function snapshotId (v: unknown): string {
   return v
 }
 
-function filePath (body: unknown): string {
-  const file = (body as { file?: unknown } | undefined)?.file
-  if (typeof file !== 'string' || !file.startsWith('/') || file.length > 4096 || file.includes('\0')) throw new ApiError('bad_request', 'file must be an absolute path')
-  return file
-}
-
 function decodeOrBadRequest<T> (decode: () => T): T {
   try {
     return decode()
@@ -100,24 +86,13 @@ function decodeOrBadRequest<T> (decode: () => T): T {
   }
 }
 
-const RPC_TO_API: Record<string, ApiErrorCode> = {
-  not_found: 'not_found',
-  exists: 'conflict',
-  conflict: 'conflict',
-  stale_term: 'conflict',
-  no_leader: 'no_leader',
-  not_leader: 'no_leader',
-  unreachable: 'unavailable',
-  unavailable: 'unavailable',
-  bad_request: 'bad_request'
-}
-
-/** Runs a cluster call for the API, turning the cluster's error codes into the API's. */
+/** Runs a cluster call for the API, turning the cluster's errors into the API's (errors.ts, the one mapping). */
 async function viaApi<T> (call: () => Promise<T>): Promise<T> {
   try {
     return await call()
   } catch (err) {
-    if (err instanceof RpcError) throw new ApiError(RPC_TO_API[err.code] ?? 'internal', err.message)
+    const failure = apiFailureOf(err)
+    if (failure !== null) throw new ApiError(failure.code, failure.message, {}, failure.hint)
     throw err
   }
 }

@@ -27,6 +27,7 @@ import type { Logger } from '../util/log.ts'
 import { EXIT, UserError } from '../util/errors.ts'
 import { apiTokenVerifier, authenticate, FailureLimiter, TrustedProxies, type CredentialVerifier, type FailureLimiterInit, type Principal, type Transport } from './auth.ts'
 import { HostPolicy, RefusalRecorder, STATE_CHANGING, hasBody, mediaType, originRefusal, splitHostPort, type RefusalContext } from './guards.ts'
+import { apiFailureOf } from './errors.ts'
 
 export { isLoopback } from './auth.ts'
 export { splitHostPort } from './guards.ts'
@@ -99,11 +100,14 @@ export class ApiError extends Error {
   readonly code: ApiErrorCode
   /** Extra response headers, e.g. Retry-After. */
   readonly headers: Record<string, string>
+  /** What the caller can do about it; sent as `error.hint`. */
+  readonly hint: string | undefined
 
-  constructor (code: ApiErrorCode, message?: string, headers: Record<string, string> = {}) {
+  constructor (code: ApiErrorCode, message?: string, headers: Record<string, string> = {}, hint?: string) {
     super(message ?? API_ERRORS[code].message)
     this.code = code
     this.headers = headers
+    this.hint = hint
   }
 }
 
@@ -291,12 +295,14 @@ export class ApiServer {
     } catch (err) {
       if (err instanceof Refusal) this.refusals.record(err.kind, who, err.reason)
       if (err instanceof ApiError) {
-        sendError(req, res, err.code, err.message, err.headers)
+        sendError(req, res, err.code, err.message, err.headers, err.hint)
         return
       }
-      this.init.log.error('api handler failed', { method, path, error: (err as Error).stack })
-      if (!res.headersSent) sendError(req, res, 'internal')
-      else res.destroy()
+      // The cluster's errors and UserErrors reach the caller with their message and hint (errors.ts).
+      const failure = apiFailureOf(err)
+      if (failure === null || failure.code === 'internal') this.init.log.error('api handler failed', { method, path, error: (err as Error).stack })
+      if (failure !== null) sendError(req, res, failure.code, failure.message, {}, failure.hint)
+      else sendError(req, res, 'internal')
     }
   }
 
@@ -387,11 +393,13 @@ export function contentDisposition (filename: string): string {
   return `attachment; filename="${ascii}"; filename*=UTF-8''${encodeURIComponent(filename)}`
 }
 
-function sendError (req: IncomingMessage, res: ServerResponse, code: ApiErrorCode, message?: string, headers: Record<string, string> = {}): void {
+function sendError (req: IncomingMessage, res: ServerResponse, code: ApiErrorCode, message?: string, headers: Record<string, string> = {}, hint?: string): void {
   if (res.headersSent) { res.destroy(); return }
   const { status } = API_ERRORS[code]
-  res.writeHead(status, { ...BASE_HEADERS, ...headers, 'content-type': 'application/json' })
-  res.end(JSON.stringify({ error: { code, message: message ?? API_ERRORS[code].message } }))
+  // A refused upload's connection is closed after the answer: the rest of its body is only drained.
+  const close: Record<string, string> = req.complete ? {} : { connection: 'close' }
+  res.writeHead(status, { ...BASE_HEADERS, ...headers, ...close, 'content-type': 'application/json' })
+  res.end(JSON.stringify({ error: { code, message: message ?? API_ERRORS[code].message, ...(hint !== undefined ? { hint } : {}) } }))
   if (!req.complete && !req.destroyed) {
     // The body of a refused request is drained, not cut: closing a socket with unread data
     // resets it, and the client would lose our answer. A sender that keeps going is cut.
@@ -421,7 +429,8 @@ export function matchRoute (routes: string[], method: string, path: string): { r
   return null
 }
 
-async function readJsonBody (req: IncomingMessage): Promise<unknown> {
+/** Reads a JSON body of at most MAX_JSON_BODY_BYTES (undefined when empty); for raw-body routes that also take JSON. */
+export async function readJsonBody (req: IncomingMessage): Promise<unknown> {
   const tooLarge = (): Refusal => new Refusal('payload_too_large', 'tooLarge', 'JSON body over the cap', `the JSON body is larger than ${MAX_JSON_BODY_BYTES} bytes`)
   if (Number(req.headers['content-length'] ?? 0) > MAX_JSON_BODY_BYTES) throw tooLarge()
   const text = await new Promise<string>((resolve, reject) => {

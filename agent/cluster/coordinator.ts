@@ -29,7 +29,7 @@ import type { AppRuntime } from '../runtime/apps.ts'
 import { fetchImageFromPeers } from '../runtime/image-transfer.ts'
 import { hasImage } from '../runtime/images.ts'
 import type { SnapshotService } from '../snapshots/service.ts'
-import { backupToFile, importBackup, inspectBackup, type BackupFileResult } from '../snapshots/app-file.ts'
+import { backupToFile, importBackup, readBackupMeta, type BackupFileResult } from '../snapshots/app-file.ts'
 import { DataPlane } from './stateful.ts'
 import type Docker from 'dockerode'
 import { ThrottledLog, type Logger } from '../util/log.ts'
@@ -483,6 +483,7 @@ export class Coordinator {
     return { ...await this.data.take(name, node, signal), nodeName: this.nodeName(node) }
   }
 
+  /** Writes app `name` into `file` on this node (a new file; the API confines it to the backups directory). */
   async backup (name: string, file: string, signal: AbortSignal): Promise<BackupFileResult> {
     const app = this.init.store.current().apps.find(a => a.name === name)
     if (app === undefined) throw new RpcError('not_found', `no app named ${name}`)
@@ -499,10 +500,13 @@ export class Coordinator {
 
   /** Restores a backup file as app `name` (default: the name it was backed up under), pinned to `node` if given. */
   async restoreFile (file: string, opts: { name: string | null, node: string | null, storage?: AppStorage | null, domain?: string | null }, signal: AbortSignal): Promise<{ name: string, snapshot: string | null, revision: number }> {
-    if (opts.node !== null && !this.isKnownNode(opts.node)) throw new RpcError('not_found', `no node ${opts.node} in the cluster`)
-    const meta = await inspectBackup(file, signal)
+    this.checkRestore(opts)
+    // The metadata first (what it is, under which name), refused early if it is
+    // no backup; the extraction then verifies every entry and checksum before
+    // anything of it is used.
+    const meta = await readBackupMeta(file, signal)
     const name = opts.name ?? meta.app
-    if (this.init.store.current().apps.some(a => a.name === name)) throw new RpcError('exists', `an app named ${name} is already installed; restore it under another --name`)
+    this.checkRestore({ name, node: opts.node })
     const { snapshot } = await importBackup(file, name, this.init.snapshots, signal)
     const seed = snapshot === null ? null : { snapshot: snapshot.id, time: snapshot.time, node: this.selfId }
     const r = await this.change({
@@ -510,6 +514,12 @@ export class Coordinator {
       app: { name, manifest: meta.manifest, pinnedNode: opts.node, seed, ...(opts.storage != null ? { storage: opts.storage } : {}), ...(opts.domain != null ? { domain: opts.domain } : {}) }
     }, signal)
     return { name, snapshot: snapshot?.id ?? null, revision: r.revision }
+  }
+
+  /** Refuses a restore that cannot succeed (an unknown node, a name taken) before any file is read or received. */
+  checkRestore (opts: { name: string | null, node: string | null }): void {
+    if (opts.node !== null && !this.isKnownNode(opts.node)) throw new RpcError('not_found', `no node ${opts.node} in the cluster`)
+    if (opts.name !== null && this.init.store.current().apps.some(a => a.name === opts.name)) throw new RpcError('exists', `an app named ${opts.name} is already installed; restore it under another --name`)
   }
 
   private relocationView (app: DesiredApp): RelocationView | null {

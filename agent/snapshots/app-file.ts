@@ -17,7 +17,7 @@ import { isStateful } from '../../proto/app.ts'
 import type { DesiredApp } from '../../proto/plan.ts'
 import type { SnapshotInfo } from '../../proto/cluster.ts'
 import { UserError, EXIT } from '../util/errors.ts'
-import { extractArchive, verifyArchive, writeArchive, type BackupMeta } from './archive.ts'
+import { extractArchive, readArchiveMeta, verifyArchive, writeArchive, type BackupMeta } from './archive.ts'
 import type { SnapshotService } from './service.ts'
 
 export interface BackupFileResult {
@@ -55,6 +55,11 @@ export async function backupToFile (app: DesiredApp, file: string, deps: BackupD
 /** Reads and checks a backup file end to end without writing anything: what `dcloud restore` shows before asking. */
 export async function inspectBackup (file: string, signal: AbortSignal): Promise<BackupMeta> {
   return await verifyArchive(file, { signal })
+}
+
+/** Only the metadata of a backup file (a bad start is refused; the rest is not read). */
+export async function readBackupMeta (file: string, signal: AbortSignal): Promise<BackupMeta> {
+  return await readArchiveMeta(file, { signal })
 }
 
 /** Extracts a verified backup and imports it as a snapshot of `name` here; returns the snapshot (null for an app without volumes). */

@@ -32,7 +32,7 @@ import { basename, dirname, join, resolve } from 'node:path'
 import type { AppManifest } from '../../proto/app.ts'
 import { APP_NAME, decodeManifest } from '../../proto/cluster.ts'
 import { ValidationError, array, number, record, string, type Json } from '../../proto/validate.ts'
-import { UserError, EXIT } from '../util/errors.ts'
+import { NoSpaceError, UserError, EXIT } from '../util/errors.ts'
 import { mustBeEmptyOrAbsent, renameError } from './restore-target.ts'
 import { ArchiveError, MAX_PATH_BYTES, TarReader, encodeEntry, endOfArchive, padding, type TarEntry } from './tar.ts'
 
@@ -975,7 +975,7 @@ async function fsStep<T> (entry: string, fn: () => Promise<T>): Promise<T> {
 export function diskFull (err: unknown, where: string | null, doing: string): UserError | null {
   const code = (err as NodeJS.ErrnoException | null)?.code
   if (code !== 'ENOSPC' && code !== 'EDQUOT') return null
-  return new UserError(`no space left on the disk${where === null ? '' : ` holding ${where}`} while ${doing}`, { exitCode: EXIT.ioError, hint: 'free space and try again; nothing partial was left behind' })
+  return new NoSpaceError(`no space left on the disk${where === null ? '' : ` holding ${where}`} while ${doing}`)
 }
 
 /** Runs a validator; its ValidationError becomes an ArchiveError naming the field. */

@@ -50,3 +50,12 @@ export class AgentUnreachableError extends UserError {
     })
   }
 }
+
+/** The disk is full (ENOSPC, EDQUOT), or would be: the API answers 507. */
+export class NoSpaceError extends UserError {
+  override name = 'NoSpaceError'
+
+  constructor (message: string, hint = 'free space on the node and try again; nothing partial was left behind') {
+    super(message, { exitCode: EXIT.ioError, hint })
+  }
+}

@@ -78,11 +78,22 @@ describe('stateful apps', () => {
     const dir = await mkdtemp(join(tmpdir(), 'dcloud-backup-'))
     try {
       const file = join(dir, 'notes.dcloud-backup')
-      await dcOk('n1', ['backup', 'notes', '-o', file])
+      // Streamed from the agent to the CLI, with progress on stderr; nothing stays on the node.
+      const b = await dc('n1', ['backup', 'notes', '-o', file])
+      expect(b.code, b.stderr).toBe(0)
+      expect(b.stderr).toMatch(/notes: downloading: .* \(100%\) in [\d.]+ s/)
+      expect(await readdir(join(lab.lab.agentDataDir('n1'), 'backups'))).toEqual([])
+      // Onto an existing file: refused with its reason, by the CLI before asking the agent.
+      const again = await dc('n1', ['backup', 'notes', '-o', file])
+      expect(again.code).toBe(73)
+      expect(again.stderr).toMatch(/already exists; refusing to replace it/)
       const original = await readNotesInLab(lab.name, 'n3', { app: 'notes' })
       // Its data in a directory of the node's own (a disk mounted there, say), and a domain of its own.
       const dataDir = join(dir, 'disk')
-      const out = await dcOk('n2', ['restore', file, '--name', 'notes2', '--node', 'n3', '--data-dir', dataDir, '--domain', 'notes.home.example', '--yes'])
+      const restored = await dc('n2', ['restore', file, '--name', 'notes2', '--node', 'n3', '--data-dir', dataDir, '--domain', 'notes.home.example', '--yes'])
+      expect(restored.code, restored.stderr).toBe(0)
+      expect(restored.stderr).toMatch(/notes2: uploading: .* \(100%\) in [\d.]+ s/)
+      const out = restored.stdout
       expect(out).toMatch(/notes2 restored and running on n3/)
       expect(out).toContain(`data in ${dataDir} on n3`)
       const copy = await readNotesInLab(lab.name, 'n1', { app: 'notes2' })
@@ -101,6 +112,7 @@ describe('stateful apps', () => {
       const sys = await dc('n2', ['restore', file, '--name', 'notes3', '--data-dir', '/etc/dcloud-x', '--yes'])
       expect(sys.code).not.toBe(0)
       expect(sys.stderr).toMatch(/system directory/)
+      expect(sys.stderr).not.toMatch(/internal/)
       expect(existsSync('/etc/dcloud-x')).toBe(false)
 
       // A tar whose first entry is ours but whose next one climbs out of the target.

@@ -14,6 +14,7 @@ import { request } from 'node:http'
 import { Readable } from 'node:stream'
 import { createHash } from 'node:crypto'
 import { ApiServer, StreamResponse, contentDisposition } from '../../agent/api/server.ts'
+import { BackupFiles } from '../../agent/snapshots/backup-files.ts'
 import { apiRoutes, type ApiBackend, type ClusterApi } from '../../agent/api/routes.ts'
 import { FailureLimiter, TrustedProxies, apiTokenVerifier, authenticate, bearerToken } from '../../agent/api/auth.ts'
 import { HostPolicy, RefusalRecorder, originRefusal, parseHostHeader } from '../../agent/api/guards.ts'
@@ -217,7 +218,7 @@ class GuardTestBackend implements ApiBackend {
   readonly installs: unknown[] = []
   status (): ReturnType<ApiBackend['status']> { return { self: 'self', leader: null, nodes: [] } }
   metrics (): ReturnType<ApiBackend['metrics']> {
-    return { peerId: 'self', name: 'testnode', startedAt: 0, listeningAt: null, firstHeardAt: {}, statusPublished: 0, statusAccepted: 0, statusDropped: {} as never, dialFailures: 0, lastDialError: null, connections: 0, term: 0, leader: null, ops: { opsExecuted: 0, opsRefused: 0, opsFailed: 0, plans: 0 }, state: { revision: 0, term: 0, lastIndex: 0, commitIndex: 0, digest: '' }, replication: null, rpc: { served: 0, rejected: 0, failed: 0 }, rssBytes: 0, heapUsedBytes: 0, externalBytes: 0, cpuSeconds: 0 }
+    return { peerId: 'self', name: 'testnode', startedAt: 0, listeningAt: null, firstHeardAt: {}, statusPublished: 0, statusAccepted: 0, statusDropped: {} as never, dialFailures: 0, lastDialError: null, connections: 0, term: 0, leader: null, ops: { opsExecuted: 0, opsRefused: 0, opsFailed: 0, plans: 0 }, state: { revision: 0, term: 0, lastIndex: 0, commitIndex: 0, digest: '' }, replication: null, rpc: { served: 0, rejected: 0, failed: 0 }, backups: { uploads: 0, uploadsRefused: 0, downloads: 0, downloadsFailed: 0 }, rssBytes: 0, heapUsedBytes: 0, externalBytes: 0, cpuSeconds: 0 }
   }
 
   cluster (): ClusterApi {
@@ -228,7 +229,8 @@ class GuardTestBackend implements ApiBackend {
     } as unknown as ClusterApi
   }
 
-  async inspectBackup (): Promise<never> { throw new Error('not in this test') }
+  /** Never started here: the backup routes are test/unit/backup-stream.test.ts's. */
+  readonly backups = new BackupFiles(join(tmpdir(), 'dcloud-api-test-unused'))
 }
 
 interface Reply { status: number, headers: Record<string, string | string[] | undefined>, text: string, json: any }

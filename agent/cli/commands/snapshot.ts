@@ -1,11 +1,14 @@
 /** `dcloud snapshot ...`, `dcloud backup`, `dcloud restore`: an app's data, kept and brought back. */
+import { existsSync } from 'node:fs'
 import { createInterface } from 'node:readline/promises'
 import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
-import { apiGet, apiRequest } from '../client.ts'
+import { apiDownload, apiGet, apiRequest, apiUpload, resolveApi } from '../client.ts'
 import { bytes, table } from '../format.ts'
+import { Progress } from '../progress.ts'
+import { verifyArchive, type BackupMeta } from '../../snapshots/archive.ts'
 import { UsageError, UserError, EXIT } from '../../util/errors.ts'
-import type { AppView, SnapshotView, StatusResponse } from '../../../proto/api.ts'
+import type { AppView, RestoreView, SnapshotView, StatusResponse } from '../../../proto/api.ts'
 
 export const snapshotHelp = `dcloud snapshot COMMAND
   create APP [--json]              snapshot the app's volumes now (quiesced) and replicate it to peers
@@ -16,11 +19,15 @@ Snapshots are plain restic repositories, one per app, under DATA_DIR/snapshots/r
 on every node holding a copy; docs/snapshots.md shows how to read them with restic alone.`
 
 export const backupHelp = `dcloud backup APP -o FILE [--json]
-  writes the app (its manifest, settings and every volume) into one tar file;
-  restore it on this or any other cluster with \`dcloud restore FILE\``
+  writes the app (its manifest, settings and every volume) into one tar file here:
+  the agent takes a snapshot, builds the file and streams it to this machine
+  (progress on stderr), where it is checked. Works from another machine too,
+  with DCLOUD_API=http://NODE:7371 and DCLOUD_TOKEN (the node's DATA_DIR/api.token).
+  Restore it on this or any other cluster with \`dcloud restore FILE\``
 
 export const restoreHelp = `dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--domain DOMAIN] [--yes] [--json]
-  checks the backup file, then installs its app with its data.
+  checks the backup file here, uploads it to the agent (progress on stderr; from another
+  machine too, with DCLOUD_API and DCLOUD_TOKEN), then installs its app with its data.
   Without --yes it asks for each (default: the backed-up name, any node, Docker volumes, no domain).
   --data-dir DIR  keep the data in DIR on the node (DIR/dcloud-APP-VOLUME/_data, bound into a
                   Docker local volume) instead of Docker's volume directory; DIR must exist on
@@ -101,16 +108,50 @@ export async function backupCommand (argv: string[]): Promise<number> {
   const app = positionals[0]
   if (app === undefined || values.output === undefined) throw new UsageError('usage: dcloud backup APP -o FILE', backupHelp)
   const file = resolve(values.output)
-  process.stderr.write(`${app}: snapshot, then writing ${file}...\n`)
+  if (existsSync(file)) throw new UserError(`${file} already exists; refusing to replace it`, { exitCode: EXIT.cantCreate, hint: 'choose another file name, or move the old backup away first' })
+  const target = resolveApi()
+  process.stderr.write(`${app}: the agent at ${target.describe} takes a snapshot and builds the backup...\n`)
   const started = Date.now()
-  const r = await apiRequest<{ file: string, bytes: number, snapshot: string | null, volumes: Array<{ name: string, entries: number, bytes: number }> }>('POST', `/v1/apps/${encodeURIComponent(app)}/backup`, { file }, undefined, LONG_MS)
+  const waiting = setInterval(() => { process.stderr.write(`${app}: still building the backup (${Math.round((Date.now() - started) / 1000)} s)\n`) }, 10_000)
+  const progress = new Progress(`${app}: downloading`)
+  let transfer
+  try {
+    transfer = await apiDownload(`/v1/apps/${encodeURIComponent(app)}/backup`, file, {
+      target,
+      onAnswer: () => { clearInterval(waiting); progress.restart() },
+      progress: (done, total) => { progress.update(done, total) }
+    })
+  } catch (err) {
+    progress.abandon()
+    throw err
+  } finally {
+    clearInterval(waiting)
+  }
+  const moved = progress.finish()
+  // The whole file, checked here as a restore would read it.
+  const meta = await checkFile(file, `${app}: checking ${file}`)
+  const snapshot = typeof meta.settings.snapshot === 'string' ? meta.settings.snapshot : null
+  const volumes = meta.volumes.map(v => ({ name: v.name, entries: v.entries, bytes: v.bytes }))
   if (values.json === true) {
-    process.stdout.write(JSON.stringify(r, null, 2) + '\n')
+    process.stdout.write(JSON.stringify({ file, app, bytes: transfer.bytes, snapshot, createdAt: meta.createdAt, volumes, seconds: (Date.now() - started) / 1000, download: { seconds: moved.seconds, bytesPerSecond: moved.bytesPerSecond } }, null, 2) + '\n')
     return 0
   }
-  process.stdout.write(`${app} backed up to ${r.file} (${bytes(r.bytes)}) in ${((Date.now() - started) / 1000).toFixed(1)} s${r.snapshot !== null ? ` from snapshot ${r.snapshot}` : ''}\n`)
-  for (const v of r.volumes) process.stdout.write(`  volume ${v.name}: ${v.entries} entries, ${bytes(v.bytes)}\n`)
+  process.stdout.write(`${app} backed up to ${file} (${bytes(transfer.bytes)}) in ${((Date.now() - started) / 1000).toFixed(1)} s${snapshot !== null ? ` from snapshot ${snapshot}` : ''}\n`)
+  for (const v of volumes) process.stdout.write(`  volume ${v.name}: ${v.entries} entries, ${bytes(v.bytes)}\n`)
   return 0
+}
+
+/** Reads the whole backup file and checks every rule and checksum (archive.ts), with progress. */
+async function checkFile (file: string, label: string): Promise<BackupMeta> {
+  const progress = new Progress(label)
+  try {
+    const meta = await verifyArchive(file, { signal: AbortSignal.timeout(LONG_MS), progress: (p) => { progress.update(p.bytesDone, p.bytesTotal) } })
+    progress.finish()
+    return meta
+  } catch (err) {
+    progress.abandon()
+    throw err
+  }
 }
 
 export async function restoreCommand (argv: string[]): Promise<number> {
@@ -118,7 +159,8 @@ export async function restoreCommand (argv: string[]): Promise<number> {
   const fileArg = positionals[0]
   if (fileArg === undefined) throw new UsageError('usage: dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--domain DOMAIN] [--yes]', restoreHelp)
   const file = resolve(fileArg)
-  const meta = await apiRequest<{ app: string, createdAt: string, manifest: { id: string, version: string }, volumes: Array<{ name: string, entries: number, bytes: number }> }>('POST', '/v1/backups/inspect', { file }, undefined, LONG_MS)
+  // Checked here, before anything is sent: the CLI has the file and the same reader as the agent.
+  const meta = await checkFile(file, `checking ${file}`)
   process.stderr.write(`${file}: ${meta.app} (${meta.manifest.id} ${meta.manifest.version}), backed up ${meta.createdAt}, ${meta.volumes.length} volume(s), ${bytes(meta.volumes.reduce((n, v) => n + v.bytes, 0))}: verified\n`)
   let name = values.name ?? null
   let node = values.node ?? null
@@ -153,13 +195,29 @@ export async function restoreCommand (argv: string[]): Promise<number> {
     if (found === undefined) throw new UserError(`no node named ${node} in the cluster`, { exitCode: EXIT.noInput, hint: `nodes: ${status.nodes.map(n => n.name).join(', ')}` })
     nodeId = found.id
   }
+  const query = new URLSearchParams({ name: name ?? meta.app })
+  if (nodeId !== null) query.set('node', nodeId)
+  if (hostPath !== null) query.set('dataDir', hostPath)
+  if (domain !== null) query.set('domain', domain)
   const started = Date.now()
-  const r = await apiRequest<{ name: string, snapshot: string | null }>('POST', '/v1/backups/restore', { file, name, node: nodeId, hostPath, domain }, undefined, LONG_MS)
+  const progress = new Progress(`${name ?? meta.app}: uploading`)
+  let upload
+  try {
+    upload = await apiUpload<RestoreView>(`/v1/backups/restore?${query.toString()}`, file, {
+      progress: (done, total) => { progress.update(done, total) },
+      onSent: () => { progress.finish(); process.stderr.write(`${name ?? meta.app}: uploaded; the agent checks and imports it...\n`) }
+    })
+  } catch (err) {
+    progress.abandon()
+    throw err
+  }
+  const r = upload.answer
+  const sent = { bytes: upload.bytes, seconds: upload.ms / 1000, bytesPerSecond: upload.ms > 0 ? Math.round(upload.bytes * 1000 / upload.ms) : 0 }
   process.stderr.write(`${r.name}: installed${r.snapshot !== null ? `; its data is snapshot ${r.snapshot}` : ''}, waiting for it to run...\n`)
   for (;;) {
     const app = (await apiGet<AppView[]>('/v1/apps')).find(a => a.name === r.name)
     if (app !== undefined && app.state === 'running' && (r.snapshot === null || app.relocation != null)) {
-      if (values.json === true) process.stdout.write(JSON.stringify(app, null, 2) + '\n')
+      if (values.json === true) process.stdout.write(JSON.stringify({ ...app, upload: sent }, null, 2) + '\n')
       else {
         process.stdout.write(`${r.name} restored and running on ${app.node ?? '?'} in ${((Date.now() - started) / 1000).toFixed(1)} s${app.endpoints.length > 0 ? ` at ${app.endpoints.join(' ')}` : ''}\n`)
         if (app.hostPath !== undefined) process.stdout.write(`  data in ${app.hostPath} on ${app.node ?? '?'}\n`)
