@@ -275,6 +275,8 @@ export class LabWriters {
   readonly clients: string[]
   private readonly child: ChildProcess
   private readonly acks = new Map<string, NotesRecord[]>()
+  /** When each acknowledgement arrived at the writer (ms since epoch), in order. */
+  private readonly ackedAt: number[] = []
   private readonly summaries: WriterSummary[] = []
   private readonly urls: string[] = []
   private stderr = ''
@@ -298,10 +300,11 @@ export class LabWriters {
   }
 
   private onLine (line: string): void {
-    let msg: { t?: string, c?: string, s?: number, url?: string } & Partial<WriterSummary>
+    let msg: { t?: string, c?: string, s?: number, url?: string, at?: number } & Partial<WriterSummary>
     try { msg = JSON.parse(line) } catch { return }
     if (msg.t === 'ack' && typeof msg.c === 'string' && typeof msg.s === 'number') {
       this.acks.get(msg.c)?.push({ seq: msg.s, line: recordLine(msg.c, msg.s) })
+      if (typeof msg.at === 'number') this.ackedAt.push(msg.at)
     } else if (msg.t === 'done') {
       this.summaries.push(msg as WriterSummary)
     } else if (msg.t === 'url' && typeof msg.url === 'string') {
@@ -312,6 +315,11 @@ export class LabWriters {
   /** Every record acknowledged so far, all clients. */
   acknowledged (): NotesRecord[] {
     return [...this.acks.values()].flat()
+  }
+
+  /** The latest time a write was acknowledged (ms since epoch), or null for none. */
+  lastAckAt (): number | null {
+    return this.ackedAt.length === 0 ? null : Math.max(...this.ackedAt)
   }
 
   ackCount (): number {

@@ -104,7 +104,8 @@ async function write (): Promise<void> {
     clientId,
     intervalMs: values.interval !== undefined ? Number(values.interval) : undefined,
     timeoutMs: values.timeout !== undefined ? Number(values.timeout) : undefined,
-    onAck: r => { emit({ t: 'ack', c: clientId, s: r.seq }) }
+    // `at`: when the 201 arrived (the lab's one clock), to compare with containers' start and finish times.
+    onAck: r => { emit({ t: 'ack', c: clientId, s: r.seq, at: Date.now() }) }
   }))
   for (const w of writers) w.start()
 
