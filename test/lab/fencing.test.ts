@@ -65,8 +65,9 @@ describe('fencing: never two copies of a stateful app', () => {
       const v = await app(survivor, 'notes')
       return v?.state === 'running' && v.node !== null && v.node !== host ? v.node : undefined
     }, 120_000, 'notes to run on a survivor', 500)
+    // Its records after the snapshot are not in the new copy (a failover restores the newest
+    // snapshot); they are kept in the divergent snapshot the returning node's copy becomes.
     await pinned.stop().catch(() => [])
-    acked.push(...pinned.acknowledged())
 
     const all = await copies()
     const stale = all.find(c => c.node === host)
