@@ -101,8 +101,6 @@ export class Agent implements ApiBackend {
     const { opts, log } = this
     const p = paths(opts.dataDir)
     await mkdir(opts.dataDir, { recursive: true, mode: 0o700 })
-    // The API socket and the fencing lease live here (/run/dcloud for the system agent).
-    await mkdir(runtimeDir(opts.dataDir), { recursive: true, mode: 0o750 })
     await this.backups.start()
 
     if (opts.keyFile === p.keyFile && !existsSync(p.keyFile)) {
@@ -182,9 +180,7 @@ export class Agent implements ApiBackend {
     await this.coordinator.start()
     await this.replicator.start()
     await this.election.start()
-    const election = this.election
-    this.lease = new NodeLease({ dir: runtimeDir(opts.dataDir), node: opts.name, entitled: () => election.seesQuorum(), log: log.child('fence') })
-    this.lease.start()
+
     this.gossip.start()
     log.info('agent listening', { name: opts.name, peerId: mesh.peerId.toString(), addrs: mesh.listenAddrs(), mdns: opts.mdns })
 
@@ -200,6 +196,11 @@ export class Agent implements ApiBackend {
       routes: apiRoutes(this, () => this.api?.metrics() ?? { refused: { unauthorized: 0, forbidden: 0, rateLimited: 0, badHost: 0, badOrigin: 0, badContentType: 0, tooLarge: 0, badJson: 0 }, refusalsNotLogged: 0 })
     })
     await this.api.start()
+    // The fencing lease sits beside the API socket (/run/dcloud for the system agent), in the
+    // directory the API server prepared for the socket's group.
+    const election = this.election
+    this.lease = new NodeLease({ dir: runtimeDir(opts.dataDir), node: opts.name, entitled: () => election.seesQuorum(), log: log.child('fence') })
+    this.lease.start()
 
     const membership = this.membership
     const collector = this.collector

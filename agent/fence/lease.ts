@@ -16,7 +16,7 @@
  * agent died has its copies killed about 2.7 s after, at least 3 s before
  * another copy can start.
  */
-import { rename, writeFile } from 'node:fs/promises'
+import { mkdir, rename, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from '../util/log.ts'
 
@@ -103,7 +103,12 @@ export class NodeLease {
     try {
       // Atomic, not fsynced: the file lives on a tmpfs and means nothing after a reboot.
       const temp = `${this.path}.tmp`
-      await writeFile(temp, JSON.stringify(record), { mode: 0o640 })
+      // The directory is the API socket's (prepared for its group); made here only if there is none.
+      await writeFile(temp, JSON.stringify(record), { mode: 0o640 }).catch(async (err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err
+        await mkdir(this.init.dir, { recursive: true, mode: 0o750 })
+        await writeFile(temp, JSON.stringify(record), { mode: 0o640 })
+      })
       await rename(temp, this.path)
       this.heldUntil = until
     } catch (err) {
