@@ -217,9 +217,7 @@ export class Lab {
     const node = state.nodes.find(n => n.name === name)
     if (node === undefined) throw new UserError(`lab '${this.name}' has no node '${name}'`, { exitCode: EXIT.usage })
     await tryRun('ip', ['-n', this.nodeNs(name), 'link', 'set', 'eth0', 'down'])
-    const pids = pidsOfNode(this.nodeNs(name), [node.dockerdPid, node.agentPid])
-    killTree(pids)
-    await waitUntil(() => !pids.some(isRunning), 10_000, `the processes of ${name} to die`).catch(() => {})
+    killTree(pidsOfNode(this.nodeNs(name), [node.dockerdPid, node.agentPid]))
     // Its disk stays mounted, as a dead machine's disk keeps its data: only what dockerd mounted goes.
     await this.unmountNode(name, { keepDisk: true })
     node.state = 'killed'
