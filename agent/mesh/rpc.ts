@@ -27,9 +27,10 @@ export class RpcError extends Error {
 
 /**
  * What a handler's error answers. A full disk keeps its meaning across the
- * cluster (`no_space`, which the API answers 507 with the error's advice), as
- * a snapshot asked of another node fails there: found by
- * test/lab/full-disk.test.ts, where it reached the CLI as an internal error.
+ * cluster (`no_space`, which the API answers 507 with the error's advice):
+ * without this, a snapshot asked of another node whose disk is full
+ * (test/lab/full-disk.test.ts) reached the CLI as `internal`, exit 70, with
+ * no advice.
  */
 export function rpcFailureOf (err: unknown): { code: string, message: string } {
   if (err instanceof RpcError) return { code: err.code, message: err.message }
