@@ -97,7 +97,15 @@ export type Op =
    * the app runs there), and restore `snapshot` into a stage directory so the
    * move's restore only applies the last increment.
    */
-  | { kind: 'sync', name: string, from: string, snapshot: string | null }
+  | {
+    kind: 'sync', name: string, from: string, snapshot: string | null
+    /**
+     * Bytes a restore of the app's data will write here (the copy's size).
+     * The target refuses the sync when its disk cannot hold them: the move
+     * then stops before the source stops the app, not after.
+     */
+    restoreBytes?: number
+  }
   /** Stop the app here for good and take its final snapshot (the last increment of a move). */
   | { kind: 'handoff', name: string }
   /** Restore `snapshot` into the app's volumes here (fetching it from `from` when missing), then run the app. */
@@ -393,7 +401,8 @@ export function decodeOpRequest (raw: unknown): OpRequest {
       kind: 'sync',
       name: name(),
       from: string(op.from, 'op.op.from', { max: 64, pattern: PEER_ID }),
-      snapshot: op.snapshot === undefined || op.snapshot === null ? null : snap(op.snapshot, 'op.op.snapshot')
+      snapshot: op.snapshot === undefined || op.snapshot === null ? null : snap(op.snapshot, 'op.op.snapshot'),
+      ...(op.restoreBytes !== undefined && op.restoreBytes !== null ? { restoreBytes: number(op.restoreBytes, 'op.op.restoreBytes', { min: 0, max: MAX_INT, integer: true }) } : {})
     }; break
     case 'handoff': decoded = { kind: 'handoff', name: name() }; break
     case 'restore': decoded = {

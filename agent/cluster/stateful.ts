@@ -176,6 +176,12 @@ export class DataPlane {
         }
         const r = await snapshots.pullFrom(op.from, op.name, signal)
         await this.refreshHoldings()
+        // Found by test/lab/full-disk.test.ts: a target with room for the repository but not for the
+        // restored data accepted the sync, the source then stopped the app and took its final snapshot,
+        // and the restore failed here for want of space; the app stayed down, its move retried (stopping
+        // it again) until the disk had room. Refused now, while the app still runs on the source, and
+        // before a stage that could only fill the disk.
+        if (op.restoreBytes !== undefined) await snapshots.checkRestoreRoom(op.name, app?.storage ?? null, op.restoreBytes, signal)
         let staged = ''
         if (op.snapshot !== null) {
           // Not fatal: without a stage the restore copies everything, only slower.
@@ -408,7 +414,7 @@ export class DataPlane {
     const copy = await send(from, { kind: 'snapshot', name: app.name, purpose: 'pre-move' }, term)
     // Staged only when restoring it whole would cost more than the two restic runs of an increment.
     const stage = copy.snapshot !== undefined && copy.snapshot.bytes >= STAGE_MIN_BYTES ? copy.snapshot.id : null
-    await send(to, { kind: 'sync', name: app.name, from, snapshot: stage }, term)
+    await send(to, { kind: 'sync', name: app.name, from, snapshot: stage, ...(copy.snapshot !== undefined ? { restoreBytes: copy.snapshot.bytes } : {}) }, term)
     const stoppedAt = Date.now()
     const handoff = await send(from, { kind: 'handoff', name: app.name }, term)
     const final = handoff.snapshot

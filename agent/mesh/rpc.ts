@@ -25,6 +25,22 @@ export class RpcError extends Error {
   }
 }
 
+/**
+ * What a handler's error answers. A full disk keeps its meaning across the
+ * cluster (`no_space`, which the API answers 507 with the error's advice):
+ * without this, a snapshot asked of another node whose disk is full
+ * (test/lab/full-disk.test.ts) reached the CLI as `internal`, exit 70, with
+ * no advice.
+ */
+export function rpcFailureOf (err: unknown): { code: string, message: string } {
+  if (err instanceof RpcError) return { code: err.code, message: err.message }
+  const e = err as Error & { code?: unknown, hint?: unknown }
+  if (e.name === 'DiskFullError' || e.name === 'NoSpaceError' || (e.name === 'RepoSyncError' && e.code === 'no_space')) {
+    return { code: 'no_space', message: typeof e.hint === 'string' ? `${e.message} (${e.hint})` : e.message }
+  }
+  return { code: 'failed', message: e.message }
+}
+
 export type RpcResult<T> = { ok: true, value: T } | { ok: false, error: { code: string, message: string } }
 
 export interface RpcHandler<Req, Res> {
@@ -85,8 +101,7 @@ export class RpcServer {
         this.counters.served++
       } catch (err) {
         this.counters.failed++
-        const code = err instanceof RpcError ? err.code : 'failed'
-        response = { ok: false, error: { code, message: (err as Error).message } }
+        response = { ok: false, error: rpcFailureOf(err) }
       }
       await lp.write(encode(response), { signal })
       await stream.close({ signal }).catch(() => {})

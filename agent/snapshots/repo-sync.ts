@@ -742,7 +742,7 @@ class Puller {
     const s = await statfs(this.root)
     const free = s.bavail * s.bsize
     if (needed > free - FREE_SPACE_RESERVE) {
-      throw new RepoSyncError('no_space', `the pull needs ${needed} bytes and ${this.root} has ${free} free (keeping ${FREE_SPACE_RESERVE} spare)`)
+      throw new RepoSyncError('no_space', `no space for the replica: the pull needs ${needed} bytes and ${this.root} has ${free} free (keeping ${FREE_SPACE_RESERVE} spare)`)
     }
   }
 

@@ -23,13 +23,13 @@
 import { execFile } from 'node:child_process'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createHmac } from 'node:crypto'
-import { chmod, chown, lstat, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, chown, lstat, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import type { PeerId } from '@libp2p/interface'
 import type { AppStorage, DesiredApp } from '../../proto/plan.ts'
 import { SNAPSHOT_DEFAULTS, isStateful, type SnapshotPolicy } from '../../proto/app.ts'
 import type { SnapshotInfo, SnapshotPurpose } from '../../proto/cluster.ts'
-import { UserError, EXIT } from '../util/errors.ts'
+import { NoSpaceError, UserError, EXIT } from '../util/errors.ts'
 import type { Logger } from '../util/log.ts'
 import type { AppRuntime } from '../runtime/apps.ts'
 import { volumeName } from '../runtime/apps.ts'
@@ -50,6 +50,12 @@ const PRUNE_EVERY_MS = 24 * 3600_000
 const PULL_BUSY_RETRIES = 12
 /** An increment with more changed paths than this is restored in full (the paths go on restic's command line). */
 const MAX_INCREMENT_PATHS = 4000
+/**
+ * What a restore must leave free beside the data it writes: file system
+ * overhead (directories, inodes of many small files) and room for the app to
+ * keep writing once it runs. The same margin a replica pull keeps (repo-sync.ts).
+ */
+export const RESTORE_SPARE_BYTES = 64 * 1024 * 1024
 
 /** restic's repository format, or the tar fallback's (tar-repo.ts) where restic is missing. */
 export type RepoFormat = 'restic' | 'tar'
@@ -446,6 +452,33 @@ export class SnapshotService {
     }
     this.stages.set(app, { snapshot: snapshotId, dir })
     this.init.log.info('staged a copy ahead of a move', { app, snapshot: snapshotId, ms: Math.round(performance.now() - started) })
+  }
+
+  /**
+   * Refuses, with the figures, a restore of `bytes` of data that this node's
+   * disk cannot hold (where the app's volumes go: Docker's data root, or its
+   * storage directory). Called before a move stages its copy: a stage left
+   * by an earlier attempt is only a copy, dropped first so its space counts
+   * (the move stages again when there is room).
+   */
+  async checkRestoreRoom (app: string, storage: AppStorage | null, bytes: number, signal: AbortSignal): Promise<void> {
+    const old = this.stages.get(app)
+    if (old !== undefined) {
+      this.stages.delete(app)
+      await rm(old.dir, { recursive: true, force: true })
+    }
+    const dir = storage !== null ? storage.hostPath : await this.init.runtime.dataRoot(signal)
+    let free: number
+    try {
+      const s = await statfs(dir)
+      free = s.bavail * s.bsize
+    } catch {
+      return // a storage directory not made yet: the restore makes it, and says so if it fails
+    }
+    if (bytes + RESTORE_SPARE_BYTES > free) {
+      throw new NoSpaceError(`${this.init.nodeName()} has no room for ${app}'s data: restoring it needs ${bytes} bytes and ${dir} has ${free} free (keeping ${RESTORE_SPARE_BYTES} spare)`,
+        `free space on ${this.init.nodeName()}, or move ${app} to another node; it keeps running where it is`)
+    }
   }
 
   /** Stage directories left by moves that never finished (an agent restart forgets its stages). */

@@ -1,14 +1,15 @@
 /** `dcloud lab ...`: try a cluster on one machine. */
 import { parseArgs } from 'node:util'
 import { spawn } from 'node:child_process'
-import { Lab, isRunning } from './lab.ts'
+import { DEFAULT_DISK_BYTES, Lab, formatBytes, isRunning, parseSize, type DiskView } from './lab.ts'
 import { table } from '../../agent/cli/format.ts'
 import { UsageError } from '../../agent/util/errors.ts'
 
 export const labHelp = `dcloud lab [--lab NAME] COMMAND
-  up --nodes N [--images-on N1,N2|none] [-- AGENT_ARGS]
-                                 start nodes n1..nN (namespace + dockerd + agent each) sharing one key;
-                                 test images go to every node unless --images-on names some
+  up --nodes N [--images-on N1,N2|none] [--disk-size SIZE] [-- AGENT_ARGS]
+                                 start nodes n1..nN (namespace + data disk + dockerd + agent each) sharing
+                                 one key; test images go to every node unless --images-on names some;
+                                 each node's Docker and agent data live on a disk of SIZE (default 4G)
   add [--key-file F] [--no-images] [-- AGENT_ARGS]
                                  add the next node, optionally holding another cluster key
   exec NODE -- CMD ...           run CMD inside NODE (docker and dcloud talk to that node)
@@ -16,11 +17,21 @@ export const labHelp = `dcloud lab [--lab NAME] COMMAND
   start NODE [--agent-only]      bring a killed node back (same data, same id), or restart its agent
   restart-docker NODE [--crash] [--down-ms MS]
                                  restart only NODE's dockerd (stopped, or killed with --crash), agent and link up
+  fill NODE [--leave BYTES]      fill NODE's data disk, leaving BYTES free (default 0: full)
+  unfill NODE                    remove what \`fill\` wrote: the disk has its space again
   partition A,B C[,D] ...        cut the lab into groups that cannot reach each other
   heal                           undo the partition
   ls [--json]                    the lab's nodes
-  down                           stop everything; nothing stays running or mounted
+  down                           stop everything; nothing stays running, mounted or attached
 The lab's name defaults to "lab" (or DCLOUD_LAB). It needs root, iproute2, nftables and docker.io.`
+
+function report (node: string, what: string, disk: DiskView, json: boolean): void {
+  if (json) {
+    process.stdout.write(JSON.stringify({ node, ...disk }) + '\n')
+    return
+  }
+  process.stdout.write(`${node}: ${what}; ${formatBytes(disk.free)} free of ${formatBytes(disk.bytes)} (${disk.free} bytes), the filler holds ${formatBytes(disk.filler)}\n`)
+}
 
 export async function labCommand (argv: string[]): Promise<number> {
   let labName = process.env.DCLOUD_LAB ?? 'lab'
@@ -36,9 +47,10 @@ export async function labCommand (argv: string[]): Promise<number> {
     case 'up': {
       const dash = rest.indexOf('--')
       const own = dash === -1 ? rest : rest.slice(0, dash)
-      const { values } = parseArgs({ args: own, strict: true, options: { nodes: { type: 'string', default: '3' }, 'images-on': { type: 'string' } } })
+      const { values } = parseArgs({ args: own, strict: true, options: { nodes: { type: 'string', default: '3' }, 'images-on': { type: 'string' }, 'disk-size': { type: 'string' } } })
       const imagesOn = values['images-on'] === undefined ? undefined : values['images-on'] === 'none' ? [] : values['images-on'].split(',')
-      await lab.up({ nodes: Number(values.nodes), agentArgs: dash === -1 ? [] : rest.slice(dash + 1), imagesOn, progress })
+      const diskBytes = values['disk-size'] === undefined ? DEFAULT_DISK_BYTES : parseSize(values['disk-size'], '--disk-size')
+      await lab.up({ nodes: Number(values.nodes), agentArgs: dash === -1 ? [] : rest.slice(dash + 1), imagesOn, diskBytes, progress })
       return 0
     }
     case 'add': {
@@ -81,6 +93,19 @@ export async function labCommand (argv: string[]): Promise<number> {
       progress(`${positionals[0]}'s dockerd restarted`)
       return 0
     }
+    case 'fill': {
+      const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { leave: { type: 'string', default: '0' }, json: { type: 'boolean', default: false } } })
+      if (positionals[0] === undefined) throw new UsageError('usage: dcloud lab fill NODE [--leave BYTES]')
+      const disk = await lab.fill(positionals[0], parseSize(values.leave ?? '0', '--leave'))
+      report(positionals[0], 'filled', disk, values.json === true)
+      return 0
+    }
+    case 'unfill': {
+      const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { json: { type: 'boolean', default: false } } })
+      if (positionals[0] === undefined) throw new UsageError('usage: dcloud lab unfill NODE')
+      report(positionals[0], 'unfilled', await lab.unfill(positionals[0]), values.json === true)
+      return 0
+    }
     case 'partition':
       await lab.partition(rest.map(g => g.split(',').filter(n => n !== '')))
       progress(`partitioned: ${rest.join(' | ')}`)
@@ -92,18 +117,20 @@ export async function labCommand (argv: string[]): Promise<number> {
     case 'ls': {
       const { values } = parseArgs({ args: rest, strict: true, options: { json: { type: 'boolean', default: false } } })
       const state = await lab.state()
-      const nodes = state.nodes.map(n => ({
+      const nodes = await Promise.all(state.nodes.map(async n => ({
         name: n.name,
         ip: n.ip,
         state: n.state,
         agent: n.agentPid !== null && isRunning(n.agentPid) ? 'running' : 'stopped',
         dockerd: n.dockerdPid !== null && isRunning(n.dockerdPid) ? 'running' : 'stopped',
-        ownKey: n.keyFile !== state.keyFile
-      }))
+        ownKey: n.keyFile !== state.keyFile,
+        disk: await lab.disk(n.name)
+      })))
       if (values.json === true) {
         process.stdout.write(JSON.stringify({ lab: state.name, partition: state.partition, nodes }, null, 2) + '\n')
       } else {
-        process.stdout.write(table(['NODE', 'IP', 'STATE', 'AGENT', 'DOCKERD', 'KEY'], nodes.map(n => [n.name, n.ip, n.state, n.agent, n.dockerd, n.ownKey ? 'other' : 'lab'])))
+        process.stdout.write(table(['NODE', 'IP', 'STATE', 'AGENT', 'DOCKERD', 'KEY', 'DISK FREE'], nodes.map(n => [n.name, n.ip, n.state, n.agent, n.dockerd, n.ownKey ? 'other' : 'lab',
+          n.disk.mounted ? `${formatBytes(n.disk.free)} of ${formatBytes(n.disk.bytes)}${n.disk.filler > 0 ? ' (filled)' : ''}` : 'not mounted'])))
         if (state.partition !== null) process.stdout.write(`partition: ${state.partition.map(g => g.join(',')).join(' | ')}\n`)
       }
       return 0

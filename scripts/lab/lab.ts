@@ -13,7 +13,7 @@
  */
 import { spawn } from 'node:child_process'
 import { existsSync, openSync, closeSync, readFileSync, readdirSync, statSync, readlinkSync } from 'node:fs'
-import { chmod, mkdir, readFile, rm, writeFile, copyFile, rename } from 'node:fs/promises'
+import { chmod, mkdir, open, readdir, readFile, rm, stat, statfs, writeFile, copyFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { run, tryRun } from './sh.ts'
 import { buildBusyboxRootfs, loadImageTar } from './images.ts'
@@ -29,6 +29,9 @@ export const SUBNET_PREFIX = '10.213.0.'
 export const WITNESS_IP = '10.213.0.1'
 const STATE_ROOT = '/var/lib/dcloud-lab'
 const RUN_ROOT = '/run/dcloud-lab'
+/** Each node's data disk unless `lab up --disk-size` says otherwise: a sparse image, so it costs only what is written. */
+export const DEFAULT_DISK_BYTES = 4 * 1024 ** 3
+const MIN_DISK_BYTES = 64 * 1024 ** 2
 
 export interface LabNode {
   name: string
@@ -51,7 +54,12 @@ export interface LabState {
   keyFile: string
   nodes: LabNode[]
   partition: string[][] | null
+  /** Size of each node's data disk (absent in state files of labs made before nodes had disks). */
+  diskBytes?: number
 }
+
+/** A node's data disk as `lab ls` and `lab fill` report it. */
+export interface DiskView { mounted: boolean, device: string | null, bytes: number, free: number, filler: number }
 
 export type Progress = (line: string) => void
 
@@ -71,7 +79,14 @@ export class Lab {
   nodeNs (node: string): string { return `dcl-${this.name}-${node}` }
   nodeDir (node: string): string { return join(this.stateDir, node) }
   nodeRunDir (node: string): string { return join(this.runDir, node) }
-  agentDataDir (node: string): string { return join(this.nodeDir(node), 'agent') }
+  /** The image file of the node's data disk (sparse), beside its logs. */
+  diskImage (node: string): string { return join(this.nodeDir(node), 'disk.img') }
+  /** Where the node's data disk is mounted: its Docker data root and its agent's data directory live there. */
+  diskDir (node: string): string { return join(this.nodeDir(node), 'disk') }
+  dockerRoot (node: string): string { return join(this.diskDir(node), 'docker') }
+  agentDataDir (node: string): string { return join(this.diskDir(node), 'agent') }
+  /** What `lab fill` writes: a directory at the disk's root, apart from Docker's and the agent's data. */
+  fillerDir (node: string): string { return join(this.diskDir(node), 'lab-filler') }
   dockerSocket (node: string): string { return join(this.nodeRunDir(node), 'docker.sock') }
   /** The agent's runtime directory, outside its data directory (0700) so that the `dcloud` group can reach the socket, as on an installed node. */
   agentRuntimeDir (node: string): string { return join(this.nodeRunDir(node), 'api') }
@@ -117,10 +132,12 @@ export class Lab {
    * `imagesOn` names the nodes that get the test images (default: all); the
    * others must get them from a peer, as an offline homelab would.
    */
-  async up (opts: { nodes: number, agentArgs?: string[], imagesOn?: string[], progress: Progress }): Promise<LabState> {
+  async up (opts: { nodes: number, agentArgs?: string[], imagesOn?: string[], diskBytes?: number, progress: Progress }): Promise<LabState> {
     checkPrerequisites()
     if (this.exists()) throw new UserError(`lab '${this.name}' is already up`, { exitCode: EXIT.tempFail, hint: '`dcloud lab down` first, or use another --lab name' })
     if (!(opts.nodes >= 1 && opts.nodes <= 64)) throw new UserError('--nodes must be between 1 and 64', { exitCode: EXIT.usage })
+    const diskBytes = opts.diskBytes ?? DEFAULT_DISK_BYTES
+    if (!(Number.isSafeInteger(diskBytes) && diskBytes >= MIN_DISK_BYTES)) throw new UserError(`--disk-size must be at least ${MIN_DISK_BYTES / 1024 ** 2} MiB`, { exitCode: EXIT.usage })
     await this.cleanupLeftovers()
     await mkdir(this.stateDir, { recursive: true, mode: 0o700 })
     await mkdir(this.runDir, { recursive: true, mode: 0o700 })
@@ -130,7 +147,7 @@ export class Lab {
     await chmod(this.runDir, 0o711)
     const keyFile = join(this.stateDir, 'cluster.key')
     await writeFile(keyFile, newClusterKey(), { mode: 0o600 })
-    const state: LabState = { name: this.name, createdAt: new Date().toISOString(), keyFile, nodes: [], partition: null }
+    const state: LabState = { name: this.name, createdAt: new Date().toISOString(), keyFile, nodes: [], partition: null, diskBytes }
     await this.save(state)
 
     opts.progress(`creating the lab's switch (namespace ${this.hubNs})`)
@@ -148,8 +165,11 @@ export class Lab {
       state.nodes.push({ name, index: i + 1, ip: `${SUBNET_PREFIX}${10 + i + 1}`, keyFile, state: 'running', dockerdPid: null, agentPid: null, agentArgs: opts.agentArgs ?? [] })
     }
     await this.save(state)
-    opts.progress(`starting ${names.length} node(s): namespaces, links and dockerd`)
-    await Promise.all(state.nodes.map(async n => { await this.createNodeNetwork(n); n.dockerdPid = await this.startDockerd(n) }))
+    opts.progress(`starting ${names.length} node(s): namespaces, links, data disks of ${formatBytes(diskBytes)} and dockerd`)
+    await Promise.all(state.nodes.map(async n => { await this.createNodeNetwork(n) }))
+    // One after the other: two `losetup --find` at once may pick the same free device.
+    for (const n of state.nodes) await this.attachDisk(n.name, diskBytes)
+    await Promise.all(state.nodes.map(async n => { n.dockerdPid = await this.startDockerd(n) }))
     await this.save(state)
     await Promise.all(state.nodes.map(async n => { await this.waitForDocker(n) }))
     const withImages = state.nodes.filter(n => opts.imagesOn === undefined || opts.imagesOn.includes(n.name))
@@ -180,6 +200,7 @@ export class Lab {
     await this.save(state)
     opts.progress(`starting ${name}`)
     await this.createNodeNetwork(node)
+    await this.attachDisk(name, state.diskBytes ?? DEFAULT_DISK_BYTES)
     node.dockerdPid = await this.startDockerd(node)
     await this.save(state)
     await this.waitForDocker(node)
@@ -200,7 +221,8 @@ export class Lab {
     if (node === undefined) throw new UserError(`lab '${this.name}' has no node '${name}'`, { exitCode: EXIT.usage })
     await tryRun('ip', ['-n', this.nodeNs(name), 'link', 'set', 'eth0', 'down'])
     killTree(pidsOfNode(this.nodeNs(name), [node.dockerdPid, node.agentPid, node.watchdogPid ?? null]))
-    await this.unmountNode(name)
+    // Its disk stays mounted, as a dead machine's disk keeps its data: only what dockerd mounted goes.
+    await this.unmountNode(name, { keepDisk: true })
     node.state = 'killed'
     node.agentPid = null
     node.dockerdPid = null
@@ -222,6 +244,7 @@ export class Lab {
       if (node.state === 'running') throw new UserError(`${name} is running; kill it first or pass --agent-only`, { exitCode: EXIT.usage })
       await run('ip', ['-n', this.nodeNs(name), 'link', 'set', 'eth0', 'up'])
       await tryRun('ip', ['-n', this.nodeNs(name), 'route', 'replace', '224.0.0.0/4', 'dev', 'eth0'])
+      await this.attachDisk(name, state.diskBytes ?? DEFAULT_DISK_BYTES)
       node.dockerdPid = await this.startDockerd(node)
       await this.save(state)
       try {
@@ -256,7 +279,7 @@ export class Lab {
     const pid = node.dockerdPid
     if (isRunning(pid)) process.kill(pid, opts.crash === true ? 'SIGKILL' : 'SIGTERM')
     await waitUntil(() => !isRunning(pid), 60_000, `${name}'s dockerd to stop`)
-    if (opts.crash === true) await this.unmountNode(name)
+    if (opts.crash === true) await this.unmountNode(name, { keepDisk: true })
     if ((opts.downMs ?? 0) > 0) await new Promise(resolve => setTimeout(resolve, opts.downMs))
     node.dockerdPid = await this.startDockerd(node)
     await this.save(state)
@@ -308,11 +331,19 @@ export class Lab {
       const prefix = `dcl-${this.name}-`
       if (ns.startsWith(prefix) && ns !== this.hubNs) nodes.push(ns.slice(prefix.length))
     }
+    // Nodes with a disk but no namespace (a crash between the two) go too.
+    for (const entry of existsSync(this.stateDir) ? readdirSync(this.stateDir) : []) {
+      if (/^n\d+$/.test(entry) && existsSync(this.diskImage(entry))) nodes.push(entry)
+    }
     nodes = [...new Set(nodes)]
     progress(`stopping ${nodes.length} node(s) of lab '${this.name}'`)
+    const pids: number[] = []
     for (const n of nodes) {
-      if (existsSync(`/run/netns/${this.nodeNs(n)}`)) killTree(pidsOfNode(this.nodeNs(n), []))
+      if (existsSync(`/run/netns/${this.nodeNs(n)}`)) pids.push(...pidsOfNode(this.nodeNs(n), []))
     }
+    killTree(pids)
+    // A process still exiting holds its files open: the disks would only unmount lazily and their loop devices stay.
+    await waitUntil(() => !pids.some(isRunning), 10_000, 'the lab\'s processes to die').catch(() => {})
     for (const n of nodes) {
       await this.unmountNode(n)
       await tryRun('ip', ['netns', 'del', this.nodeNs(n)])
@@ -320,6 +351,7 @@ export class Lab {
     await tryRun('ip', ['netns', 'del', this.hubNs])
     await this.unmountUnder(this.runDir)
     await this.unmountUnder(this.stateDir)
+    await this.detachLoops()
     await rm(this.runDir, { recursive: true, force: true })
     await rm(this.stateDir, { recursive: true, force: true })
     const left = leftovers(this)
@@ -328,7 +360,117 @@ export class Lab {
   }
 
   private async cleanupLeftovers (): Promise<void> {
-    if (existsSync(`/run/netns/${this.hubNs}`) || existsSync(this.runDir) || existsSync(this.stateDir)) await this.down(() => {})
+    if (existsSync(`/run/netns/${this.hubNs}`) || existsSync(this.runDir) || existsSync(this.stateDir) || loopDevicesUnder(this.stateDir).length > 0) await this.down(() => {})
+  }
+
+  /**
+   * Gives the node its data disk: an ext4 file system in a sparse image file,
+   * attached to a loop device and mounted where its Docker data root and agent
+   * data directory live, so that filling it (`lab fill`) fills only that node.
+   * Made once and kept across `lab kill` and `lab start`; a no-op when mounted.
+   */
+  private async attachDisk (node: string, bytes: number): Promise<void> {
+    const dir = this.diskDir(node)
+    const image = this.diskImage(node)
+    if (isMountPoint(dir)) return
+    await mkdir(dir, { recursive: true, mode: 0o700 })
+    if (!existsSync(image)) {
+      const file = await open(image, 'wx', 0o600)
+      try { await file.truncate(bytes) } finally { await file.close() }
+      // No blocks reserved for root (everything in the lab runs as root: a full disk is full for all),
+      // one inode per 64 KiB (a lab node holds few files), no discard (nothing to discard in a new sparse file).
+      await run('mkfs.ext4', ['-q', '-F', '-m', '0', '-i', '65536', '-E', 'nodiscard', '-L', `${this.name}-${node}`.slice(0, 16), image])
+    }
+    // A loop device left attached to this image without its mount (a crash between the two) would be a
+    // second writer of the same file system: detach it first.
+    for (const dev of loopDevicesUnder(image)) await tryRun('losetup', ['-d', dev])
+    let device = ''
+    for (let attempt = 0; device === ''; attempt++) {
+      // Another process (another lab) may take the free device between the look-up and the attach: try again.
+      const r = await tryRun('losetup', ['--find', '--show', image])
+      if (r.code === 0) device = r.stdout.trim()
+      else if (attempt >= 5) throw new UserError(`cannot attach ${image} to a loop device: ${r.stderr.trim()}`, { exitCode: EXIT.osError, hint: '`losetup -a` lists the devices in use' })
+      else await new Promise(resolve => setTimeout(resolve, 200 * (attempt + 1)))
+    }
+    const m = await tryRun('mount', ['-t', 'ext4', device, dir])
+    if (m.code !== 0) {
+      await tryRun('losetup', ['-d', device])
+      throw new UserError(`cannot mount ${node}'s data disk (${image} on ${device}): ${m.stderr.trim()}`, { exitCode: EXIT.osError })
+    }
+  }
+
+  /** Detaches the loop devices of this lab's disk images, waiting for those a lazy unmount still holds. */
+  private async detachLoops (): Promise<void> {
+    const detach = async (): Promise<boolean> => {
+      const devices = loopDevicesUnder(this.stateDir)
+      // On a device still in use, `losetup -d` only marks it to detach itself once released.
+      for (const dev of devices) await tryRun('losetup', ['-d', dev])
+      return loopDevicesUnder(this.stateDir).length === 0
+    }
+    await waitUntilAsync(detach, 15_000, 'the lab\'s loop devices to detach').catch(() => {})
+  }
+
+  /** The node's data disk: its size, what is free (for root: nothing is reserved) and what `lab fill` holds. */
+  async disk (name: string): Promise<DiskView> {
+    const dir = this.diskDir(name)
+    const device = loopDevicesUnder(this.diskImage(name))[0] ?? null
+    if (!isMountPoint(dir)) return { mounted: false, device, bytes: 0, free: 0, filler: 0 }
+    const s = await statfs(dir)
+    return { mounted: true, device, bytes: s.blocks * s.bsize, free: s.bavail * s.bsize, filler: await treeBytes(this.fillerDir(name)) }
+  }
+
+  /**
+   * Fills the node's data disk until `leave` bytes are free (0: full; every
+   * write of any process of the node then fails with ENOSPC). The space goes
+   * to files in a directory of its own at the disk's root (`lab-filler/`),
+   * apart from Docker's and the agent's data: `unfill` removes them and
+   * nothing else. Filling again adjusts to the new `leave`.
+   */
+  async fill (name: string, leave = 0): Promise<DiskView> {
+    await this.node(name)
+    if (!(Number.isSafeInteger(leave) && leave >= 0)) throw new UserError('--leave must be a number of bytes, 0 or more', { exitCode: EXIT.usage })
+    const dir = this.diskDir(name)
+    if (!isMountPoint(dir)) throw new UserError(`${name} has no data disk mounted at ${dir}`, { exitCode: EXIT.unavailable, hint: '`dcloud lab start` it, or make the lab again with `dcloud lab up`' })
+    const fillers = this.fillerDir(name)
+    await mkdir(fillers, { recursive: true, mode: 0o700 })
+    const free = async (): Promise<{ bytes: number, block: number }> => { const s = await statfs(dir); return { bytes: s.bavail * s.bsize, block: s.bsize } }
+    let f = await free()
+    if (f.bytes < leave) {
+      // Less free than asked to leave: give back filler space (the newest files first), then fill again to the mark.
+      for (const file of (await readdirSorted(fillers)).reverse()) {
+        await rm(join(fillers, file), { force: true })
+        f = await free()
+        if (f.bytes >= leave) break
+      }
+    }
+    // The bulk with fallocate: blocks allocated, nothing written, so the sparse image file stays small.
+    // ext4 needs a few blocks of its own for a big file's extents: on ENOSPC, ask for half as much.
+    let step = f.bytes - leave
+    let index = Math.max(-1, ...(await readdirSorted(fillers)).map(f => Number(/^fill-(\d+)$/.exec(f)?.[1] ?? -1))) + 1
+    while (f.bytes - leave >= f.block && step >= f.block) {
+      step = Math.min(step, f.bytes - leave)
+      step -= step % f.block
+      if (step < f.block) break
+      const file = join(fillers, `fill-${String(index).padStart(4, '0')}`)
+      const r = await tryRun('fallocate', ['-l', String(step), file])
+      if (r.code !== 0) {
+        await rm(file, { force: true })
+        step = Math.floor(step / 2)
+      } else {
+        index++
+      }
+      f = await free()
+    }
+    // The last blocks (fewer than a big file's extent tree needs) by writing, until the disk refuses.
+    if (f.bytes > leave) await writeUntilFull(join(fillers, `fill-${String(index).padStart(4, '0')}`), f.bytes - leave, f.block)
+    return await this.disk(name)
+  }
+
+  /** Removes what `lab fill` wrote on the node's disk. */
+  async unfill (name: string): Promise<DiskView> {
+    await this.node(name)
+    await rm(this.fillerDir(name), { recursive: true, force: true })
+    return await this.disk(name)
   }
 
   private async createNodeNetwork (n: LabNode): Promise<void> {
@@ -357,7 +499,7 @@ export class Lab {
     // nsenter --net only: `ip netns exec` remounts /sys and dockerd then finds no cgroups.
     return spawnDetached('nsenter', [
       `--net=/run/netns/${this.nodeNs(n.name)}`, '--', 'dockerd',
-      '--data-root', join(this.nodeDir(n.name), 'docker'),
+      '--data-root', this.dockerRoot(n.name),
       '--exec-root', join(run, 'exec'),
       '--pidfile', join(run, 'docker.pid'),
       '--host', `unix://${this.dockerSocket(n.name)}`,
@@ -394,10 +536,10 @@ export class Lab {
     let log = ''
     try { log = await readFile(join(this.nodeDir(n.name), 'dockerd.log'), 'utf8') } catch {}
     if (!/panic: runtime error[\s\S]*reservePools/.test(log.slice(-20_000))) return false
-    const store = join(this.nodeDir(n.name), 'docker', 'network', 'files', 'local-kv.db')
+    const store = join(this.dockerRoot(n.name), 'network', 'files', 'local-kv.db')
     if (!existsSync(store)) return false
     await rename(store, `${store}.crashed-${Date.now()}`)
-    await this.unmountNode(n.name)
+    await this.unmountNode(n.name, { keepDisk: true })
     return true
   }
 
@@ -421,13 +563,14 @@ export class Lab {
     }, timeoutMs, `the agent of ${n.name}`)
   }
 
-  private async unmountNode (node: string): Promise<void> {
+  /** Unmounts what dockerd mounted for the node and, unless `keepDisk`, the node's data disk. */
+  private async unmountNode (node: string, opts: { keepDisk?: boolean } = {}): Promise<void> {
     await this.unmountUnder(this.nodeRunDir(node))
-    await this.unmountUnder(this.nodeDir(node))
+    await this.unmountUnder(this.nodeDir(node), opts.keepDisk === true ? [this.diskDir(node)] : [])
   }
 
-  private async unmountUnder (dir: string): Promise<void> {
-    for (const mount of mountsUnder(dir)) {
+  private async unmountUnder (dir: string, keep: string[] = []): Promise<void> {
+    for (const mount of mountsUnder(dir).filter(m => !keep.includes(m))) {
       if ((await tryRun('umount', [mount])).code !== 0) await tryRun('umount', ['-l', mount])
     }
   }
@@ -435,7 +578,7 @@ export class Lab {
 
 export function checkPrerequisites (): void {
   if (process.getuid?.() !== 0) throw new UserError('the lab needs root (network namespaces and dockerd)', { exitCode: EXIT.noPermission, hint: 'run it as root, e.g. `sudo npx dcloud lab up`' })
-  const missing = [['ip', 'iproute2'], ['nsenter', 'util-linux'], ['dockerd', 'docker.io'], ['nft', 'nftables'], ['busybox', 'busybox-static'], ['docker', 'docker.io']]
+  const missing = [['ip', 'iproute2'], ['nsenter', 'util-linux'], ['fallocate', 'util-linux'], ['losetup', 'mount'], ['mkfs.ext4', 'e2fsprogs'], ['dockerd', 'docker.io'], ['nft', 'nftables'], ['busybox', 'busybox-static'], ['docker', 'docker.io']]
     .filter(([cmd]) => !onPath(cmd ?? ''))
   if (missing.length > 0) {
     throw new UserError(`the lab needs ${missing.map(m => m[0]).join(', ')}`, {
@@ -520,12 +663,88 @@ export function mountsUnder (dir: string): string[] {
   return [...new Set(points)].sort((a, b) => b.length - a.length)
 }
 
-/** What a lab that is down must not leave: processes in its namespaces, namespaces, mounts. */
+/** What a lab that is down must not leave: processes in its namespaces, namespaces, mounts, loop devices. */
 export function leftovers (lab: Lab): string[] {
   const found: string[] = []
   for (const ns of listNetns()) if (ns.startsWith(`dcl-${lab.name}-`)) found.push(`namespace ${ns}`)
   for (const m of [...mountsUnder(lab.runDir), ...mountsUnder(lab.stateDir)]) found.push(`mount ${m}`)
+  for (const dev of loopDevicesUnder(lab.stateDir)) found.push(`loop device ${dev}`)
   return found
+}
+
+/**
+ * Loop devices whose backing file is `path` or lies under it, from
+ * /sys/block/loopN/loop/backing_file (the kernel appends " (deleted)" to a
+ * file removed while attached).
+ */
+export function loopDevicesUnder (path: string): string[] {
+  const prefix = path.endsWith('/') ? path : `${path}/`
+  const found: string[] = []
+  let entries: string[] = []
+  try { entries = readdirSync('/sys/block') } catch {}
+  for (const dev of entries.filter(e => /^loop\d+$/.test(e))) {
+    let backing: string
+    try { backing = readFileSync(`/sys/block/${dev}/loop/backing_file`, 'utf8').trim().replace(/ \(deleted\)$/, '') } catch { continue }
+    if (backing === path || backing.startsWith(prefix)) found.push(`/dev/${dev}`)
+  }
+  return found.sort()
+}
+
+function isMountPoint (dir: string): boolean {
+  return mountsUnder(dir).includes(dir)
+}
+
+/** Sizes as people write them: `4G`, `512M`, `1.5GiB`, `1000000` (binary units, bytes without one). */
+export function parseSize (text: string, what: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$/i.exec(text)
+  if (m === null) throw new UserError(`${what} '${text}' is not a size`, { exitCode: EXIT.usage, hint: 'e.g. 4G, 512M, 100K or a number of bytes' })
+  const unit = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[(m[2] ?? '').toUpperCase() as '' | 'K' | 'M' | 'G' | 'T']
+  return Math.floor(Number(m[1]) * unit)
+}
+
+export function formatBytes (n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let i = 0
+  let v = n
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
+  return `${i === 0 ? v : v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`
+}
+
+async function readdirSorted (dir: string): Promise<string[]> {
+  try { return (await readdir(dir)).sort() } catch { return [] }
+}
+
+/** Bytes allocated to the files directly in `dir` (what the filler holds). */
+async function treeBytes (dir: string): Promise<number> {
+  let total = 0
+  for (const name of await readdirSorted(dir)) {
+    try { total += (await stat(join(dir, name))).blocks * 512 } catch {}
+  }
+  return total
+}
+
+/** Writes zeros to a new file until `bytes` are written or the file system says ENOSPC; fsyncs what it wrote. */
+async function writeUntilFull (file: string, bytes: number, block: number): Promise<void> {
+  const handle = await open(file, 'wx', 0o600)
+  const zeros = Buffer.alloc(64 * block)
+  try {
+    let left = bytes
+    let size = zeros.length
+    while (left > 0 && size >= block) {
+      const n = Math.min(size, left)
+      try {
+        const { bytesWritten } = await handle.write(zeros, 0, n)
+        left -= bytesWritten
+        if (bytesWritten < n) size = Math.floor(size / 2)
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err
+        size = Math.floor(size / 2)
+      }
+    }
+    await handle.sync().catch(() => {})
+  } finally {
+    await handle.close()
+  }
 }
 
 async function waitUntilAsync (check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {

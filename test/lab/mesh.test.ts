@@ -3,12 +3,12 @@
  * dockerd and agent, finding each other by mDNS with nothing but the shared key.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { readFile, writeFile, mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { LabHandle, dcloud, waitFor } from './harness.ts'
-import { leftovers } from '../../scripts/lab/lab.ts'
+import { DCLOUD, LabHandle, dcloud, waitFor } from './harness.ts'
+import { leftovers, loopDevicesUnder } from '../../scripts/lab/lab.ts'
 import { newClusterKey } from '../../agent/mesh/cluster-key.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
 import { DEFAULT_HEARTBEAT_MS, DEFAULT_LIVENESS } from '../../scheduler/liveness.ts'
@@ -147,9 +147,14 @@ describe('agent mesh in the lab', () => {
 
   it('marks a killed node dead within the documented window, and alive again with the same id after restart', async () => {
     const n3 = (await lab.status('n3')).self
+    const disk = await lab.lab.disk('n3')
+    expect(disk.mounted).toBe(true)
     const window = DEFAULT_LIVENESS.deadAfterIntervals * DEFAULT_HEARTBEAT_MS
     const killedAt = performance.now()
     await lab.cmd('kill', 'n3')
+    // A dead machine keeps its disk: still mounted, on the same loop device.
+    expect((await lab.lab.disk('n3')).device).toBe(disk.device)
+    expect((await lab.lab.disk('n3')).mounted).toBe(true)
     for (const node of ['n1', 'n2']) {
       await waitFor(async () => (await lab.view(node)).n3 === 'dead' ? true : undefined, 15_000, `${node} to declare n3 dead`, 50)
     }
@@ -164,6 +169,7 @@ describe('agent mesh in the lab', () => {
     }
     expect((await lab.status('n3')).self).toBe(n3)
     expect((await lab.status('n1')).nodes.find(n => n.name === 'n3')?.id).toBe(n3)
+    expect((await lab.lab.disk('n3')).device).toBe(disk.device)
   })
 
   it('a partition cuts the groups apart, and healing rejoins them', async () => {
@@ -180,17 +186,41 @@ describe('agent mesh in the lab', () => {
     expect(ms).toBeLessThan(20_000)
   })
 
-  it('lab down leaves nothing running or mounted', async () => {
+  it('lab down leaves nothing running, mounted or attached, also after a killed `lab up`', async () => {
     const state = await lab.lab.state()
     const pids = state.nodes.flatMap(n => [n.agentPid, n.dockerdPid]).filter((p): p is number => p !== null)
+    // Each node's Docker and agent data live on a disk of its own, each on its own loop device.
+    const disks = await Promise.all(state.nodes.map(async n => await lab.lab.disk(n.name)))
+    expect(disks.filter(d => d.mounted && d.device !== null)).toHaveLength(state.nodes.length)
+    expect(new Set(disks.map(d => d.device)).size).toBe(state.nodes.length)
+    expect(loopDevicesUnder(lab.lab.stateDir)).toHaveLength(state.nodes.length)
     await lab.down()
     expect(leftovers(lab.lab)).toEqual([])
+    const nothingOf = async (): Promise<void> => {
+      const losetup = await new Promise<string>((resolve) => { execFile('losetup', ['-a'], (_e, out) => { resolve(String(out)) }) })
+      expect(losetup).not.toContain(lab.lab.stateDir)
+      const mounts = await readFile('/proc/mounts', 'utf8')
+      expect(mounts).not.toContain(lab.lab.stateDir)
+      expect(mounts).not.toContain(lab.lab.runDir)
+    }
+    await nothingOf()
     const { isRunning } = await import('../../scripts/lab/lab.ts')
     expect(pids.filter(isRunning)).toEqual([])
     const ns = await new Promise<string>((resolve) => { execFile('ip', ['netns', 'list'], (_e, out) => { resolve(String(out)) }) })
     expect(ns).not.toMatch(/dcl-tmesh-/)
     const again = await dcloud(['lab', '--lab', 'tmesh', 'ls'])
     expect(again.code).toBe(69)
+
+    // `lab up` killed once its disks are attached and mounted (our own child, by its pid): down clears it all.
+    const up = spawn(DCLOUD, ['lab', '--lab', 'tmesh', 'up', '--nodes', '2'], { stdio: 'ignore' })
+    const exited = new Promise(resolve => { up.on('close', resolve) })
+    await waitFor(async () => loopDevicesUnder(lab.lab.stateDir).length === 2 && (await lab.lab.disk('n2')).mounted ? true : undefined, 60_000, 'the killed run\'s disks', 20)
+    up.kill('SIGKILL')
+    await exited
+    expect(leftovers(lab.lab).length).toBeGreaterThan(0)
+    await lab.down()
+    expect(leftovers(lab.lab)).toEqual([])
+    await nothingOf()
     // afterAll's down must find nothing to do and still succeed.
     await lab.up(1)
   })

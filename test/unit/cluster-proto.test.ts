@@ -64,6 +64,9 @@ describe('sync operations name the snapshot to stage', () => {
     expect(decodeOpRequest(base).op).toEqual({ kind: 'sync', name: 'notes', from, snapshot: null })
     expect(decodeOpRequest({ ...base, op: { ...base.op, snapshot: 'abcdef12' } }).op).toEqual({ kind: 'sync', name: 'notes', from, snapshot: 'abcdef12' })
     expect(() => decodeOpRequest({ ...base, op: { ...base.op, snapshot: '../x' } })).toThrow(/snapshot/)
+    // The room a move's restore needs on the target: optional, a non-negative integer.
+    expect(decodeOpRequest({ ...base, op: { ...base.op, restoreBytes: 83886080 } }).op).toEqual({ kind: 'sync', name: 'notes', from, snapshot: null, restoreBytes: 83886080 })
+    for (const bad of [-1, 1.5, '10', Number.MAX_SAFE_INTEGER * 2]) expect(() => decodeOpRequest({ ...base, op: { ...base.op, restoreBytes: bad } })).toThrow(/restoreBytes/)
   })
 })
 
