@@ -237,6 +237,36 @@ export class Lab {
     opts.progress(`${name} is up`)
   }
 
+  /**
+   * Stops only NODE's dockerd, as an upgrade or a crash-restart would: SIGTERM,
+   * so it stops its containers (10 s each at most) and containerd, then exits
+   * and removes its pid file. The agent and the link stay up.
+   */
+  async stopDockerd (name: string, timeoutMs = 60_000): Promise<void> {
+    const state = await this.state()
+    const node = state.nodes.find(n => n.name === name)
+    if (node === undefined) throw new UserError(`lab '${this.name}' has no node '${name}'`, { exitCode: EXIT.usage })
+    const pid = node.dockerdPid
+    if (pid !== null && isRunning(pid)) {
+      process.kill(pid, 'SIGTERM')
+      await waitUntil(() => !isRunning(pid), timeoutMs, `${name}'s dockerd to stop`)
+    }
+    node.dockerdPid = null
+    await this.save(state)
+  }
+
+  /** Starts NODE's dockerd again after `stopDockerd` (the agent was left running); returns once it answers. */
+  async restartDockerd (name: string): Promise<void> {
+    const state = await this.state()
+    const node = state.nodes.find(n => n.name === name)
+    if (node === undefined) throw new UserError(`lab '${this.name}' has no node '${name}'`, { exitCode: EXIT.usage })
+    if (node.state !== 'running') throw new UserError(`${name} is killed; \`lab start ${name}\` brings all of it back`, { exitCode: EXIT.usage })
+    if (node.dockerdPid !== null && isRunning(node.dockerdPid)) return
+    node.dockerdPid = await this.startDockerd(node)
+    await this.save(state)
+    await this.waitForDocker(node)
+  }
+
   /** Cuts the lab into groups that cannot reach each other; nodes named in no group keep all their links. */
   async partition (groups: string[][]): Promise<void> {
     const state = await this.state()

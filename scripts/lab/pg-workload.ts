@@ -250,6 +250,10 @@ export interface Pgbench {
   started: () => Promise<boolean>
   /** Ends the load at once, reporting nothing (a test's cleanup); no-op after `wait`. */
   cancel: () => Promise<void>
+  /** Whether its container still runs (false: gone, e.g. with its node; null: the engine did not answer). */
+  containerRunning: () => Promise<boolean | null>
+  /** Asks it to stop early: no new run starts; the one under way is given `graceMs`, then stopped. `wait` reports what was done. */
+  finish: (graceMs?: number) => Promise<void>
 }
 
 /** Reads one run's report; a run killed before it printed one counts nothing. */
@@ -297,6 +301,15 @@ export async function startPgbench (lab: Lab, clientNode: string, host: string, 
       const processed = runs.reduce((sum, r) => sum + r.processed, 0)
       await rm(dir, { recursive: true, force: true })
       return { processed, runs, seconds, tps: seconds > 0 ? processed / seconds : 0 }
+    },
+    containerRunning: async () => {
+      const r = await docker(lab, clientNode, ['inspect', '--format', '{{.State.Running}}', name], 10_000)
+      if (r.code === 0) return r.stdout.trim() === 'true'
+      return /no such (object|container)/i.test(r.stderr) ? false : null
+    },
+    finish: async (graceMs = 20_000) => {
+      await writeFile(join(dir, 'stop'), '')
+      if ((await docker(lab, clientNode, ['wait', name], graceMs)).code !== 0) await docker(lab, clientNode, ['stop', '-t', '5', name], 30_000)
     },
     cancel: async () => {
       if (finished) return
