@@ -79,7 +79,8 @@ export class DockerObserver {
     while (!this.stopped) {
       try {
         const since = this.lastEventSec.get(node) ?? this.startSec
-        const stream = await this.docker(node).getEvents({ since, filters: JSON.stringify({ type: ['container'], label: [LABELS.app] }) } as object)
+        // A client without a request timeout: the stream is quiet for long stretches.
+        const stream = await new Docker({ socketPath: this.lab.dockerSocket(node) }).getEvents({ since, filters: JSON.stringify({ type: ['container'], label: [LABELS.app] }) } as object)
         this.streams.set(node, stream)
         await new Promise<void>((resolve) => {
           let buf = ''
