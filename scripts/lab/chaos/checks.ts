@@ -288,7 +288,7 @@ export function findUnkeptCopies (app: string, acks: Ack[], present: (id: string
 /** Where each app's containers run, as every node's Docker said at `at`. */
 export interface PlacementSample {
   at: number
-  /** app -> nodes running a copy (not paused). */
+  /** app -> nodes running a copy (paused or not). */
   running: Record<string, string[]>
   /** Nodes whose agent and dockerd run and whose link is up. */
   live: string[]

@@ -151,7 +151,8 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
       const up = await nodeUp()
       const poll = await observer.poll()
       const running: Record<string, string[]> = {}
-      for (const c of poll.containers) if (c.running && !c.paused) running[c.app] = [...(running[c.app] ?? []), c.node].sort()
+      // Placed copies, paused ones included (a snapshot pauses its app for a second): the one-copy check judges pauses itself.
+      for (const c of poll.containers) if (c.running) running[c.app] = [...new Set([...(running[c.app] ?? []), c.node])].sort()
       const s = await lab.state()
       const live = s.nodes.filter(n => n.state === 'running' && n.agentPid !== null && isRunning(n.agentPid) && !isStopped(n.agentPid) && n.dockerdPid !== null && isRunning(n.dockerdPid)).map(n => n.name)
       samples.push({ at: poll.at, running, live })
