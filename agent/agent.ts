@@ -28,7 +28,8 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { join } from 'node:path'
 import type { AppReport } from '../proto/status.ts'
 import type { AppActual } from '../proto/runtime.ts'
-import { AGENT_VERSION, paths } from './config.ts'
+import { AGENT_VERSION, paths, runtimeDir } from './config.ts'
+import { NodeLease } from './fence/lease.ts'
 import type { Logger } from './util/log.ts'
 import type { MetricsResponse, NodeView, StatusResponse } from '../proto/api.ts'
 import type { NodeResources, NodeStatus } from '../proto/status.ts'
@@ -80,6 +81,7 @@ export class Agent implements ApiBackend {
   private coordinator: Coordinator | undefined
   private election: ElectionDriver | undefined
   private replicator: Replicator | undefined
+  private lease: NodeLease | undefined
   private store: DesiredStore | undefined
   /** DATA_DIR/backups: backup files through the API (ApiBackend). */
   readonly backups: BackupFiles
@@ -99,6 +101,8 @@ export class Agent implements ApiBackend {
     const { opts, log } = this
     const p = paths(opts.dataDir)
     await mkdir(opts.dataDir, { recursive: true, mode: 0o700 })
+    // The API socket and the fencing lease live here (/run/dcloud for the system agent).
+    await mkdir(runtimeDir(opts.dataDir), { recursive: true, mode: 0o750 })
     await this.backups.start()
 
     if (opts.keyFile === p.keyFile && !existsSync(p.keyFile)) {
@@ -112,7 +116,8 @@ export class Agent implements ApiBackend {
     const intervalMs = opts.heartbeatMs ?? DEFAULT_HEARTBEAT_MS
 
     const docker = dockerFromEnv(opts.dockerHost)
-    const runtime = new AppRuntime({ docker, log: log.child('runtime') })
+    // Stateful containers start only while this node holds its fencing lease (agent/fence/).
+    const runtime = new AppRuntime({ docker, log: log.child('runtime'), mayStartStateful: () => this.lease?.holds === true ? null : 'this node does not see the cluster\'s majority (its fencing lease is not held)' })
     const store = new DesiredStore(opts.dataDir, log.child('desired'))
     await store.load()
     this.store = store
@@ -177,6 +182,9 @@ export class Agent implements ApiBackend {
     await this.coordinator.start()
     await this.replicator.start()
     await this.election.start()
+    const election = this.election
+    this.lease = new NodeLease({ dir: runtimeDir(opts.dataDir), node: opts.name, entitled: () => election.seesQuorum(), log: log.child('fence') })
+    this.lease.start()
     this.gossip.start()
     log.info('agent listening', { name: opts.name, peerId: mesh.peerId.toString(), addrs: mesh.listenAddrs(), mdns: opts.mdns })
 
@@ -221,6 +229,7 @@ export class Agent implements ApiBackend {
     this.timers = []
     this.gossip?.stop()
     await this.api?.stop()
+    this.lease?.stop()
     await this.election?.stop()
     await this.replicator?.stop()
     await this.coordinator?.stop()

@@ -26,7 +26,9 @@ export const LABELS = {
   /** Stateful apps: the data generation the container was started with (DesiredApp.generation). */
   generation: 'dcloud.generation',
   /** On volumes of an app with a storage: the node directory their data is in (AppStorage.hostPath). */
-  hostPath: 'dcloud.host-path'
+  hostPath: 'dcloud.host-path',
+  /** On containers of stateful apps: the node's watchdog stops them when the agent's lease lapses (agent/fence/). */
+  fence: 'dcloud.fence'
 } as const
 
 export type AppRunState = 'running' | 'starting' | 'stopped' | 'failed'

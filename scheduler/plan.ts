@@ -114,6 +114,12 @@ export function plan (input: PlanInput): Plan {
         continue
       }
       const reason = refusal ?? 'not a member of the cluster'
+      if (stateful && here !== undefined && here.node.unavailable != null) {
+        // Its data is on that node and nobody can take it from there now (a move starts with a
+        // snapshot there): it waits for the node rather than starting over from an older snapshot.
+        waiting.push({ app: app.name, node: need.current, reason: `stateful: waits for ${name(need.current)}, where its data is: ${here.node.unavailable}` })
+        continue
+      }
       const c = choose(app, usage, input, need.current)
       rejections[app.name] = [{ node: need.current, reason }, ...c.rejections]
       if (c.chosen === null) {

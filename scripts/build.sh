@@ -6,13 +6,19 @@
 # source file is newer; the build takes a fraction of a second.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
-out="$root/dist/dcloud.mjs"
 mkdir -p "$root/dist"
-tmp="$out.$$.tmp"
-trap 'rm -f "$tmp"' EXIT
-"$root/node_modules/.bin/esbuild" "$root/agent/cli/main.ts" \
-  --bundle --platform=node --format=esm --target=node22 --minify --log-level=warning \
-  --alias:ssh2="$root/agent/runtime/no-ssh.ts" --external:cpu-features \
-  --banner:js="import { createRequire as __dcloudRequire } from 'node:module'; const require = __dcloudRequire(import.meta.url);" \
-  --outfile="$tmp"
-mv -f "$tmp" "$out"
+# bundle ENTRY OUT: one minified ES module, written atomically.
+bundle() {
+  tmp="$2.$$.tmp"
+  trap 'rm -f "$tmp"' EXIT
+  "$root/node_modules/.bin/esbuild" "$1" \
+    --bundle --platform=node --format=esm --target=node22 --minify --log-level=warning \
+    --alias:ssh2="$root/agent/runtime/no-ssh.ts" --external:cpu-features \
+    --banner:js="import { createRequire as __dcloudRequire } from 'node:module'; const require = __dcloudRequire(import.meta.url);" \
+    --outfile="$tmp"
+  mv -f "$tmp" "$2"
+}
+# The watchdog first: bin/dcloud rebuilds when a source is newer than dcloud.mjs, written last.
+# It is a bundle of its own so that it loads a few kilobytes, not the agent's libp2p.
+bundle "$root/agent/fence/watchdog-main.ts" "$root/dist/watchdog.mjs"
+bundle "$root/agent/cli/main.ts" "$root/dist/dcloud.mjs"

@@ -16,8 +16,10 @@ set -euo pipefail
 PREFIX=/opt/dcloud
 DATA_DIR=/var/lib/dcloud
 CONF_DIR=/etc/dcloud
-UNIT=/etc/systemd/system/dcloud.service
-WANTS=/etc/systemd/system/multi-user.target.wants/dcloud.service
+UNIT_DIR=/etc/systemd/system
+# The agent, and the watchdog that fences its stateful apps when the agent is gone (docs/snapshots.md).
+UNITS="dcloud.service dcloud-watchdog.service"
+UNIT=$UNIT_DIR/dcloud.service
 LINK=/usr/local/bin/dcloud
 USER_NAME=dcloud
 KEY_HEADER='/key/swarm/psk/1.0.0/'
@@ -79,10 +81,12 @@ systemd_running() { [ "$NO_START" -eq 0 ] && [ -d /run/systemd/system ]; }
 
 # --- uninstall ---------------------------------------------------------------
 if [ "$UNINSTALL" -eq 1 ]; then
-  if systemd_running; then systemctl disable --now dcloud.service 2>/dev/null || true
-  elif [ -e "$UNIT" ] && command -v systemctl >/dev/null; then systemctl disable dcloud.service 2>/dev/null || true
-  fi
-  rm -f "$WANTS" "$UNIT"
+  for u in $UNITS; do
+    if systemd_running; then systemctl disable --now "$u" 2>/dev/null || true
+    elif [ -e "$UNIT_DIR/$u" ] && command -v systemctl >/dev/null; then systemctl disable "$u" 2>/dev/null || true
+    fi
+    rm -f "$UNIT_DIR/multi-user.target.wants/$u" "$UNIT_DIR/$u"
+  done
   systemd_running && systemctl daemon-reload
   [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$PREFIX/bin/dcloud" ] && rm -f "$LINK"
   rm -rf "$PREFIX" "$PREFIX.new" "$PREFIX.old"
@@ -285,19 +289,25 @@ if [ -n "$WANT_CONF" ] && [ "$(cat "$CONF" 2>/dev/null || true)" != "$WANT_CONF"
 fi
 
 # --- 5. the service ----------------------------------------------------------------
-if ! cmp -s "$PREFIX/scripts/systemd/dcloud.service" "$UNIT"; then
-  install -m 0644 "$PREFIX/scripts/systemd/dcloud.service" "$UNIT"
-  changed "installed $UNIT"
-fi
-if [ ! -L "$WANTS" ]; then
-  # Works without a running systemd (in a chroot) too: it only makes the symlink.
-  systemctl enable dcloud.service 2>/dev/null || { mkdir -p "$(dirname "$WANTS")"; ln -sfn "$UNIT" "$WANTS"; }
-  say "enabled dcloud.service (it starts at boot)"
-fi
+for u in $UNITS; do
+  if ! cmp -s "$PREFIX/scripts/systemd/$u" "$UNIT_DIR/$u"; then
+    install -m 0644 "$PREFIX/scripts/systemd/$u" "$UNIT_DIR/$u"
+    changed "installed $UNIT_DIR/$u"
+  fi
+  wants=$UNIT_DIR/multi-user.target.wants/$u
+  if [ ! -L "$wants" ]; then
+    # Works without a running systemd (in a chroot) too: it only makes the symlink.
+    systemctl enable "$u" 2>/dev/null || { mkdir -p "$(dirname "$wants")"; ln -sfn "$UNIT_DIR/$u" "$wants"; }
+    say "enabled $u (it starts at boot)"
+  fi
+done
 
 if systemd_running; then
   systemctl daemon-reload
   systemctl is-active --quiet docker.service || systemctl enable --now docker.service || say "warning: Docker did not start; see: journalctl -u docker"
+  if [ "$CHANGED" -eq 1 ] || ! systemctl is-active --quiet dcloud-watchdog.service; then
+    systemctl restart dcloud-watchdog.service
+  fi
   if [ "$CHANGED" -eq 1 ] || ! systemctl is-active --quiet dcloud.service; then
     systemctl restart dcloud.service
     say "started dcloud.service; see it with: sudo dcloud status   (logs: journalctl -u dcloud -f)"

@@ -217,6 +217,7 @@ export class Coordinator {
 
   private async deploy (app: DesiredApp, term: number, signal: AbortSignal, restored: boolean): Promise<void> {
     const { runtime, log } = this.init
+    if (isStateful(app.manifest)) await this.confirmGeneration(app, signal)
     log.info('deploying app', { app: app.name, revision: app.revision, generation: app.generation ?? 1, term })
     await runtime.deploy(app, {
       term,
@@ -225,6 +226,26 @@ export class Coordinator {
       fetchImage: async (ref, sig) => { await this.fetchImage(ref, sig) },
       progress: (line) => { log.info(line, { app: app.name }) }
     })
+  }
+
+  /**
+   * A stateful app starts only on the data generation the cluster committed:
+   * the leader's operation says which, and this node's own copy of the
+   * committed log must agree (a majority holds it). The commit can reach this
+   * node a moment after the operation does, so it waits a little for it.
+   */
+  private async confirmGeneration (app: DesiredApp, signal: AbortSignal): Promise<void> {
+    const wanted = app.generation ?? 1
+    const deadline = Date.now() + 5000
+    for (;;) {
+      const committed = this.init.store.current().apps.find(a => a.name === app.name)
+      const generation = committed === undefined ? null : committed.generation ?? 1
+      if (generation === wanted) return
+      if ((generation !== null && generation > wanted) || Date.now() > deadline || signal.aborted) {
+        throw new RpcError('conflict', `${app.name} is not started at data generation ${wanted}: the committed state here says ${generation === null ? 'it is not installed' : `generation ${generation}`}`)
+      }
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
   }
 
   /** Two apps deploying at once on this node and needing the same image share one transfer. */

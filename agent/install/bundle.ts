@@ -3,7 +3,8 @@
  * the agent, for one CPU architecture, so that installing on a Pi or a server
  * needs no npm and no network for the agent itself:
  *
- *   dcloud/bin/dcloud, dist/dcloud.mjs   the CLI and agent as one file (scripts/build.sh)
+ *   dcloud/bin/dcloud, dist/dcloud.mjs   the CLI and agent as one file (scripts/build.sh),
+ *   dist/watchdog.mjs                    and the fencing watchdog as another
  *   dcloud/scripts/, docs/, apps/, package.json   the installer, units, first-boot files, catalog
  *   dcloud/node_modules/node-linux-ARCH/bin/node  Node 24 for that CPU
  *   dcloud/BUNDLE                  name, version, arch, node version, layout
@@ -39,6 +40,8 @@ const COMMON_DIRS = ['bin', 'scripts', 'docs', 'apps', 'web']
 const SOURCE_DIRS = ['agent', 'proto', 'scheduler']
 const SOURCE_FILES = ['package.json', 'package-lock.json', 'LICENSE', 'README.md']
 const SINGLE_FILE = join('dist', 'dcloud.mjs')
+/** The fencing watchdog, bundled apart (scripts/build.sh). */
+const WATCHDOG_FILE = join('dist', 'watchdog.mjs')
 const SKIP_IN_SOURCES = new Set(['node_modules', '.git', '.cache', 'dist-test'])
 
 export type BundleArch = 'amd64' | 'arm64'
@@ -122,6 +125,7 @@ export async function makeBundle (opts: BundleOptions): Promise<BundleInfo> {
       }
       await mkdir(join(dest, 'dist'))
       await copyFile(join(root, SINGLE_FILE), join(dest, SINGLE_FILE))
+      await copyFile(join(root, WATCHDOG_FILE), join(dest, WATCHDOG_FILE))
     } else {
       progress(`no esbuild in ${root}: bundling the sources and their node_modules`)
       for (const d of SOURCE_DIRS) {

@@ -38,6 +38,21 @@ const PULL_IDLE_MS = 15_000
 export interface AppRuntimeInit {
   docker: Docker
   log: Logger
+  /**
+   * Whether this node may start a stateful app's container now (the node
+   * holds its fencing lease: agent/fence/lease.ts); null to allow, or why not.
+   * Absent: always allowed (tests of the runtime alone).
+   */
+  mayStartStateful?: () => string | null
+}
+
+/** A stateful container was not started: this node does not hold its fencing lease. */
+export class FencedError extends UserError {
+  override name = 'FencedError'
+
+  constructor (app: string, why: string) {
+    super(`${app} is not started here: ${why}`, { exitCode: EXIT.tempFail, hint: 'the node starts it again once it sees the cluster\'s majority (or the app runs elsewhere by then)' })
+  }
 }
 
 export interface DeployOptions {
@@ -250,9 +265,19 @@ export class AppRuntime {
   /** One operation per app at a time: a deploy and a remove of the same app must not interleave. */
   private readonly locks = new Map<string, Promise<unknown>>()
 
+  private readonly mayStartStateful: () => string | null
+
   constructor (init: AppRuntimeInit) {
     this.docker = init.docker
     this.log = init.log
+    this.mayStartStateful = init.mayStartStateful ?? (() => null)
+  }
+
+  /** Throws FencedError when a stateful app may not start here now. */
+  private checkFence (app: string, stateful: boolean): void {
+    if (!stateful) return
+    const refusal = this.mayStartStateful()
+    if (refusal !== null) throw new FencedError(app, refusal)
   }
 
   private async exclusive<T> (app: string, fn: () => Promise<T>): Promise<T> {
@@ -330,6 +355,9 @@ export class AppRuntime {
           continue
         }
         say(`${service}: unchanged, starting it`)
+        this.checkFence(app.name, isStatefulApp(app))
+        // Containers made before stateful apps were started only by the agent carry a restart policy: drop it.
+        if (isStatefulApp(app)) await this.docker.getContainer(keep.Id).update({ RestartPolicy: { Name: 'no', MaximumRetryCount: 0 }, abortSignal: signal } as object)
         try {
           await this.startContainer(app.name, service, keep.Id, keep.State === 'paused', signal)
           continue
@@ -343,6 +371,7 @@ export class AppRuntime {
       }
       say(`${service}: creating ${containerName(app.name, service)}`)
       const id = await this.createContainer(app, service, svc, hash, net, opts)
+      this.checkFence(app.name, isStatefulApp(app))
       await this.startContainer(app.name, service, id, false, signal)
     }
     const actual = (await this.list(signal)).find(a => a.app === app.name)
@@ -514,8 +543,19 @@ export class AppRuntime {
     })
   }
 
-  /** Unpauses (or starts again) the containers `quiesce` froze. */
+  /**
+   * Unpauses (or starts again) the containers `quiesce` froze: only apps with
+   * volumes are quiesced, so a start needs the fencing lease. Without it they
+   * stay stopped, and the leader decides where the app runs next.
+   */
   async resume (appName: string, ids: string[], how: 'pause' | 'stop', signal: AbortSignal): Promise<void> {
+    if (how === 'stop') {
+      const refusal = this.mayStartStateful()
+      if (refusal !== null) {
+        this.log.warn('not starting a stateful app again after its snapshot: this node is fenced', { app: appName, reason: refusal })
+        return
+      }
+    }
     for (const id of ids) {
       try {
         if (how === 'pause') await this.docker.getContainer(id).unpause({ abortSignal: signal })
@@ -684,7 +724,9 @@ export class AppRuntime {
         [LABELS.revision]: String(app.revision),
         [LABELS.term]: String(opts.term),
         [LABELS.spec]: hash,
-        [LABELS.generation]: String(app.generation ?? 1)
+        [LABELS.generation]: String(app.generation ?? 1),
+        // The watchdog kills these when the agent's lease lapses (agent/fence/watchdog.ts).
+        ...(isStatefulApp(app) ? { [LABELS.fence]: '1' } : {})
       },
       ExposedPorts: exposed,
       ...(hc !== null
@@ -700,7 +742,9 @@ export class AppRuntime {
         : {}),
       HostConfig: {
         NetworkMode: network,
-        RestartPolicy: { Name: svc.restart },
+        // A stateful app's container is started only by the agent, after it confirmed it still owns
+        // the app's data (Docker restarting it on its own could make a second copy: docs/snapshots.md).
+        RestartPolicy: { Name: isStatefulApp(app) ? 'no' : svc.restart },
         PortBindings: bindings,
         Mounts: mounts,
         Binds: binds

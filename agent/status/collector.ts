@@ -156,11 +156,14 @@ export class ResourceCollector {
       if (this.dockerWasReachable !== true) this.log.info('docker engine reachable', { version: facts.version, root: facts.rootDir })
       this.dockerWasReachable = true
     } catch (err) {
-      if (this.dockerWasReachable !== false) this.log.warn('docker engine unreachable; reporting no apps', { error: (err as Error).message })
+      if (this.dockerWasReachable !== false) this.log.warn('docker engine unreachable; reporting its apps as failed until it answers', { error: (err as Error).message })
       this.dockerWasReachable = false
       next.dockerVersion = null
       next.apps = []
-      next.appStates = []
+      // Their containers are down with the engine, but their data is here: reporting them gone would
+      // have the leader restore a stateful app elsewhere from an older snapshot, losing what was
+      // written since. Failed, they wait for this engine (scheduler/plan.ts).
+      next.appStates = this.sample.appStates.map(a => ({ ...a, state: 'failed' as const }))
       next.containers = 0
     }
     next.diskFree = await this.freeBytes(this.dockerRoot ?? '/')

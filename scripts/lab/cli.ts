@@ -15,6 +15,8 @@ export const labHelp = `dcloud lab [--lab NAME] COMMAND
   exec NODE -- CMD ...           run CMD inside NODE (docker and dcloud talk to that node)
   kill NODE                      abrupt death: all of NODE's processes die, its link goes down
   start NODE [--agent-only]      bring a killed node back (same data, same id), or restart its agent
+  restart-docker NODE [--crash] [--down-ms MS]
+                                 restart only NODE's dockerd (stopped, or killed with --crash), agent and link up
   partition A,B C[,D] ...        cut the lab into groups that cannot reach each other
   heal                           undo the partition
   ls [--json]                    the lab's nodes
@@ -75,6 +77,14 @@ export async function labCommand (argv: string[]): Promise<number> {
       const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { 'agent-only': { type: 'boolean', default: false } } })
       if (positionals[0] === undefined) throw new UsageError('usage: dcloud lab start NODE [--agent-only]')
       await lab.start(positionals[0], { agentOnly: values['agent-only'], progress })
+      return 0
+    }
+    case 'restart-docker': {
+      const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { crash: { type: 'boolean', default: false }, 'down-ms': { type: 'string', default: '0' } } })
+      const downMs = Number(values['down-ms'])
+      if (positionals[0] === undefined || !Number.isInteger(downMs) || downMs < 0) throw new UsageError('usage: dcloud lab restart-docker NODE [--crash] [--down-ms MS]')
+      await lab.restartDockerd(positionals[0], { crash: values.crash, downMs })
+      progress(`${positionals[0]}'s dockerd restarted`)
       return 0
     }
     case 'partition':

@@ -39,6 +39,8 @@ export interface LabNode {
   state: 'running' | 'killed'
   dockerdPid: number | null
   agentPid: number | null
+  /** The node's fencing watchdog (agent/fence/watchdog.ts): it outlives the agent, not the node. */
+  watchdogPid?: number | null
   /** The agent's extra arguments, kept for restarts. */
   agentArgs: string[]
 }
@@ -155,7 +157,7 @@ export class Lab {
     const rootfs = await buildBusyboxRootfs(join(STATE_ROOT, 'images'))
     await Promise.all(withImages.map(async n => { await loadImageTar(this.dockerSocket(n.name), rootfs) }))
     opts.progress('starting agents')
-    for (const n of state.nodes) n.agentPid = await this.startAgent(n)
+    for (const n of state.nodes) { n.watchdogPid = this.startWatchdog(n); n.agentPid = await this.startAgent(n) }
     await this.save(state)
     await Promise.all(state.nodes.map(async n => { await this.waitForAgent(n) }))
     opts.progress(`lab '${this.name}' is up: ${names.join(', ')}`)
@@ -182,6 +184,7 @@ export class Lab {
     await this.save(state)
     await this.waitForDocker(node)
     if (opts.images !== false) await loadImageTar(this.dockerSocket(name), await buildBusyboxRootfs(join(STATE_ROOT, 'images')))
+    node.watchdogPid = this.startWatchdog(node)
     node.agentPid = await this.startAgent(node)
     await this.save(state)
     await this.waitForAgent(node)
@@ -196,11 +199,12 @@ export class Lab {
     const node = state.nodes.find(n => n.name === name)
     if (node === undefined) throw new UserError(`lab '${this.name}' has no node '${name}'`, { exitCode: EXIT.usage })
     await tryRun('ip', ['-n', this.nodeNs(name), 'link', 'set', 'eth0', 'down'])
-    killTree(pidsOfNode(this.nodeNs(name), [node.dockerdPid, node.agentPid]))
+    killTree(pidsOfNode(this.nodeNs(name), [node.dockerdPid, node.agentPid, node.watchdogPid ?? null]))
     await this.unmountNode(name)
     node.state = 'killed'
     node.agentPid = null
     node.dockerdPid = null
+    node.watchdogPid = null
     await this.save(state)
   }
 
@@ -230,6 +234,8 @@ export class Lab {
         await this.waitForDocker(node)
       }
     }
+    // An agent-only restart leaves the watchdog running: that is what it is for.
+    if (node.watchdogPid == null || !isRunning(node.watchdogPid)) node.watchdogPid = this.startWatchdog(node)
     node.agentPid = await this.startAgent(node)
     node.state = 'running'
     await this.save(state)
@@ -238,30 +244,20 @@ export class Lab {
   }
 
   /**
-   * Stops only NODE's dockerd, as an upgrade or a crash-restart would: SIGTERM,
-   * so it stops its containers (10 s each at most) and containerd, then exits
-   * and removes its pid file. The agent and the link stay up.
+   * Restarts only the node's dockerd (an upgrade, a crash of the engine): it
+   * stops, and its containers with it, while the agent, the watchdog and the
+   * link stay up. `crash` kills it (SIGKILL) instead of stopping it.
    */
-  async stopDockerd (name: string, timeoutMs = 60_000): Promise<void> {
+  async restartDockerd (name: string, opts: { crash?: boolean, downMs?: number } = {}): Promise<void> {
     const state = await this.state()
     const node = state.nodes.find(n => n.name === name)
     if (node === undefined) throw new UserError(`lab '${this.name}' has no node '${name}'`, { exitCode: EXIT.usage })
+    if (node.state !== 'running' || node.dockerdPid === null) throw new UserError(`${name} is not running`, { exitCode: EXIT.usage })
     const pid = node.dockerdPid
-    if (pid !== null && isRunning(pid)) {
-      process.kill(pid, 'SIGTERM')
-      await waitUntil(() => !isRunning(pid), timeoutMs, `${name}'s dockerd to stop`)
-    }
-    node.dockerdPid = null
-    await this.save(state)
-  }
-
-  /** Starts NODE's dockerd again after `stopDockerd` (the agent was left running); returns once it answers. */
-  async restartDockerd (name: string): Promise<void> {
-    const state = await this.state()
-    const node = state.nodes.find(n => n.name === name)
-    if (node === undefined) throw new UserError(`lab '${this.name}' has no node '${name}'`, { exitCode: EXIT.usage })
-    if (node.state !== 'running') throw new UserError(`${name} is killed; \`lab start ${name}\` brings all of it back`, { exitCode: EXIT.usage })
-    if (node.dockerdPid !== null && isRunning(node.dockerdPid)) return
+    if (isRunning(pid)) process.kill(pid, opts.crash === true ? 'SIGKILL' : 'SIGTERM')
+    await waitUntil(() => !isRunning(pid), 60_000, `${name}'s dockerd to stop`)
+    if (opts.crash === true) await this.unmountNode(name)
+    if ((opts.downMs ?? 0) > 0) await new Promise(resolve => setTimeout(resolve, opts.downMs))
     node.dockerdPid = await this.startDockerd(node)
     await this.save(state)
     await this.waitForDocker(node)
@@ -368,6 +364,11 @@ export class Lab {
       '--ip6tables=false',
       '--log-level', 'warn'
     ], join(this.nodeDir(n.name), 'dockerd.log'), process.env)
+  }
+
+  /** The node's fencing watchdog, in the node's namespace so that `lab kill` takes it with the node. */
+  private startWatchdog (n: LabNode): number {
+    return spawnDetached('nsenter', [`--net=/run/netns/${this.nodeNs(n.name)}`, '--', DCLOUD_BIN, 'watchdog'], join(this.nodeDir(n.name), 'watchdog.log'), this.nodeEnv(n.name))
   }
 
   private async startAgent (n: LabNode): Promise<number> {

@@ -323,6 +323,13 @@ export class LabWriters {
     return [...this.acks.values()].flat()
   }
 
+  /** The latest time a write was acknowledged (ms since epoch), or null for none. */
+  lastAckAt (): number | null {
+    let last: number | null = null
+    for (const a of this.acks.values()) for (const r of a) if (last === null || r.at > last) last = r.at
+    return last
+  }
+
   ackCount (): number {
     let n = 0
     for (const a of this.acks.values()) n += a.length

@@ -104,7 +104,8 @@ async function write (): Promise<void> {
     clientId,
     intervalMs: values.interval !== undefined ? Number(values.interval) : undefined,
     timeoutMs: values.timeout !== undefined ? Number(values.timeout) : undefined,
-    // The time and the URL that answered: a chaos run tells from them which copy acknowledged it.
+    // `at`: when the 201 arrived (the lab's one clock), to compare with containers' start and finish times;
+    // `u`: the app's address that answered, so a chaos run tells which copy acknowledged it.
     onAck: (r, url) => { emit({ t: 'ack', c: clientId, s: r.seq, at: Date.now(), u: url }) }
   }))
   for (const w of writers) w.start()

@@ -122,14 +122,20 @@ describe('scripts/install.sh in a clean Debian 12 chroot', () => {
     expect(await readlink(join(root, 'usr/local/bin/dcloud'))).toBe('/opt/dcloud/bin/dcloud')
     expect(await readlink(join(root, 'etc/systemd/system/multi-user.target.wants/dcloud.service'))).toBe('/etc/systemd/system/dcloud.service')
     expect(readFileSync(join(root, 'etc/systemd/system/dcloud.service'), 'utf8')).toBe(readFileSync(join(PROJECT_ROOT, 'scripts/systemd/dcloud.service'), 'utf8'))
+    // The fencing watchdog: its own unit, enabled beside the agent's, and its own bundle.
+    expect(await readlink(join(root, 'etc/systemd/system/multi-user.target.wants/dcloud-watchdog.service'))).toBe('/etc/systemd/system/dcloud-watchdog.service')
+    expect(readFileSync(join(root, 'etc/systemd/system/dcloud-watchdog.service'), 'utf8')).toBe(readFileSync(join(PROJECT_ROOT, 'scripts/systemd/dcloud-watchdog.service'), 'utf8'))
+    expect(existsSync(join(root, 'opt/dcloud/dist/watchdog.mjs'))).toBe(true)
+    const help = await inChroot(root, ['/usr/local/bin/dcloud', 'watchdog', '--help'])
+    expect(help.out).toMatch(/stops the node's stateful containers/)
     const version = await inChroot(root, ['/usr/local/bin/dcloud', 'version'])
     expect(version.out).toMatch(/^dcloud \d+\.\d+\.\d+/)
   }, 600_000)
 
-  it('leaves a unit that systemd-analyze verify accepts (and one it rejects when broken)', async () => {
-    const ok = await inChroot(root, ['systemd-analyze', 'verify', '/etc/systemd/system/dcloud.service'])
+  it('leaves units that systemd-analyze verify accepts (and one it rejects when broken)', async () => {
+    const ok = await inChroot(root, ['systemd-analyze', 'verify', '/etc/systemd/system/dcloud.service', '/etc/systemd/system/dcloud-watchdog.service'])
     expect(ok.code, ok.out).toBe(0)
-    expect(ok.out).not.toMatch(/dcloud\.service/)
+    expect(ok.out).not.toMatch(/dcloud(-watchdog)?\.service/)
     // The check has teeth: the same unit pointing at a missing program fails it.
     const unit = readFileSync(join(root, 'etc/systemd/system/dcloud.service'), 'utf8')
     writeFileSync(join(root, 'tmp/broken.service'), unit.replace('/opt/dcloud/bin/dcloud', '/opt/dcloud/bin/missing'))
@@ -204,7 +210,7 @@ describe('scripts/install.sh in a clean Debian 12 chroot', () => {
   it('uninstalls the agent but keeps the data, and --purge removes it', async () => {
     const u = await install('--uninstall')
     expect(u.code, u.out).toBe(0)
-    for (const gone of ['opt/dcloud', 'usr/local/bin/dcloud', 'etc/systemd/system/dcloud.service', 'etc/systemd/system/multi-user.target.wants/dcloud.service']) {
+    for (const gone of ['opt/dcloud', 'usr/local/bin/dcloud', 'etc/systemd/system/dcloud.service', 'etc/systemd/system/multi-user.target.wants/dcloud.service', 'etc/systemd/system/dcloud-watchdog.service', 'etc/systemd/system/multi-user.target.wants/dcloud-watchdog.service']) {
       // lstat, not existsSync: a dangling symlink left behind must count as there.
       expect(await lstat(join(root, gone)).then(() => true, () => false), gone).toBe(false)
     }

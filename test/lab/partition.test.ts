@@ -6,12 +6,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LabHandle, waitFor } from './harness.ts'
-import { readNotesInLab, verifyNotes } from '../../scripts/lab/notes-client.ts'
+import { notesUrl, readNotesInLab, startLabWriters, verifyNotes } from '../../scripts/lab/notes-client.ts'
 import { NOTES, StatefulKit } from './stateful-kit.ts'
 
 const lab = new LabHandle('tpart')
 const kit = new StatefulKit(lab)
-const { acked, dc, dcOk, app, snapshots, write, notesFromRestic } = kit
+const { acked, dc, dcOk, app, snapshots, write, notesFromRestic, copies } = kit
 
 describe('a partition with a stateful app', () => {
   beforeAll(async () => {
@@ -35,6 +35,10 @@ describe('a partition with a stateful app', () => {
     // Records only the cut-off node will ever have.
     const divergent = await write(cut, 'cutoff', 1000)
     acked.splice(acked.length - divergent.length, divergent.length) // kept in a snapshot, not in the live copy
+    // A writer on the cut-off side, pinned to its copy, through the partition: what it gets acknowledged there is the old copy's.
+    const endpoint = (await app(cut, 'notes'))!.endpoints[0] as string
+    const minority = startLabWriters(lab.name, cut, { url: notesUrl(endpoint) }, ['minority'], { timeoutMs: 2000 })
+    await waitFor(async () => { minority.assertRunning(); return minority.ackCount() > 0 ? true : undefined }, 30_000, 'the minority writer to get an acknowledgement')
     await lab.cmd('partition', cut, `${a},${b}`)
     // The cut-off node stops its stateful app by itself.
     await waitFor(async () => {
@@ -46,6 +50,16 @@ describe('a partition with a stateful app', () => {
       return v?.state === 'running' && v.node !== cut ? v : undefined
     }, 90_000, 'the majority to run notes', 500)
     process.stderr.write(`partition: notes runs on ${value.node ?? '?'}\n`)
+    await minority.stop().catch(() => [])
+    divergent.push(...minority.acknowledged())
+    // By Docker's own times: the cut-off copy had finished before the majority's started, and wrote nothing after.
+    const stale = (await copies('notes', [cut])).find(c => !c.running)
+    const fresh = (await copies('notes', [value.node!])).find(c => c.running)
+    expect(stale?.finishedAt, 'the cut-off copy finished').not.toBeNull()
+    expect(fresh).toBeDefined()
+    process.stderr.write(`partition: the cut-off copy finished ${fresh!.startedAt - stale!.finishedAt!} ms before the majority's started\n`)
+    expect(stale!.finishedAt!).toBeLessThan(fresh!.startedAt)
+    expect(minority.lastAckAt() ?? 0).toBeLessThan(fresh!.startedAt)
     await lab.cmd('heal')
     try {
       await waitFor(async () => {

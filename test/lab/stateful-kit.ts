@@ -25,6 +25,9 @@ export async function sh (cmd: string, args: string[], env: NodeJS.ProcessEnv = 
   })
 }
 
+/** One container of an app on one node, with the times its Docker recorded (the lab has one clock). */
+export interface Copy { node: string, id: string, running: boolean, startedAt: number, finishedAt: number | null, generation: number }
+
 export class StatefulKit {
   readonly lab: LabHandle
   /** Every record acknowledged by notes (the app named `notes`) so far: what it must hold from now on. */
@@ -63,6 +66,30 @@ export class StatefulKit {
     await w.stop()
     if (target === 'notes') this.acked.push(...w.acknowledged())
     return w.acknowledged()
+  }
+
+  /** Every container of `appName` on `nodes` (running or not), as each node's Docker tells it. */
+  copies = async (appName: string, nodes: string[]): Promise<Copy[]> => {
+    const out: Copy[] = []
+    for (const node of nodes) {
+      const ids = (await this.lab.exec(node, ['docker', 'ps', '-aq', '--filter', `label=dcloud.app=${appName}`])).stdout.split('\n').filter(Boolean)
+      if (ids.length === 0) continue
+      const r = await this.lab.exec(node, ['docker', 'inspect', ...ids])
+      if (r.code !== 0) continue // removed meanwhile
+      for (const c of JSON.parse(r.stdout) as Array<{ Id: string, State: { Running: boolean, StartedAt: string, FinishedAt: string }, Config: { Labels: Record<string, string> } }>) {
+        const finished = Date.parse(c.State.FinishedAt)
+        out.push({
+          node,
+          id: c.Id.slice(0, 12),
+          running: c.State.Running,
+          startedAt: Date.parse(c.State.StartedAt),
+          // Docker says 0001-01-01 for a container that has not finished.
+          finishedAt: finished > 0 ? finished : null,
+          generation: Number(c.Config.Labels['dcloud.generation'] ?? 1)
+        })
+      }
+    }
+    return out
   }
 
   /** The notes log of `appName` as plain restic restores it from a node's copy of the repository. */

@@ -209,6 +209,21 @@ describe('plan', () => {
       waiting: ['db n1: stateful: cannot restart on n1 (needs 512 MiB, 100 MiB free) and no other node can take it; it waits']
     },
     {
+      title: 'a stateful app whose node\'s Docker does not answer waits for it, not restored elsewhere from an older snapshot',
+      nodes: [mockNode({ id: 'n1', unavailable: 'its Docker engine does not answer' }), mockNode({ id: 'n2' })],
+      desired: [mockApp('db', { stateful: true })],
+      actual: [mockPlacement('db', 'n1', 'failed')],
+      expected: [],
+      waiting: ['db n1: stateful: waits for n1, where its data is: its Docker engine does not answer']
+    },
+    {
+      title: 'a stateless app on a node whose Docker does not answer moves',
+      nodes: [mockNode({ id: 'n1', unavailable: 'its Docker engine does not answer' }), mockNode({ id: 'n2' })],
+      desired: [mockApp('web')],
+      actual: [mockPlacement('web', 'n1', 'failed')],
+      expected: ['move web n1->n2']
+    },
+    {
       title: 'moves a stateless app to the node it is pinned to',
       nodes: [mockNode({ id: 'n1' }), mockNode({ id: 'n2' })],
       desired: [mockApp('a', { pinnedNode: 'n2' })],

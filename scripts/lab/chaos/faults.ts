@@ -12,8 +12,8 @@ export interface FaultLog {
 
 /** What the lab can do about disks: `lab fill`/`unfill`, once the lab has a data disk per node. */
 interface DiskLab {
-  fill: (node: string, opts?: object) => Promise<unknown>
-  unfill: (node: string, opts?: object) => Promise<unknown>
+  fill: (node: string) => Promise<unknown>
+  unfill: (node: string) => Promise<unknown>
 }
 
 export function labCanFillDisks (lab: Lab): boolean {
@@ -25,6 +25,7 @@ export class FaultInjector {
   private readonly lab: Lab
   private readonly log: FaultLog
   private readonly flapping = new Map<number, { stop: boolean, done: Promise<void> }>()
+  private readonly pending = new Map<number, Promise<void>>()
   /** Agents frozen by this run, so that an interrupted run thaws them. */
   private readonly frozen = new Set<number>()
   /** Faults injected and not repaired yet. */
@@ -51,9 +52,14 @@ export class FaultInjector {
         process.kill(pid, 'SIGKILL')
         break
       }
-      case 'restart-dockerd':
-        await this.lab.stopDockerd(node)
+      case 'restart-dockerd': {
+        // Lab.restartDockerd stops it (SIGTERM: it stops its containers), keeps it down, starts it again;
+        // the repair waits for that. Stopping takes a few seconds, counted in the time down.
+        const restart = this.lab.restartDockerd(node, { downMs: Math.max(0, f.repairAt - f.at - 3000) })
+        restart.catch(() => {}) // awaited, and reported, by the repair
+        this.pending.set(f.id, restart)
         break
+      }
       case 'partition-2-1':
       case 'partition-1-1-1':
         await this.lab.partition(f.groups ?? [])
@@ -66,7 +72,7 @@ export class FaultInjector {
       }
       case 'fill-disk':
         if (!labCanFillDisks(this.lab)) return 'skipped: this lab has no data disk per node to fill (`dcloud lab fill` has not landed)'
-        await (this.lab as unknown as DiskLab).fill(node, { progress: () => {} })
+        await (this.lab as unknown as DiskLab).fill(node)
         break
       case 'pause-agent': {
         const pid = (await this.lab.node(node)).agentPid
@@ -91,9 +97,12 @@ export class FaultInjector {
       case 'kill-agent':
         await this.lab.start(node, { agentOnly: true, progress: this.log })
         break
-      case 'restart-dockerd':
-        await this.lab.restartDockerd(node)
+      case 'restart-dockerd': {
+        const p = this.pending.get(f.id)
+        this.pending.delete(f.id)
+        await p
         break
+      }
       case 'partition-2-1':
       case 'partition-1-1-1':
         await this.lab.heal()
@@ -106,7 +115,7 @@ export class FaultInjector {
         break
       }
       case 'fill-disk':
-        await (this.lab as unknown as DiskLab).unfill(node, { progress: () => {} })
+        await (this.lab as unknown as DiskLab).unfill(node)
         break
       case 'pause-agent': {
         const pid = (await this.lab.node(node)).agentPid
