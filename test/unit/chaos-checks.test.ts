@@ -4,7 +4,7 @@
  * copies, losses judged against the RPO, divergent copies kept, convergence.
  */
 import { describe, expect, it } from 'vitest'
-import { containerRuns, convergenceViolations, findOverlaps, findUnkeptCopies, judgeConvergence, judgeLoss, judgeWrites, type Ack, type DockerEvent, type DockerInspection, type Relocation } from '../../scripts/lab/chaos/checks.ts'
+import { containerRuns, convergenceViolations, findOverlaps, findUnkeptCopies, groupLosses, inferRelocations, judgeConvergence, judgeLoss, judgeWrites, type Ack, type DockerEvent, type DockerInspection, type Relocation } from '../../scripts/lab/chaos/checks.ts'
 
 const T = 1_700_000_000_000
 const s = (sec: number): number => T + sec * 1000
@@ -140,5 +140,29 @@ describe('convergence', () => {
     expect(convergenceViolations(never, 30_000)).toEqual(['did not converge: notes runs nowhere'])
     const broke = judgeConvergence([sample(101, { notes: ['n1'] }), sample(103, { notes: ['n1', 'n3'] })], ['notes'], s(100))
     expect(convergenceViolations(broke, 30_000)[0]).toMatch(/notes runs on n1 and n3/)
+  })
+})
+
+describe('restores the agents did not record', () => {
+  it('infers one from a run that starts on another node, with the newest snapshot before it (not a divergent one)', () => {
+    const runs = containerRuns([ev('n2', 'start', 0), ev('n2', 'die', 45), ev('n1', 'start', 54), ev('n1', 'die', 60), ev('n1', 'start', 61)], [], [])
+    const snaps = [
+      { app: 'notes', id: 'a', node: 'n2', time: s(22), purpose: 'scheduled', label: null },
+      { app: 'notes', id: 'b', node: 'n2', time: s(50), purpose: 'divergent', label: 'divergent-n2-x' },
+      { app: 'notes', id: 'c', node: 'n1', time: s(58), purpose: 'scheduled', label: null }
+    ]
+    const inferred = inferRelocations(runs, [], snaps)
+    expect(inferred).toEqual([{ app: 'notes', kind: 'failover', at: s(54), snapshotTime: s(22), from: 'n2', to: 'n1', inferred: true }])
+    // A recorded relocation near that start: nothing inferred.
+    expect(inferRelocations(runs, [{ app: 'notes', kind: 'failover', at: s(56), snapshotTime: s(22), from: 'n2', to: 'n1' }], snaps)).toEqual([])
+    // And it explains losses after its snapshot, within the RPO.
+    expect(judgeLoss(ack('n2', 40), inferred, 30_000).kind).toBe('within-rpo')
+  })
+
+  it('groups lost records by node and cause for the report', () => {
+    const f: Relocation = { app: 'notes', kind: 'failover', at: s(100), snapshotTime: s(60), from: 'n1', to: 'n2' }
+    const losses = [ack('n1', 70, 'a'), ack('n1', 80, 'b'), ack('n3', 90, 'c')].map(a => ({ ack: a, verdict: judgeLoss(a, [f], 60_000) }))
+    const g = groupLosses([...losses, { ack: ack('n1', 200, 'd'), verdict: { kind: 'unexplained' as const } }])
+    expect(g.map(x => [x.node, x.verdict, x.count, x.maxAgeMs])).toEqual([['n1', 'within-rpo', 2, 20_000], ['n3', 'within-rpo', 1, 30_000], ['n1', 'unexplained', 1, null]])
   })
 })

@@ -196,6 +196,8 @@ function unpausedOverlap (a: ContainerRun, b: ContainerRun, from: number, to: nu
 
 // ---- writes: acknowledged records lost, and the RPO ------------------------
 
+export interface ListedSnapshot { id: string, node: string, time: number, purpose: string, label: string | null }
+
 /** A relocation of an app as the agents report it (`dcloud app ls`). */
 export interface Relocation {
   app: string
@@ -205,6 +207,34 @@ export interface Relocation {
   snapshotTime: number
   from: string | null
   to: string
+  /** Not recorded by the agents: inferred from Docker's runs and the snapshot list. */
+  inferred?: boolean
+}
+
+/**
+ * Restores the agents did not record as a relocation (an operation that
+ * restored and started the app but then failed, say): a run of an app that
+ * starts on another node than the run before it, with no recorded
+ * relocation within `windowMs` of its start. Its snapshot is taken to be
+ * the newest listed one before that start. Marked `inferred`.
+ */
+export function inferRelocations (runs: ContainerRun[], recorded: Relocation[], snapshots: Array<ListedSnapshot & { app: string }>, windowMs = 20_000): Relocation[] {
+  const out: Relocation[] = []
+  const byApp = new Map<string, ContainerRun[]>()
+  for (const r of runs) byApp.set(r.app, [...(byApp.get(r.app) ?? []), r])
+  for (const [app, list] of byApp) {
+    const sorted = [...list].sort((a, b) => a.start - b.start)
+    for (let i = 1; i < sorted.length; i++) {
+      const cur = sorted[i] as ContainerRun
+      const before = sorted.slice(0, i).filter(r => r.node !== cur.node)
+      if (before.length === 0 || sorted.slice(0, i).at(-1)?.node === cur.node) continue
+      if (recorded.some(r => r.app === app && Math.abs(r.at - cur.start) <= windowMs)) continue
+      const source = snapshots.filter(s => s.app === app && s.time < cur.start && s.purpose !== 'divergent').sort((a, b) => b.time - a.time)[0]
+      if (source === undefined) continue
+      out.push({ app, kind: 'failover', at: cur.start, snapshotTime: source.time, from: sorted[i - 1]?.node ?? null, to: cur.node, inferred: true })
+    }
+  }
+  return out
 }
 
 export type LossVerdict =
@@ -252,9 +282,28 @@ export function judgeWrites (app: string, acks: Ack[], present: (id: string) => 
   return out
 }
 
+/** Lost records grouped for people: one line per (app, node that acknowledged them, verdict, relocation). */
+export interface LossGroup { app: string, node: string | null, verdict: LossVerdict['kind'], relocation: Relocation | null, count: number, first: number, last: number, maxAgeMs: number | null, ids: string[] }
+
+export function groupLosses (losses: Array<{ ack: Ack, verdict: LossVerdict }>): LossGroup[] {
+  const groups = new Map<string, LossGroup>()
+  for (const { ack, verdict } of losses) {
+    const r = verdict.kind === 'unexplained' ? null : verdict.relocation
+    const key = `${ack.app} ${ack.node ?? '?'} ${verdict.kind} ${r?.at ?? ''}`
+    let g = groups.get(key)
+    if (g === undefined) groups.set(key, g = { app: ack.app, node: ack.node, verdict: verdict.kind, relocation: r, count: 0, first: ack.at, last: ack.at, maxAgeMs: null, ids: [] })
+    g.count++
+    g.first = Math.min(g.first, ack.at)
+    g.last = Math.max(g.last, ack.at)
+    if (verdict.kind !== 'unexplained') g.maxAgeMs = Math.max(g.maxAgeMs ?? 0, verdict.ageMs)
+    if (g.ids.length < 5) g.ids.push(ack.id)
+  }
+  return [...groups.values()].sort((a, b) => a.first - b.first)
+}
+
 // ---- no deleted data: divergent copies kept as listed snapshots ------------
 
-export interface ListedSnapshot { id: string, node: string, time: number, purpose: string, label: string | null }
+
 
 export interface UnkeptCopy {
   app: string

@@ -39,6 +39,8 @@ interface RawEvent {
   Actor?: { ID?: string, Attributes?: Record<string, string> }
 }
 
+const RUN_ACTIONS = new Set(['create', 'start', 'restart', 'die', 'kill', 'stop', 'oom', 'pause', 'unpause', 'destroy'])
+
 export class DockerObserver {
   readonly events: DockerEvent[] = []
   readonly inspections: DockerInspection[] = []
@@ -107,6 +109,8 @@ export class DockerObserver {
     let raw: RawEvent
     try { raw = JSON.parse(line) as RawEvent } catch { return }
     const action = (raw.Action ?? raw.status ?? '').split(':')[0] ?? ''
+    // Only what starts, stops or freezes a container (not healthcheck execs).
+    if (!RUN_ACTIONS.has(action)) return
     const container = raw.Actor?.ID ?? raw.id ?? ''
     const app = raw.Actor?.Attributes?.[LABELS.app]
     if (app === undefined || container === '' || raw.Actor?.Attributes?.[LABELS.service] === undefined) return

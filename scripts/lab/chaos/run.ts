@@ -16,7 +16,7 @@ import { PROJECT_ROOT } from '../../../agent/config.ts'
 import { UserError, EXIT } from '../../../agent/util/errors.ts'
 import type { AppView, SnapshotView, StatusResponse } from '../../../proto/api.ts'
 import { chaosSchedule, checkScheduleInput, ScheduleError, FAULT_KINDS, formatFault, type ChaosPlan, type Fault, type FaultKind } from './schedule.ts'
-import { containerRuns, convergenceViolations, findOverlaps, findUnkeptCopies, judgeConvergence, judgeWrites, placementProblem, type Ack, type Overlap, type PlacementSample, type Relocation, type WritesVerdict } from './checks.ts'
+import { containerRuns, convergenceViolations, findOverlaps, findUnkeptCopies, groupLosses, inferRelocations, judgeConvergence, judgeWrites, placementProblem, type Ack, type Overlap, type PlacementSample, type Relocation, type WritesVerdict } from './checks.ts'
 import { DockerObserver, type ContainerNow } from './observe.ts'
 import { FaultInjector, labCanFillDisks } from './faults.ts'
 import { NotesWorkload, PostgresWorkload, type PgTargetNow } from './workloads.ts'
@@ -103,16 +103,17 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
   const ipToNode = new Map(state.nodes.map(n => [n.ip, n.name]))
   const socket = (n: string): { socketPath: string, describe: string } => ({ socketPath: lab.agentSocket(n), describe: n })
 
+  // Kept with absolute times; offsets from the first fault (t0) are computed at the end, so the setup shows as negative.
   const timeline: TimelineEntry[] = []
   const violations: Violation[] = []
   let t0 = Date.now()
   const rel = (t: number): number => t - t0
   const say = (kind: TimelineKind, text: string, at = Date.now()): void => {
-    timeline.push({ at: rel(at), kind, text })
+    timeline.push({ at, kind, text })
     progress(`${fmtAt(rel(at))}  ${kind.padEnd(10)} ${text}`)
   }
   const violate = (check: CheckName, text: string, at: number | null): void => {
-    violations.push({ check, at: at === null ? null : rel(at), text })
+    violations.push({ check, at, text })
     say('violation', `[${check}] ${text}`, at ?? Date.now())
   }
 
@@ -136,7 +137,8 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
     if (opts.workloads.includes('postgres')) await preparePostgresImage(lab, nodes, progress)
     for (const w of opts.workloads) await installApp(lab, nodes[0] as string, w, opts.snapshotEvery, progress)
     const nodeUp = async (): Promise<Set<string>> => {
-      const s = await lab.state()
+      const s = await lab.state().catch(() => null)
+      if (s === null) return new Set()
       return new Set(s.nodes.filter(n => n.state === 'running' && n.dockerdPid !== null && isRunning(n.dockerdPid)).map(n => n.name))
     }
 
@@ -153,7 +155,8 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
       const running: Record<string, string[]> = {}
       // Placed copies, paused ones included (a snapshot pauses its app for a second): the one-copy check judges pauses itself.
       for (const c of poll.containers) if (c.running) running[c.app] = [...new Set([...(running[c.app] ?? []), c.node])].sort()
-      const s = await lab.state()
+      const s = await lab.state().catch(() => null)
+      if (s === null) return // the state file was being rewritten: next tick
       const live = s.nodes.filter(n => n.state === 'running' && n.agentPid !== null && isRunning(n.agentPid) && !isStopped(n.agentPid) && n.dockerdPid !== null && isRunning(n.dockerdPid)).map(n => n.name)
       samples.push({ at: poll.at, running, live })
       const placement = opts.workloads.map(a => `${a}: ${(running[a] ?? []).join('+') || 'nowhere'}`).join('; ')
@@ -244,7 +247,7 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
         } else if (o.injectedAt !== null) {
           await injector.repair(o)
           o.repairedAt = rel(Date.now())
-          say('repair', `#${o.id} ${o.kind} ${o.nodes.join(',')}${o.repairedAt - o.repairAt > 5000 ? ` (${((o.repairedAt - o.repairAt) / 1000).toFixed(1)} s late)` : ''}`)
+          say('repair', `#${o.id} ${o.kind} ${o.nodes.join(',')}${o.repairedAt - o.repairAt > 5000 ? ` (done ${((o.repairedAt - o.repairAt) / 1000).toFixed(1)} s after its time: the lab was slow to bring it back)` : ''}`)
         }
       } catch (err) {
         o.note = `${a.repair ? 'repair' : 'injection'} failed: ${(err as Error).message}`
@@ -306,8 +309,8 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
         violate('writes', `the notes log could not be read back at the end: ${(err as Error).message}`, null)
         present = new Set()
       }
-      writes.push(judgeWrites('notes', acks, id => present.has(id), relocations, rpoMs))
       snapshotsOf.set('notes', await listSnapshots(lab, nodes, 'notes'))
+      writes.push(judgeWrites('notes', acks, id => present.has(id), withInferred('notes'), rpoMs))
       keptCheck('notes', id => present.has(id))
     }
 
@@ -321,7 +324,8 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
         try {
           const v = await verifyLedger(lab, client, target, pgDone.ledgers, pgDone.bench)
           const missing = new Set(v.missing.map(m => `${m.client}/${m.seq}`))
-          writes.push(judgeWrites('postgres', acks, id => !missing.has(id), relocations, rpoMs))
+          snapshotsOf.set('postgres', await listSnapshots(lab, nodes, 'postgres'))
+          writes.push(judgeWrites('postgres', acks, id => !missing.has(id), withInferred('postgres'), rpoMs))
           const failedOver = relocations.some(r => r.app === 'postgres' && (r.kind === 'failover' || r.kind === 'restore') && r.at >= t0)
           if (v.pgbench !== null && !v.pgbench.balanced) violate('integrity', `pgbench's sums disagree (a transaction applied in part): ${JSON.stringify(v.pgbench.sums)}`, null)
           if (v.pgbench !== null && !v.pgbench.historyOk) {
@@ -330,7 +334,6 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
             else violate('writes', text, null)
           }
           checks.push({ name: 'integrity', what: `postgres read back from ${target.node}: ${v.committed} ledger rows acknowledged, ${v.unacknowledged} unacknowledged present; pgbench ${v.pgbench?.processed ?? 0} transactions, history ${v.pgbench?.historyRows ?? 0}, balanced ${String(v.pgbench?.balanced)}`, samples: 1, violations: v.pgbench !== null && !v.pgbench.balanced ? 1 : 0 })
-          snapshotsOf.set('postgres', await listSnapshots(lab, nodes, 'postgres'))
           keptCheck('postgres', id => !missing.has(id))
         } catch (err) {
           violate('writes', `the postgres ledger could not be read back at the end: ${(err as Error).message}`, null)
@@ -338,9 +341,13 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
       }
     }
     for (const w of writes) {
-      for (const l of w.lost) {
-        const why = l.verdict.kind === 'beyond-rpo' ? `lost ${(l.verdict.ageMs / 1000).toFixed(1)} s after the snapshot the ${l.verdict.relocation.kind} at ${fmtAt(rel(l.verdict.relocation.at))} restored (RPO ${rpoMs / 1000} s)` : 'lost, and no failover explains it'
-        violate('writes', `${w.app}: record ${l.ack.id} acknowledged by ${l.ack.node ?? '?'} at ${fmtAt(rel(l.ack.at))} ${why}`, l.ack.at)
+      const describeR = (r: Relocation): string => `the ${r.inferred === true ? 'unrecorded restore (inferred from Docker)' : r.kind} ${r.from ?? '?'} -> ${r.to} at ${fmtAt(rel(r.at))}, from a snapshot of ${fmtAt(rel(r.snapshotTime))}`
+      for (const g of groupLosses(w.allowed)) {
+        say('note', `${w.app}: ${g.count} record(s) acknowledged by ${g.node ?? '?'} (${fmtAt(rel(g.first))} .. ${fmtAt(rel(g.last))}) lost to ${describeR(g.relocation as Relocation)}: within the RPO (${((g.maxAgeMs ?? 0) / 1000).toFixed(1)} s at most)`, g.first)
+      }
+      for (const g of groupLosses(w.lost)) {
+        const why = g.verdict === 'beyond-rpo' ? `lost to ${describeR(g.relocation as Relocation)}: up to ${((g.maxAgeMs ?? 0) / 1000).toFixed(1)} s after that snapshot, beyond the RPO of ${rpoMs / 1000} s` : 'lost, and no failover or restore explains it'
+        violate('writes', `${w.app}: ${g.count} record(s) acknowledged by ${g.node ?? '?'} (${fmtAt(rel(g.first))} .. ${fmtAt(rel(g.last))}, e.g. ${g.ids.slice(0, 2).join(', ')}) ${why}`, g.first)
       }
       checks.push({ name: 'writes', what: `${w.app}: ${w.acked} acknowledged, ${w.present} present, ${w.allowed.length} lost to a failover within the RPO, ${w.lost.length} lost otherwise`, samples: w.acked, violations: w.lost.length })
     }
@@ -367,8 +374,8 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
       rpoMs,
       plan,
       faults: outcomes,
-      timeline: timeline.sort((a, b) => a.at - b.at),
-      violations,
+      timeline: timeline.map(e => ({ ...e, at: rel(e.at) })).sort((a, b) => a.at - b.at),
+      violations: violations.map(v => ({ ...v, at: v.at === null ? null : rel(v.at) })),
       checks,
       summary: {
         faultsByKind,
@@ -378,6 +385,15 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
         overlaps,
         violations: violations.length
       }
+    }
+
+    function withInferred (app: string): Relocation[] {
+      const snaps = (snapshotsOf.get(app) ?? []).map(x => ({ app, id: x.id, node: x.node, time: x.time, purpose: x.purpose, label: x.label }))
+      const inferred = inferRelocations(runs.filter(r => r.app === app), relocations, snaps)
+      for (const r of inferred) {
+        say('note', `${app}: started on ${r.to} at ${fmtAt(rel(r.at))} after running on ${r.from ?? '?'}, with no relocation recorded by the agents (\`dcloud app ls\` does not say it came from a snapshot); taken to be a restore of the snapshot of ${fmtAt(rel(r.snapshotTime))}`, r.at)
+      }
+      return [...relocations, ...inferred]
     }
 
     function keptCheck (app: string, present: (id: string) => boolean): void {
