@@ -77,9 +77,17 @@ describe('two copies', () => {
     const late = containerRuns([ev('n1', 'start', 0), ev('n1', 'pause', 25), ev('n1', 'die', 40), ev('n3', 'start', 20)], [], [])
     const quiet = findOverlaps(late, [ack('n3', 22)], s(100))
     expect(quiet[0]?.ms).toBe(5000)
-    expect(quiet[0]?.excused).toMatch(/n1 was paused/)
+    expect(quiet[0]?.excused).toMatch(/n1 was fenced/)
     // The same, but n1 answered a write at 22: both accepted writes.
     expect(findOverlaps(late, [ack('n1', 22)], s(100))[0]?.excused).toBeNull()
+  })
+
+  it('does not excuse a copy paused only for a moment (a snapshot) that answered no write', () => {
+    // The stale copy on n2 keeps running and answering; the new one on n3 was paused 1 s for its first snapshot.
+    const runs = containerRuns([ev('n2', 'start', 0), ev('n2', 'die', 110), ev('n3', 'start', 85), ev('n3', 'pause', 90), ev('n3', 'unpause', 91)], [], [])
+    const o = findOverlaps(runs, [ack('n2', 95)], s(120))
+    expect(o[0]?.ms).toBe(24_000)
+    expect(o[0]?.excused).toBeNull()
   })
 })
 

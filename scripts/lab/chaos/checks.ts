@@ -144,7 +144,8 @@ export interface Overlap {
  * Two runs of one app on different nodes, both running and not paused at
  * the same time. `until` closes runs still open. An overlap is excused only
  * when one copy was paused during it (fenced) and the writers got no
- * acknowledgement from that copy in it.
+ * acknowledgement from that copy in it. "Fenced" means frozen and never thawed
+ * until it stopped: a snapshot's brief pause does not count.
  */
 export function findOverlaps (runs: ContainerRun[], acks: Ack[], until: number, toleranceMs = 0): Overlap[] {
   const out: Overlap[] = []
@@ -164,15 +165,23 @@ export function findOverlaps (runs: ContainerRun[], acks: Ack[], until: number, 
         const acksIn = (node: string): number => acks.filter(k => k.app === app && k.node === node && k.at >= from && k.at <= to).length
         const acksA = acksIn(a.node)
         const acksB = acksIn(b.node)
-        const wasPaused = (r: ContainerRun): boolean => r.paused.some(p => p.start < to && (p.end ?? until) > from)
         let excused: string | null = null
-        if (wasPaused(a) && acksA === 0) excused = `the copy on ${a.node} was paused (fenced) and answered no write`
-        else if (wasPaused(b) && acksB === 0) excused = `the copy on ${b.node} was paused (fenced) and answered no write`
+        if (fencedByPause(a, to) && acksA === 0) excused = `the copy on ${a.node} was fenced (paused until it stopped) and answered no write`
+        else if (fencedByPause(b, to) && acksB === 0) excused = `the copy on ${b.node} was fenced (paused until it stopped) and answered no write`
         out.push({ app, a: describeRun(a), b: describeRun(b), from, to, ms, acksA, acksB, excused })
       }
     }
   }
   return out.sort((x, y) => x.from - y.from)
+}
+
+/**
+ * Fenced by a pause: frozen before `by` and never thawed again (stopped
+ * while paused, or still paused). A pause that was lifted, such as a
+ * snapshot's, fences nothing.
+ */
+function fencedByPause (r: ContainerRun, by: number): boolean {
+  return r.paused.some(p => p.start <= by && (p.end === null || (r.end !== null && p.end >= r.end)))
 }
 
 function describeRun (r: ContainerRun): Overlap['a'] {
