@@ -8,7 +8,6 @@ import { statusCommand, statusHelp } from './commands/status.ts'
 import { appCommand, appHelp } from './commands/app.ts'
 import { flashCommand, flashHelp } from './commands/flash.ts'
 import { installCommand, installHelp } from './commands/install.ts'
-import { labCommand, labHelp } from '../../scripts/lab/cli.ts'
 import { backupCommand, backupHelp, restoreCommand, restoreHelp, snapshotCommand, snapshotHelp } from './commands/snapshot.ts'
 import { nodeCommand, nodeHelp } from './commands/node.ts'
 import { AGENT_VERSION } from '../config.ts'
@@ -16,9 +15,13 @@ import { EXIT, UserError } from '../util/errors.ts'
 
 interface Command {
   run: (argv: string[]) => Promise<number>
-  help: string
+  /** A function for commands loaded on demand. */
+  help: string | (() => Promise<string>)
   summary: string
 }
+
+// The lab (and its chaos runs) is a tool, not part of the agent: loaded only when asked for.
+const loadLab = async (): Promise<typeof import('../../scripts/lab/cli.ts')> => await import('../../scripts/lab/cli.ts')
 
 const commands: Record<string, Command> = {
   agent: { run: agentCommand, help: agentHelp, summary: 'run this node\'s agent' },
@@ -31,7 +34,7 @@ const commands: Record<string, Command> = {
   node: { run: nodeCommand, help: nodeHelp, summary: 'drain a node of its apps, or take it back' },
   install: { run: installCommand, help: installHelp, summary: 'install this agent as a service on this machine' },
   flash: { run: flashCommand, help: flashHelp, summary: 'make a Raspberry Pi SD card or image join the cluster at first boot' },
-  lab: { run: labCommand, help: labHelp, summary: 'a cluster of namespaced nodes on this machine' },
+  lab: { run: async (argv) => await (await loadLab()).labCommand(argv), help: async () => (await loadLab()).labHelp, summary: 'a cluster of namespaced nodes on this machine; chaos runs' },
   version: { run: async () => { process.stdout.write(`dcloud ${AGENT_VERSION}\n`); return 0 }, help: 'dcloud version', summary: 'print the version' }
 }
 
@@ -53,7 +56,7 @@ async function main (argv: string[]): Promise<number> {
     return EXIT.usage
   }
   if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(command.help + '\n')
+    process.stdout.write((typeof command.help === 'string' ? command.help : await command.help()) + '\n')
     return 0
   }
   return await command.run(rest)

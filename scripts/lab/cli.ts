@@ -1,6 +1,7 @@
 /** `dcloud lab ...`: try a cluster on one machine. */
 import { parseArgs } from 'node:util'
 import { spawn } from 'node:child_process'
+import { randomInt } from 'node:crypto'
 import { DEFAULT_DISK_BYTES, Lab, formatBytes, isRunning, parseSize, type DiskView } from './lab.ts'
 import { table } from '../../agent/cli/format.ts'
 import { UsageError } from '../../agent/util/errors.ts'
@@ -22,6 +23,11 @@ export const labHelp = `dcloud lab [--lab NAME] COMMAND
   partition A,B C[,D] ...        cut the lab into groups that cannot reach each other
   heal                           undo the partition
   ls [--json]                    the lab's nodes
+  chaos [--minutes N] [--seed S] [--workloads notes,postgres] [--snapshot-every 30s] [--json] [--dry-run [--nodes N]]
+                                 inject seeded random faults while workloads run, and check the safety
+                                 invariants (one copy, no acknowledged write lost beyond the RPO,
+                                 divergent copies kept, convergence); exit 1 on any violation;
+                                 --dry-run prints the seed's fault schedule and touches nothing
   down                           stop everything; nothing stays running, mounted or attached
 The lab's name defaults to "lab" (or DCLOUD_LAB). It needs root, iproute2, nftables and docker.io.`
 
@@ -134,6 +140,35 @@ export async function labCommand (argv: string[]): Promise<number> {
         if (state.partition !== null) process.stdout.write(`partition: ${state.partition.map(g => g.join(',')).join(' | ')}\n`)
       }
       return 0
+    }
+    case 'chaos': {
+      const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { minutes: { type: 'string', default: '5' }, seed: { type: 'string' }, workloads: { type: 'string', default: 'notes,postgres' }, 'snapshot-every': { type: 'string', default: '30s' }, json: { type: 'boolean', default: false }, 'dry-run': { type: 'boolean', default: false }, nodes: { type: 'string' } } })
+      if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0] ?? ''}'`, labHelp)
+      const minutes = Number(values.minutes)
+      const seed = values.seed === undefined ? randomInt(0, 2 ** 31) : Number(values.seed)
+      if (!/^\d+$/.test(String(values.seed ?? seed))) throw new UsageError('--seed must be a whole number, e.g. --seed 42')
+      const workloads = (values.workloads ?? '').split(',').filter(w => w !== '')
+      for (const w of workloads) if (w !== 'notes' && w !== 'postgres') throw new UsageError(`unknown workload '${w}': notes, postgres`)
+      if (workloads.length === 0) throw new UsageError('--workloads needs at least one of notes, postgres')
+      if (values['dry-run'] === true) {
+        // The schedule only: the lab's nodes if it is up, else n1..nN.
+        const { chaosSchedule, formatFault, ScheduleError } = await import('./chaos/schedule.ts')
+        const nodes = values.nodes !== undefined ? Array.from({ length: Number(values.nodes) }, (_, i) => `n${i + 1}`) : lab.exists() ? (await lab.state()).nodes.map(n => n.name) : ['n1', 'n2', 'n3']
+        try {
+          const plan = chaosSchedule({ seed, minutes, nodes })
+          if (values.json === true) process.stdout.write(JSON.stringify(plan, null, 2) + '\n')
+          else process.stdout.write(`seed ${seed}, ${minutes} min, nodes ${plan.nodes.join(',')}: ${plan.faults.length} faults, quiet from ${plan.quietFromMs / 1000} s\n${plan.faults.map(f => `  ${formatFault(f)}`).join('\n')}\n`)
+          return 0
+        } catch (err) {
+          if (err instanceof ScheduleError) throw new UsageError(err.message)
+          throw err
+        }
+      }
+      const { runChaos, formatResult } = await import('./chaos/run.ts')
+      const result = await runChaos({ lab, minutes, seed, workloads: workloads as Array<'notes' | 'postgres'>, snapshotEvery: values['snapshot-every'] ?? '30s', progress: line => { process.stderr.write(`chaos ${line}\n`) } })
+      if (values.json === true) process.stdout.write(JSON.stringify(result, null, 2) + '\n')
+      else process.stdout.write(formatResult(result))
+      return result.violations.length === 0 ? 0 : 1
     }
     case 'down':
       await lab.down(progress)

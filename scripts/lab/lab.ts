@@ -106,7 +106,9 @@ export class Lab {
   }
 
   private async save (state: LabState): Promise<void> {
-    await writeFile(this.statePath, JSON.stringify(state, null, 2) + '\n')
+    // Renamed into place: a reader (a chaos run's monitor, `lab ls`) never sees half a file.
+    await writeFile(`${this.statePath}.tmp`, JSON.stringify(state, null, 2) + '\n')
+    await rename(`${this.statePath}.tmp`, this.statePath)
   }
 
   async node (name: string): Promise<LabNode> {

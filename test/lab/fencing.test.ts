@@ -11,7 +11,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LabHandle, waitFor } from './harness.ts'
-import { notesUrl, readNotesInLab, startLabWriters, verifyNotes } from './notes-client.ts'
+import { notesUrl, readNotesInLab, startLabWriters, verifyNotes } from '../../scripts/lab/notes-client.ts'
 import { NOTES, StatefulKit, type Copy } from './stateful-kit.ts'
 
 const lab = new LabHandle('tfence')

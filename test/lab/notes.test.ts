@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { LabHandle, waitFor } from './harness.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
 import type { AppView } from '../../proto/api.ts'
-import { MAX_NOTE_BYTES, describeVerdict, readNotesInLab, startLabWriters, verifyNotes, type LabWriters, type NotesRecord, type NotesTarget, type NotesVerdict, type WriterSummary } from './notes-client.ts'
+import { MAX_NOTE_BYTES, describeVerdict, readNotesInLab, startLabWriters, verifyNotes, type LabWriters, type NotesRecord, type NotesTarget, type NotesVerdict, type WriterSummary } from '../../scripts/lab/notes-client.ts'
 
 const lab = new LabHandle('tnotes')
 const NOTES = join(PROJECT_ROOT, 'apps', 'examples', 'notes')

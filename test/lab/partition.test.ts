@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LabHandle, waitFor } from './harness.ts'
-import { notesUrl, readNotesInLab, startLabWriters, verifyNotes } from './notes-client.ts'
+import { notesUrl, readNotesInLab, startLabWriters, verifyNotes } from '../../scripts/lab/notes-client.ts'
 import { NOTES, StatefulKit } from './stateful-kit.ts'
 
 const lab = new LabHandle('tpart')

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { LabHandle, waitFor } from './harness.ts'
-import { containerHealth, publishedPort, startLedgerWriter, startPgbench, verifyLedger, type PgTarget } from './pg-workload.ts'
+import { containerHealth, publishedPort, startLedgerWriter, startPgbench, verifyLedger, type PgTarget } from '../../scripts/lab/pg-workload.ts'
 import type { AppView } from '../../proto/api.ts'
 import { need } from '../integration/need.ts'
 import { loadApp } from '../../apps/catalog.ts'
@@ -74,15 +74,15 @@ describe('postgres in the lab', () => {
     expect(install.code, install.stderr).toBe(0)
     expect(install.stdout).toMatch(/postgres is running on n1/)
     // The healthcheck (pg_isready over TCP) passes once initdb is done and the server listens.
-    const { ms: healthyMs } = await waitFor(async () => await containerHealth(lab, 'n1', DB) === 'healthy' ? true : undefined, 60_000, `${DB} to be healthy`, 250)
-    let target: PgTarget = { host: N1_IP, port: await publishedPort(lab, 'n1', DB) }
+    const { ms: healthyMs } = await waitFor(async () => await containerHealth(lab.lab, 'n1', DB) === 'healthy' ? true : undefined, 60_000, `${DB} to be healthy`, 250)
+    let target: PgTarget = { host: N1_IP, port: await publishedPort(lab.lab, 'n1', DB) }
     say(`postgres healthy ${(healthyMs / 1000).toFixed(1)} s after install; published at ${target.host}:${target.port}`)
     // n2 has no copy of the image: the move has to bring it from n1.
     expect((await lab.exec('n2', ['docker', 'image', 'inspect', POSTGRES_IMAGE])).code).not.toBe(0)
 
     // The clients run on n1's engine (it has the image; the db leaves it) and follow the db by target file.
-    const writer = await startLedgerWriter(lab, 'n1', target.host, target.port, 'ledger1')
-    const bench = await startPgbench(lab, 'n1', target.host, target.port, { seconds: 60, clients: 2 })
+    const writer = await startLedgerWriter(lab.lab, 'n1', target.host, target.port, 'ledger1')
+    const bench = await startPgbench(lab.lab, 'n1', target.host, target.port, { seconds: 60, clients: 2 })
     try {
       await waitFor(async () => await bench.started() && (await writer.counts()).committed >= 50 ? true : undefined, 60_000, 'the writer and pgbench to be under way', 250)
       await new Promise(resolve => setTimeout(resolve, 5000))
@@ -107,7 +107,7 @@ describe('postgres in the lab', () => {
       expect((await lab.exec('n1', ['docker', 'ps', '-q', '--filter', `name=^${DB}$`])).stdout.trim()).toBe('')
 
       // The new copy: n2's address, and the port n2's engine picked.
-      target = { host: N2_IP, port: await publishedPort(lab, 'n2', DB) }
+      target = { host: N2_IP, port: await publishedPort(lab.lab, 'n2', DB) }
       await writer.setTarget(target)
       await bench.setTarget(target)
       const { ms: backMs } = await waitFor(async () => (await writer.counts()).committed > atMove.committed ? true : undefined, 60_000, 'the writer to commit on n2', 100)
@@ -118,7 +118,7 @@ describe('postgres in the lab', () => {
 
       const bench1 = await bench.wait()
       const ledger = await writer.stop()
-      const verdict = await verifyLedger(lab, 'n1', target, [ledger], bench1)
+      const verdict = await verifyLedger(lab.lab, 'n1', target, [ledger], bench1)
       const ran = bench1.runs.filter(r => r.processed > 0 || r.tps !== null)
       const tps = ran.map(r => r.tps?.toFixed(0) ?? '-').join(', ')
       const a = await appView('n1')

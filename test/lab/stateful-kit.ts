@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { waitFor, type LabHandle } from './harness.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
 import type { AppView, SnapshotView } from '../../proto/api.ts'
-import { startLabWriters, type NotesRecord } from './notes-client.ts'
+import { startLabWriters, type NotesRecord } from '../../scripts/lab/notes-client.ts'
 
 export const NOTES = join(PROJECT_ROOT, 'apps', 'examples', 'notes')
 

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { LabHandle, waitFor } from './harness.ts'
 import type { SnapshotView } from '../../proto/api.ts'
-import { readNotesInLab, startLabWriters, verifyNotes } from './notes-client.ts'
+import { readNotesInLab, startLabWriters, verifyNotes } from '../../scripts/lab/notes-client.ts'
 import { NOTES, StatefulKit, sh } from './stateful-kit.ts'
 import { encodeEntry, endOfArchive } from '../../agent/snapshots/tar.ts'
 

@@ -22,9 +22,9 @@ import { randomBytes } from 'node:crypto'
 import { mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { tryRun, type RunResult } from '../../scripts/lab/sh.ts'
-import { POSTGRES_IMAGE } from '../../scripts/lab/postgres-image.ts'
-import type { LabHandle } from './harness.ts'
+import { tryRun, type RunResult } from './sh.ts'
+import { POSTGRES_IMAGE } from './postgres-image.ts'
+import type { Lab } from './lab.ts'
 
 export interface PgTarget { host: string, port: number }
 
@@ -49,12 +49,13 @@ const CONNINFO = `conninfo () {
  * means the writer follows the target at once.
  */
 const WRITER = `set -u
-${CONNINFO}
 client=$1
 seq=0
 ready=0
 while [ ! -e /w/stop ]; do
-  if ! c=$(conninfo "ledger-$client"); then sleep 0.2; continue; fi
+  # The target read once per attempt: the committed line names the server that answered.
+  if ! read -r host port < /w/target || [ -z "$host" ] || [ -z "$port" ]; then sleep 0.2; continue; fi
+  c="host=$host port=$port ${CONN_OPTS} application_name=ledger-$client"
   if [ "$ready" = 0 ]; then
     # Concurrent writers may race on IF NOT EXISTS and fail: they retry.
     if timeout 10 psql -X -q -d "$c" -c 'CREATE TABLE IF NOT EXISTS ledger (client text NOT NULL, seq bigint NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (client, seq))' 2>>/w/errors; then
@@ -66,7 +67,7 @@ while [ ! -e /w/stop ]; do
   fi
   seq=$((seq + 1))
   if out=$(timeout 10 psql -X -qAt -d "$c" -c "INSERT INTO ledger (client, seq) VALUES ('$client', $seq) RETURNING seq" 2>>/w/errors) && [ "$out" = "$seq" ]; then
-    echo "$seq" >> /w/committed
+    echo "$seq $(date +%s%3N) $host" >> /w/committed
   else
     echo "$seq" >> /w/failed
     sleep 0.1
@@ -105,11 +106,11 @@ done
 date +%s > /w/ended
 `
 
-function docker (lab: LabHandle, node: string, args: string[], timeoutMs = 60_000): Promise<RunResult> {
-  return tryRun('docker', ['-H', `unix://${lab.lab.dockerSocket(node)}`, ...args], { timeoutMs })
+function docker (lab: Lab, node: string, args: string[], timeoutMs = 60_000): Promise<RunResult> {
+  return tryRun('docker', ['-H', `unix://${lab.dockerSocket(node)}`, ...args], { timeoutMs })
 }
 
-async function dockerOk (lab: LabHandle, node: string, args: string[], timeoutMs = 60_000): Promise<string> {
+async function dockerOk (lab: Lab, node: string, args: string[], timeoutMs = 60_000): Promise<string> {
   const r = await docker(lab, node, args, timeoutMs)
   if (r.code !== 0) throw new Error(`docker ${args.join(' ')} on ${node} exited ${r.code}: ${r.stderr.trim() || r.stdout.trim()}`)
   return r.stdout
@@ -125,17 +126,28 @@ async function readOr (path: string, fallback = ''): Promise<string> {
   try { return await readFile(path, 'utf8') } catch { return fallback }
 }
 
+/** The first field of each line that starts with a number (a seq, maybe followed by its time and server). */
 function numbers (text: string): number[] {
-  return text.split('\n').filter(l => /^\d+$/.test(l)).map(Number)
+  return text.split('\n').filter(l => /^\d+( |$)/.test(l)).map(l => Number(l.split(' ')[0]))
+}
+
+/** Committed lines "SEQ MS HOST": when the server acknowledged each, and which server. */
+function commits (text: string): LedgerAck[] {
+  const out: LedgerAck[] = []
+  for (const l of text.split('\n')) {
+    const m = /^(\d+) (\d+) (\S+)$/.exec(l)
+    if (m !== null) out.push({ seq: Number(m[1]), at: Number(m[2]), host: m[3] as string })
+  }
+  return out
 }
 
 /** A client container on `node`'s engine, in the node's network namespace, with `dir` at /w. */
-async function startClient (lab: LabHandle, node: string, name: string, dir: string, script: string, args: string[]): Promise<void> {
+async function startClient (lab: Lab, node: string, name: string, dir: string, script: string, args: string[]): Promise<void> {
   await dockerOk(lab, node, ['run', '-d', '--name', name, '--network', 'host', '-v', `${dir}:/w`, '--entrypoint', 'sh', POSTGRES_IMAGE, '-c', script, 'sh', ...args])
 }
 
 /** Asks the client to stop at its next step, waits up to `timeoutMs`, then removes it (killed if still running). */
-async function stopClient (lab: LabHandle, node: string, name: string, dir: string, timeoutMs: number): Promise<void> {
+async function stopClient (lab: Lab, node: string, name: string, dir: string, timeoutMs: number): Promise<void> {
   await writeFile(join(dir, 'stop'), '')
   await docker(lab, node, ['wait', name], timeoutMs)
   await docker(lab, node, ['rm', '-f', name])
@@ -145,10 +157,14 @@ function newId (): string {
   return randomBytes(3).toString('hex')
 }
 
+export interface LedgerAck { seq: number, at: number, host: string }
+
 export interface LedgerResult {
   client: string
   /** Seqs whose INSERT the server acknowledged. */
   committed: number[]
+  /** The same, with when (ms since the epoch, the client's clock: the lab's) and the server's address. */
+  acks: LedgerAck[]
   /** Seqs whose INSERT failed or got no answer: outcome unknown to the client. */
   failed: number[]
   /** The last lines psql wrote to stderr, for whoever reads a failure. */
@@ -170,7 +186,7 @@ export interface LedgerWriter {
  * `ledger` one autocommit statement at a time, as fast as it can, through
  * connection errors, until stopped.
  */
-export async function startLedgerWriter (lab: LabHandle, clientNode: string, host: string, port: number, client = `w${newId()}`): Promise<LedgerWriter> {
+export async function startLedgerWriter (lab: Lab, clientNode: string, host: string, port: number, client = `w${newId()}`): Promise<LedgerWriter> {
   // The client name goes into SQL text: letters, digits and dashes only.
   if (!/^[a-z0-9-]{1,32}$/.test(client)) throw new Error(`ledger client name ${JSON.stringify(client)}: lowercase letters, digits and dashes only`)
   const dir = await mkdtemp(join(tmpdir(), 'dcloud-pg-ledger-'))
@@ -183,6 +199,7 @@ export async function startLedgerWriter (lab: LabHandle, clientNode: string, hos
     const result: LedgerResult = {
       client,
       committed: numbers(await readOr(join(dir, 'committed'))),
+      acks: commits(await readOr(join(dir, 'committed'))),
       failed: numbers(await readOr(join(dir, 'failed'))),
       errors: (await readOr(join(dir, 'errors'))).trim().split('\n').slice(-10).join('\n')
     }
@@ -233,6 +250,10 @@ export interface Pgbench {
   started: () => Promise<boolean>
   /** Ends the load at once, reporting nothing (a test's cleanup); no-op after `wait`. */
   cancel: () => Promise<void>
+  /** Whether its container still runs (false: gone, e.g. with its node; null: the engine did not answer). */
+  containerRunning: () => Promise<boolean | null>
+  /** Asks it to stop early: no new run starts; the one under way is given `graceMs`, then stopped. `wait` reports what was done. */
+  finish: (graceMs?: number) => Promise<void>
 }
 
 /** Reads one run's report; a run killed before it printed one counts nothing. */
@@ -257,7 +278,7 @@ export function parsePgbenchRun (text: string): PgbenchRun {
  * once, then `pgbench -c clients -j 1` for `seconds` in all, restarting the
  * run whenever connection loss aborts it.
  */
-export async function startPgbench (lab: LabHandle, clientNode: string, host: string, port: number, opts: { seconds: number, clients?: number, scale?: number }): Promise<Pgbench> {
+export async function startPgbench (lab: Lab, clientNode: string, host: string, port: number, opts: { seconds: number, clients?: number, scale?: number }): Promise<Pgbench> {
   const dir = await mkdtemp(join(tmpdir(), 'dcloud-pgbench-'))
   await writeTarget(dir, { host, port })
   const name = `pgbench-${lab.name}-${newId()}`
@@ -280,6 +301,15 @@ export async function startPgbench (lab: LabHandle, clientNode: string, host: st
       const processed = runs.reduce((sum, r) => sum + r.processed, 0)
       await rm(dir, { recursive: true, force: true })
       return { processed, runs, seconds, tps: seconds > 0 ? processed / seconds : 0 }
+    },
+    containerRunning: async () => {
+      const r = await docker(lab, clientNode, ['inspect', '--format', '{{.State.Running}}', name], 10_000)
+      if (r.code === 0) return r.stdout.trim() === 'true'
+      return /no such (object|container)/i.test(r.stderr) ? false : null
+    },
+    finish: async (graceMs = 20_000) => {
+      await writeFile(join(dir, 'stop'), '')
+      if ((await docker(lab, clientNode, ['wait', name], graceMs)).code !== 0) await docker(lab, clientNode, ['stop', '-t', '5', name], 30_000)
     },
     cancel: async () => {
       if (finished) return
@@ -314,7 +344,7 @@ export interface LedgerVerdict {
 }
 
 /** Runs one query in a throwaway client container on `node`, retrying while the server is unreachable. */
-export async function pgQuery (lab: LabHandle, node: string, target: PgTarget, sql: string, timeoutMs = 60_000): Promise<string> {
+export async function pgQuery (lab: Lab, node: string, target: PgTarget, sql: string, timeoutMs = 60_000): Promise<string> {
   const conn = `host=${target.host} port=${target.port} ${CONN_OPTS} application_name=verify`
   const start = performance.now()
   for (;;) {
@@ -331,7 +361,7 @@ export async function pgQuery (lab: LabHandle, node: string, target: PgTarget, s
  * from the server at `target` and checks them against what the clients saw
  * acknowledged.
  */
-export async function verifyLedger (lab: LabHandle, node: string, target: PgTarget, writers: LedgerResult[], pgbench?: PgbenchResult): Promise<LedgerVerdict> {
+export async function verifyLedger (lab: Lab, node: string, target: PgTarget, writers: LedgerResult[], pgbench?: PgbenchResult): Promise<LedgerVerdict> {
   const rows = await pgQuery(lab, node, target, 'SELECT client, seq FROM ledger')
   const present = new Map<string, Set<number>>()
   for (const line of rows.split('\n')) {
@@ -365,7 +395,7 @@ export async function verifyLedger (lab: LabHandle, node: string, target: PgTarg
 }
 
 /** The host port the engine of `node` published for `containerPort` of `container` (it changes when the container restarts). */
-export async function publishedPort (lab: LabHandle, node: string, container: string, containerPort = 5432): Promise<number> {
+export async function publishedPort (lab: Lab, node: string, container: string, containerPort = 5432): Promise<number> {
   const out = await dockerOk(lab, node, ['port', container, `${containerPort}/tcp`])
   const m = /:(\d+)\s*$/m.exec(out)
   if (m === null) throw new Error(`${container} on ${node} publishes no port for ${containerPort}/tcp: ${out.trim()}`)
@@ -373,6 +403,6 @@ export async function publishedPort (lab: LabHandle, node: string, container: st
 }
 
 /** The health Docker reports for a container ("starting", "healthy", "unhealthy"; "" without a healthcheck). */
-export async function containerHealth (lab: LabHandle, node: string, container: string): Promise<string> {
+export async function containerHealth (lab: Lab, node: string, container: string): Promise<string> {
   return (await dockerOk(lab, node, ['inspect', '--format', '{{if .State.Health}}{{.State.Health.Status}}{{end}}', container])).trim()
 }

@@ -18,8 +18,12 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { PROJECT_ROOT } from '../../agent/config.ts'
+import { Lab } from './lab.ts'
 
 export interface NotesRecord { seq: number, line: string }
+
+/** A record as a lab writer saw it acknowledged: when (ms since the epoch, the lab's one clock) and by which base URL. */
+export interface AckedRecord extends NotesRecord { clientId: string, at: number, url: string | null }
 
 export interface NotesCounts { sent: number, acked: number, failed: number }
 
@@ -136,7 +140,7 @@ export interface NotesWriterOptions {
   timeoutMs?: number
   fetchImpl?: typeof fetch
   /** Called at each acknowledgement, e.g. to stream them out of a lab namespace. */
-  onAck?: (record: NotesRecord) => void
+  onAck?: (record: NotesRecord, url: string) => void
 }
 
 /** Writes records continuously, one at a time, and keeps what was acknowledged. */
@@ -215,7 +219,7 @@ export class NotesWriter {
         this.lastAckAt = now
         const record = { seq, line }
         this.acks.push(record)
-        this.opts.onAck?.(record)
+        this.opts.onAck?.(record, url)
       } else {
         this.failed++
       }
@@ -248,9 +252,14 @@ function describeError (err: unknown): string {
 
 // ---- running writers inside a lab node ------------------------------------
 
-const WRITER_SCRIPT = join(PROJECT_ROOT, 'test', 'lab', 'notes-writer.ts')
+const WRITER_SCRIPT = join(PROJECT_ROOT, 'scripts', 'lab', 'notes-writer.ts')
 const NODE_BIN = join(PROJECT_ROOT, 'node_modules', '.bin', 'node')
-const DCLOUD_BIN = join(PROJECT_ROOT, 'bin', 'dcloud')
+
+/** Runs `cmd` in lab node `node`'s network namespace with its environment, as `dcloud lab exec` does (without a CLI process in between). */
+function spawnInNode (lab: string, node: string, cmd: string[], stdio: ['pipe' | 'ignore', 'pipe', 'pipe']): ChildProcess & { stdout: NodeJS.ReadableStream, stderr: NodeJS.ReadableStream } {
+  const l = new Lab(lab)
+  return spawn('nsenter', [`--net=/run/netns/${l.nodeNs(node)}`, '--', ...cmd], { stdio, env: l.nodeEnv(node) }) as ChildProcess & { stdout: NodeJS.ReadableStream, stderr: NodeJS.ReadableStream }
+}
 
 /** Where the app is: its instance name (looked up on the node's agent, following it when it moves) or a fixed base URL. */
 export type NotesTarget = { app: string } | { url: string }
@@ -274,9 +283,7 @@ export interface WriterSummary extends NotesCounts {
 export class LabWriters {
   readonly clients: string[]
   private readonly child: ChildProcess
-  private readonly acks = new Map<string, NotesRecord[]>()
-  /** When each acknowledgement arrived at the writer (ms since epoch), in order. */
-  private readonly ackedAt: number[] = []
+  private readonly acks = new Map<string, AckedRecord[]>()
   private readonly summaries: WriterSummary[] = []
   private readonly urls: string[] = []
   private stderr = ''
@@ -286,11 +293,11 @@ export class LabWriters {
   constructor (lab: string, node: string, target: NotesTarget, clients: string[], opts: { intervalMs?: number, timeoutMs?: number } = {}) {
     this.clients = clients
     for (const c of clients) this.acks.set(c, [])
-    const args = ['lab', '--lab', lab, 'exec', node, '--', NODE_BIN, WRITER_SCRIPT, 'write', ...targetArgs(target), '--clients', clients.join(',')]
+    const args = [NODE_BIN, WRITER_SCRIPT, 'write', ...targetArgs(target), '--clients', clients.join(',')]
     if (opts.intervalMs !== undefined) args.push('--interval', String(opts.intervalMs))
     if (opts.timeoutMs !== undefined) args.push('--timeout', String(opts.timeoutMs))
     // stdin is the stop signal: the writer stops when it closes, also when this process dies.
-    this.child = spawn(DCLOUD_BIN, args, { stdio: ['pipe', 'pipe', 'pipe'] })
+    this.child = spawnInNode(lab, node, args, ['pipe', 'pipe', 'pipe'])
     this.child.stderr?.on('data', (chunk: Buffer) => { this.stderr = (this.stderr + chunk.toString()).slice(-8192) })
     createInterface({ input: this.child.stdout as NodeJS.ReadableStream }).on('line', line => { this.onLine(line) })
     this.exited = new Promise(resolve => {
@@ -300,11 +307,10 @@ export class LabWriters {
   }
 
   private onLine (line: string): void {
-    let msg: { t?: string, c?: string, s?: number, url?: string, at?: number } & Partial<WriterSummary>
+    let msg: { t?: string, c?: string, s?: number, url?: string, at?: number, u?: string } & Partial<WriterSummary>
     try { msg = JSON.parse(line) } catch { return }
     if (msg.t === 'ack' && typeof msg.c === 'string' && typeof msg.s === 'number') {
-      this.acks.get(msg.c)?.push({ seq: msg.s, line: recordLine(msg.c, msg.s) })
-      if (typeof msg.at === 'number') this.ackedAt.push(msg.at)
+      this.acks.get(msg.c)?.push({ seq: msg.s, line: recordLine(msg.c, msg.s), clientId: msg.c, at: typeof msg.at === 'number' ? msg.at : Date.now(), url: typeof msg.u === 'string' ? msg.u : null })
     } else if (msg.t === 'done') {
       this.summaries.push(msg as WriterSummary)
     } else if (msg.t === 'url' && typeof msg.url === 'string') {
@@ -312,20 +318,32 @@ export class LabWriters {
     }
   }
 
-  /** Every record acknowledged so far, all clients. */
-  acknowledged (): NotesRecord[] {
+  /** Every record acknowledged so far, all clients, with when and by which URL. */
+  acknowledged (): AckedRecord[] {
     return [...this.acks.values()].flat()
   }
 
   /** The latest time a write was acknowledged (ms since epoch), or null for none. */
   lastAckAt (): number | null {
-    return this.ackedAt.length === 0 ? null : Math.max(...this.ackedAt)
+    let last: number | null = null
+    for (const a of this.acks.values()) for (const r of a) if (last === null || r.at > last) last = r.at
+    return last
   }
 
   ackCount (): number {
     let n = 0
     for (const a of this.acks.values()) n += a.length
     return n
+  }
+
+  /** Whether the writers' process has ended (stopped, or killed with its node). */
+  hasExited (): boolean {
+    return this.closed
+  }
+
+  /** The last of what the writers wrote to stderr. */
+  errorOutput (): string {
+    return this.stderr
   }
 
   /** Throws, with what the writers said, when they have exited without being stopped (e.g. Node failed to start). */
@@ -365,7 +383,7 @@ export function startLabWriters (lab: string, node: string, target: NotesTarget,
 /** The log as read from inside lab node `node`. */
 export async function readNotesInLab (lab: string, node: string, target: NotesTarget, timeoutMs = 30_000): Promise<string> {
   return await new Promise((resolve, reject) => {
-    const child = spawn(DCLOUD_BIN, ['lab', '--lab', lab, 'exec', node, '--', NODE_BIN, WRITER_SCRIPT, 'read', ...targetArgs(target)], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawnInNode(lab, node, [NODE_BIN, WRITER_SCRIPT, 'read', ...targetArgs(target)], ['ignore', 'pipe', 'pipe'])
     const out: Buffer[] = []
     let err = ''
     const timer = setTimeout(() => { child.kill('SIGKILL') }, timeoutMs)

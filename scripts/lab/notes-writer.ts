@@ -1,12 +1,12 @@
 /**
- * Runs notes writers (test/lab/notes-client.ts) where the app can be reached:
+ * Runs notes writers (scripts/lab/notes-client.ts) where the app can be reached:
  * inside a lab node's namespace, through `dcloud lab exec NODE -- node ...`.
  *
- *   node test/lab/notes-writer.ts write (--app NAME | --url URL) --clients A,B,... [--interval MS] [--timeout MS]
- *   node test/lab/notes-writer.ts read (--app NAME | --url URL) [--wait MS]
+ *   node scripts/lab/notes-writer.ts write (--app NAME | --url URL) --clients A,B,... [--interval MS] [--timeout MS]
+ *   node scripts/lab/notes-writer.ts read (--app NAME | --url URL) [--wait MS]
  *
- * `write` prints one JSON line per acknowledged record, {"t":"ack","c":CLIENT,"s":SEQ}
- * (the line itself follows from both), {"t":"url","url":…} whenever the app's
+ * `write` prints one JSON line per acknowledged record, {"t":"ack","c":CLIENT,"s":SEQ,"at":MS,"u":URL}
+ * (the line itself follows from CLIENT and SEQ; AT is when the 201 came, URL the app's address that gave it), {"t":"url","url":…} whenever the app's
  * address changes, and at the end one {"t":"done",…} per client with its
  * counts. It stops when its stdin closes (or on SIGTERM/SIGINT). `read`
  * prints the log, retrying until the app answers or MS pass (default 30000).
@@ -104,8 +104,9 @@ async function write (): Promise<void> {
     clientId,
     intervalMs: values.interval !== undefined ? Number(values.interval) : undefined,
     timeoutMs: values.timeout !== undefined ? Number(values.timeout) : undefined,
-    // `at`: when the 201 arrived (the lab's one clock), to compare with containers' start and finish times.
-    onAck: r => { emit({ t: 'ack', c: clientId, s: r.seq, at: Date.now() }) }
+    // `at`: when the 201 arrived (the lab's one clock), to compare with containers' start and finish times;
+    // `u`: the app's address that answered, so a chaos run tells which copy acknowledged it.
+    onAck: (r, url) => { emit({ t: 'ack', c: clientId, s: r.seq, at: Date.now(), u: url }) }
   }))
   for (const w of writers) w.start()
 
