@@ -85,11 +85,13 @@ describe('app runtime on a real engine', () => {
   beforeAll(async () => {
     await lab.up(1)
     // This suite drives the engine itself: the node's agent (and any scheduler
-    // it runs) must not act on the same containers meanwhile.
+    // it runs) must not act on the same containers meanwhile, nor its fencing
+    // watchdog, which stops stateful containers once no agent holds the lease.
     const node = await lab.lab.node('n1')
-    if (node.agentPid !== null) {
-      process.kill(node.agentPid, 'SIGTERM')
-      await waitFor(async () => { try { process.kill(node.agentPid as number, 0); return undefined } catch { return true } }, 10_000, 'the lab agent to stop')
+    for (const pid of [node.agentPid, node.watchdogPid ?? null]) {
+      if (pid === null) continue
+      process.kill(pid, 'SIGTERM')
+      await waitFor(async () => { try { process.kill(pid, 0); return undefined } catch { return true } }, 10_000, `the lab's process ${pid} to stop`)
     }
     docker = new Docker({ socketPath: lab.lab.dockerSocket('n1') })
     runtime = new AppRuntime({ docker, log })
@@ -123,7 +125,9 @@ describe('app runtime on a real engine', () => {
       'dcloud.spec': specHash(APP, shopApp().manifest.compose.services.web!), 'org.example.role': 'frontend'
     })
     expect(web.Config.Env).toContain('GREETING=world')
-    expect(web.HostConfig.RestartPolicy?.Name).toBe('unless-stopped')
+    // A stateful app (shop has a volume) is started only by the agent: no restart policy, and the watchdog's label.
+    expect(web.HostConfig.RestartPolicy?.Name).toBe('no')
+    expect(web.Config.Labels['dcloud.fence']).toBe('1')
     expect(web.Config.Healthcheck?.Test).toEqual(['CMD', 'wget', '-qO-', 'http://127.0.0.1:8080/'])
     expect(web.NetworkSettings.Networks['dcloud-shop']?.Aliases).toContain('web')
     const worker = await docker.getContainer('dcloud-shop-worker').inspect()
