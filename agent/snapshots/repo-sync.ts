@@ -843,13 +843,18 @@ class Puller {
    * yamux grants the server more window as soon as data arrives, not when it
    * is consumed: a stream left flowing while we hash, write or fsync would
    * buffer without bound (64 MiB gone in one fsync of a pack). Paused, at
-   * most one window (16 MiB) is in flight.
+   * most one window (16 MiB) is in flight. And it resumes only when what is
+   * buffered already does not hold the `n` bytes: each resume hands the
+   * stream's paused window over to the byte reader, and reading 1 MiB pieces
+   * while resuming every time would pile windows up there (an overflow seen
+   * on a slow disk).
    */
   private async read (n: number): Promise<Uint8Array> {
     const stream = this.stream as Stream
-    if (stream.readStatus === 'paused') stream.resume()
+    const bytes = this.bytes as ByteStream<Stream> & { readBuffer?: { byteLength: number } }
+    if (stream.readStatus === 'paused' && (bytes.readBuffer?.byteLength ?? 0) < n) stream.resume()
     try {
-      const list = await (this.bytes as ByteStream<Stream>).read({ bytes: n, signal: this.signal })
+      const list = await bytes.read({ bytes: n, signal: this.signal })
       this.idle.touch()
       return list.subarray()
     } finally {
