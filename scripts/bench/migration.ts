@@ -534,7 +534,8 @@ async function main (): Promise<void> {
 
   try {
     log(`lab up, 3 nodes (${elapsed()})`)
-    await lab.up(3)
+    // A 1 GiB volume, its snapshots and the naive copy need more than a node's default 4 GiB disk.
+    await lab.up(3, [], { diskSize: '12G' })
     const { value: leader } = await waitFor(async () => {
       const s = await lab.status('n1')
       const l = s.nodes.find(n => n.id === s.leader)

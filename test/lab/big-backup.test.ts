@@ -76,7 +76,8 @@ const mbps = (bytesPerSecond: number): string => (bytesPerSecond / 1e6).toFixed(
 describe('a 1 GiB app through the API', () => {
   beforeAll(async () => {
     work = await mkdtemp(join('/var/tmp', 'dcloud-bigbackup-'))
-    await lab.up(2)
+    // 1 GiB of data lives three times on n1 at the peak (the volume, its snapshot, the backup file being built), and its replica on n2.
+    await lab.up(2, [], { diskSize: '10G' })
     await waitFor(async () => (await lab.status('n1')).leader ?? undefined, 60_000, 'a leader')
     await dcOk('n1', ['app', 'install', BIGVOL, '--node', 'n1'])
     await waitFor(async () => (await app('n1', 'bigvol'))?.state === 'running' ? true : undefined, 120_000, 'bigvol running', 500)

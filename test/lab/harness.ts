@@ -39,9 +39,10 @@ export class LabHandle {
     this.lab = new Lab(name)
   }
 
-  async up (nodes: number, agentArgs: string[] = []): Promise<void> {
+  /** `diskSize`: each node's data disk (`lab up --disk-size`), for tests that hold more than the default 4 GiB. */
+  async up (nodes: number, agentArgs: string[] = [], opts: { diskSize?: string } = {}): Promise<void> {
     await dcloud(['lab', '--lab', this.name, 'down'])
-    await dcloudOk(['lab', '--lab', this.name, 'up', '--nodes', String(nodes), ...(agentArgs.length > 0 ? ['--', ...agentArgs] : [])])
+    await dcloudOk(['lab', '--lab', this.name, 'up', '--nodes', String(nodes), ...(opts.diskSize !== undefined ? ['--disk-size', opts.diskSize] : []), ...(agentArgs.length > 0 ? ['--', ...agentArgs] : [])])
   }
 
   /** Takes the lab down, keeping its agents' and dockerds' logs in /tmp/dcloud-lab-logs/LAB/ for whoever reads a failure. */
