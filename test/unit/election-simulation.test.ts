@@ -300,7 +300,9 @@ describe('two-node rule, on a pure simulation', () => {
         if (n1LedAt === null && sim.leaders().includes('n1')) n1LedAt = sim.t
       })
       expect(sim.violations).toEqual([])
-      expect(sim.becameLeader.filter(b => b.t > cutAt && b.id === 'n2')).toEqual([])
+      // A vote granted before the cut can still land after it (the default delay is up to 30 ms):
+      // an election won that way is not one the cut halves ran, and the lease check above holds it.
+      expect(sim.becameLeader.filter(b => b.t > cutAt + sim.maxDelayMs && b.id === 'n2')).toEqual([])
       expect(n1LedAt).not.toBeNull()
       expect(sim.leaders()).toEqual(['n1'])
     }), { numRuns: 50 })
