@@ -131,7 +131,7 @@ describe('the replicated desired state in the lab', () => {
     const before = await metrics()
     const targets = await Promise.all(NODES.map(async n => `/ip4/${ip(n)}/tcp/7370/p2p/${(await lab.status(n)).self}`))
     for (const t of [term, term + 1]) {
-      const r = await lab.exec('n3', [NODE_BIN, join(PROJECT_ROOT, 'test', 'lab', 'rogue-leader.ts'), join(lab.lab.stateDir, 'cluster.key'), String(t), 'hello', ...targets])
+      const r = await lab.exec('n3', [NODE_BIN, join(PROJECT_ROOT, 'test', 'lab', 'rogue-leader.ts'), '--announce', join(lab.lab.stateDir, 'cluster.key'), String(t), 'hello', ...targets])
       expect(r.code, r.stderr).toBe(0)
       const report = JSON.parse(r.stdout) as { results: Record<string, { op: { ok: boolean, code?: string }, append: { ok: boolean, value?: { ok: boolean, reason: string } }, outOfOrder: { ok: boolean, code?: string, message?: string } }>, announcedTo: number }
       expect(Object.keys(report.results)).toHaveLength(3)

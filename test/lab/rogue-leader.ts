@@ -3,7 +3,7 @@
  * process, run inside a lab node's namespace, as a deposed leader or a
  * compromised key-holder would act.
  *
- *   node test/lab/rogue-leader.ts KEYFILE TERM APP_NAME TARGET_MULTIADDR...
+ *   node test/lab/rogue-leader.ts [--announce] KEYFILE TERM APP_NAME TARGET_MULTIADDR...
  *
  * To each target it sends, stamped with TERM and naming itself the leader:
  * - `op`: an operation removing APP_NAME;
@@ -11,8 +11,10 @@
  *   commit far ahead;
  * - `outOfOrder`: an append whose entries skip an index (malformed whatever
  *   the sender);
- * and it publishes a status beat announcing a desired state of a revision no
- * node holds. Prints one JSON line: per target, what the operation and the
+ * and with --announce it publishes a status beat announcing a desired state
+ * of a revision no node holds. That makes it a member, and a voter, from
+ * then on, as any node that joins (so a test that goes on killing nodes
+ * leaves it out). Prints one JSON line: per target, what the operation and the
  * append got back, and how many peers received the announcement.
  */
 import { generateKeyPair } from '@libp2p/crypto/keys'
@@ -25,9 +27,11 @@ import { createLogger } from '../../agent/util/log.ts'
 import { APPEND_PROTOCOL, OP_PROTOCOL, decodeAppendResponse, decodeOpResponse } from '../../proto/cluster.ts'
 import { STATUS_TOPIC, encodeStatus } from '../../proto/status.ts'
 
-const [keyFile, termArg, app, ...targets] = process.argv.slice(2)
+const argv = process.argv.slice(2)
+const announce = argv[0] === '--announce'
+const [keyFile, termArg, app, ...targets] = announce ? argv.slice(1) : argv
 if (keyFile === undefined || termArg === undefined || app === undefined || targets.length === 0) {
-  process.stderr.write('usage: rogue-leader.ts KEYFILE TERM APP_NAME TARGET_MULTIADDR...\n')
+  process.stderr.write('usage: rogue-leader.ts [--announce] KEYFILE TERM APP_NAME TARGET_MULTIADDR...\n')
   process.exit(64)
 }
 const term = Number(termArg)
@@ -62,23 +66,25 @@ for (const target of targets) {
   results[peer.toString()] = { op, append, outOfOrder }
 }
 
-// Announce a desired state far ahead of everyone's: followers used to pull the highest one they heard of.
-const pubsub = mesh.host.services.pubsub
-pubsub.subscribe(STATUS_TOPIC)
-const deadline = Date.now() + 10_000
-while (pubsub.getSubscribers(STATUS_TOPIC).length < targets.length && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 100))
-const beat = encodeStatus({
-  v: 1, peerId: self, name: 'rogue-leader', incarnation: Date.now(), seq: 1, intervalMs: 1000,
-  cluster: { term, leader: self, desiredRevision: 1_000_000 },
-  resources: {
-    cpu: { cores: 1, load: 0 }, mem: { total: 1, free: 1 }, diskFree: 0, arch: 'amd64',
-    dockerVersion: null, agentVersion: '0', labels: {}, apps: [], appStates: [], containers: 0, address: null, images: []
-  }
-})
 let announcedTo = 0
-for (let i = 0; i < 3; i++) {
-  announcedTo = Math.max(announcedTo, (await pubsub.publish(STATUS_TOPIC, beat)).recipients.length)
-  await new Promise(resolve => setTimeout(resolve, 1000))
+if (announce) {
+  // Announce a desired state far ahead of everyone's: followers used to pull the highest one they heard of.
+  const pubsub = mesh.host.services.pubsub
+  pubsub.subscribe(STATUS_TOPIC)
+  const deadline = Date.now() + 10_000
+  while (pubsub.getSubscribers(STATUS_TOPIC).length < targets.length && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 100))
+  const beat = encodeStatus({
+    v: 1, peerId: self, name: 'rogue-leader', incarnation: Date.now(), seq: 1, intervalMs: 1000,
+    cluster: { term, leader: self, desiredRevision: 1_000_000 },
+    resources: {
+      cpu: { cores: 1, load: 0 }, mem: { total: 1, free: 1 }, diskFree: 0, arch: 'amd64',
+      dockerVersion: null, agentVersion: '0', labels: {}, apps: [], appStates: [], containers: 0, address: null, images: []
+    }
+  })
+  for (let i = 0; i < 3; i++) {
+    announcedTo = Math.max(announcedTo, (await pubsub.publish(STATUS_TOPIC, beat)).recipients.length)
+    await new Promise(resolve => setTimeout(resolve, 1000))
+  }
 }
 process.stdout.write(JSON.stringify({ peerId: self, results, announcedTo }) + '\n')
 await mesh.stop()
