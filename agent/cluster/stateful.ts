@@ -35,6 +35,7 @@ import type { ElectionDriver } from './election-driver.ts'
 import type { AppRuntime } from '../runtime/apps.ts'
 import { snapshotPolicy, type SnapshotService } from '../snapshots/service.ts'
 import { KEEP_DEFAULTS } from '../../scheduler/retention.ts'
+import { nextSnapshotDue } from '../../scheduler/snapshot-cadence.ts'
 import type { Logger } from '../util/log.ts'
 
 /** A node that stops seeing a quorum fences after this long (its peers went suspect seconds ago already). */
@@ -94,7 +95,8 @@ export class DataPlane {
   private readonly init: DataPlaneInit
   private timers: NodeJS.Timeout[] = []
   private holdingsCache: Array<{ app: string, id: string, time: number }> = []
-  private readonly lastTaken = new Map<string, number>()
+  /** Per app: its newest snapshot's time, how long the last take-and-replicate took, when the last one failed (scheduler/snapshot-cadence.ts). */
+  private readonly cadence = new Map<string, { lastSnapshotAt: number | null, lastCycleMs: number, lastFailureAt: number | null }>()
   private readonly taking = new Set<string>()
   private quorumLostAt: number | null = null
   private readonly startedAt = Date.now()
@@ -150,6 +152,14 @@ export class DataPlane {
     } catch (err) {
       this.init.log.warn('cannot list the snapshots held here', { error: (err as Error).message })
     }
+  }
+
+  /** The cadence facts of an app. Its newest snapshot held here counts too: after a restart, or one replicated here before the app moved in. */
+  private cadenceOf (name: string): { lastSnapshotAt: number | null, lastCycleMs: number, lastFailureAt: number | null } {
+    const known = this.cadence.get(name) ?? { lastSnapshotAt: null, lastCycleMs: 0, lastFailureAt: null }
+    const held = this.holdingsCache.filter(h => h.app === name).map(h => h.time)
+    const newest = Math.max(known.lastSnapshotAt ?? -1, ...held)
+    return { ...known, lastSnapshotAt: newest < 0 ? null : newest }
   }
 
   private desired (name: string): DesiredApp {
@@ -242,11 +252,15 @@ export class DataPlane {
 
   /** Takes a snapshot here and has peers pull it (as many as the app's policy asks); returns it with where it went. */
   async takeAndReplicate (app: DesiredApp, purpose: SnapshotInfo['purpose'] & string, signal: AbortSignal, quiesce?: 'none', label?: string, generation?: number): Promise<SnapshotInfo & { replicatedTo: string[] }> {
+    const began = Date.now()
     const info = await this.init.snapshots.take(app, { purpose: purpose as never, generation: generation ?? app.generation ?? 1, signal, ...(quiesce !== undefined ? { quiesce } : {}), ...(label !== undefined ? { label } : {}) })
     this.counters.snapshots++
-    this.lastTaken.set(app.name, Date.now())
     await this.refreshHoldings()
     const replicatedTo = purpose === 'pre-move' ? [] : await this.replicate(app, signal)
+    const want = snapshotPolicy(app)?.replicas ?? 0
+    // Protected only once a peer holds it: a cycle short of its replicas counts as failed for the cadence.
+    const short = purpose !== 'pre-move' && replicatedTo.length < want
+    this.cadence.set(app.name, { lastSnapshotAt: info.time, lastCycleMs: Date.now() - began, lastFailureAt: short ? Date.now() : null })
     return { ...info, replicatedTo }
   }
 
@@ -309,19 +323,13 @@ export class DataPlane {
       const policy = app === undefined ? null : snapshotPolicy(app)
       if (app === undefined || policy === null || policy.everyMs === 0) continue
       if ((local.generation ?? 1) !== (app.generation ?? 1)) continue // a stale copy is not ours to snapshot
-      let last = this.lastTaken.get(app.name)
-      if (last === undefined) {
-        const mine = this.holdingsCache.find(h => h.app === app.name)
-        last = mine?.time ?? 0
-        this.lastTaken.set(app.name, last)
-      }
-      if (now - last < policy.everyMs) continue
+      const due = nextSnapshotDue({ everyMs: policy.everyMs, ...this.cadenceOf(app.name), checkEveryMs: SCHEDULE_CHECK_MS })
+      if (now < due) continue
       this.taking.add(app.name)
       this.takeAndReplicate(app, 'scheduled', this.controller.signal)
         .catch((err: Error) => {
           this.counters.snapshotFailures++
-          // Try again at the next interval, not every few seconds.
-          this.lastTaken.set(app.name, Date.now())
+          this.cadence.set(app.name, { ...this.cadenceOf(app.name), lastFailureAt: Date.now() })
           this.init.log.warn('scheduled snapshot failed', { app: app.name, error: err.message })
         })
         .finally(() => { this.taking.delete(app.name) })

@@ -108,6 +108,24 @@ describe('writes and the RPO', () => {
     expect(judgeLoss({ ...ack('n1', 80), app: 'postgres' }, [failover], 60_000).kind).toBe('unexplained')
   })
 
+  it('counts the RPO up to the instant the copy was cut off, not up to each record', () => {
+    // n1 was cut off at 85 s; the restored snapshot is of 60 s: 25 s old at the cut.
+    const cut = [{ node: 'n1', from: s(85), to: s(120) }]
+    expect(judgeLoss(ack('n1', 70), [failover], 30_000, cut)).toMatchObject({ kind: 'within-rpo', ageMs: 25_000 })
+    // The same records with the snapshot older than the RPO at the cut: a violation, even for one acknowledged soon after that snapshot.
+    expect(judgeLoss(ack('n1', 62), [failover], 20_000, cut)).toMatchObject({ kind: 'beyond-rpo', ageMs: 25_000 })
+  })
+
+  it('leaves what a copy acknowledged after it was cut off to the kept check', () => {
+    const cut = [{ node: 'n1', from: s(85), to: s(120) }]
+    expect(judgeLoss(ack('n1', 90), [failover], 10_000, cut)).toMatchObject({ kind: 'cut-off', cutAt: s(85) })
+    // A cut of another node, or one over before the snapshot, says nothing about n1's copy.
+    expect(judgeLoss(ack('n1', 90), [failover], 10_000, [{ node: 'n2', from: s(85), to: s(120) }]).kind).toBe('beyond-rpo')
+    expect(judgeLoss(ack('n1', 90), [failover], 10_000, [{ node: 'n1', from: s(10), to: s(20) }]).kind).toBe('beyond-rpo')
+    // After the failover nothing excuses it, cut or not.
+    expect(judgeLoss(ack('n1', 101), [failover], 60_000, cut).kind).toBe('unexplained')
+  })
+
   it('sorts acknowledged records into present, allowed and lost', () => {
     const acks = [ack('n1', 10, 'a'), ack('n1', 80, 'b'), ack('n2', 150, 'c')]
     const v = judgeWrites('notes', acks, id => id === 'a', [failover], 60_000)

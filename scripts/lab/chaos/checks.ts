@@ -248,44 +248,71 @@ export function inferRelocations (runs: ContainerRun[], recorded: Relocation[], 
 
 export type LossVerdict =
   | { kind: 'within-rpo', relocation: Relocation, ageMs: number }
+  | { kind: 'cut-off', relocation: Relocation, cutAt: number }
   | { kind: 'beyond-rpo', relocation: Relocation, ageMs: number }
   | { kind: 'unexplained' }
 
 /**
+ * A span in which a node was cut off from the majority by an injected fault
+ * (killed, its agent killed or frozen, on the small side of a partition, its
+ * link flapping). From its start, nothing the node's copy acknowledges can
+ * reach a peer: the RPO is counted up to that instant, and what the copy
+ * acknowledged after it belongs to a divergent copy (which the `kept` check
+ * requires to be kept in a snapshot).
+ */
+export interface CutOff { node: string, from: number, to: number }
+
+/**
  * Why an acknowledged record is missing from the live copy. It is allowed
  * only when a failover (or restore from a snapshot) after it started from a
- * snapshot taken before it, at most `rpoMs` earlier: what the app's snapshot
- * interval promises to lose at most. A planned move loses nothing, so a loss
- * across one is never explained.
+ * snapshot taken before it, and that snapshot was at most `rpoMs` old when the
+ * copy that acknowledged the record was lost: the instant its node was cut
+ * off, or (no fault known) the record's own time. That is what the app's
+ * snapshot interval promises: lose at most that much. A record the copy
+ * acknowledged after it was cut off is the divergent copy's, not lost to the
+ * RPO. A planned move loses nothing, so a loss across one is never explained.
  */
-export function judgeLoss (ack: Ack, relocations: Relocation[], rpoMs: number): LossVerdict {
+export function judgeLoss (ack: Ack, relocations: Relocation[], rpoMs: number, cutOffs: CutOff[] = []): LossVerdict {
   const covering = relocations
     .filter(r => r.app === ack.app && (r.kind === 'failover' || r.kind === 'restore') && r.snapshotTime < ack.at && ack.at <= r.at)
     .sort((x, y) => x.at - y.at)
   const first = covering[0]
   if (first === undefined) return { kind: 'unexplained' }
-  const within = covering.find(r => ack.at - r.snapshotTime <= rpoMs)
-  if (within !== undefined) return { kind: 'within-rpo', relocation: within, ageMs: ack.at - within.snapshotTime }
-  return { kind: 'beyond-rpo', relocation: first, ageMs: ack.at - first.snapshotTime }
+  for (const r of covering) {
+    const cut = lostAt(r, ack, cutOffs)
+    if (cut !== null && ack.at >= cut) return { kind: 'cut-off', relocation: r, cutAt: cut }
+  }
+  const age = (r: Relocation): number => (lostAt(r, ack, cutOffs) ?? ack.at) - r.snapshotTime
+  const within = covering.find(r => age(r) <= rpoMs)
+  if (within !== undefined) return { kind: 'within-rpo', relocation: within, ageMs: age(within) }
+  return { kind: 'beyond-rpo', relocation: first, ageMs: age(first) }
+}
+
+/** When the copy that acknowledged `ack` was cut off, on the way to relocation `r`: the latest cut of its node begun before `r`. */
+function lostAt (r: Relocation, ack: Ack, cutOffs: CutOff[]): number | null {
+  const node = ack.node ?? r.from
+  if (node === null) return null
+  const cuts = cutOffs.filter(c => c.node === node && c.from <= r.at && c.to >= r.snapshotTime).map(c => c.from)
+  return cuts.length === 0 ? null : Math.max(...cuts)
 }
 
 export interface WritesVerdict {
   app: string
   acked: number
   present: number
-  /** Lost to a failover, within the RPO: allowed. */
+  /** Lost to a failover within the RPO, or acknowledged by a copy already cut off (kept by the divergent snapshot): allowed. */
   allowed: Array<{ ack: Ack, verdict: LossVerdict }>
   /** Violations. */
   lost: Array<{ ack: Ack, verdict: LossVerdict }>
 }
 
-export function judgeWrites (app: string, acks: Ack[], present: (id: string) => boolean, relocations: Relocation[], rpoMs: number): WritesVerdict {
+export function judgeWrites (app: string, acks: Ack[], present: (id: string) => boolean, relocations: Relocation[], rpoMs: number, cutOffs: CutOff[] = []): WritesVerdict {
   const mine = acks.filter(a => a.app === app)
   const out: WritesVerdict = { app, acked: mine.length, present: 0, allowed: [], lost: [] }
   for (const ack of mine) {
     if (present(ack.id)) { out.present++; continue }
-    const verdict = judgeLoss(ack, relocations, rpoMs)
-    if (verdict.kind === 'within-rpo') out.allowed.push({ ack, verdict })
+    const verdict = judgeLoss(ack, relocations, rpoMs, cutOffs)
+    if (verdict.kind === 'within-rpo' || verdict.kind === 'cut-off') out.allowed.push({ ack, verdict })
     else out.lost.push({ ack, verdict })
   }
   return out
@@ -304,7 +331,7 @@ export function groupLosses (losses: Array<{ ack: Ack, verdict: LossVerdict }>):
     g.count++
     g.first = Math.min(g.first, ack.at)
     g.last = Math.max(g.last, ack.at)
-    if (verdict.kind !== 'unexplained') g.maxAgeMs = Math.max(g.maxAgeMs ?? 0, verdict.ageMs)
+    if (verdict.kind === 'within-rpo' || verdict.kind === 'beyond-rpo') g.maxAgeMs = Math.max(g.maxAgeMs ?? 0, verdict.ageMs)
     if (g.ids.length < 5) g.ids.push(ack.id)
   }
   return [...groups.values()].sort((a, b) => a.first - b.first)

@@ -15,8 +15,8 @@ import { apiGet } from '../../../agent/cli/client.ts'
 import { PROJECT_ROOT } from '../../../agent/config.ts'
 import { UserError, EXIT } from '../../../agent/util/errors.ts'
 import type { AppView, SnapshotView, StatusResponse } from '../../../proto/api.ts'
-import { chaosSchedule, checkScheduleInput, ScheduleError, FAULT_KINDS, formatFault, type ChaosPlan, type Fault, type FaultKind } from './schedule.ts'
-import { containerRuns, convergenceViolations, findOverlaps, findUnkeptCopies, groupLosses, inferRelocations, judgeConvergence, judgeWrites, placementProblem, type Ack, type Overlap, type PlacementSample, type Relocation, type WritesVerdict } from './checks.ts'
+import { chaosSchedule, checkScheduleInput, ScheduleError, FAULT_KINDS, CUTS_OFF, formatFault, type ChaosPlan, type Fault, type FaultKind } from './schedule.ts'
+import { containerRuns, convergenceViolations, findOverlaps, findUnkeptCopies, groupLosses, inferRelocations, judgeConvergence, judgeWrites, placementProblem, type Ack, type Overlap, type PlacementSample, type Relocation, type WritesVerdict, type CutOff } from './checks.ts'
 import { DockerObserver, type ContainerNow } from './observe.ts'
 import { FaultInjector } from './faults.ts'
 import { NotesWorkload, PostgresWorkload, type PgTargetNow } from './workloads.ts'
@@ -309,7 +309,7 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
         present = new Set()
       }
       snapshotsOf.set('notes', await listSnapshots(lab, nodes, 'notes'))
-      writes.push(judgeWrites('notes', acks, id => present.has(id), withInferred('notes'), rpoMs))
+      writes.push(judgeWrites('notes', acks, id => present.has(id), withInferred('notes'), rpoMs, cutOffs()))
       keptCheck('notes', id => present.has(id))
     }
 
@@ -324,7 +324,7 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
           const v = await verifyLedger(lab, client, target, pgDone.ledgers, pgDone.bench)
           const missing = new Set(v.missing.map(m => `${m.client}/${m.seq}`))
           snapshotsOf.set('postgres', await listSnapshots(lab, nodes, 'postgres'))
-          writes.push(judgeWrites('postgres', acks, id => !missing.has(id), withInferred('postgres'), rpoMs))
+          writes.push(judgeWrites('postgres', acks, id => !missing.has(id), withInferred('postgres'), rpoMs, cutOffs()))
           const failedOver = relocations.some(r => r.app === 'postgres' && (r.kind === 'failover' || r.kind === 'restore') && r.at >= t0)
           if (v.pgbench !== null && !v.pgbench.balanced) violate('integrity', `pgbench's sums disagree (a transaction applied in part): ${JSON.stringify(v.pgbench.sums)}`, null)
           if (v.pgbench !== null && !v.pgbench.historyOk) {
@@ -342,13 +342,14 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
     for (const w of writes) {
       const describeR = (r: Relocation): string => `the ${r.inferred === true ? 'unrecorded restore (inferred from Docker)' : r.kind} ${r.from ?? '?'} -> ${r.to} at ${fmtAt(rel(r.at))}, from a snapshot of ${fmtAt(rel(r.snapshotTime))}`
       for (const g of groupLosses(w.allowed)) {
-        say('note', `${w.app}: ${g.count} record(s) acknowledged by ${g.node ?? '?'} (${fmtAt(rel(g.first))} .. ${fmtAt(rel(g.last))}) lost to ${describeR(g.relocation as Relocation)}: within the RPO (${((g.maxAgeMs ?? 0) / 1000).toFixed(1)} s at most)`, g.first)
+        const why = g.verdict === 'cut-off' ? 'acknowledged after its node was cut off: the divergent copy\'s (the kept check requires a snapshot of it)' : `within the RPO (the snapshot was ${((g.maxAgeMs ?? 0) / 1000).toFixed(1)} s old at most when the copy was lost)`
+        say('note', `${w.app}: ${g.count} record(s) acknowledged by ${g.node ?? '?'} (${fmtAt(rel(g.first))} .. ${fmtAt(rel(g.last))}) not in the live copy after ${describeR(g.relocation as Relocation)}: ${why}`, g.first)
       }
       for (const g of groupLosses(w.lost)) {
-        const why = g.verdict === 'beyond-rpo' ? `lost to ${describeR(g.relocation as Relocation)}: up to ${((g.maxAgeMs ?? 0) / 1000).toFixed(1)} s after that snapshot, beyond the RPO of ${rpoMs / 1000} s` : 'lost, and no failover or restore explains it'
+        const why = g.verdict === 'beyond-rpo' ? `lost to ${describeR(g.relocation as Relocation)}: that snapshot was ${((g.maxAgeMs ?? 0) / 1000).toFixed(1)} s old when the copy was lost, beyond the RPO of ${rpoMs / 1000} s` : 'lost, and no failover or restore explains it'
         violate('writes', `${w.app}: ${g.count} record(s) acknowledged by ${g.node ?? '?'} (${fmtAt(rel(g.first))} .. ${fmtAt(rel(g.last))}, e.g. ${g.ids.slice(0, 2).join(', ')}) ${why}`, g.first)
       }
-      checks.push({ name: 'writes', what: `${w.app}: ${w.acked} acknowledged, ${w.present} present, ${w.allowed.length} lost to a failover within the RPO, ${w.lost.length} lost otherwise`, samples: w.acked, violations: w.lost.length })
+      checks.push({ name: 'writes', what: `${w.app}: ${w.acked} acknowledged, ${w.present} present, ${w.allowed.filter(x => x.verdict.kind === 'within-rpo').length} lost to a failover within the RPO, ${w.allowed.filter(x => x.verdict.kind === 'cut-off').length} acknowledged by a cut-off copy, ${w.lost.length} lost otherwise`, samples: w.acked, violations: w.lost.length })
     }
 
     // Convergence.
@@ -393,6 +394,12 @@ export async function runChaos (opts: ChaosOptions): Promise<ChaosResult> {
         say('note', `${app}: started on ${r.to} at ${fmtAt(rel(r.at))} after running on ${r.from ?? '?'}, with no relocation recorded by the agents (\`dcloud app ls\` does not say it came from a snapshot); taken to be a restore of the snapshot of ${fmtAt(rel(r.snapshotTime))}`, r.at)
       }
       return [...relocations, ...inferred]
+    }
+
+    /** When injected faults cut nodes off from the majority (checks.ts CutOff), in absolute times. */
+    function cutOffs (): CutOff[] {
+      return outcomes.filter(o => o.injectedAt !== null && CUTS_OFF[o.kind])
+        .flatMap(o => o.nodes.map(node => ({ node, from: t0 + (o.injectedAt as number), to: t0 + (o.repairedAt ?? Date.now() - t0) })))
     }
 
     function keptCheck (app: string, present: (id: string) => boolean): void {

@@ -41,6 +41,23 @@ export const FAULT_DESCRIPTIONS: Record<FaultKind, string> = {
   'pause-agent': 'the agent frozen with SIGSTOP, then SIGCONT'
 }
 
+/**
+ * Whether a fault cuts its nodes off from the majority: from its start, what
+ * a copy there acknowledges reaches no peer (the writes check counts the RPO
+ * up to that instant). A dockerd restart or a full disk leaves the node in
+ * the cluster.
+ */
+export const CUTS_OFF: Record<FaultKind, boolean> = {
+  'kill-node': true,
+  'kill-agent': true,
+  'restart-dockerd': false,
+  'partition-2-1': true,
+  'partition-1-1-1': true,
+  'flap-link': true,
+  'fill-disk': false,
+  'pause-agent': true
+}
+
 export interface Fault {
   /** 1, 2, ... in order of `at`. */
   id: number
