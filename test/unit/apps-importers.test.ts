@@ -87,7 +87,8 @@ const RUNTIPI_EXPECTED: Record<string, [json: Outcome, yaml: Outcome]> = {
   'homeassistant-1': [ok('homeassistant-1:8123 | config'), ok('homeassistant-1:8123 | config')],
   immich: [ok('immich:2283 | media-images-immich immich-ml-cache db'), ok('immich:2283 | media-images-immich immich-ml-cache db')],
   jellyfin: [ok('jellyfin:8096 | config media'), ok('jellyfin:8096 | config media')],
-  mastodon: [refused('services.mastodon-db.shmSize'), refused('services.mastodon-db.shm_size')],
+  // shm_size (PostgreSQL's shared memory) is honoured now.
+  mastodon: [ok('mastodon:443 | mastodon-config postgres redis'), ok('mastodon:443 | mastodon-config postgres redis')],
   // The JSON mounts ./nginx from the app folder; the YAML builds an image from it.
   'matrix-conduit': [refused('services.matrix-conduit-well-known.volumes[0]'), refused('services.matrix-conduit-well-known.build', 'services.matrix-conduit-well-known.image')],
   mstream: [ok('mstream:3000 | mstream-config media-music'), ok('mstream:3000 | mstream-config media-music')],
