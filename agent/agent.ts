@@ -115,7 +115,7 @@ export class Agent implements ApiBackend {
 
     const docker = dockerFromEnv(opts.dockerHost)
     // Stateful containers start only while this node holds its fencing lease (agent/fence/).
-    const runtime = new AppRuntime({ docker, log: log.child('runtime'), mayStartStateful: () => this.lease?.holds === true ? null : 'this node does not see the cluster\'s majority (its fencing lease is not held)' })
+    const runtime = new AppRuntime({ docker, log: log.child('runtime'), configDir: join(opts.dataDir, 'configs'), mayStartStateful: () => this.lease?.holds === true ? null : 'this node does not see the cluster\'s majority (its fencing lease is not held)' })
     const store = new DesiredStore(opts.dataDir, log.child('desired'))
     await store.load()
     this.store = store

@@ -13,6 +13,8 @@ export interface KeyRule {
 }
 
 export const PRIVILEGE = 'widens what the container may do on the node; Dentropy does not grant that to an app'
+/** Compose secrets come from a file next to the compose file or a variable of the machine running compose. */
+export const SECRETS = 'a secret comes from a file next to the compose file or a variable of the machine running compose, which are not shipped to nodes; Dentropy has no secret store yet (a non-secret file can be a config with content:)'
 export const NO_FIELD = 'the runtime cannot set it yet (no field in the app manifest); an app that depends on it would misbehave'
 
 /** Service keys of the compose spec and what happens to each. docs/apps.md is written from this table. */
@@ -40,7 +42,7 @@ export const SERVICE_KEYS: Record<string, KeyRule> = {
   scale: { rule: 'honoured', why: 'only 1' },
   privileged: { rule: 'refused', why: PRIVILEGE },
   cap_add: { rule: 'refused', why: PRIVILEGE },
-  security_opt: { rule: 'refused', why: PRIVILEGE },
+  security_opt: { rule: 'honoured', why: 'only no-new-privileges (it takes power away); seccomp, apparmor, label and every other option are refused: they widen what the container may do on the node' },
   devices: { rule: 'refused', why: `${PRIVILEGE}, and ties the app to one machine's hardware` },
   device_cgroup_rules: { rule: 'refused', why: PRIVILEGE },
   gpus: { rule: 'refused', why: 'ties the app to one machine\'s hardware; no GPU scheduling yet' },
@@ -58,25 +60,25 @@ export const SERVICE_KEYS: Record<string, KeyRule> = {
   build: { rule: 'refused', why: 'nodes never build: build the image, then load it or push it to a registry, and name it in image' },
   env_file: { rule: 'refused', why: 'the app is one file: write the variables into environment' },
   label_file: { rule: 'refused', why: 'the app is one file: write the labels into labels' },
-  configs: { rule: 'refused', why: 'needs files next to the compose file, which are not shipped to nodes' },
-  secrets: { rule: 'refused', why: 'needs files next to the compose file, which are not shipped to nodes' },
+  configs: { rule: 'honoured', why: 'configs with content: (short or long syntax, target and mode), written on the node and mounted read-only; file: and environment: configs are refused' },
+  secrets: { rule: 'refused', why: SECRETS },
   extends: { rule: 'refused', why: 'merge the files into one before installing' },
   volumes_from: { rule: 'refused', why: 'mount the named volume in both services instead' },
   links: { rule: 'honoured', why: 'services reach each other by name anyway; a link alias other than the service name is refused' },
   external_links: { rule: 'refused', why: 'an app cannot reach into containers it does not own' },
-  extra_hosts: { rule: 'refused', why: NO_FIELD },
+  extra_hosts: { rule: 'honoured', why: 'list of "host:ip" or "host=ip", or a map; host-gateway is the node\'s own address' },
   dns: { rule: 'refused', why: NO_FIELD },
   dns_opt: { rule: 'refused', why: NO_FIELD },
   dns_search: { rule: 'refused', why: NO_FIELD },
   mac_address: { rule: 'refused', why: 'ties the app to one network identity' },
-  working_dir: { rule: 'refused', why: NO_FIELD },
-  tty: { rule: 'refused', why: NO_FIELD },
-  stdin_open: { rule: 'refused', why: NO_FIELD },
-  shm_size: { rule: 'refused', why: NO_FIELD },
-  tmpfs: { rule: 'refused', why: NO_FIELD },
-  read_only: { rule: 'refused', why: NO_FIELD },
-  ulimits: { rule: 'refused', why: NO_FIELD },
-  cap_drop: { rule: 'refused', why: NO_FIELD },
+  working_dir: { rule: 'honoured', why: 'an absolute path' },
+  tty: { rule: 'honoured', why: 'true or false' },
+  stdin_open: { rule: 'honoured', why: 'true or false' },
+  shm_size: { rule: 'honoured', why: 'a size such as 256m' },
+  tmpfs: { rule: 'honoured', why: 'a path or a list, with options (size, mode, uid, gid, noexec, …; suid and dev refused); volumes of type tmpfs too' },
+  read_only: { rule: 'honoured', why: 'a read-only root filesystem' },
+  ulimits: { rule: 'honoured', why: 'a number (soft and hard) or {soft, hard}; -1 is unlimited' },
+  cap_drop: { rule: 'honoured', why: 'capability names (with or without CAP_), or ALL' },
   group_add: { rule: 'refused', why: NO_FIELD },
   storage_opt: { rule: 'refused', why: NO_FIELD },
   blkio_config: { rule: 'refused', why: NO_FIELD },
@@ -115,8 +117,8 @@ export const TOP_LEVEL_KEYS: Record<string, KeyRule> = {
   networks: { rule: 'honoured', why: 'all become the app\'s one bridge network; external, internal and custom IPAM refused' },
   name: { rule: 'ignored', why: 'the project name is the app id (x-dcloud.id) or the instance name' },
   version: { rule: 'ignored', why: 'obsolete in the compose spec' },
-  configs: { rule: 'refused', why: 'needs files next to the compose file, which are not shipped to nodes' },
-  secrets: { rule: 'refused', why: 'needs files next to the compose file, which are not shipped to nodes' },
+  configs: { rule: 'honoured', why: 'content: only, carried in the manifest (at most 256 KiB each, 1 MiB in all); file: (not shipped to nodes), environment: and external refused' },
+  secrets: { rule: 'refused', why: SECRETS },
   include: { rule: 'refused', why: 'merge the files into one before installing' },
   models: { rule: 'refused', why: 'compose model runners are not supported' }
 }

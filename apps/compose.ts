@@ -6,7 +6,7 @@
  * and reported together. Nothing is dropped silently: an app that installs
  * must behave as its file says.
  */
-import type { ComposeProject, ComposeService, HealthCheck, VolumeMount } from '../proto/app.ts'
+import { CONFIG_LIMITS, CONFIG_NAME, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, type ComposeProject, type ComposeService, type ConfigMount, type HealthCheck, type TmpfsMount, type VolumeMount } from '../proto/app.ts'
 import { ValidationError, isRecord } from '../proto/validate.ts'
 import { ARCHITECTURES, normaliseArch } from './arch.ts'
 import { NO_FIELD, PRIVILEGE, SERVICE_KEYS, TOP_LEVEL_KEYS, type KeyRule } from './compose-keys.ts'
@@ -58,6 +58,7 @@ export function normaliseCompose (raw: Record<string, unknown>, findings: Findin
   }
   const volumes = topLevelVolumes(raw.volumes, findings)
   const networks = topLevelNetworks(raw.networks, findings)
+  const configs = topLevelConfigs(raw.configs, findings)
 
   const rawServices = raw.services
   if (!isRecord(rawServices)) throw new ValidationError('services', rawServices === undefined ? 'missing: an app needs at least one service' : 'must be a map of service names to services')
@@ -80,7 +81,7 @@ export function normaliseCompose (raw: Record<string, unknown>, findings: Findin
   for (const [name, value] of active) {
     const f = `services.${name}`
     if (!SERVICE_NAME.test(name)) throw new ValidationError(f, 'service names are letters, digits, ".", "_" and "-", at most 63 characters')
-    const svc = service(value, f, { names, volumes, networks, ports, findings })
+    const svc = service(value, f, { names, volumes, networks, configs, ports, findings })
     services[name] = svc.service
     requests[name] = svc.requests
     exposed[name] = svc.exposed
@@ -92,7 +93,10 @@ export function normaliseCompose (raw: Record<string, unknown>, findings: Findin
       findings.warn(`volumes.${name}`, 'declared but no service mounts it (it still makes the app stateful)')
     }
   }
-  return { compose: { services, volumes }, requests, exposed, platforms: platforms.length > 0 ? [...new Set(platforms)] : null }
+  for (const name of Object.keys(configs.carried)) {
+    if (!Object.values(services).some(s => s.configs.some(c => c.source === name))) findings.warn(`configs.${name}`, 'declared but no service mounts it')
+  }
+  return { compose: { services, volumes, configs: configs.carried }, requests, exposed, platforms: platforms.length > 0 ? [...new Set(platforms)] : null }
 }
 
 function checkKey (rules: Record<string, KeyRule>, key: string, value: unknown, field: string, findings: Findings, what: string): void {
@@ -124,6 +128,7 @@ interface ServiceContext {
   names: string[]
   volumes: Record<string, { labels: Record<string, string> }>
   networks: Set<string>
+  configs: TopLevelConfigs
   ports: PortRegistry
   findings: Findings
 }
@@ -169,18 +174,32 @@ function service (value: unknown, f: string, ctx: ServiceContext): ServiceResult
     })
   }
 
+  // Two mounts at one path: the later would hide the earlier. One claim per path, across volumes, tmpfs and configs.
+  const targets = new Map<string, string>()
+  const mounted = mounts(value.volumes, `${f}.volumes`, ctx, targets)
   const svc: ComposeService = {
     image,
     command: argv(value.command, `${f}.command`, ctx.findings),
     entrypoint: argv(value.entrypoint, `${f}.entrypoint`, ctx.findings),
     environment: stringPairs(value.environment, `${f}.environment`, ENV_KEY, ctx.findings, 512, MAX_ENV_VALUE),
     ports: portList.map(p => p.mapping),
-    volumes: mounts(value.volumes, `${f}.volumes`, ctx),
+    volumes: mounted.volumes,
     healthcheck: healthcheck(value.healthcheck, `${f}.healthcheck`, ctx.findings),
     dependsOn: dependsOn(value.depends_on, `${f}.depends_on`, ctx.names, ctx.findings),
     restart: 'no',
     labels: stringPairs(value.labels, `${f}.labels`, LABEL_KEY, ctx.findings, 128, MAX_LABEL_VALUE),
-    user: value.user === undefined || value.user === null ? null : userSpec(value.user, `${f}.user`)
+    user: value.user === undefined || value.user === null ? null : userSpec(value.user, `${f}.user`),
+    workingDir: value.working_dir === undefined || value.working_dir === null ? null : containerPath(value.working_dir, `${f}.working_dir`),
+    tty: value.tty === undefined || value.tty === null ? false : bool(value.tty, `${f}.tty`),
+    stdinOpen: value.stdin_open === undefined || value.stdin_open === null ? false : bool(value.stdin_open, `${f}.stdin_open`),
+    shmSizeBytes: value.shm_size === undefined || value.shm_size === null ? null : parseBytes(value.shm_size, `${f}.shm_size`),
+    tmpfs: [...mounted.tmpfs, ...tmpfsList(value.tmpfs, `${f}.tmpfs`, ctx.findings, targets)],
+    readOnly: value.read_only === undefined || value.read_only === null ? false : bool(value.read_only, `${f}.read_only`),
+    capDrop: capDrop(value.cap_drop, `${f}.cap_drop`),
+    ulimits: ulimits(value.ulimits, `${f}.ulimits`),
+    extraHosts: extraHosts(value.extra_hosts, `${f}.extra_hosts`),
+    noNewPrivileges: securityOpt(value.security_opt, `${f}.security_opt`, ctx.findings),
+    configs: serviceConfigs(value.configs, `${f}.configs`, ctx, targets)
   }
   for (const k of Object.keys(svc.labels)) {
     if (k.startsWith('dcloud.')) throw new ValidationError(`${f}.labels.${k}`, 'dcloud.* labels are the runtime\'s own (actual state is read back from them)')
@@ -285,19 +304,21 @@ function links (v: unknown, field: string, names: string[]): void {
   })
 }
 
-function mounts (v: unknown, field: string, ctx: ServiceContext): VolumeMount[] {
-  if (v === undefined || v === null) return []
-  const out: VolumeMount[] = []
-  const targets = new Map<string, string>()
+function mounts (v: unknown, field: string, ctx: ServiceContext, targets: Map<string, string>): { volumes: VolumeMount[], tmpfs: TmpfsMount[] } {
+  const out = { volumes: [] as VolumeMount[], tmpfs: [] as TmpfsMount[] }
+  if (v === undefined || v === null) return out
   list(v, field, 128).forEach((item, i) => {
     const f = `${field}[${i}]`
     const m = ctx.findings.unsupported(() => typeof item === 'string' ? shortMount(item, f, ctx.findings) : longMount(item, f))
     if (m === undefined) return
+    if ('options' in m) {
+      claim(targets, m.target, f)
+      out.tmpfs.push(m)
+      return
+    }
     checkMount(m, f, ctx)
-    const first = targets.get(m.target)
-    if (first !== undefined) throw new ValidationError(f, `${m.target} is mounted twice (also ${first})`)
-    targets.set(m.target, f)
-    out.push(m)
+    claim(targets, m.target, f)
+    out.volumes.push(m)
   })
   return out
 }
@@ -321,9 +342,10 @@ function anonymous (field: string, target: string): ValidationError {
   return new Unsupported(field, `anonymous volume at ${target}: name it under the top-level volumes (e.g. "data:${target}") so its data can be snapshotted and moved with the app`)
 }
 
-function longMount (v: unknown, field: string): VolumeMount {
+function longMount (v: unknown, field: string): VolumeMount | TmpfsMount {
   if (!isRecord(v)) throw new ValidationError(field, 'must be "SOURCE:TARGET[:MODE]" or a map with type, source and target')
   const type = v.type === undefined ? 'volume' : scalar(v.type, `${field}.type`)
+  if (type === 'tmpfs') return longTmpfs(v, field)
   for (const [k, o] of Object.entries(v)) {
     if (['type', 'source', 'target', 'read_only', 'consistency'].includes(k)) continue
     if (k === 'bind' && isRecord(o)) {
@@ -342,7 +364,6 @@ function longMount (v: unknown, field: string): VolumeMount {
     if (isDefaultValue(o)) continue
     throw new ValidationError(`${field}.${k}`, 'unknown or unsupported mount key')
   }
-  if (type === 'tmpfs') throw new Unsupported(`${field}.type`, `tmpfs is not supported: ${NO_FIELD}`)
   if (type !== 'volume' && type !== 'bind') throw new Unsupported(`${field}.type`, `"${type}" is not supported (volume or bind)`)
   if (v.target === undefined) throw new ValidationError(`${field}.target`, 'missing')
   const target = scalar(v.target, `${field}.target`)
@@ -601,5 +622,275 @@ function topLevelNetworks (v: unknown, findings: Findings): Set<string> {
     })
   }
   if (out.size > 1) findings.warn('networks', `${[...out].join(', ')} become one network: every service of the app can reach every other`)
+  return out
+}
+
+/** Records that `field` mounts something at `target`; a second mount there is an error naming both. */
+function claim (targets: Map<string, string>, target: string, field: string): void {
+  const first = targets.get(target)
+  if (first !== undefined) throw new ValidationError(field, `${target} is mounted twice (also ${first})`)
+  targets.set(target, field)
+}
+
+/** An absolute path in the container: working_dir, tmpfs and config targets. */
+function containerPath (v: unknown, field: string): string {
+  const path = scalar(v, field)
+  if (!path.startsWith('/')) throw new ValidationError(field, `"${path}" must be an absolute path in the container`)
+  if (path.length > 4096 || path.includes('\0')) throw new ValidationError(field, 'is not a usable path (at most 4096 characters, no NUL)')
+  return path
+}
+
+/** Docker reads a tmpfs as "path:options,…": a path holding ":" or "," would be misread. */
+function tmpfsTarget (v: unknown, field: string): string {
+  const path = containerPath(v, field)
+  if (/[:,]/.test(path)) throw new ValidationError(field, `"${path}" cannot be a tmpfs mount point: it holds ":" or ","`)
+  return path
+}
+
+/** Tmpfs options a file may write besides the TMPFS_OPTION words: sizes with units, and the two that add power. */
+function tmpfsOptions (words: string[], field: string): string[] {
+  return words.map(w => {
+    const [key, value] = w.split('=', 2) as [string, string | undefined]
+    if (key === 'size' && value !== undefined) return `size=${parseBytes(value, `${field} (size)`)}`
+    if (key === 'mode' && value !== undefined && !/^[0-7]{3,4}$/.test(value)) throw new ValidationError(field, `mode "${value}" is not an octal file mode such as 1777`)
+    if (w === 'suid' || w === 'dev') throw new Unsupported(field, `tmpfs option "${w}" is not supported: ${PRIVILEGE}`)
+    if (!TMPFS_OPTION.test(w)) throw new ValidationError(field, `"${w}" is not a tmpfs option (size, mode, uid, gid, nr_inodes, ro, rw, exec, noexec, nosuid, nodev, noatime, …)`)
+    return w
+  })
+}
+
+/** Service-level tmpfs: "TARGET" or "TARGET:OPTIONS", alone or in a list. */
+function tmpfsList (v: unknown, field: string, findings: Findings, targets: Map<string, string>): TmpfsMount[] {
+  if (v === undefined || v === null) return []
+  const items = typeof v === 'string' ? [v] : list(v, field, 64)
+  const out: TmpfsMount[] = []
+  items.forEach((item, i) => {
+    const f = typeof v === 'string' ? field : `${field}[${i}]`
+    const text = scalar(item, f)
+    const colon = text.indexOf(':')
+    const target = tmpfsTarget(colon === -1 ? text : text.slice(0, colon), f)
+    const options = findings.unsupported(() => tmpfsOptions(colon === -1 ? [] : text.slice(colon + 1).split(',').filter(o => o !== ''), f))
+    if (options === undefined) return
+    claim(targets, target, f)
+    out.push({ target, options })
+  })
+  return out
+}
+
+/** A volumes entry of type tmpfs: `{type: tmpfs, target, tmpfs: {size, mode}}`. */
+function longTmpfs (v: Record<string, unknown>, field: string): TmpfsMount {
+  const options: string[] = []
+  for (const [k, o] of Object.entries(v)) {
+    if (k === 'type' || k === 'target') continue
+    if (k === 'read_only') {
+      if (bool(o, `${field}.read_only`)) options.push('ro')
+    } else if (k === 'tmpfs') {
+      if (o === null) continue
+      if (!isRecord(o)) throw new ValidationError(`${field}.tmpfs`, 'must be a map with size and mode')
+      for (const [tk, to] of Object.entries(o)) {
+        if (tk === 'size') options.push(`size=${parseBytes(to, `${field}.tmpfs.size`)}`)
+        else if (tk === 'mode') options.push(`mode=${fileMode(to, `${field}.tmpfs.mode`).toString(8)}`)
+        else throw new ValidationError(`${field}.tmpfs.${tk}`, 'unknown tmpfs key (size, mode)')
+      }
+    } else if (k === 'source') {
+      if (!isDefaultValue(o) && o !== '') throw new ValidationError(`${field}.source`, 'a tmpfs mount has no source')
+    } else if (!isDefaultValue(o)) {
+      throw new ValidationError(`${field}.${k}`, 'unknown or unsupported key for a tmpfs mount (target, read_only, tmpfs)')
+    }
+  }
+  if (v.target === undefined) throw new ValidationError(`${field}.target`, 'missing')
+  return { target: tmpfsTarget(v.target, `${field}.target`), options }
+}
+
+/**
+ * A file mode: a number or a string of octal digits ("0440"). YAML's `0440`
+ * arrives as 288 (yaml.ts reads it as compose does).
+ */
+function fileMode (v: unknown, field: string): number {
+  const n = typeof v === 'string' && /^0?[0-7]{1,4}$/.test(v) ? parseInt(v, 8) : v
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > 0o7777) throw new ValidationError(field, `${JSON.stringify(v)} is not a file mode such as 0440`)
+  return n
+}
+
+/** Linux capabilities by name (capabilities(7)), for a clear error on a typo before Docker's. */
+const CAPABILITIES = new Set([
+  'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP', 'LINUX_IMMUTABLE',
+  'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER', 'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT',
+  'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE', 'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE',
+  'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP', 'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ',
+  'PERFMON', 'BPF', 'CHECKPOINT_RESTORE', 'ALL'
+])
+
+/** cap_drop: names as Docker takes them, upper case without CAP_ ("net_raw", "CAP_NET_RAW" → NET_RAW). */
+function capDrop (v: unknown, field: string): string[] {
+  if (v === undefined || v === null) return []
+  const out = list(v, field, 64).map((c, i) => {
+    const name = scalar(c, `${field}[${i}]`).toUpperCase().replace(/^CAP_/, '')
+    if (!CAPABILITIES.has(name)) throw new ValidationError(`${field}[${i}]`, `"${scalar(c, `${field}[${i}]`)}" is not a Linux capability (NET_RAW, SYS_ADMIN, … or ALL)`)
+    return name
+  })
+  return [...new Set(out)]
+}
+
+/** ulimits: `nofile: 1024` (soft and hard) or `nofile: {soft, hard}`; -1 is unlimited. */
+function ulimits (v: unknown, field: string): ComposeService['ulimits'] {
+  const out: ComposeService['ulimits'] = {}
+  if (v === undefined || v === null) return out
+  if (!isRecord(v)) throw new ValidationError(field, 'must be a map of limits, e.g. nofile: {soft: 1024, hard: 4096}')
+  const value = (x: unknown, f: string): number => {
+    const n = typeof x === 'string' && /^-?\d+$/.test(x) ? Number(x) : x
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < -1) throw new ValidationError(f, `${JSON.stringify(x)} is not a limit (a whole number, or -1 for unlimited)`)
+    return n
+  }
+  for (const [name, l] of Object.entries(v)) {
+    const f = `${field}.${name}`
+    if (!ULIMIT_NAMES.includes(name)) throw new ValidationError(f, `unknown limit${suggest(name, ULIMIT_NAMES)} (${ULIMIT_NAMES.join(', ')})`)
+    let soft: number
+    let hard: number
+    if (isRecord(l)) {
+      for (const k of Object.keys(l)) if (k !== 'soft' && k !== 'hard') throw new ValidationError(`${f}.${k}`, 'unknown key (soft, hard)')
+      if (l.soft === undefined || l.hard === undefined) throw new ValidationError(f, 'needs both soft and hard')
+      soft = value(l.soft, `${f}.soft`)
+      hard = value(l.hard, `${f}.hard`)
+    } else {
+      soft = hard = value(l, f)
+    }
+    // -1 is unlimited: above every number.
+    if (hard !== -1 && (soft === -1 || soft > hard)) throw new ValidationError(f, `the soft limit ${soft} is above the hard limit ${hard}`)
+    out[name] = { soft, hard }
+  }
+  return out
+}
+
+/** extra_hosts: "host:ip", "host=ip" (IPv6 may be in brackets), or a map of host to address(es). */
+function extraHosts (v: unknown, field: string): ComposeService['extraHosts'] {
+  if (v === undefined || v === null) return []
+  const entry = (host: string, address: string, f: string): { host: string, address: string } => {
+    const addr = address.trim().replace(/^\[(.*)\]$/, '$1')
+    if (!HOST_NAME.test(host)) throw new ValidationError(f, `"${host}" is not a host name`)
+    if (addr !== 'host-gateway' && !isIpAddress(addr)) throw new ValidationError(f, `"${address}" is not an IP address (or host-gateway, the node's own address)`)
+    return { host, address: addr }
+  }
+  let out: ComposeService['extraHosts']
+  if (isRecord(v)) {
+    out = Object.entries(v).flatMap(([host, a]) => (Array.isArray(a) ? a : [a]).map((x, i) => entry(host, scalar(x, `${field}.${host}`), Array.isArray(a) ? `${field}.${host}[${i}]` : `${field}.${host}`)))
+  } else {
+    out = list(v, field, 256).map((h, i) => {
+      const f = `${field}[${i}]`
+      const text = scalar(h, f)
+      // "=" first: an IPv6 address holds ":" ("host=::1"); else the first ":" ("host:::1", as Docker splits it).
+      const at = text.includes('=') ? text.indexOf('=') : text.indexOf(':')
+      if (at <= 0) throw new ValidationError(f, `"${text}" is not HOST:IP or HOST=IP`)
+      return entry(text.slice(0, at), text.slice(at + 1), f)
+    })
+  }
+  if (out.length > 256) throw new ValidationError(field, 'more than 256 entries')
+  return out
+}
+
+/**
+ * security_opt: only no-new-privileges, which takes power away (setuid
+ * binaries gain nothing). Everything else (seccomp or apparmor unconfined,
+ * SELinux labels, systempaths) loosens the confinement Docker gives.
+ */
+function securityOpt (v: unknown, field: string, findings: Findings): boolean {
+  if (v === undefined || v === null) return false
+  let on = false
+  list(v, field, 32).forEach((o, i) => {
+    const text = scalar(o, `${field}[${i}]`).trim()
+    const m = /^no-new-privileges(?:[:=](true|false))?$/.exec(text)
+    if (m !== null) {
+      if (m[1] !== 'false') on = true
+      return
+    }
+    findings.refuse(`${field}[${i}]`, `"${text}" is not supported: only no-new-privileges is (it takes power away); any other security option ${PRIVILEGE}`)
+  })
+  return on
+}
+
+interface TopLevelConfigs {
+  /** Configs whose content the manifest carries. */
+  carried: Record<string, { content: string }>
+  /** Declared, but refused (a file, an environment variable): services naming them add no second error. */
+  refused: Set<string>
+}
+
+/**
+ * Top-level configs. Only `content:` can be honoured: the text travels in the
+ * manifest to whichever node runs the app. `file:` names a file next to the
+ * compose file and `environment:` a variable of the machine running compose;
+ * neither reaches a node.
+ */
+function topLevelConfigs (v: unknown, findings: Findings): TopLevelConfigs {
+  const out: TopLevelConfigs = { carried: {}, refused: new Set() }
+  if (v === undefined || v === null) return out
+  if (!isRecord(v)) throw new ValidationError('configs', 'must be a map of config names')
+  if (Object.keys(v).length > CONFIG_LIMITS.maxConfigs) throw new ValidationError('configs', `more than ${CONFIG_LIMITS.maxConfigs} configs`)
+  let total = 0
+  for (const [name, c] of Object.entries(v)) {
+    const f = `configs.${name}`
+    if (!CONFIG_NAME.test(name)) throw new ValidationError(f, 'config names are letters, digits, ".", "_" and "-", at most 63 characters')
+    if (!isRecord(c)) throw new ValidationError(f, 'must be a map with content')
+    let content: string | null = null
+    for (const [k, o] of Object.entries(c)) {
+      if (k === 'content') {
+        content = scalar(o, `${f}.content`)
+      } else if (k === 'file') {
+        findings.refuse(`${f}.file`, 'not supported: the file next to the compose file is not shipped to nodes; put its text under content:')
+      } else if (k === 'environment') {
+        findings.refuse(`${f}.environment`, 'not supported: the variable would come from the machine running compose, which a node is not; put the text under content:')
+      } else if (k === 'external') {
+        if (o !== false) findings.refuse(`${f}.external`, 'not supported: an app carries its own configs, so they move with it')
+      } else if (k === 'name' || k === 'labels' || k === 'template_driver') {
+        if (!isDefaultValue(o)) findings.warn(`${f}.${k}`, 'ignored: the config is written into the container as it is')
+      } else {
+        throw new ValidationError(`${f}.${k}`, `unknown config key${suggest(k, ['content', 'file', 'environment', 'external', 'name'])}`)
+      }
+    }
+    if (content === null) {
+      out.refused.add(name)
+      if (!findings.refusals.some(r => r.field.startsWith(`${f}.`))) throw new ValidationError(f, 'needs content: (the config\'s text)')
+      continue
+    }
+    const bytes = Buffer.byteLength(content)
+    if (bytes > CONFIG_LIMITS.maxBytes) throw new ValidationError(`${f}.content`, `is ${bytes} bytes, more than ${CONFIG_LIMITS.maxBytes}: configs travel with the app to every node; put large files in a volume`)
+    total += bytes
+    out.carried[name] = { content }
+  }
+  if (total > CONFIG_LIMITS.maxTotalBytes) throw new ValidationError('configs', `hold ${total} bytes, more than ${CONFIG_LIMITS.maxTotalBytes}: configs travel with the app to every node; put large files in a volume`)
+  return out
+}
+
+/** A service's configs: "name" (at /name) or {source, target, mode}. */
+function serviceConfigs (v: unknown, field: string, ctx: ServiceContext, targets: Map<string, string>): ConfigMount[] {
+  if (v === undefined || v === null) return []
+  const out: ConfigMount[] = []
+  list(v, field, CONFIG_LIMITS.maxConfigs).forEach((c, i) => {
+    const f = `${field}[${i}]`
+    let source: string
+    let target: string | null = null
+    let mode = 0o444
+    if (isRecord(c)) {
+      for (const [k, o] of Object.entries(c)) {
+        if (k === 'source') continue
+        else if (k === 'target') target = scalar(o, `${f}.target`)
+        else if (k === 'mode') mode = fileMode(o, `${f}.mode`)
+        else if (k === 'uid' || k === 'gid') {
+          if (!['0', ''].includes(scalar(o, `${f}.${k}`))) ctx.findings.refuse(`${f}.${k}`, 'not supported: the file is owned by root; its mode (0444 unless given) decides who reads it')
+        } else throw new ValidationError(`${f}.${k}`, 'unknown config key (source, target, mode)')
+      }
+      if (c.source === undefined) throw new ValidationError(`${f}.source`, 'missing: the name of a top-level config')
+      source = scalar(c.source, `${f}.source`)
+    } else {
+      source = scalar(c, f)
+    }
+    if (ctx.configs.refused.has(source)) return
+    if (!Object.hasOwn(ctx.configs.carried, source)) throw new ValidationError(f, `config "${source}" is not declared under the top-level configs`)
+    // Compose's rule: a relative target is below the root.
+    const path = containerPath(target === null ? `/${source}` : target.startsWith('/') ? target : `/${target}`, target === null ? f : `${f}.target`)
+    if (path.endsWith('/') || path.includes(':')) throw new ValidationError(`${f}.target`, `"${path}" must name a file (no trailing "/", no ":")`)
+    claim(targets, path, f)
+    out.push({ source, target: path, mode })
+  })
   return out
 }

@@ -2,7 +2,8 @@
  * Variable interpolation as the compose spec defines it: `$VAR`, `${VAR}`,
  * `${VAR:-default}`, `${VAR-default}`, `${VAR:?error}`, `${VAR?error}`,
  * `${VAR:+replacement}`, `${VAR+replacement}`, nesting inside the default
- * (`${A:-${B}}`) and `$$` for a literal dollar.
+ * (`${A:-${B}}`) and `$$` for a literal dollar. A `$` followed by neither a
+ * name nor `{` stays as written (`exit $?`), as the spec says.
  *
  * One difference from docker compose, on purpose: a variable that is not set
  * and has no default is an error naming it, not a silent empty string. An app
@@ -53,7 +54,13 @@ export function interpolate (text: string, lookup: Lookup, field: string, opts: 
       i = end + 1
     } else {
       const name = NAME.exec(text.slice(at + 1))?.[0]
-      if (name === undefined) throw new ValidationError(field, `invalid interpolation at "${clip(text.slice(at))}"; write $$ for a literal $`)
+      if (name === undefined) {
+        // The spec: a "$" that starts neither a name nor "${" is kept as it is
+        // (a shell's "$?" in a healthcheck, a price of "$5").
+        out += '$'
+        i = at + 1
+        continue
+      }
       out += bare(name, lookup, field, opts)
       i = at + 1 + name.length
     }

@@ -48,11 +48,15 @@ export class ManifestError extends ValidationError {
   }
 }
 
-/** Rewraps any ValidationError as a ManifestError of `source`; other errors (our bugs) pass through. */
-export function inSource (err: unknown, source: string, renameField: (field: string) => string = f => f): unknown {
+/**
+ * Rewraps any ValidationError as a ManifestError of `source`; other errors (our
+ * bugs) pass through. `showText` turns an importer's internal placeholders in
+ * a problem back into what the user's file wrote.
+ */
+export function inSource (err: unknown, source: string, renameField: (field: string) => string = f => f, showText: (problem: string) => string = p => p): unknown {
   if (err instanceof ManifestError || !(err instanceof ValidationError)) return err
   const refusals = err instanceof RefusedError ? err.refusals : [{ field: err.field, problem: problemOf(err) }]
-  return new ManifestError(source, refusals.map(r => ({ field: renameField(r.field), problem: r.problem })), err instanceof UnsetVariableError ? err.variable : undefined)
+  return new ManifestError(source, refusals.map(r => ({ field: renameField(r.field), problem: showText(r.problem) })), err instanceof UnsetVariableError ? err.variable : undefined)
 }
 
 /** Lowercase letters, digits and dashes: one DNS label, since every app gets a subdomain. */

@@ -16,12 +16,19 @@ export const MAX_FILE_BYTES = 1024 * 1024
  */
 export const MAX_ALIASES = 200
 
+/**
+ * `0440` as an octal number, as compose reads it (go-yaml keeps YAML 1.1's
+ * octals): a file mode written the way every compose example writes it. YAML
+ * 1.2 alone would read 440, a different mode.
+ */
+const LEGACY_OCTAL = { identify: () => false, default: true, tag: 'tag:yaml.org,2002:int', format: 'OCT', test: /^0[0-7]+$/, resolve: (s: string) => parseInt(s, 8) }
+
 export function loadYaml (text: string, source: string): unknown {
   const size = Buffer.byteLength(text, 'utf8')
   if (size > MAX_FILE_BYTES) throw new OversizedError(source, size, MAX_FILE_BYTES)
   let doc
   try {
-    doc = parseDocument(text, { version: '1.2', merge: true, uniqueKeys: true, prettyErrors: true })
+    doc = parseDocument(text, { version: '1.2', merge: true, uniqueKeys: true, prettyErrors: true, customTags: tags => [LEGACY_OCTAL, ...tags] })
   } catch (err) {
     throw new ValidationError(source, `is not valid YAML: ${(err as Error).message}`)
   }

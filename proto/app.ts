@@ -51,6 +51,12 @@ export interface ComposeProject {
   services: Record<string, ComposeService>
   /** Named volumes; an app with one is stateful. */
   volumes: Record<string, { labels: Record<string, string> }>
+  /**
+   * Configs whose content travels in the manifest (compose's inline
+   * `content:`, or a file a store ships in the app's folder): the node that
+   * runs a service writes the file and mounts it read-only.
+   */
+  configs: Record<string, { content: string }>
 }
 
 export interface ComposeService {
@@ -65,7 +71,64 @@ export interface ComposeService {
   restart: 'no' | 'always' | 'on-failure' | 'unless-stopped'
   labels: Record<string, string>
   user: string | null
+  /** The process's working directory (absolute); null: the image's. */
+  workingDir: string | null
+  tty: boolean
+  stdinOpen: boolean
+  /** Size of /dev/shm; null: Docker's default (64 MiB). */
+  shmSizeBytes: number | null
+  tmpfs: TmpfsMount[]
+  /** The container's root filesystem is mounted read-only. */
+  readOnly: boolean
+  /** Capabilities taken away (upper case, without CAP_; "ALL" for every one). */
+  capDrop: string[]
+  /** Resource limits by name (nofile, nproc, memlock, …); -1 is unlimited. */
+  ulimits: Record<string, { soft: number, hard: number }>
+  /** Extra /etc/hosts lines; `address` is an IP or Docker's "host-gateway" (the node's own address). */
+  extraHosts: Array<{ host: string, address: string }>
+  /** security_opt no-new-privileges: setuid binaries gain nothing. The only security option an app may set. */
+  noNewPrivileges: boolean
+  /** Configs of the project mounted as read-only files. */
+  configs: ConfigMount[]
 }
+
+/** The service keys added after the first release, at their defaults: a manifest of an older peer lacks them. */
+export function serviceDefaults (): Pick<ComposeService, 'workingDir' | 'tty' | 'stdinOpen' | 'shmSizeBytes' | 'tmpfs' | 'readOnly' | 'capDrop' | 'ulimits' | 'extraHosts' | 'noNewPrivileges' | 'configs'> {
+  return { workingDir: null, tty: false, stdinOpen: false, shmSizeBytes: null, tmpfs: [], readOnly: false, capDrop: [], ulimits: {}, extraHosts: [], noNewPrivileges: false, configs: [] }
+}
+
+export interface TmpfsMount {
+  target: string
+  /** Mount options in Docker's words: "size=67108864", "mode=1777", "noexec". */
+  options: string[]
+}
+
+/**
+ * Tmpfs options an app may set (Docker's words). Left out on purpose: `suid`
+ * and `dev`, which would let setuid binaries or device nodes on the mount
+ * work: more than Docker's default (nosuid, nodev) tmpfs gives.
+ */
+export const TMPFS_OPTION = /^(size=\d{1,16}|mode=[0-7]{3,4}|uid=\d{1,10}|gid=\d{1,10}|nr_inodes=\d{1,16}|ro|rw|exec|noexec|nosuid|nodev|atime|noatime|relatime|norelatime|strictatime|nostrictatime|nodiratime)$/
+
+/** A config's file in a container. */
+export interface ConfigMount {
+  /** The name in ComposeProject.configs. */
+  source: string
+  /** Absolute path of the file in the container. */
+  target: string
+  /** File mode, 0o444 unless the file says otherwise. */
+  mode: number
+}
+
+/** Bounds of what configs a manifest carries: they are replicated to every node with it. */
+export const CONFIG_LIMITS = { maxBytes: 256 * 1024, maxTotalBytes: 1024 * 1024, maxConfigs: 64 }
+
+/** A config name: compose's, and a file name on the node. */
+export const CONFIG_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/
+/** A hostname for /etc/hosts: labels of letters, digits, "-" and "_", dot separated. */
+export const HOST_NAME = /^(?=.{1,253}$)[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?)*$/
+/** Resource limit names Docker knows (setrlimit's, without RLIMIT_). */
+export const ULIMIT_NAMES = ['as', 'core', 'cpu', 'data', 'fsize', 'locks', 'memlock', 'msgqueue', 'nice', 'nofile', 'nproc', 'rss', 'rtprio', 'rttime', 'sigpending', 'stack']
 
 export interface PortMapping {
   /** Port published on the node; null lets Docker choose. */
@@ -97,4 +160,10 @@ export function isStateful (manifest: AppManifest): boolean {
 /** Host ports an app publishes, as "port/protocol". */
 export function hostPorts (manifest: AppManifest): string[] {
   return Object.values(manifest.compose.services).flatMap(s => s.ports.filter(p => p.host !== null).map(p => `${p.host}/${p.protocol}`))
+}
+
+/** An IPv4 or IPv6 address (no brackets, no zone). Written without node:net: the dashboard bundles proto/. */
+export function isIpAddress (s: string): boolean {
+  if (/^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/.test(s)) return true
+  return s.includes(':') && /^[0-9a-fA-F:.]{2,45}$/.test(s) && URL.canParse(`http://[${s}]/`)
 }

@@ -3,7 +3,7 @@
  * operations the leader sends to agents. Every message is validated by the
  * decoders here before use; every operation carries the leader's term.
  */
-import type { AppManifest, ComposeService, SnapshotPolicy } from './app.ts'
+import { CONFIG_LIMITS, CONFIG_NAME, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, serviceDefaults, type AppManifest, type ComposeService, type SnapshotPolicy } from './app.ts'
 import type { AppStorage, DesiredApp, Relocation } from './plan.ts'
 import { ValidationError, array, number, record, string, stringMap } from './validate.ts'
 
@@ -485,7 +485,7 @@ export function decodeManifest (raw: unknown, field: string): AppManifest {
     },
     web: web === null ? null : decodeWeb(web, `${field}.web`),
     constraints: stringMap(r.constraints ?? {}, `${field}.constraints`, { maxEntries: 32, key: LABEL_KEY, maxValue: 128 }),
-    compose: { services, volumes },
+    compose: { services, volumes, configs: decodeConfigs(compose.configs, `${field}.compose.configs`, services) },
     ...(r.snapshots !== undefined ? { snapshots: decodeSnapshotPolicy(r.snapshots, `${field}.snapshots`) } : {})
   }
 }
@@ -538,8 +538,81 @@ function decodeService (raw: unknown, field: string): ComposeService {
     dependsOn: array(r.dependsOn, `${field}.dependsOn`, 32, (x, g) => string(x, g, { max: 63, pattern: SERVICE })),
     restart,
     labels: stringMap(r.labels, `${field}.labels`, { maxEntries: 128, key: LABEL_KEY, maxValue: 4096 }),
-    user: r.user === null ? null : string(r.user, `${field}.user`, { max: 64 })
+    user: r.user === null ? null : string(r.user, `${field}.user`, { max: 64 }),
+    ...decodeServiceExtras(r, field)
   }
+}
+
+/**
+ * The service keys added after the first release. Each absent one takes its
+ * default, so a manifest a peer of an older version replicated (or a
+ * snapshot it wrote) still decodes, meaning what it meant then.
+ */
+function decodeServiceExtras (r: Record<string, unknown>, field: string): ReturnType<typeof serviceDefaults> {
+  const d = serviceDefaults()
+  const opt = <T>(key: keyof typeof d, read: (v: unknown, f: string) => T, fallback: T): T => r[key] === undefined ? fallback : read(r[key], `${field}.${key}`)
+  const limit = (v: unknown, f: string): number => number(v, f, { min: -1, max: MAX_INT, integer: true })
+  return {
+    workingDir: opt('workingDir', (v, f) => v === null ? null : string(v, f, { min: 1, max: 4096, pattern: /^\// }), d.workingDir),
+    tty: opt('tty', bool, d.tty),
+    stdinOpen: opt('stdinOpen', bool, d.stdinOpen),
+    shmSizeBytes: opt('shmSizeBytes', (v, f) => v === null ? null : number(v, f, { min: 0, max: MAX_INT, integer: true }), d.shmSizeBytes),
+    tmpfs: opt('tmpfs', (v, f) => array(v, f, 128, (t, g) => {
+      const m = record(t, g)
+      return { target: string(m.target, `${g}.target`, { max: 4096, pattern: /^\/[^:,]*$/ }), options: array(m.options, `${g}.options`, 16, (o, h) => string(o, h, { max: 32, pattern: TMPFS_OPTION })) }
+    }), d.tmpfs),
+    readOnly: opt('readOnly', bool, d.readOnly),
+    capDrop: opt('capDrop', (v, f) => array(v, f, 64, (c, g) => string(c, g, { max: 32, pattern: /^[A-Z][A-Z_]*$/ })), d.capDrop),
+    ulimits: opt('ulimits', (v, f) => {
+      const out: ComposeService['ulimits'] = {}
+      for (const [name, l] of Object.entries(record(v, f))) {
+        if (!ULIMIT_NAMES.includes(name)) throw new ValidationError(`${f}.${name}`, 'is not a resource limit Docker knows')
+        const u = record(l, `${f}.${name}`)
+        out[name] = { soft: limit(u.soft, `${f}.${name}.soft`), hard: limit(u.hard, `${f}.${name}.hard`) }
+      }
+      return out
+    }, d.ulimits),
+    extraHosts: opt('extraHosts', (v, f) => array(v, f, 256, (h, g) => {
+      const e = record(h, g)
+      const address = string(e.address, `${g}.address`, { max: 45 })
+      if (address !== 'host-gateway' && !isIpAddress(address)) throw new ValidationError(`${g}.address`, 'must be an IP address or host-gateway')
+      return { host: string(e.host, `${g}.host`, { max: 253, pattern: HOST_NAME }), address }
+    }), d.extraHosts),
+    noNewPrivileges: opt('noNewPrivileges', bool, d.noNewPrivileges),
+    configs: opt('configs', (v, f) => array(v, f, CONFIG_LIMITS.maxConfigs, (c, g) => {
+      const m = record(c, g)
+      return {
+        source: string(m.source, `${g}.source`, { max: 63, pattern: CONFIG_NAME }),
+        target: string(m.target, `${g}.target`, { max: 4096, pattern: /^\/[^:]*[^/:]$/ }),
+        mode: number(m.mode, `${g}.mode`, { min: 0, max: 0o7777, integer: true })
+      }
+    }), d.configs)
+  }
+}
+
+/** The project's configs, within CONFIG_LIMITS; every config a service mounts must be one of them. */
+function decodeConfigs (raw: unknown, field: string, services: Record<string, ComposeService>): Record<string, { content: string }> {
+  const out: Record<string, { content: string }> = {}
+  let total = 0
+  if (raw !== undefined) {
+    const r = record(raw, field)
+    if (Object.keys(r).length > CONFIG_LIMITS.maxConfigs) throw new ValidationError(field, `more than ${CONFIG_LIMITS.maxConfigs} configs`)
+    for (const [name, c] of Object.entries(r)) {
+      if (!CONFIG_NAME.test(name)) throw new ValidationError(`${field}.${name}`, 'is not a valid config name')
+      const content = string(record(c, `${field}.${name}`).content, `${field}.${name}.content`, { max: CONFIG_LIMITS.maxBytes })
+      const bytes = new TextEncoder().encode(content).length
+      if (bytes > CONFIG_LIMITS.maxBytes) throw new ValidationError(`${field}.${name}.content`, `longer than ${CONFIG_LIMITS.maxBytes} bytes`)
+      total += bytes
+      out[name] = { content }
+    }
+  }
+  if (total > CONFIG_LIMITS.maxTotalBytes) throw new ValidationError(field, `configs hold more than ${CONFIG_LIMITS.maxTotalBytes} bytes`)
+  for (const [name, svc] of Object.entries(services)) {
+    for (const c of svc.configs) {
+      if (!Object.hasOwn(out, c.source)) throw new ValidationError(field, `service ${name} mounts config ${c.source}, which the app does not have`)
+    }
+  }
+  return out
 }
 
 function decodeWeb (web: Record<string, unknown>, field: string): NonNullable<AppManifest['web']> {

@@ -3,7 +3,7 @@
  * mock.Node() / mock.Job(): a valid default, and only what a test cares
  * about spelled out.
  */
-import type { AppManifest, ComposeService, PortMapping } from '../proto/app.ts'
+import { serviceDefaults, type AppManifest, type ComposeService, type PortMapping } from '../proto/app.ts'
 import type { ClusterSnapshot, DesiredApp, Operation, PlanInput, Placement, PlacementState, SchedNode, SchedulerPolicy } from '../proto/plan.ts'
 import { DEFAULT_POLICY } from '../scheduler/plan.ts'
 
@@ -55,7 +55,8 @@ export function mockManifest (id: string, opts: ManifestOptions = {}): AppManife
     dependsOn: [],
     restart: 'unless-stopped',
     labels: {},
-    user: null
+    user: null,
+    ...serviceDefaults()
   }
   return {
     id,
@@ -68,7 +69,7 @@ export function mockManifest (id: string, opts: ManifestOptions = {}): AppManife
     requests: { memoryBytes: (opts.memoryMiB ?? 256) * MiB, cpus: opts.cpus ?? 0.1 },
     web: null,
     constraints: opts.constraints ?? {},
-    compose: { services: { main: service }, volumes: opts.stateful === true ? { data: { labels: {} } } : {} }
+    compose: { services: { main: service }, volumes: opts.stateful === true ? { data: { labels: {} } } : {}, configs: {} }
   }
 }
 

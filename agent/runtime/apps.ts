@@ -13,10 +13,10 @@
  * copy of a moved app, once its final snapshot is safe.
  */
 import { createHash } from 'node:crypto'
-import { mkdir, rm } from 'node:fs/promises'
+import { chmod, mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import type Docker from 'dockerode'
-import type { ComposeService, PortMapping } from '../../proto/app.ts'
+import type { ComposeProject, ComposeService, ConfigMount, PortMapping } from '../../proto/app.ts'
 import type { DesiredApp } from '../../proto/plan.ts'
 import {
   LABELS, appState, isImageRef, isRegistryRef,
@@ -44,6 +44,12 @@ export interface AppRuntimeInit {
    * Absent: always allowed (tests of the runtime alone).
    */
   mayStartStateful?: () => string | null
+  /**
+   * Where the node writes the files of apps' configs (ComposeProject.configs),
+   * one folder per app: the agent's data folder's `configs/`. dockerd binds
+   * them, so it must see the same path (it runs on the same machine).
+   */
+  configDir: string
 }
 
 /** A stateful container was not started: this node does not hold its fencing lease. */
@@ -134,9 +140,9 @@ export function containerName (app: string, service: string): string {
  * form: key order, environment order and port order do not change the hash,
  * and neither do depends_on or the revision (they change no container).
  */
-export function normaliseService (app: string, svc: ComposeService): Record<string, unknown> {
+export function normaliseService (app: string, svc: ComposeService, configs: ComposeProject['configs'] = {}): Record<string, unknown> {
   const sortedEntries = (o: Record<string, string>): Array<[string, string]> => Object.entries(o).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)
-  return {
+  const base = {
     image: svc.image,
     command: svc.command,
     entrypoint: svc.entrypoint,
@@ -151,16 +157,45 @@ export function normaliseService (app: string, svc: ComposeService): Record<stri
     user: svc.user,
     network: networkName(app)
   }
+  // The keys added later join the hash only when they ask for something: a
+  // container made before they existed keeps its hash, and is not recreated
+  // by the agent's upgrade.
+  const extras: Record<string, unknown> = {
+    workingDir: svc.workingDir,
+    tty: svc.tty || null,
+    stdinOpen: svc.stdinOpen || null,
+    shmSize: svc.shmSizeBytes,
+    tmpfs: svc.tmpfs.length === 0 ? null : [...svc.tmpfs].map(t => [t.target, t.options]).sort((a, b) => String(a[0]) < String(b[0]) ? -1 : 1),
+    readOnly: svc.readOnly || null,
+    capDrop: svc.capDrop.length === 0 ? null : [...svc.capDrop].sort(),
+    ulimits: Object.keys(svc.ulimits).length === 0 ? null : Object.entries(svc.ulimits).map(([n, l]) => [n, l.soft, l.hard]).sort((a, b) => String(a[0]) < String(b[0]) ? -1 : 1),
+    extraHosts: svc.extraHosts.length === 0 ? null : svc.extraHosts.map(h => `${h.host}:${h.address}`),
+    noNewPrivileges: svc.noNewPrivileges || null,
+    // A config's content, by digest: a new text makes a new container, which mounts the new file.
+    configs: svc.configs.length === 0 ? null : [...svc.configs].map(c => [c.target, configDigest(configContent(configs, c)), c.mode]).sort((a, b) => String(a[0]) < String(b[0]) ? -1 : 1)
+  }
+  return { ...base, ...Object.fromEntries(Object.entries(extras).filter(([, v]) => v !== null)) }
+}
+
+function configContent (configs: ComposeProject['configs'], c: ConfigMount): string {
+  const config = Object.hasOwn(configs, c.source) ? configs[c.source] : undefined
+  // decodeManifest and validateApp refuse a manifest like this; reaching here is a bug of ours.
+  if (config === undefined) throw new Error(`config ${c.source} is mounted but not part of the app`)
+  return config.content
+}
+
+function configDigest (content: string): string {
+  return createHash('sha256').update(content).digest('hex')
 }
 
 /** The `dcloud.spec` label: sha256 of the normalised spec. */
-export function specHash (app: string, svc: ComposeService): string {
-  return createHash('sha256').update(JSON.stringify(normaliseService(app, svc))).digest('hex')
+export function specHash (app: string, svc: ComposeService, configs: ComposeProject['configs'] = {}): string {
+  return createHash('sha256').update(JSON.stringify(normaliseService(app, svc, configs))).digest('hex')
 }
 
 /** The spec hash every service of `app` should carry; compare with `AppActual.services[].spec`. */
 export function desiredSpecs (app: DesiredApp): Record<string, string> {
-  return Object.fromEntries(Object.entries(app.manifest.compose.services).map(([name, svc]) => [name, specHash(app.name, svc)]))
+  return Object.fromEntries(Object.entries(app.manifest.compose.services).map(([name, svc]) => [name, specHash(app.name, svc, app.manifest.compose.configs)]))
 }
 
 /** Services in an order where every service comes after those it depends on. */
@@ -266,10 +301,12 @@ export class AppRuntime {
   private readonly locks = new Map<string, Promise<unknown>>()
 
   private readonly mayStartStateful: () => string | null
+  private readonly configDir: string
 
   constructor (init: AppRuntimeInit) {
     this.docker = init.docker
     this.log = init.log
+    this.configDir = init.configDir
     this.mayStartStateful = init.mayStartStateful ?? (() => null)
   }
 
@@ -327,6 +364,8 @@ export class AppRuntime {
     for (const [volume, spec] of Object.entries(app.manifest.compose.volumes)) {
       await this.ensureVolume(app, volume, spec.labels, signal, say)
     }
+    // Before any container starts: a kept container binds its config files again when it starts.
+    const configFiles = await this.writeConfigs(app)
 
     // Services the app no longer has go first: they may hold ports the new ones want.
     for (const c of existing) {
@@ -339,7 +378,7 @@ export class AppRuntime {
 
     for (const service of order) {
       const svc = services[service] as ComposeService
-      const hash = specHash(app.name, svc)
+      const hash = specHash(app.name, svc, app.manifest.compose.configs)
       const mine = existing.filter(c => c.Labels[LABELS.service] === service)
       // Prefer a running container with the right spec; everything else of this service goes.
       // A container of another data generation is made again: its label must say which data it runs.
@@ -370,13 +409,62 @@ export class AppRuntime {
         }
       }
       say(`${service}: creating ${containerName(app.name, service)}`)
-      const id = await this.createContainer(app, service, svc, hash, net, opts)
+      const id = await this.createContainer(app, service, svc, hash, net, configFiles, opts)
       this.checkFence(app.name, isStatefulApp(app))
       await this.startContainer(app.name, service, id, false, signal)
     }
+    // Every container now mounts the current files; those of an older content serve none.
+    await this.pruneConfigs(app.name, new Set(configFiles.values()))
     const actual = (await this.list(signal)).find(a => a.app === app.name)
     if (actual === undefined) throw new Error(`deployed ${app.name} but Docker lists none of its containers`)
     return actual
+  }
+
+  /**
+   * Writes the app's config files: `configDir/APP/DIGEST-MODE`, bound
+   * read-only into each container that mounts the config. A bind mount rather
+   * than copying into the container (putArchive) because Docker refuses to
+   * copy into a read-only root filesystem (read_only: true, common beside
+   * configs), a copy into a path below a volume would write into the app's
+   * data, and a bound file the app cannot change is what compose gives too.
+   * Named by digest, a file never changes once written (it is written beside,
+   * then renamed): a running container keeps seeing the text it was made
+   * with, and a changed text is a changed spec, so a new container.
+   * Returns each mount's host file, keyed by `source:mode`.
+   */
+  private async writeConfigs (app: DesiredApp): Promise<Map<string, string>> {
+    const files = new Map<string, string>()
+    const mounts = Object.values(app.manifest.compose.services).flatMap(s => s.configs)
+    if (mounts.length === 0) return files
+    const dir = join(this.configDir, app.name)
+    await mkdir(dir, { recursive: true, mode: 0o755 })
+    for (const c of mounts) {
+      const key = `${c.source}:${c.mode}`
+      if (files.has(key)) continue
+      const content = configContent(app.manifest.compose.configs, c)
+      const file = join(dir, `${configDigest(content)}-${c.mode.toString(8)}`)
+      const exists = await stat(file).then(s => s.isFile(), () => false)
+      if (!exists) {
+        const tmp = `${file}.${process.pid}.tmp`
+        await writeFile(tmp, content, { mode: 0o600 })
+        // chmod after the write: the process's umask must not take bits the app asked for.
+        await chmod(tmp, c.mode)
+        await rename(tmp, file)
+      }
+      files.set(key, file)
+    }
+    return files
+  }
+
+  /** Removes the app's config files no container of the current spec mounts. */
+  private async pruneConfigs (appName: string, keep: Set<string>): Promise<void> {
+    const dir = join(this.configDir, appName)
+    const names = await readdir(dir).catch(() => [] as string[])
+    for (const name of names) {
+      const file = join(dir, name)
+      if (!keep.has(file)) await rm(file, { force: true })
+    }
+    if (keep.size === 0) await rm(dir, { recursive: true, force: true })
   }
 
   /**
@@ -388,6 +476,8 @@ export class AppRuntime {
     if (!NAME.test(appName)) throw new UserError(`'${appName}' is not a valid app name`, { exitCode: EXIT.usage })
     return await this.exclusive(appName, async () => {
       for (const c of await this.containersOf(appName, signal)) await this.stopAndRemove(c.Id, signal)
+      // Config files are copies of the manifest's text (the desired state keeps it), not the app's data.
+      await this.pruneConfigs(appName, new Set())
       const networks = await this.docker.listNetworks({ filters: { label: [`${LABELS.app}=${appName}`] }, abortSignal: signal })
       for (const n of networks) {
         try {
@@ -696,7 +786,7 @@ export class AppRuntime {
   }
 
 
-  private async createContainer (app: DesiredApp, service: string, svc: ComposeService, hash: string, network: string, opts: DeployOptions): Promise<string> {
+  private async createContainer (app: DesiredApp, service: string, svc: ComposeService, hash: string, network: string, configFiles: Map<string, string>, opts: DeployOptions): Promise<string> {
     const name = containerName(app.name, service)
     const exposed: Record<string, object> = {}
     const bindings: Record<string, Array<{ HostIp: string, HostPort: string }>> = {}
@@ -705,7 +795,13 @@ export class AppRuntime {
       exposed[key] = {}
       bindings[key] = [...(bindings[key] ?? []), { HostIp: '', HostPort: p.host === null ? '' : String(p.host) }]
     }
-    const mounts = svc.volumes.filter(v => v.kind === 'volume').map(v => ({ Type: 'volume' as const, Source: volumeName(app.name, v.source), Target: v.target, ReadOnly: v.readOnly }))
+    const mounts: Array<{ Type: 'volume' | 'bind', Source: string, Target: string, ReadOnly: boolean }> = svc.volumes.filter(v => v.kind === 'volume').map(v => ({ Type: 'volume' as const, Source: volumeName(app.name, v.source), Target: v.target, ReadOnly: v.readOnly }))
+    for (const c of svc.configs) {
+      const file = configFiles.get(`${c.source}:${c.mode}`)
+      if (file === undefined) throw new Error(`config ${c.source} of ${service} was not written before its container`)
+      // A Mount, not a Binds entry: a missing file must fail the create, not become a directory Docker makes.
+      mounts.push({ Type: 'bind', Source: file, Target: c.target, ReadOnly: true })
+    }
     // Binds (not Mounts) for host paths: Docker creates a missing host directory, as compose does.
     const binds = svc.volumes.filter(v => v.kind === 'bind').map(v => `${v.source}:${v.target}${v.readOnly ? ':ro' : ''}`)
     const hc = svc.healthcheck
@@ -716,6 +812,9 @@ export class AppRuntime {
       ...(svc.command !== null ? { Cmd: svc.command } : {}),
       ...(svc.entrypoint !== null ? { Entrypoint: svc.entrypoint } : {}),
       ...(svc.user !== null ? { User: svc.user } : {}),
+      ...(svc.workingDir !== null ? { WorkingDir: svc.workingDir } : {}),
+      Tty: svc.tty,
+      OpenStdin: svc.stdinOpen,
       Env: Object.entries(svc.environment).sort(([a], [b]) => a < b ? -1 : 1).map(([k, v]) => `${k}=${v}`),
       Labels: {
         ...svc.labels,
@@ -747,7 +846,15 @@ export class AppRuntime {
         RestartPolicy: { Name: isStatefulApp(app) ? 'no' : svc.restart },
         PortBindings: bindings,
         Mounts: mounts,
-        Binds: binds
+        Binds: binds,
+        ...(svc.shmSizeBytes !== null ? { ShmSize: svc.shmSizeBytes } : {}),
+        ...(svc.tmpfs.length > 0 ? { Tmpfs: Object.fromEntries(svc.tmpfs.map(t => [t.target, t.options.join(',')])) } : {}),
+        ReadonlyRootfs: svc.readOnly,
+        ...(svc.capDrop.length > 0 ? { CapDrop: svc.capDrop } : {}),
+        ...(Object.keys(svc.ulimits).length > 0 ? { Ulimits: Object.entries(svc.ulimits).map(([Name, l]) => ({ Name, Soft: l.soft, Hard: l.hard })) } : {}),
+        // Docker's own form; it replaces "host-gateway" with the node's address itself.
+        ...(svc.extraHosts.length > 0 ? { ExtraHosts: svc.extraHosts.map(h => `${h.host}:${h.address}`) } : {}),
+        ...(svc.noNewPrivileges ? { SecurityOpt: ['no-new-privileges:true'] } : {})
       },
       NetworkingConfig: { EndpointsConfig: { [network]: { Aliases: [service] } } },
       abortSignal: opts.signal
@@ -821,6 +928,13 @@ function validateApp (app: DesiredApp): void {
       }
       if (v.kind === 'bind' && (!v.source.startsWith('/') || v.source.includes(':'))) bad(`service ${name} of ${app.name} binds '${v.source}': host paths must be absolute and contain no ':'`, 'use an absolute path, or a named volume')
       if (v.target.includes(':')) bad(`service ${name} of ${app.name} mounts at '${v.target}': targets must contain no ':'`, 'use another path')
+    }
+    for (const c of svc.configs) {
+      if (!Object.hasOwn(app.manifest.compose.configs, c.source)) bad(`service ${name} of ${app.name} mounts config ${c.source}, which the app does not have`, 'add it under the top-level configs: of the compose file, with content:')
+    }
+    for (const t of svc.tmpfs) {
+      // Docker's Tmpfs map is "path" → "options": a ":" or "," in the path would be read as options.
+      if (!t.target.startsWith('/') || /[:,]/.test(t.target)) bad(`service ${name} of ${app.name} mounts a tmpfs at '${t.target}': it must be an absolute path without ':' or ','`, 'use another path')
     }
   }
 }

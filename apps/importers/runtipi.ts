@@ -14,10 +14,12 @@
  * variables). Every field of both schemas is mapped or refused by name; the
  * tables are what docs/apps.md lists.
  */
+import { readFileSync, statSync } from 'node:fs'
 import { readdir, stat } from 'node:fs/promises'
 import { join, relative } from 'node:path'
+import { CONFIG_LIMITS } from '../../proto/app.ts'
 import { ValidationError, isRecord } from '../../proto/validate.ts'
-import { Findings } from '../findings.ts'
+import { Findings, problemOf } from '../findings.ts'
 import { interpolate, interpolateValues } from '../interpolate.ts'
 import { inSource, manifestFromCompose, type ParsedApp } from '../manifest.ts'
 import { loadYaml } from '../yaml.ts'
@@ -50,18 +52,18 @@ export const DYNAMIC_SERVICE_KEYS: Record<string, string> = {
   logging: 'logging (ignored with a warning)',
   privileged: 'privileged (refused when true)',
   capAdd: 'cap_add (refused)',
-  capDrop: 'cap_drop (refused)',
+  capDrop: 'cap_drop',
   devices: 'devices (refused)',
   pid: 'pid (refused)',
-  securityOpt: 'security_opt (refused)',
+  securityOpt: 'security_opt (only no-new-privileges; others refused)',
   sysctls: 'sysctls (refused)',
-  ulimits: 'ulimits (refused)',
-  extraHosts: 'extra_hosts (refused)',
-  tty: 'tty (refused when true)',
-  stdinOpen: 'stdin_open (refused when true)',
-  workingDir: 'working_dir (refused)',
-  shmSize: 'shm_size (refused)',
-  readOnly: 'read_only (refused when true)'
+  ulimits: 'ulimits',
+  extraHosts: 'extra_hosts',
+  tty: 'tty',
+  stdinOpen: 'stdin_open',
+  workingDir: 'working_dir',
+  shmSize: 'shm_size',
+  readOnly: 'read_only'
 }
 
 /** Dynamic-compose keys that are compose keys under another name. */
@@ -86,8 +88,12 @@ export interface RuntipiFiles {
   config: string
   composeJson?: string
   composeYaml?: string
-  /** Paths below the app folder's data/ (Runtipi copies them into the app's data): files and folders. */
-  seeds?: { files: Set<string>, dirs: Set<string> }
+  /**
+   * Paths below the app folder's data/ (Runtipi copies them into the app's
+   * data): files and folders, and how to read a file (its path as in
+   * `files`), for the files bound one by one, which are shipped as configs.
+   */
+  seeds?: { files: Set<string>, dirs: Set<string>, read?: (path: string) => Uint8Array }
 }
 
 export interface RuntipiOptions extends ImportOptions {
@@ -101,8 +107,15 @@ export async function importRuntipi (dir: string, opts: RuntipiOptions = {}): Pr
   const files: RuntipiFiles = { config: await readText(join(dir, 'config.json'), join(dir, 'config.json')) }
   if (await exists(join(dir, 'docker-compose.json'))) files.composeJson = await readText(join(dir, 'docker-compose.json'), join(dir, 'docker-compose.json'))
   if (await exists(join(dir, 'docker-compose.yml'))) files.composeYaml = await readText(join(dir, 'docker-compose.yml'), join(dir, 'docker-compose.yml'))
-  if (await exists(join(dir, 'data'))) files.seeds = await seedsOf(join(dir, 'data'))
+  if (await exists(join(dir, 'data'))) files.seeds = { ...await seedsOf(join(dir, 'data')), read: path => readSeed(join(dir, path), path) }
   return importRuntipiFiles(files, dir, opts)
+}
+
+/** A seed file of the app folder, refused before it is read when it is larger than a config may be. */
+function readSeed (file: string, path: string): Uint8Array {
+  const size = statSync(file).size
+  if (size > CONFIG_LIMITS.maxBytes) throw new ValidationError(path, `is ${size} bytes, more than the ${CONFIG_LIMITS.maxBytes} a config shipped with the app may hold`)
+  return readFileSync(file)
 }
 
 async function seedsOf (root: string): Promise<{ files: Set<string>, dirs: Set<string> }> {
@@ -127,6 +140,7 @@ async function seedsOf (root: string): Promise<{ files: Set<string>, dirs: Set<s
 export function importRuntipiFiles (files: RuntipiFiles, dir: string, opts: RuntipiOptions = {}): ParsedApp {
   let source = join(dir, 'config.json')
   let rename = (f: string): string => f
+  let remap = (text: string): string => text
   try {
     const findings = new Findings()
     const app = appInfo(files.config, findings)
@@ -140,7 +154,11 @@ export function importRuntipiFiles (files: RuntipiFiles, dir: string, opts: Runt
     rename = converted.rename
     // Interpolated after the conversion, so an unset variable is named by its field in the store's file.
     const project = useJson ? interpolateValues(converted.project, vars.lookup, '', { optional: vars.optional }) as Record<string, unknown> : converted.project
-    portableVolumes(project, files.seeds, findings)
+    const moved = portableVolumes(project, files.seeds, findings)
+    const storeName = rename
+    // A seeded file's entry left the service's volumes for its configs: later entries are named by their index in the file.
+    remap = text => text.replace(/(services\.[^.[\s]+\.volumes)\[(\d+)\]/g, (_all, key: string, i: string) => `${key}[${moved.get(key)?.[Number(i)] ?? i}]`)
+    rename = f => storeName(remap(f))
     const leftover = findSentinel(project, '')
     if (leftover !== null) findings.refuse(leftover, 'uses ${APP_DATA_DIR} or ${ROOT_FOLDER_HOST} outside a volume\'s host path: a host folder means nothing to an app that moves between nodes')
     if (app.config.no_gui === true) converted.web = null
@@ -159,7 +177,7 @@ export function importRuntipiFiles (files: RuntipiFiles, dir: string, opts: Runt
     }
     return manifestFromCompose(project, findings)
   } catch (err) {
-    throw inSource(err, source, rename)
+    throw inSource(err, source, rename, problem => display(remap(problem)))
   }
 }
 
@@ -196,6 +214,7 @@ function fromDynamic (text: string, source: string, app: AppInfo, vars: Variable
     const name = s.name
     if (Object.hasOwn(services, name)) throw new ValidationError(`${f}.name`, `"${name}" is used twice`)
     const { service, ports, internalPort } = dynamicService(s, `services.${name}`, app.id, vars, findings)
+    warnAppPort(service.environment, `services.${name}.environment`, findings)
     services[name] = service
     portNames[name] = ports
     const isMain = s.isMain === true || (list.length === 1 && s.isMain !== false)
@@ -288,7 +307,25 @@ function dynamicService (s: Record<string, unknown>, f: string, id: string, vars
     }
   }
   if (ports.length > 0) out.ports = ports
+  // The schema has no restart key: Runtipi writes unless-stopped into every service it generates.
+  out.restart = 'unless-stopped'
   return { service: out, ports: portNames, internalPort }
+}
+
+/**
+ * ${APP_PORT} in an environment value: config.json's port, where Runtipi
+ * publishes the UI. Here the UI is on a port the node picks, behind the
+ * app's own address, so a link the app builds with it points nowhere.
+ */
+function warnAppPort (env: unknown, field: string, findings: Findings): void {
+  const entries: Array<[string, unknown]> = isRecord(env)
+    ? Object.entries(env)
+    : Array.isArray(env) ? env.map((e, i) => [typeof e === 'string' ? (e.split('=')[0] ?? String(i)) : String(i), e]) : []
+  for (const [key, value] of entries) {
+    if (typeof value === 'string' && /\$(\{APP_PORT[}:?+-]|APP_PORT(?![A-Za-z0-9_]))/.test(value)) {
+      findings.warn(`${field}.${key}`, '${APP_PORT} is config.json\'s port, where Runtipi publishes the UI; here the UI is on a port the node picks, reached at the app\'s own address: a link the app builds with it may point nowhere')
+    }
+  }
 }
 
 function environment (v: unknown, field: string): Record<string, unknown> {
@@ -351,6 +388,9 @@ function fromYaml (text: string, source: string, app: AppInfo, vars: Variables, 
     if (isRecord(s.labels)) s.labels = labels(s.labels, `services.${name}.labels`, app.id, findings)
     else if (Array.isArray(s.labels)) s.labels = s.labels.filter(l => typeof l !== 'string' || !/^(traefik|runtipi)\./.test(l))
   }
+  for (const [name, s] of Object.entries(raw.services)) {
+    if (isRecord(s)) warnAppPort(s.environment, `services.${name}.environment`, findings)
+  }
   const { version: _version, 'x-runtipi': _x, ...rest } = raw
   const project = interpolateValues(rest, vars.lookup, '', { optional: vars.optional }) as Record<string, unknown>
   const services = project.services as Record<string, unknown>
@@ -398,15 +438,22 @@ function fromYaml (text: string, source: string, app: AppInfo, vars: Variables, 
   return { project, web, overridden: [], rename: f => f }
 }
 
-/** ${APP_DATA_DIR}/… and ${ROOT_FOLDER_HOST}/media/… become named volumes; other host paths are refused. */
-function portableVolumes (project: Record<string, unknown>, seeds: RuntipiFiles['seeds'], findings: Findings): void {
+/**
+ * ${APP_DATA_DIR}/… and ${ROOT_FOLDER_HOST}/media/… become named volumes; a
+ * file Runtipi seeds from the app folder and the app binds by itself is
+ * shipped with the app as a config; other host paths are refused. Returns,
+ * for each service's volumes a seeded file left, the index each remaining
+ * entry had in the file.
+ */
+function portableVolumes (project: Record<string, unknown>, seeds: RuntipiFiles['seeds'], findings: Findings): Map<string, number[]> {
   const mapper = new VolumeMapper((f, m) => { findings.warn(f, m) }, display)
+  const configs = new SeedConfigs(seeds, findings)
   const rule = (src: string, target: string, field: string): string | null => {
     const path = src.length > 1 ? src.replace(/\/+$/, '') : src
     if (path === DATA || path.startsWith(`${DATA}/`)) {
       const rel = path.slice(DATA.length + 1)
-      if (seeds?.files.has(rel) === true) throw new ValidationError(field, `binds the single file \${APP_DATA_DIR}/${rel}, seeded from the app folder: a named volume is a directory and cannot stand in for it`)
-      checkNotFile(rel, target, field)
+      if (seeds?.files.has(rel) === true) return configs.mount(rel, target, field)
+      checkNotFile(display(path), target, field)
       const seeded = [...seeds?.files ?? []].filter(s => (rel === '' || s.startsWith(`${rel}/`)) && !s.endsWith('/.gitkeep'))
       const name = mapper.volumeFor(path, rel.replace(/^data(\/|$)/, ''), 'data', field, 'data')
       findings.warn(field, `\${APP_DATA_DIR}/${rel} became the named volume "${name}": the app's data is snapshotted and moves with it`)
@@ -417,7 +464,7 @@ function portableVolumes (project: Record<string, unknown>, seeds: RuntipiFiles[
     }
     if (path.startsWith(`${ROOT}/media`) && (path.length === `${ROOT}/media`.length || path[`${ROOT}/media`.length] === '/')) {
       const rel = path.slice(ROOT.length + 1)
-      checkNotFile(rel, target, field)
+      checkNotFile(display(path), target, field)
       const name = mapper.volumeFor(path, `media/${rel.replace(/^media(\/data)?\/?/, '')}`, 'media', field, 'user')
       findings.warn(field, `the shared folder \${ROOT_FOLDER_HOST}/${rel} became the named volume "${name}", private to the app: it starts empty`)
       return name
@@ -429,18 +476,104 @@ function portableVolumes (project: Record<string, unknown>, seeds: RuntipiFiles[
   }
   const services = isRecord(project.services) ? project.services : {}
   const refused = new Set<string>()
+  const moved = new Map<string, number[]>()
   for (const [name, svc] of Object.entries(services)) {
     if (!isRecord(svc)) continue
-    svc.volumes = rewriteMounts(svc.volumes, `services.${name}.volumes`, rule, s => s.startsWith('/') || s.startsWith('\u0001'), findings, refused)
+    const field = `services.${name}.volumes`
+    const rewritten = rewriteMounts(svc.volumes, field, rule, s => s.startsWith('/') || s.startsWith('\u0001'), findings, refused)
+    const mounts = configs.takeMounts(field)
+    if (mounts.length === 0 || !Array.isArray(rewritten)) {
+      svc.volumes = rewritten
+      continue
+    }
+    const seeded = (v: unknown): boolean => typeof v === 'string' ? v.startsWith(`${SEED_CONFIG}:`) : isRecord(v) && v.source === SEED_CONFIG
+    const kept = rewritten.map((v, i) => [v, i] as const).filter(([v]) => !seeded(v))
+    svc.volumes = kept.map(([v]) => v)
+    moved.set(field, kept.map(([, i]) => i))
+    svc.configs = [...(Array.isArray(svc.configs) ? svc.configs : []), ...mounts]
   }
   const volumes: Record<string, unknown> = isRecord(project.volumes) ? { ...project.volumes } : {}
   for (const v of [...mapper.volumes, ...refused]) volumes[v] = null
   if (Object.keys(volumes).length > 0) project.volumes = volumes
+  if (configs.size > 0) project.configs = { ...(isRecord(project.configs) ? project.configs : {}), ...configs.declared }
+  return moved
+}
+
+/** What rewriteMounts puts where a seeded file's entry was: it leaves the volumes for the configs. */
+const SEED_CONFIG = '\u0002seed-config'
+
+/**
+ * Files of the app folder's data/ that a service binds one by one (a
+ * named volume, a directory, cannot stand in for a file). Runtipi copies them
+ * into the app's data on install; here their text travels with the app as a
+ * config (compose's `content:`), one per file, mounted read-only.
+ */
+class SeedConfigs {
+  readonly declared: Record<string, { content: string }> = {}
+  private readonly byPath = new Map<string, string>()
+  private readonly pending = new Map<string, Array<{ source: string, target: string }>>()
+  private bytes = 0
+  private readonly seeds: RuntipiFiles['seeds']
+  private readonly findings: Findings
+
+  constructor (seeds: RuntipiFiles['seeds'], findings: Findings) {
+    this.seeds = seeds
+    this.findings = findings
+  }
+
+  get size (): number {
+    return this.byPath.size
+  }
+
+  /** Records `rel` mounted at `target` by the entry `field`; the marker to put in its place. */
+  mount (rel: string, target: string, field: string): string {
+    const name = this.configFor(rel, field)
+    const volumes = field.replace(/\[\d+\]$/, '')
+    this.pending.set(volumes, [...this.pending.get(volumes) ?? [], { source: name, target }])
+    this.findings.warn(field, `\${APP_DATA_DIR}/${rel}, seeded from the app folder, is shipped with the app as the config "${name}" and mounted read-only: the app cannot change it`)
+    return SEED_CONFIG
+  }
+
+  /** The config mounts recorded for a service's volumes (`services.NAME.volumes`), once. */
+  takeMounts (volumes: string): Array<{ source: string, target: string }> {
+    const out = this.pending.get(volumes) ?? []
+    this.pending.delete(volumes)
+    return out
+  }
+
+  private configFor (rel: string, field: string): string {
+    const known = this.byPath.get(rel)
+    if (known !== undefined) return known
+    const read = this.seeds?.read
+    if (read === undefined) throw new ValidationError(field, `binds the single file \${APP_DATA_DIR}/${rel}, seeded from the app folder, which was not read`)
+    let bytes: Uint8Array
+    try {
+      bytes = read(rel)
+    } catch (err) {
+      if (err instanceof ValidationError) throw new ValidationError(field, `binds \${APP_DATA_DIR}/${rel}, which ${problemOf(err)}`)
+      throw new ValidationError(field, `binds \${APP_DATA_DIR}/${rel}, which cannot be read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)
+    }
+    let content: string
+    try {
+      content = new TextDecoder('utf-8', { fatal: true }).decode(bytes)
+    } catch {
+      throw new ValidationError(field, `binds \${APP_DATA_DIR}/${rel}, which is not text (UTF-8): a config shipped with the app carries text`)
+    }
+    if (bytes.length > CONFIG_LIMITS.maxBytes) throw new ValidationError(field, `binds \${APP_DATA_DIR}/${rel}, which is ${bytes.length} bytes, more than the ${CONFIG_LIMITS.maxBytes} a config shipped with the app may hold`)
+    if (this.bytes + bytes.length > CONFIG_LIMITS.maxTotalBytes) throw new ValidationError(field, `binds \${APP_DATA_DIR}/${rel}, past the ${CONFIG_LIMITS.maxTotalBytes} bytes of files an app may ship`)
+    this.bytes += bytes.length
+    const base = rel.replace(/^data\//, '').replaceAll('/', '-').replace(/[^a-zA-Z0-9_.-]+/g, '-').replace(/^[^a-zA-Z0-9]+/, '').slice(0, 56) || 'seed'
+    let name = base
+    for (let i = 2; Object.hasOwn(this.declared, name); i++) name = `${base}-${i}`
+    this.declared[name] = { content }
+    this.byPath.set(rel, name)
+    return name
+  }
 }
 
 /** A path as the store file wrote it: the folder placeholders back as variables. */
 function display (path: string): string {
-  return path.replace(DATA, '${APP_DATA_DIR}').replace(ROOT, '${ROOT_FOLDER_HOST}')
+  return path.replaceAll(DATA, '${APP_DATA_DIR}').replaceAll(ROOT, '${ROOT_FOLDER_HOST}')
 }
 
 /** The field of the first string still holding a Runtipi folder placeholder, or null. */

@@ -3,12 +3,15 @@
  * through AppRuntime (no agent in between), checked with the docker API and
  * with HTTP from inside the node.
  */
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import Docker from 'dockerode'
 import { LabHandle, waitFor } from './harness.ts'
 import { AppRuntime, ImageUnavailableError, StaleTermError, specHash } from '../../agent/runtime/apps.ts'
 import { createLogger } from '../../agent/util/log.ts'
-import type { AppManifest, ComposeService } from '../../proto/app.ts'
+import { serviceDefaults, type AppManifest, type ComposeService } from '../../proto/app.ts'
 import type { DesiredApp } from '../../proto/plan.ts'
 import type { AppActual } from '../../proto/runtime.ts'
 
@@ -16,11 +19,13 @@ const lab = new LabHandle('trt')
 const IMAGE = 'dcloud/busybox:lab'
 const APP = 'shop'
 const log = createLogger('test-runtime', () => {})
+/** Where the runtime writes config files: the lab's dockerd shares this machine's file system. */
+const CONFIG_DIR = mkdtempSync(join(tmpdir(), 'dcloud-trt-configs-'))
 
 function service (over: Partial<ComposeService>): ComposeService {
   return {
     image: IMAGE, command: null, entrypoint: null, environment: {}, ports: [], volumes: [], healthcheck: null,
-    dependsOn: [], restart: 'unless-stopped', labels: {}, user: null, ...over
+    dependsOn: [], restart: 'unless-stopped', labels: {}, user: null, ...serviceDefaults(), ...over
   }
 }
 
@@ -49,7 +54,8 @@ function shopApp (opts: { greeting?: string, revision?: number, workerEnv?: Reco
           volumes: [{ source: 'data', target: '/data', kind: 'volume', readOnly: false }]
         })
       },
-      volumes: { data: { labels: { 'org.example.backup': 'yes' } } }
+      volumes: { data: { labels: { 'org.example.backup': 'yes' } } },
+      configs: {}
     }
   }
   return { name: APP, manifest, pinnedNode: null, revision: opts.revision ?? 1 }
@@ -94,11 +100,12 @@ describe('app runtime on a real engine', () => {
       await waitFor(async () => { try { process.kill(pid, 0); return undefined } catch { return true } }, 10_000, `the lab's process ${pid} to stop`)
     }
     docker = new Docker({ socketPath: lab.lab.dockerSocket('n1') })
-    runtime = new AppRuntime({ docker, log })
+    runtime = new AppRuntime({ docker, log, configDir: CONFIG_DIR })
   })
 
   afterAll(async () => {
     await lab.down()
+    rmSync(CONFIG_DIR, { recursive: true, force: true })
   })
 
   it('deploys a 2-service app: labelled network, volume and containers, in depends_on order, answering on a Docker-picked port', async () => {
@@ -189,7 +196,7 @@ describe('app runtime on a real engine', () => {
 
   it('a fresh runtime (as after an agent restart) rebuilds the same view from Docker labels alone', async () => {
     const before = await runtime.list(signal())
-    const fresh = new AppRuntime({ docker: new Docker({ socketPath: lab.lab.dockerSocket('n1') }), log })
+    const fresh = new AppRuntime({ docker: new Docker({ socketPath: lab.lab.dockerSocket('n1') }), log, configDir: CONFIG_DIR })
     const after = await fresh.list(signal())
     expect(after).toEqual(before)
     const shop = after.find(a => a.app === APP)
@@ -281,5 +288,81 @@ describe('app runtime on a real engine', () => {
     expect(fetched).toEqual(['dcloud/peer-only:lab'])
     expect(deployed.services).toHaveLength(2)
     expect(await runtime.remove('peered', signal())).toEqual(['dcloud-peered-data'])
+  })
+
+  it('maps the keys that add no power onto the container exactly, and mounts a config\'s content read-only', async () => {
+    const keysApp = (content: string): DesiredApp => ({
+      name: 'keys',
+      pinnedNode: null,
+      revision: 1,
+      manifest: {
+        id: 'keys', name: 'Keys', version: '1', description: '', icon: null, category: null, architectures: [],
+        requests: { memoryBytes: 0, cpus: 0 }, web: null, constraints: {},
+        compose: {
+          services: {
+            svc: service({
+              command: ['sh', '-c', 'trap "exit 0" TERM; sleep 3600 & wait'],
+              workingDir: '/work',
+              tty: true,
+              stdinOpen: true,
+              shmSizeBytes: 128 * 1024 * 1024,
+              tmpfs: [{ target: '/work', options: ['size=8388608', 'mode=1777'] }],
+              readOnly: true,
+              capDrop: ['NET_RAW', 'MKNOD'],
+              ulimits: { nofile: { soft: 1024, hard: 2048 }, nproc: { soft: 512, hard: 512 } },
+              extraHosts: [{ host: 'db.example', address: '10.1.2.3' }, { host: 'gw', address: 'host-gateway' }],
+              noNewPrivileges: true,
+              configs: [{ source: 'app_conf', target: '/etc/app/app.conf', mode: 0o440 }]
+            })
+          },
+          volumes: {},
+          configs: { app_conf: { content } }
+        }
+      }
+    })
+    await runtime.deploy(keysApp('greeting = "hello"\n'), { term: 5, fetchImage: noPeers, signal: signal() })
+    const info = await docker.getContainer('dcloud-keys-svc').inspect()
+    expect(info.Config.WorkingDir).toBe('/work')
+    expect(info.Config.Tty).toBe(true)
+    expect(info.Config.OpenStdin).toBe(true)
+    const hc = info.HostConfig as Record<string, unknown>
+    expect(hc.ShmSize).toBe(128 * 1024 * 1024)
+    expect(hc.Tmpfs).toEqual({ '/work': 'size=8388608,mode=1777' })
+    expect(hc.ReadonlyRootfs).toBe(true)
+    expect(hc.CapDrop).toEqual(['NET_RAW', 'MKNOD'])
+    expect(hc.CapAdd ?? null).toBeNull()
+    expect(hc.Privileged).toBe(false)
+    expect(hc.Ulimits).toEqual([{ Name: 'nofile', Soft: 1024, Hard: 2048 }, { Name: 'nproc', Soft: 512, Hard: 512 }])
+    expect(hc.ExtraHosts).toEqual(['db.example:10.1.2.3', 'gw:host-gateway'])
+    expect(hc.SecurityOpt).toEqual(['no-new-privileges:true'])
+    // The stateless app keeps its restart policy.
+    expect(info.HostConfig.RestartPolicy?.Name).toBe('unless-stopped')
+    const conf = info.Mounts.find(m => m.Destination === '/etc/app/app.conf')
+    expect(conf).toMatchObject({ Type: 'bind', RW: false })
+    expect(conf?.Source.startsWith(join(CONFIG_DIR, 'keys'))).toBe(true)
+
+    const sh = async (script: string): Promise<{ code: number, stdout: string, stderr: string }> => await lab.exec('n1', ['docker', 'exec', 'dcloud-keys-svc', 'sh', '-c', script])
+    await waitFor(async () => (await runtime.list(signal())).find(a => a.app === 'keys')?.state === 'running' ? true : undefined, 20_000, 'keys to run')
+    const read = await sh('cat /etc/app/app.conf; stat -c %a /etc/app/app.conf; pwd; grep -E "db.example|gw" /etc/hosts')
+    expect(read.code, read.stderr).toBe(0)
+    const lines = read.stdout.split('\n')
+    expect(lines.slice(0, 3)).toEqual(['greeting = "hello"', '440', '/work'])
+    expect(lines).toContain('10.1.2.3\tdb.example')
+    // Docker put the node's own address for host-gateway.
+    expect(lines.some(l => /^\d+\.\d+\.\d+\.\d+\tgw$/.test(l))).toBe(true)
+    expect((await sh('echo x > /rootfs-file')).code).not.toBe(0) // read_only: the root filesystem refuses writes
+    expect((await sh('echo x > /etc/app/app.conf')).code).not.toBe(0) // the config too
+    expect((await sh('echo x > /work/scratch && cat /work/scratch')).stdout.trim()).toBe('x') // the tmpfs takes them
+
+    // A new text is a new spec: the container is replaced and mounts the new file; the old file goes.
+    const before = info.Id
+    await runtime.deploy(keysApp('greeting = "again"\n'), { term: 5, fetchImage: noPeers, signal: signal() })
+    const after = await docker.getContainer('dcloud-keys-svc').inspect()
+    expect(after.Id).not.toBe(before)
+    await waitFor(async () => (await runtime.list(signal())).find(a => a.app === 'keys')?.state === 'running' ? true : undefined, 20_000, 'keys to run again')
+    expect((await sh('cat /etc/app/app.conf')).stdout).toBe('greeting = "again"\n')
+    expect(readdirSync(join(CONFIG_DIR, 'keys'))).toHaveLength(1)
+    expect(await runtime.remove('keys', signal())).toEqual([])
+    expect(existsSync(join(CONFIG_DIR, 'keys'))).toBe(false)
   })
 })

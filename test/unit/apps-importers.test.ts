@@ -1,4 +1,5 @@
-import { readdirSync, readFileSync, statSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { stringify } from 'yaml'
@@ -7,6 +8,7 @@ import { importCasaOS, importCasaOSText } from '../../apps/importers/casaos.ts'
 import { importRuntipi, importRuntipiFiles, type RuntipiFiles, type RuntipiOptions } from '../../apps/importers/runtipi.ts'
 import { ManifestError, type ParsedApp } from '../../apps/manifest.ts'
 import { isStateful } from '../../proto/app.ts'
+import { ValidationError } from '../../proto/validate.ts'
 
 /** The shared fixtures, read in place: ../shared/fixtures from the repository root. */
 const FIXTURES = join(import.meta.dirname, '..', '..', '..', 'shared', 'fixtures')
@@ -87,7 +89,8 @@ const RUNTIPI_EXPECTED: Record<string, [json: Outcome, yaml: Outcome]> = {
   'homeassistant-1': [ok('homeassistant-1:8123 | config'), ok('homeassistant-1:8123 | config')],
   immich: [ok('immich:2283 | media-images-immich immich-ml-cache db'), ok('immich:2283 | media-images-immich immich-ml-cache db')],
   jellyfin: [ok('jellyfin:8096 | config media'), ok('jellyfin:8096 | config media')],
-  mastodon: [refused('services.mastodon-db.shmSize'), refused('services.mastodon-db.shm_size')],
+  // shm_size (PostgreSQL's shared memory) is honoured now.
+  mastodon: [ok('mastodon:443 | mastodon-config postgres redis'), ok('mastodon:443 | mastodon-config postgres redis')],
   // The JSON mounts ./nginx from the app folder; the YAML builds an image from it.
   'matrix-conduit': [refused('services.matrix-conduit-well-known.volumes[0]'), refused('services.matrix-conduit-well-known.build', 'services.matrix-conduit-well-known.image')],
   mstream: [ok('mstream:3000 | mstream-config media-music'), ok('mstream:3000 | mstream-config media-music')],
@@ -299,14 +302,84 @@ describe('Runtipi formats beyond the fixtures', () => {
     expect(() => runtipiApp({}, { json: { services: stacks } })).toThrow(/services\.demo\.environment\.STACKS: uses \$\{APP_DATA_DIR\} or \$\{ROOT_FOLDER_HOST\} outside a volume's host path/)
   })
 
-  it('refuses a seeded single-file mount and another app\'s data', () => {
-    const services = [{ name: 'demo', image: 'demo:1', isMain: true, internalPort: 80, volumes: [{ hostPath: '${APP_DATA_DIR}/data/app.conf', containerPath: '/etc/app/app.conf' }, { hostPath: '${ROOT_FOLDER_HOST}/app-data/other/data', containerPath: '/other' }] }]
-    const files: RuntipiFiles = { config: JSON.stringify({ id: 'demo', name: 'Demo', port: 80 }), composeJson: JSON.stringify({ services }), seeds: { files: new Set(['data/app.conf']), dirs: new Set() } }
-    const err = (() => { try { importRuntipiFiles(files, '/apps/demo') } catch (e) { return e as ManifestError } throw new Error('accepted') })()
-    expect(err.refusals.map(r => `${r.field}: ${r.problem}`)).toEqual([
-      expect.stringMatching(/^services\.demo\.volumes\[0\]: binds the single file \$\{APP_DATA_DIR\}\/data\/app\.conf, seeded from the app folder/),
-      expect.stringMatching(/^services\.demo\.volumes\[1\]: binds \$\{ROOT_FOLDER_HOST\}\/app-data\/other\/data, Runtipi's own folders/)
-    ])
+  it('ships a seeded single-file mount as a config, and refuses another app\'s data', () => {
+    const services = [{ name: 'demo', image: 'demo:1', isMain: true, internalPort: 80, volumes: [{ hostPath: '${APP_DATA_DIR}/data/app.conf', containerPath: '/etc/app/app.conf' }, { hostPath: '${APP_DATA_DIR}/data/db', containerPath: '/db' }] }]
+    const seeds = { files: new Set(['data/app.conf']), dirs: new Set<string>(), read: (p: string) => Buffer.from(`listen = 80 # ${p}\n`) }
+    const files: RuntipiFiles = { config: JSON.stringify({ id: 'demo', name: 'Demo', port: 80 }), composeJson: JSON.stringify({ services }), seeds }
+    const { manifest, warnings } = importRuntipiFiles(files, '/apps/demo')
+    expect(manifest.compose.configs).toEqual({ 'app.conf': { content: 'listen = 80 # data/app.conf\n' } })
+    expect(manifest.compose.services.demo?.configs).toEqual([{ source: 'app.conf', target: '/etc/app/app.conf', mode: 0o444 }])
+    expect(manifest.compose.services.demo?.volumes).toEqual([{ source: 'db', target: '/db', kind: 'volume', readOnly: false }])
+    expect(warnings).toContain('services.demo.volumes[0]: ${APP_DATA_DIR}/data/app.conf, seeded from the app folder, is shipped with the app as the config "app.conf" and mounted read-only: the app cannot change it')
+
+    // An error after the entry that left is named by the entry's index in the store's file.
+    const twice = [{ ...services[0], volumes: [...services[0]!.volumes, { hostPath: '${APP_DATA_DIR}/data/db2', containerPath: '/db' }] }]
+    const dup = (() => { try { importRuntipiFiles({ ...files, composeJson: JSON.stringify({ services: twice }) }, '/apps/demo') } catch (e) { return e as ManifestError } throw new Error('accepted') })()
+    expect(dup.message).toBe('/apps/demo/docker-compose.json: services.demo.volumes[2]: /db is mounted twice (also services.demo.volumes[1])')
+
+    const other = [{ ...services[0], volumes: [{ hostPath: '${ROOT_FOLDER_HOST}/app-data/other/data', containerPath: '/other' }] }]
+    const err = (() => { try { importRuntipiFiles({ ...files, composeJson: JSON.stringify({ services: other }) }, '/apps/demo') } catch (e) { return e as ManifestError } throw new Error('accepted') })()
+    expect(err.refusals.map(r => `${r.field}: ${r.problem}`)).toEqual([expect.stringMatching(/^services\.demo\.volumes\[0\]: binds \$\{ROOT_FOLDER_HOST\}\/app-data\/other\/data, Runtipi's own folders/)])
+  })
+
+  it.each<[string, (p: string) => Uint8Array, RegExp]>([
+    ['too large', () => { throw new ValidationError('data/app.conf', 'is 300000 bytes, more than the 262144 a config shipped with the app may hold') }, /volumes\[0\]: binds \$\{APP_DATA_DIR\}\/data\/app\.conf, which is 300000 bytes, more than the 262144/],
+    ['not text', () => Uint8Array.from([0xff, 0xfe, 0x00]), /volumes\[0\]: binds \$\{APP_DATA_DIR\}\/data\/app\.conf, which is not text \(UTF-8\)/],
+    ['unreadable', () => { throw Object.assign(new Error('gone'), { code: 'ENOENT' }) }, /which cannot be read: ENOENT/]
+  ])('refuses a seeded file that is %s, naming the volume entry', (_what, read, message) => {
+    const services = [{ name: 'demo', image: 'demo:1', isMain: true, internalPort: 80, volumes: [{ hostPath: '${APP_DATA_DIR}/data/app.conf', containerPath: '/etc/app.conf' }] }]
+    const files: RuntipiFiles = { config: JSON.stringify({ id: 'demo', name: 'Demo', port: 80 }), composeJson: JSON.stringify({ services }), seeds: { files: new Set(['data/app.conf']), dirs: new Set(), read } }
+    expect(() => importRuntipiFiles(files, '/apps/demo')).toThrow(message)
+  })
+
+  it('reads a seeded file from the app folder on disk, refusing one over the cap before reading it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'runtipi-seed-'))
+    mkdirSync(join(dir, 'data'))
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ id: 'demo', name: 'Demo', port: 80 }))
+    writeFileSync(join(dir, 'docker-compose.json'), JSON.stringify({ services: [{ name: 'demo', image: 'demo:1', isMain: true, internalPort: 80, volumes: [{ hostPath: '${APP_DATA_DIR}/data/nginx.conf', containerPath: '/etc/nginx/nginx.conf', readOnly: true }] }] }))
+    writeFileSync(join(dir, 'data', 'nginx.conf'), 'events {}\n')
+    expect((await importRuntipi(dir)).manifest.compose.configs).toEqual({ 'nginx.conf': { content: 'events {}\n' } })
+    writeFileSync(join(dir, 'data', 'nginx.conf'), 'x'.repeat(256 * 1024 + 1))
+    await expect(importRuntipi(dir)).rejects.toThrow(/volumes\[0\]: binds \$\{APP_DATA_DIR\}\/data\/nginx\.conf, which is 262145 bytes, more than the 262144/)
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('shows the user\'s own ${APP_DATA_DIR} in a refusal, never the importer\'s placeholder', () => {
+    const yaml = { services: { demo: { image: 'demo:1', volumes: [{ type: 'volume', source: '${APP_DATA_DIR}/data', target: '/d' }, '${APP_DATA_DIR}/data/x.conf:/etc/x.conf'] } } }
+    const err = (() => { try { runtipiApp({}, { yaml }) } catch (e) { return e as ManifestError } throw new Error('accepted') })()
+    expect(err.message).not.toMatch(/\u0001/)
+    expect(err.message).toMatch(/services\.demo\.volumes\[0\]: "\$\{APP_DATA_DIR\}\/data" is not a volume name/)
+    const file = (() => { try { runtipiApp({}, { yaml: { services: { demo: { image: 'demo:1', volumes: ['${APP_DATA_DIR}/data/x.conf:/etc/x.conf'] } } } }) } catch (e) { return e as ManifestError } throw new Error('accepted') })()
+    expect(file.message).toMatch(/volumes\[0\]: binds the single file \$\{APP_DATA_DIR\}\/data\/x\.conf: a named volume is a directory/)
+  })
+
+  it('keeps Runtipi\'s unless-stopped for dynamic compose services, and a legacy file\'s own policy', () => {
+    const { manifest } = runtipiApp({}, { json: { services: [{ name: 'demo', image: 'demo:1', isMain: true, internalPort: 80 }] } })
+    expect(manifest.compose.services.demo?.restart).toBe('unless-stopped')
+    const legacy = runtipiApp({}, { yaml: { services: { demo: { image: 'demo:1', ports: ['${APP_PORT}:80'] }, worker: { image: 'demo:1', restart: 'always' } } } })
+    expect(legacy.manifest.compose.services.demo?.restart).toBe('no') // as docker compose runs the file
+    expect(legacy.manifest.compose.services.worker?.restart).toBe('always')
+  })
+
+  it('warns about ${APP_PORT} left in an environment value, as for ${INTERNAL_IP}', () => {
+    const json = runtipiApp({}, { json: { services: [{ name: 'demo', image: 'demo:1', isMain: true, internalPort: 80, environment: [{ key: 'BASE_URL', value: 'http://${APP_DOMAIN}:${APP_PORT}' }, { key: 'PORT', value: '80' }] }] } })
+    expect(json.warnings.filter(w => w.includes('APP_PORT'))).toEqual([expect.stringMatching(/^services\.demo\.environment\.BASE_URL: \$\{APP_PORT\} is config\.json's port/)])
+    expect(json.manifest.compose.services.demo?.environment.BASE_URL).toBe('http://demo.dcloud.local:8123')
+    const yaml = runtipiApp({}, { yaml: { services: { demo: { image: 'demo:1', ports: ['${APP_PORT}:80'], environment: ['URL=http://x:$APP_PORT/'] } } } })
+    expect(yaml.warnings.join('\n')).toMatch(/services\.demo\.environment\.URL: \$\{APP_PORT\} is config\.json's port/)
+  })
+
+  it('keeps a healthcheck\'s $? as docker compose does', () => {
+    const { manifest } = runtipiApp({}, { json: { services: [{ name: 'demo', image: 'demo:1', isMain: true, internalPort: 80, healthCheck: { test: 'curl -f http://localhost/ || exit $?' } }] } })
+    expect(manifest.compose.services.demo?.healthcheck?.test).toEqual(['CMD-SHELL', 'curl -f http://localhost/ || exit $?'])
+  })
+
+  it('honours the dynamic compose keys that add no power, and names a bad one by the store\'s key', () => {
+    const svc = { name: 'demo', image: 'demo:1', isMain: true, internalPort: 80, tty: true, stdinOpen: true, workingDir: '/app', shmSize: '128mb', readOnly: true, capDrop: ['ALL'], ulimits: { nofile: { soft: 1024, hard: 2048 } }, extraHosts: ['host.docker.internal:host-gateway'], securityOpt: ['no-new-privileges:true'] }
+    const { manifest } = runtipiApp({}, { json: { services: [svc] } })
+    expect(manifest.compose.services.demo).toMatchObject({ tty: true, stdinOpen: true, workingDir: '/app', shmSizeBytes: 128 * 2 ** 20, readOnly: true, capDrop: ['ALL'], ulimits: { nofile: { soft: 1024, hard: 2048 } }, extraHosts: [{ host: 'host.docker.internal', address: 'host-gateway' }], noNewPrivileges: true })
+    expect(() => runtipiApp({}, { json: { services: [{ ...svc, extraHosts: ['nohost'] }] } })).toThrow(/services\.demo\.extraHosts\[0\]: "nohost" is not HOST:IP/)
+    expect(() => runtipiApp({}, { json: { services: [{ ...svc, securityOpt: ['seccomp=unconfined'] }] } })).toThrow(/services\.demo\.securityOpt\[0\]: "seccomp=unconfined" is not supported/)
   })
 
   it('rejects keys outside Runtipi\'s schemas by name', () => {

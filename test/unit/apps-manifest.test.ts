@@ -245,7 +245,7 @@ describe('bad manifests are refused, naming the field', () => {
     ['an unknown restart policy', with_(o => { o.services.web.restart = 'sometimes' }), 'services.web.restart', /not a restart policy/],
     ['replicas', with_(o => { o.services.web.deploy = { replicas: 3 } }), 'services.web.deploy.replicas', /only 1/],
     ['a GPU reservation', with_(o => { o.services.web.deploy = { resources: { reservations: { devices: [{ capabilities: ['gpu'] }] } } } }), 'services.web.deploy.resources.reservations.devices', /GPUs/],
-    ['an invalid interpolation', with_(o => { o.services.web.command = 'echo $(date)' }), 'services.web.command', /invalid interpolation at "\$\(date\)"; write \$\$ for a literal \$/],
+    ['an invalid interpolation', with_(o => { o.services.web.command = 'echo ${(date)}' }), 'services.web.command', /invalid interpolation "\$\{\(date\)\}"/],
     ['an unterminated quote', with_(o => { o.services.web.command = 'sh -c "echo' }), 'services.web.command', /unterminated " quote/],
     ['a platform no listed architecture matches', with_(o => { o.services.db.platform = 'linux/arm64'; o['x-dcloud'].architectures = ['amd64'] }), 'x-dcloud.architectures', /none of amd64 matches the platform arm64/],
     ['duplicate keys', 'services:\n  a:\n    image: x\n    image: y\n', 'demo.yaml', /Map keys must be unique/],
@@ -288,6 +288,117 @@ describe('bad manifests are refused, naming the field', () => {
     const big = `services:\n  a:\n    image: x\n# ${'x'.repeat(MAX_FILE_BYTES)}\n`
     const err = failure(big)
     expect(err.message).toMatch(/more than the limit of 1048576/)
+  })
+})
+
+describe('keys that add no power', () => {
+  const svc = (m: ParsedApp): Obj => m.manifest.compose.services.web as Obj
+
+  it('reads every form of them into the service', () => {
+    const m = parse(with_(o => {
+      Object.assign(o.services.web, {
+        working_dir: '/srv', tty: true, stdin_open: 'true', shm_size: '256mb', read_only: true,
+        tmpfs: ['/run', '/tmp:size=64m,mode=1777,noexec'],
+        volumes: [{ type: 'tmpfs', target: '/cache', tmpfs: { size: 1048576, mode: 0o700 } }],
+        cap_drop: ['net_raw', 'CAP_MKNOD', 'NET_RAW'],
+        ulimits: { nofile: { soft: 1024, hard: 4096 }, nproc: 512, memlock: -1 },
+        extra_hosts: ['db.lan:10.0.0.5', 'v6=[::1]', 'gw:host-gateway', 'plain6:::2'],
+        security_opt: ['no-new-privileges:true'],
+        configs: ['app_conf', { source: 'app_conf', target: 'etc/app.ini', mode: '0440' }]
+      })
+      o.configs = { app_conf: { content: 'port = ${PORT:-8080}\n' } }
+    }))
+    expect(svc(m)).toMatchObject({
+      workingDir: '/srv', tty: true, stdinOpen: true, shmSizeBytes: 256 * 1024 * 1024, readOnly: true,
+      tmpfs: [{ target: '/cache', options: ['size=1048576', 'mode=700'] }, { target: '/run', options: [] }, { target: '/tmp', options: ['size=67108864', 'mode=1777', 'noexec'] }],
+      capDrop: ['NET_RAW', 'MKNOD'],
+      ulimits: { nofile: { soft: 1024, hard: 4096 }, nproc: { soft: 512, hard: 512 }, memlock: { soft: -1, hard: -1 } },
+      extraHosts: [{ host: 'db.lan', address: '10.0.0.5' }, { host: 'v6', address: '::1' }, { host: 'gw', address: 'host-gateway' }, { host: 'plain6', address: '::2' }],
+      noNewPrivileges: true,
+      configs: [{ source: 'app_conf', target: '/app_conf', mode: 0o444 }, { source: 'app_conf', target: '/etc/app.ini', mode: 0o440 }]
+    })
+    // Interpolated like any value; carried in the manifest.
+    expect(m.manifest.compose.configs).toEqual({ app_conf: { content: 'port = 8080\n' } })
+    expect(m.manifest.compose.services.db?.configs).toEqual([])
+  })
+
+  it('reads a map of extra hosts, a single tmpfs path, and a mode written as YAML 1.1 octal', () => {
+    const text = stringify(with_(o => {
+      o.services.web.extra_hosts = { 'a.lan': '10.0.0.1', multi: ['10.0.0.2', '10.0.0.3'] }
+      o.services.web.tmpfs = '/run'
+      o.services.web.configs = [{ source: 'c', target: '/c', mode: 'MODE' }]
+      o.configs = { c: { content: 'x' } }
+    })).replace("'MODE'", '0440').replace('MODE', '0440')
+    const web = svc(parse(text))
+    expect(web.extraHosts).toEqual([{ host: 'a.lan', address: '10.0.0.1' }, { host: 'multi', address: '10.0.0.2' }, { host: 'multi', address: '10.0.0.3' }])
+    expect(web.tmpfs).toEqual([{ target: '/run', options: [] }])
+    expect(web.configs[0].mode).toBe(0o440)
+  })
+
+  it('keeps their defaults when absent, and treats no-new-privileges:false as asking for nothing', () => {
+    const web = svc(parse(with_(o => { o.services.web.security_opt = ['no-new-privileges=false'] })))
+    expect(web).toMatchObject({ workingDir: null, tty: false, stdinOpen: false, shmSizeBytes: null, tmpfs: [], readOnly: false, capDrop: [], ulimits: {}, extraHosts: [], noNewPrivileges: false, configs: [] })
+    expect(svc(parse(with_(o => { o.services.web.security_opt = ['no-new-privileges'] }))).noNewPrivileges).toBe(true)
+  })
+
+  it.each<[string, (o: Obj) => void, string, RegExp]>([
+    ['a relative working_dir', o => { o.services.web.working_dir = 'srv' }, 'services.web.working_dir', /"srv" must be an absolute path/],
+    ['a tty that is not a boolean', o => { o.services.web.tty = 'yes' }, 'services.web.tty', /must be true or false/],
+    ['a bad shm_size', o => { o.services.web.shm_size = 'big' }, 'services.web.shm_size', /is not a size/],
+    ['an unknown tmpfs option', o => { o.services.web.tmpfs = ['/run:sizeish'] }, 'services.web.tmpfs[0]', /"sizeish" is not a tmpfs option/],
+    ['a tmpfs mode that is not octal', o => { o.services.web.tmpfs = ['/run:mode=999'] }, 'services.web.tmpfs[0]', /not an octal file mode/],
+    ['a tmpfs at a relative path', o => { o.services.web.tmpfs = ['run'] }, 'services.web.tmpfs[0]', /must be an absolute path/],
+    ['a tmpfs where a volume is', o => { o.services.db.tmpfs = ['/var/lib/postgresql/data'] }, 'services.db.tmpfs[0]', /mounted twice \(also services\.db\.volumes\[0\]\)/],
+    ['an unknown long tmpfs key', o => { o.services.web.volumes = [{ type: 'tmpfs', target: '/t', tmpfs: { sise: 1 } }] }, 'services.web.volumes[0].tmpfs.sise', /unknown tmpfs key/],
+    ['read_only that is not a boolean', o => { o.services.web.read_only = 1 }, 'services.web.read_only', /must be true or false/],
+    ['an unknown capability', o => { o.services.web.cap_drop = ['NET_RAWW'] }, 'services.web.cap_drop[0]', /"NET_RAWW" is not a Linux capability/],
+    ['an unknown ulimit', o => { o.services.web.ulimits = { nofiles: 10 } }, 'services.web.ulimits.nofiles', /unknown limit \(did you mean nofile\?\)/],
+    ['a soft limit above the hard one', o => { o.services.web.ulimits = { nofile: { soft: 10, hard: 5 } } }, 'services.web.ulimits.nofile', /the soft limit 10 is above the hard limit 5/],
+    ['a limit that is not a number', o => { o.services.web.ulimits = { nofile: 'many' } }, 'services.web.ulimits.nofile', /is not a limit/],
+    ['half a limit', o => { o.services.web.ulimits = { nofile: { soft: 10 } } }, 'services.web.ulimits.nofile', /needs both soft and hard/],
+    ['an extra host without an address', o => { o.services.web.extra_hosts = ['db.lan'] }, 'services.web.extra_hosts[0]', /is not HOST:IP or HOST=IP/],
+    ['an extra host with a name for address', o => { o.services.web.extra_hosts = ['db.lan:server'] }, 'services.web.extra_hosts[0]', /"server" is not an IP address \(or host-gateway/],
+    ['an extra host with a bad name', o => { o.services.web.extra_hosts = { 'bad name': '10.0.0.1' } }, 'services.web.extra_hosts.bad name', /"bad name" is not a host name/],
+    ['a config not declared', o => { o.services.web.configs = ['nope'] }, 'services.web.configs[0]', /config "nope" is not declared under the top-level configs/],
+    ['a config without content', o => { o.configs = { c: {} }; o.services.web.configs = ['c'] }, 'configs.c', /needs content:/],
+    ['an unknown config key', o => { o.configs = { c: { contnet: 'x' } } }, 'configs.c.contnet', /unknown config key \(did you mean content\?\)/],
+    ['a config mode that is not one', o => { o.configs = { c: { content: 'x' } }; o.services.web.configs = [{ source: 'c', mode: 'rw' }] }, 'services.web.configs[0].mode', /"rw" is not a file mode/],
+    ['a config target that is a folder', o => { o.configs = { c: { content: 'x' } }; o.services.web.configs = [{ source: 'c', target: '/etc/' }] }, 'services.web.configs[0].target', /must name a file/],
+    ['a config too large to carry', o => { o.configs = { c: { content: 'x'.repeat(256 * 1024 + 1) } } }, 'configs.c.content', /more than 262144: configs travel with the app/],
+  ])('refuses %s, naming the field', (_name, change, field, message) => {
+    const err = failure(with_(change))
+    expect(err.field).toBe(field)
+    expect(err.message).toMatch(message)
+  })
+
+  it('refuses configs larger than 1 MiB together (a file of 1 MiB can reach it through aliases)', () => {
+    const text = `services:\n  a:\n    image: x\nconfigs:\n  c0: { content: &big "${'x'.repeat(250 * 1024)}" }\n${[1, 2, 3, 4].map(i => `  c${i}: { content: *big }`).join('\n')}\nx-dcloud: { id: demo }\n`
+    const err = failure(text)
+    expect(err.field).toBe('configs')
+    expect(err.message).toMatch(/hold 1280000 bytes, more than 1048576/)
+  })
+
+  it.each<[string, (o: Obj) => void, string, RegExp]>([
+    ['seccomp unconfined', o => { o.services.web.security_opt = ['no-new-privileges:true', 'seccomp:unconfined'] }, 'services.web.security_opt[1]', /"seccomp:unconfined" is not supported: only no-new-privileges is \(it takes power away\); any other security option widens what the container may do on the node/],
+    ['apparmor unconfined', o => { o.services.web.security_opt = ['apparmor=unconfined'] }, 'services.web.security_opt[0]', /"apparmor=unconfined" is not supported/],
+    ['an SELinux label', o => { o.services.web.security_opt = ['label:disable'] }, 'services.web.security_opt[0]', /"label:disable" is not supported/],
+    ['a tmpfs with suid', o => { o.services.web.tmpfs = ['/run:suid'] }, 'services.web.tmpfs[0]', /tmpfs option "suid" is not supported: widens/],
+    ['a file config', o => { o.configs = { c: { file: './c.conf' } }; o.services.web.configs = ['c'] }, 'configs.c.file', /the file next to the compose file is not shipped to nodes; put its text under content:/],
+    ['an environment config', o => { o.configs = { c: { environment: 'C' } } }, 'configs.c.environment', /the variable would come from the machine running compose/],
+    ['an external config', o => { o.configs = { c: { external: true } } }, 'configs.c.external', /an app carries its own configs/],
+    ['a config owned by a uid', o => { o.configs = { c: { content: 'x' } }; o.services.web.configs = [{ source: 'c', uid: '1000' }] }, 'services.web.configs[0].uid', /the file is owned by root/],
+    ['secrets', o => { o.services.web.secrets = ['s'] }, 'services.web.secrets', /neither|not shipped to nodes; Dentropy has no secret store yet/]
+  ])('refuses %s as adding power or needing what a node lacks', (_name, change, field, message) => {
+    const err = failure(with_(change))
+    expect(err.refusals.map(r => r.field)).toEqual([field])
+    expect(err.message).toMatch(message)
+  })
+
+  it('keeps a $ that starts no variable, as the compose spec does', () => {
+    const m = parse(with_(o => { o.services.web.healthcheck = { test: 'wget -q localhost:8080 || exit $?' }; o.services.web.environment = { PRICE: '$5', ESCAPED: '$$HOME' } }))
+    expect(svc(m).healthcheck.test).toEqual(['CMD-SHELL', 'wget -q localhost:8080 || exit $?'])
+    expect(svc(m).environment).toEqual({ PRICE: '$5', ESCAPED: '$HOME' })
+    expect(interpolate('a $ b $', () => undefined, 'f')).toBe('a $ b $')
   })
 })
 

@@ -12,13 +12,13 @@ import {
 } from '../../proto/runtime.ts'
 import { demuxDockerLog, desiredSpecs, normaliseService, serviceState, specHash, startOrder } from '../../agent/runtime/apps.ts'
 import { lengthPrefixed } from '../../agent/runtime/image-transfer.ts'
-import type { ComposeService } from '../../proto/app.ts'
+import { serviceDefaults, type ComposeService } from '../../proto/app.ts'
 import type { DesiredApp } from '../../proto/plan.ts'
 
 function svc (over: Partial<ComposeService> = {}): ComposeService {
   return {
     image: 'nginx:1.27', command: null, entrypoint: null, environment: {}, ports: [], volumes: [], healthcheck: null,
-    dependsOn: [], restart: 'unless-stopped', labels: {}, user: null, ...over
+    dependsOn: [], restart: 'unless-stopped', labels: {}, user: null, ...serviceDefaults(), ...over
   }
 }
 
@@ -110,6 +110,24 @@ describe('service specs', () => {
     // The same service in another app instance mounts other volumes and joins another network.
     expect(specHash('other', base)).not.toBe(h)
     expect(normaliseService('app', svc({ volumes: [{ source: 'data', target: '/d', kind: 'volume', readOnly: true }] })).mounts).toEqual([['volume', 'dcloud-app-data', '/d', true]])
+  })
+
+  it('keeps the hash of a service that uses none of the later keys (no recreation on upgrade), and changes it with each', () => {
+    // The normalised form of a plain service has only the first release's keys.
+    expect(Object.keys(normaliseService('app', svc())).sort()).toEqual(['command', 'entrypoint', 'environment', 'healthcheck', 'image', 'labels', 'mounts', 'network', 'ports', 'restart', 'user'])
+    const h = specHash('app', svc())
+    const configs = { c: { content: 'one' } }
+    const changed = [
+      svc({ workingDir: '/srv' }), svc({ tty: true }), svc({ stdinOpen: true }), svc({ shmSizeBytes: 1 << 20 }),
+      svc({ tmpfs: [{ target: '/run', options: [] }] }), svc({ readOnly: true }), svc({ capDrop: ['NET_RAW'] }),
+      svc({ ulimits: { nofile: { soft: 1, hard: 2 } } }), svc({ extraHosts: [{ host: 'a', address: '10.0.0.1' }] }),
+      svc({ noNewPrivileges: true }), svc({ configs: [{ source: 'c', target: '/c', mode: 0o444 }] })
+    ].map(s => specHash('app', s, configs))
+    expect(new Set([h, ...changed]).size).toBe(changed.length + 1)
+    // A config's text is part of the spec: new text, new container.
+    const mounted = svc({ configs: [{ source: 'c', target: '/c', mode: 0o444 }] })
+    expect(specHash('app', mounted, { c: { content: 'two' } })).not.toBe(specHash('app', mounted, configs))
+    expect(() => specHash('app', mounted, {})).toThrow(/config c is mounted but not part of the app/)
   })
 
   it('desiredSpecs gives the hash per service', () => {
