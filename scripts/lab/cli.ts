@@ -21,6 +21,7 @@ export const labHelp = `dcloud lab [--lab NAME] COMMAND
   fill NODE [--leave BYTES]      fill NODE's data disk, leaving BYTES free (default 0: full)
   unfill NODE                    remove what \`fill\` wrote: the disk has its space again
   partition A,B C[,D] ...        cut the lab into groups that cannot reach each other
+  partition --one-way A C[,D]    A keeps hearing C,D but they stop hearing A (A's data frames dropped)
   heal                           undo the partition
   ls [--json]                    the lab's nodes
   chaos [--minutes N] [--seed S] [--workloads notes,postgres] [--snapshot-every 30s] [--json] [--dry-run [--nodes N]]
@@ -112,10 +113,14 @@ export async function labCommand (argv: string[]): Promise<number> {
       report(positionals[0], 'unfilled', await lab.unfill(positionals[0]), values.json === true)
       return 0
     }
-    case 'partition':
-      await lab.partition(rest.map(g => g.split(',').filter(n => n !== '')))
-      progress(`partitioned: ${rest.join(' | ')}`)
+    case 'partition': {
+      const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { 'one-way': { type: 'boolean', default: false } } })
+      const oneWay = values['one-way'] === true
+      if (oneWay && positionals.length !== 2) throw new UsageError('usage: dcloud lab partition --one-way A[,B] C[,D]: the first group stops being heard by the second')
+      await lab.partition(positionals.map(g => g.split(',').filter(n => n !== '')), { oneWay })
+      progress(`partitioned: ${positionals.join(oneWay ? ' -/-> ' : ' | ')}`)
       return 0
+    }
     case 'heal':
       await lab.heal()
       progress('healed')

@@ -54,6 +54,8 @@ export interface LabState {
   keyFile: string
   nodes: LabNode[]
   partition: string[][] | null
+  /** The partition cuts one way only: the first group's data frames to the others are dropped (`partition --one-way`). */
+  oneWay?: boolean
   /** Size of each node's data disk (absent in state files of labs made before nodes had disks). */
   diskBytes?: number
 }
@@ -288,8 +290,15 @@ export class Lab {
     await this.waitForDocker(node)
   }
 
-  /** Cuts the lab into groups that cannot reach each other; nodes named in no group keep all their links. */
-  async partition (groups: string[][]): Promise<void> {
+  /**
+   * Cuts the lab into groups that cannot reach each other; nodes named in no
+   * group keep all their links. `oneWay`: only frames carrying data from the
+   * first group to the others are dropped, while ARP and bare TCP
+   * acknowledgements (IP packets of at most 64 bytes) pass: the first group
+   * keeps receiving what the others send, and they hear nothing from it, as
+   * when a node's outgoing streams fail while its incoming ones work.
+   */
+  async partition (groups: string[][], opts: { oneWay?: boolean } = {}): Promise<void> {
     const state = await this.state()
     const known = new Set(state.nodes.map(n => n.name))
     const seen = new Set<string>()
@@ -302,6 +311,7 @@ export class Lab {
     }
     if (groups.length < 2) throw new UserError('a partition needs at least two groups, e.g. `dcloud lab partition n1 n2,n3`', { exitCode: EXIT.usage })
     state.partition = groups
+    state.oneWay = opts.oneWay === true
     await this.applyPartition(state)
     await this.save(state)
   }
@@ -309,6 +319,7 @@ export class Lab {
   async heal (): Promise<void> {
     const state = await this.state()
     state.partition = null
+    delete state.oneWay
     await this.applyPartition(state)
     await this.save(state)
   }
@@ -317,8 +328,9 @@ export class Lab {
     const rules = ['flush chain bridge dcloud_lab forward;']
     for (const [i, a] of (state.partition ?? []).entries()) {
       for (const [j, b] of (state.partition ?? []).entries()) {
-        if (i === j) continue
-        for (const x of a) for (const y of b) rules.push(`add rule bridge dcloud_lab forward iifname "${x}" oifname "${y}" drop;`)
+        if (i === j || (state.oneWay === true && i !== 0)) continue
+        const match = state.oneWay === true ? ' ip length > 64' : ''
+        for (const x of a) for (const y of b) rules.push(`add rule bridge dcloud_lab forward iifname "${x}" oifname "${y}"${match} drop;`)
       }
     }
     await run('nsenter', [`--net=/run/netns/${this.hubNs}`, 'nft', rules.join(' ')])

@@ -4,6 +4,9 @@
  * - only the agent of the node dies (SIGKILL; dockerd and the link stay up):
  *   the watchdog kills the copy when the lease lapses, before the majority
  *   starts another;
+ * - the node's link fails one way (it hears the others; they stop hearing
+ *   it): its lease, held only while a quorum echoes its beats, lapses
+ *   before the majority starts another copy;
  * - the whole node dies and comes back after the failover: its dockerd does
  *   not start the stale copy (restart policy `no`), the agent retires it;
  * - only dockerd restarts: no copy starts elsewhere meanwhile, and the app
@@ -94,6 +97,41 @@ describe('fencing: never two copies of a stateful app', () => {
     }, 60_000, 'one running copy after the agent returned', 500)
     const again = (await copies()).find(c => c.node === host && c.id === stale!.id)
     if (again !== undefined) expect(again.startedAt).toBe(stale!.startedAt)
+  }, 300_000)
+
+  it('a link that fails one way (the node hears the others, they do not hear it): its lease lapses before the majority starts another copy', async () => {
+    const host = await runningOn('n1')
+    const others = NODES.filter(n => n !== host)
+    const other = others[0] as string
+    await write(other, 'before-one-way', 300)
+    await dcOk(other, ['snapshot', 'create', 'notes'])
+    const old = (await app(other, 'notes'))!
+    const before = (await copies([host])).find(c => c.running)!
+    const pinned = startLabWriters(lab.name, host, { url: notesUrl(old.endpoints[0] as string) }, ['oneway'], { timeoutMs: 2000 })
+    await waitFor(async () => { pinned.assertRunning(); return pinned.ackCount() > 0 ? true : undefined }, 30_000, 'the pinned writer to get an acknowledgement')
+
+    const cutAt = Date.now()
+    await lab.cmd('partition', '--one-way', host, others.join(','))
+    try {
+      const { value: moved } = await waitFor(async () => {
+        const v = await app(other, 'notes')
+        return v?.state === 'running' && v.node !== null && v.node !== host ? v.node : undefined
+      }, 120_000, 'notes to run on the majority side', 500)
+      await pinned.stop().catch(() => [])
+      const stale = (await copies([host])).find(c => c.id === before.id)
+      const fresh = (await copies([moved])).find(c => c.running)!
+      expect(stale, `notes' old container on ${host}`).toBeDefined()
+      expect(stale!.running, 'the cut-off copy still runs').toBe(false)
+      const margin = fresh.startedAt - (stale!.finishedAt as number)
+      process.stderr.write(`one-way cut: the copy on ${host} stopped ${(stale!.finishedAt as number) - cutAt} ms after the cut; the copy on ${moved} started ${margin} ms after that\n`)
+      expect(margin).toBeGreaterThan(0)
+      const lastOldAck = pinned.lastAckAt()
+      expect(lastOldAck).not.toBeNull()
+      expect(lastOldAck!).toBeLessThan(fresh.startedAt)
+    } finally {
+      await lab.cmd('heal')
+    }
+    await waitFor(async () => (await copies()).filter(c => c.running).length === 1 ? true : undefined, 90_000, 'one running copy after the heal', 500)
   }, 300_000)
 
   it('the whole node dies and returns after the failover: its dockerd does not start the stale copy', async () => {
