@@ -29,11 +29,11 @@ import { join } from 'node:path'
 import type { AppReport } from '../proto/status.ts'
 import type { AppActual } from '../proto/runtime.ts'
 import { AGENT_VERSION, paths, runtimeDir } from './config.ts'
-import { NodeLease } from './fence/lease.ts'
+import { NodeLease, echoLeaseMs } from './fence/lease.ts'
 import type { Logger } from './util/log.ts'
 import type { MetricsResponse, NodeView, StatusResponse } from '../proto/api.ts'
 import type { NodeResources, NodeStatus } from '../proto/status.ts'
-import { DEFAULT_HEARTBEAT_MS } from '../scheduler/liveness.ts'
+import { DEFAULT_HEARTBEAT_MS, DEFAULT_LIVENESS } from '../scheduler/liveness.ts'
 
 export interface AgentOptions {
   dataDir: string
@@ -199,7 +199,8 @@ export class Agent implements ApiBackend {
     // The fencing lease sits beside the API socket (/run/dcloud for the system agent), in the
     // directory the API server prepared for the socket's group.
     const election = this.election
-    this.lease = new NodeLease({ dir: runtimeDir(opts.dataDir), node: opts.name, entitled: () => election.seesQuorum(), log: log.child('fence') })
+    const echoLease = echoLeaseMs(intervalMs, DEFAULT_LIVENESS.deadAfterIntervals)
+    this.lease = new NodeLease({ dir: runtimeDir(opts.dataDir), node: opts.name, entitled: () => election.seesQuorum(), heardUntil: (now) => election.heardByQuorumAt(now) + echoLease, log: log.child('fence') })
     this.lease.start()
 
     const membership = this.membership

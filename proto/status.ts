@@ -30,6 +30,14 @@ export interface NodeStatus {
   seq: number
   /** How often the sender publishes, so receivers can judge silence. */
   intervalMs: number
+  /**
+   * The sender's CLOCK_MONOTONIC ms when it published this beat. Meaningless
+   * to anyone else; peers echo it back in `heard`, so the sender learns which
+   * of its beats a majority received (its fencing lease, agent/fence/).
+   */
+  sent?: number
+  /** For each peer, the `sent` of the newest beat of it received here: the echo of what others said. */
+  heard?: Record<string, number>
   /** Present on full reports; receivers keep the last one they got. */
   resources?: NodeResources
   cluster?: ClusterBeat
@@ -95,6 +103,8 @@ const NAME = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/
 const LABEL_KEY = /^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$/
 const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{40,60}$/ // base58btc, as libp2p prints ids
 const MAX_BYTES_VALUE = 2 ** 53 - 1
+/** A cluster is a handful of machines; a membership table holds at most a few hundred. */
+const MAX_HEARD = 256
 
 export function encodeStatus (status: NodeStatus): Uint8Array {
   return new TextEncoder().encode(JSON.stringify(status))
@@ -137,6 +147,17 @@ function validateStatusFields (raw: Record<string, unknown>): NodeStatus {
     incarnation: number(raw.incarnation, 'status.incarnation', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
     seq: number(raw.seq, 'status.seq', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
     intervalMs: number(raw.intervalMs, 'status.intervalMs', { min: 100, max: 60_000, integer: true })
+  }
+  if (raw.sent !== undefined) status.sent = number(raw.sent, 'status.sent', { min: 0, max: MAX_BYTES_VALUE, integer: true })
+  if (raw.heard !== undefined) {
+    const heard = record(raw.heard, 'status.heard')
+    const entries = Object.entries(heard)
+    if (entries.length > MAX_HEARD) throw new ValidationError('status.heard', `has ${entries.length} entries; at most ${MAX_HEARD}`)
+    status.heard = {}
+    for (const [peer, sent] of entries) {
+      if (!PEER_ID.test(peer)) throw new ValidationError('status.heard', `${JSON.stringify(peer.slice(0, 80))} is not a peer id`)
+      status.heard[peer] = number(sent, `status.heard.${peer}`, { min: 0, max: MAX_BYTES_VALUE, integer: true })
+    }
   }
   if (raw.resources !== undefined) status.resources = validateResources(record(raw.resources, 'status.resources'))
   if (raw.cluster !== undefined) {

@@ -227,6 +227,27 @@ export function reachesQuorum (voters: readonly string[], reachable: ReadonlySet
   return tb !== null && count === n / 2 && reachable.has(tb) && witnessReachable
 }
 
+/**
+ * The newest time by which a quorum of the voters had heard this node: each
+ * voter's echo is the send time of the newest beat of ours it reported
+ * receiving (self: now, or later). Judged with reachesQuorum's rule, so in an
+ * even cluster the half holding the tie-breaker counts while the witness
+ * answers. -Infinity when no quorum ever echoed us.
+ *
+ * Hearing a quorum (seesQuorum) is not being heard by one: over a link that
+ * fails one way the node still hears the others while they declare it dead.
+ * Its fencing lease is held only until this time plus a span shorter than
+ * the others' wait before they declare it dead (agent/fence/lease.ts).
+ */
+export function heardByQuorumAt (voters: readonly string[], self: string, echoes: ReadonlyMap<string, number>, witnessReachable: boolean): number {
+  const echoOf = (v: string): number => v === self ? Infinity : (echoes.get(v) ?? -Infinity)
+  const times = [...new Set(voters.map(echoOf))].sort((a, b) => b - a)
+  for (const t of times) {
+    if (reachesQuorum(voters, new Set(voters.filter(v => echoOf(v) >= t)), witnessReachable)) return t
+  }
+  return -Infinity
+}
+
 /** Until when a leader's lease holds, from the heartbeats its voters acknowledged (Infinity for a leader that needs no one else). */
 export function leaseExpiry (s: ElectionState): number {
   if (s.role !== 'leader' || !s.voters.includes(s.self)) return -Infinity

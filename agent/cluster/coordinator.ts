@@ -281,7 +281,10 @@ export class Coordinator {
     const actual: Placement[] = placementsOf(self.peerId, self.resources.appStates)
     for (const m of this.init.membership.list()) {
       if (m.resources === null) continue
-      nodes.push(this.schedNode(m.status.peerId, m.status.name, m.state, m.resources, now, drained))
+      // Dead to the scheduler (its stateful apps restored elsewhere) only when a quorum no longer hears it:
+      // a node this leader lost over a one-way or partial cut may still be heard, and fenced, by no one else.
+      const state = m.state === 'dead' && !this.deadToQuorum(m.status.peerId, self.peerId) ? 'suspect' : m.state
+      nodes.push(this.schedNode(m.status.peerId, m.status.name, state, m.resources, now, drained))
       // A dead node's apps are gone as far as placing goes; its reports are stale.
       if (m.state !== 'dead') actual.push(...placementsOf(m.status.peerId, m.resources.appStates))
     }
@@ -301,6 +304,24 @@ export class Coordinator {
       if (target !== null && !actual.some(p => p.app === app && p.node === target)) actual.push({ app, node: target, state: 'starting', revision: 0, ...(generation !== undefined ? { generation } : {}) })
     }
     return { nodes, desired: desired.apps, actual }
+  }
+
+  /**
+   * Whether a quorum of the voters other than `peerId` has declared it dead:
+   * this node by its own table, each peer by leaving it out of the echoes it
+   * publishes (NodeStatus.heard lists only members it has not declared dead).
+   * Its fencing lease is held only while a quorum echoes its beats, and any
+   * quorum meets that one: so once a quorum testifies, its lease has lapsed
+   * (docs/snapshots.md). A peer of an older version, which echoes nothing,
+   * does not testify.
+   */
+  private deadToQuorum (peerId: string, selfId: string): boolean {
+    const testify = new Set<string>([selfId])
+    for (const m of this.init.membership.list()) {
+      if (m.status.peerId === peerId || m.state !== 'alive' || m.status.heard === undefined) continue
+      if (m.status.heard[peerId] === undefined) testify.add(m.status.peerId)
+    }
+    return this.init.election.isQuorum(testify)
   }
 
   private schedNode (id: string, name: string, state: SchedNode['state'], r: NodeResources, now: number, drained: ReadonlySet<string>): SchedNode {

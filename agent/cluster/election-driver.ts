@@ -16,7 +16,7 @@ import {
   HEARTBEAT_PROTOCOL, VOTE_PROTOCOL, decodeHeartbeatAck, decodeLeaderHeartbeat, decodeVoteRequest, decodeVoteResponse, moreUpToDate,
   type HeartbeatAck, type VoteResponse
 } from '../../proto/cluster.ts'
-import { acceptFromLeader, initElection, isLeader, reachesQuorum, step, type Fencing, type ElectionAction, type ElectionConfig, type ElectionEvent, type ElectionState } from '../../scheduler/election.ts'
+import { acceptFromLeader, heardByQuorumAt, initElection, isLeader, reachesQuorum, step, type Fencing, type ElectionAction, type ElectionConfig, type ElectionEvent, type ElectionState } from '../../scheduler/election.ts'
 import { rpcCall, type RpcServer } from '../mesh/rpc.ts'
 import type { Mesh } from '../mesh/mesh.ts'
 import type { Membership } from '../status/membership.ts'
@@ -165,6 +165,22 @@ export class ElectionDriver {
   seesQuorum (): boolean {
     const alive = new Set([this.self, ...this.init.membership.list().filter(m => m.state === 'alive').map(m => m.status.peerId)])
     return reachesQuorum(this.voters(), alive, this.witnessReachable)
+  }
+
+  /**
+   * When a quorum of the voters had last heard this node, on this machine's
+   * monotonic clock: each peer echoes the send time of our newest beat it
+   * got (NodeStatus.heard). A peer of an older version echoes nothing; while
+   * it is alive it counts as hearing us now, as before.
+   */
+  heardByQuorumAt (monotonicNow: number): number {
+    const echoes = new Map<string, number>()
+    for (const m of this.init.membership.list()) {
+      const echo = m.status.heard?.[this.self]
+      if (echo !== undefined) echoes.set(m.status.peerId, echo)
+      else if (m.status.heard === undefined && m.state === 'alive') echoes.set(m.status.peerId, monotonicNow)
+    }
+    return heardByQuorumAt(this.voters(), this.self, echoes, this.witnessReachable)
   }
 
   /** Whether the election already counts every member we know of (membership can run a tick ahead). */

@@ -55,7 +55,28 @@ export interface NodeLeaseInit {
   node: string
   /** Whether this node may keep stateful apps running now: it sees a quorum. */
   entitled: () => boolean
+  /**
+   * Until when (monotonic ms) a quorum is known to hear this node: the newest
+   * time a quorum echoed our beats, plus `echoLeaseMs`. The lease never runs
+   * past it, so a node that hears the others while they no longer hear it
+   * (a link failing one way) lets its lease lapse before they declare it dead.
+   * Absent: no bound (a single node).
+   */
+  heardUntil?: (monotonicNow: number) => number
   log: Logger
+}
+
+/**
+ * How long an echo of our beat keeps the lease: less than the others' wait
+ * before they declare a silent node dead (`deadAfterIntervals` heartbeats,
+ * scheduler/liveness.ts), by ECHO_MARGIN_MS, and never less than LEASE_MS.
+ * With 1 s heartbeats: 3.5 s after the echoed beat was sent, while the
+ * others declare the node dead 4 s after they last received one, and restore
+ * its apps 2 s after that.
+ */
+export const ECHO_MARGIN_MS = 500
+export function echoLeaseMs (heartbeatMs: number, deadAfterIntervals: number): number {
+  return Math.max(LEASE_MS, deadAfterIntervals * heartbeatMs - ECHO_MARGIN_MS)
 }
 
 /** Renews the lease file while the agent is entitled to it. */
@@ -91,14 +112,18 @@ export class NodeLease {
 
   private async renew (): Promise<void> {
     if (this.writing) return
-    if (!this.init.entitled()) {
-      if (!this.lapsedLogged && this.heldUntil > 0) this.init.log.warn('not renewing the fencing lease: no quorum in sight; the watchdog stops stateful apps when it lapses', { lapsesInMs: Math.max(0, this.heldUntil - monotonicMs()) })
+    const now = monotonicMs()
+    const heardUntil = this.init.heardUntil?.(now) ?? Infinity
+    const entitled = this.init.entitled()
+    if (!entitled || heardUntil <= now) {
+      const why = !entitled ? 'no quorum in sight' : 'no quorum has echoed this node\'s beats lately (the others may not hear it)'
+      if (!this.lapsedLogged && this.heldUntil > 0) this.init.log.warn(`not renewing the fencing lease: ${why}; the watchdog stops stateful apps when it lapses`, { lapsesInMs: Math.max(0, this.heldUntil - now) })
       this.lapsedLogged = true
       return
     }
     this.lapsedLogged = false
     this.writing = true
-    const until = monotonicMs() + LEASE_MS
+    const until = Math.min(now + LEASE_MS, heardUntil)
     const record: LeaseRecord = { v: 1, until, node: this.init.node, pid: process.pid }
     try {
       // Atomic, not fsynced: the file lives on a tmpfs and means nothing after a reboot.

@@ -6,6 +6,7 @@
  */
 import { TopicValidatorResult, type Message } from '@libp2p/gossipsub'
 import type { PeerId } from '@libp2p/interface'
+import { monotonicMs } from '../fence/lease.ts'
 import { STATUS_TOPIC, STATUS_VERSION, StatusDropError, decodeStatus, encodeStatus, type ClusterBeat, type DropReason, type NodeResources, type NodeStatus } from '../../proto/status.ts'
 import type { Mesh } from '../mesh/mesh.ts'
 import type { Membership } from './membership.ts'
@@ -127,6 +128,8 @@ export class StatusGossip {
     const full = JSON.stringify({ ...status.resources, cpu: undefined, mem: undefined, diskFree: undefined })
     const cluster = this.init.cluster?.()
     if (cluster !== undefined) status.cluster = cluster
+    status.sent = monotonicMs()
+    status.heard = this.init.membership.heard()
     if (this.fullNext || full !== this.lastFull || this.seq % FULL_EVERY === 0) {
       this.fullNext = false
       this.lastFull = full

@@ -68,6 +68,18 @@ export class Membership {
     }
   }
 
+  /**
+   * The echo this node publishes (NodeStatus.heard): for each member not
+   * dead, the send time of its newest beat received here. The most recently
+   * heard first, at most `max`.
+   */
+  heard (max = 256): Record<string, number> {
+    const out: Record<string, number> = {}
+    const members = [...this.members.values()].filter(m => m.state !== 'dead' && m.status.sent !== undefined).sort((a, b) => b.lastHeardAt - a.lastHeardAt).slice(0, max)
+    for (const m of members) out[m.status.peerId] = m.status.sent as number
+    return out
+  }
+
   list (): Member[] {
     return [...this.members.values()]
   }

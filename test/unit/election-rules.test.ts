@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import {
-  DEFAULT_ELECTION, acceptFromLeader, checkElectionConfig, initElection, isLeader, leaseExpiry, majority, nextTickAt, step, tieBreaker,
+  DEFAULT_ELECTION, acceptFromLeader, checkElectionConfig, heardByQuorumAt, initElection, isLeader, leaseExpiry, majority, nextTickAt, step, tieBreaker,
   type ElectionAction, type ElectionEvent, type ElectionState
 } from '../../scheduler/election.ts'
 
@@ -280,6 +280,47 @@ describe('fencing', () => {
     if (!r.accepted) {
       expect(r.code).toBe(code)
       expect(r.reason).toMatch(/term|leader/)
+    }
+  })
+})
+
+describe('heard by a quorum (the fencing lease over a link failing one way)', () => {
+  const voters = ['a', 'b', 'c', 'd', 'e']
+  it.each([
+    ['three of five: self and the newer of the echoes', { b: 900, c: 700, d: 100 }, 700],
+    ['every voter echoed', { b: 900, c: 950, d: 100, e: 50 }, 900],
+    ['only one other echoed: no quorum', { b: 900 }, -Infinity],
+    ['no echo at all', {}, -Infinity]
+  ] as const)('%s', (_what, echoes, at) => {
+    expect(heardByQuorumAt(voters, 'a', new Map(Object.entries(echoes)), false)).toBe(at)
+  })
+
+  it('a lone node needs no one; in two, the tie-breaker with the witness needs no echo, the other does', () => {
+    expect(heardByQuorumAt(['a'], 'a', new Map(), false)).toBe(Infinity)
+    const tb = tieBreaker(['a', 'b']) as string
+    const other = tb === 'a' ? 'b' : 'a'
+    expect(heardByQuorumAt(['a', 'b'], tb, new Map(), true)).toBe(Infinity)
+    expect(heardByQuorumAt(['a', 'b'], tb, new Map(), false)).toBe(-Infinity)
+    expect(heardByQuorumAt(['a', 'b'], other, new Map([[tb, 500]]), true)).toBe(500)
+  })
+
+  it('property: any quorum that has not heard the node since t meets the echoes, so the node was heard by a quorum no later than t', () => {
+    // For every assignment of echo times, and every quorum Q of the other voters whose echoes are all <= t,
+    // heardByQuorumAt <= t: the fencing lease (bounded by it) lapses before Q may restore the app.
+    for (let seed = 0; seed < 500; seed++) {
+      let x = seed * 2654435761 % 2 ** 32
+      const rnd = (): number => { x = (x * 1664525 + 1013904223) % 2 ** 32; return x / 2 ** 32 }
+      const n = 2 + Math.floor(rnd() * 5)
+      const vs = Array.from({ length: n }, (_, i) => `v${i}`)
+      const echoes = new Map(vs.slice(1).filter(() => rnd() < 0.8).map(v => [v, Math.floor(rnd() * 1000)] as const))
+      const at = heardByQuorumAt(vs, 'v0', echoes, false)
+      const others = vs.slice(1)
+      for (let mask = 0; mask < 2 ** others.length; mask++) {
+        const q = others.filter((_, i) => (mask & (1 << i)) !== 0)
+        if (q.length < majority(n)) continue
+        const t = Math.max(...q.map(v => echoes.get(v) ?? -Infinity))
+        expect(at).toBeLessThanOrEqual(t)
+      }
     }
   })
 })

@@ -9,7 +9,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { LEASE_MS, NodeLease, monotonicMs, parseLease } from '../../agent/fence/lease.ts'
+import { LEASE_MS, NodeLease, echoLeaseMs, monotonicMs, parseLease } from '../../agent/fence/lease.ts'
 import { leaseVerdict } from '../../agent/fence/watchdog.ts'
 import { createLogger } from '../../agent/util/log.ts'
 
@@ -45,6 +45,33 @@ describe('the fencing lease', () => {
     } finally {
       lease.stop()
     }
+  })
+
+  it('never runs past the time a quorum last echoed this node\'s beats (a link failing one way)', async () => {
+    let heardUntil = monotonicMs() + 10_000
+    const lease = new NodeLease({ dir, node: 'n1', entitled: () => true, heardUntil: () => heardUntil, log: quiet })
+    lease.start()
+    try {
+      await settle(400)
+      const first = parseLease(await readFile(lease.path, 'utf8'))
+      // Heard lately: the usual LEASE_MS from now.
+      expect(first!.until - monotonicMs()).toBeGreaterThan(LEASE_MS - 500)
+      heardUntil = monotonicMs() + 800
+      await settle(400)
+      const capped = parseLease(await readFile(lease.path, 'utf8'))
+      expect(capped!.until).toBe(heardUntil)
+      heardUntil = monotonicMs() - 1
+      await settle(400)
+      expect(lease.holds, 'no start once no quorum hears us').toBe(false)
+      expect(parseLease(await readFile(lease.path, 'utf8'))!.until).toBe(capped!.until)
+    } finally {
+      lease.stop()
+    }
+  })
+
+  it('an echo keeps the lease for less than the others wait before they declare the node dead', () => {
+    expect(echoLeaseMs(1000, 4)).toBe(3500)
+    expect(echoLeaseMs(200, 4)).toBe(LEASE_MS)
   })
 
   it('a missing, unreadable or foreign lease file counts as lapsed', async () => {

@@ -18,6 +18,21 @@ function fixture (connected = true): { m: Membership, clock: { t: number }, tran
 }
 
 describe('membership', () => {
+  it('echoes the send time of each member\'s newest beat, and none of a dead member or one that sends none', () => {
+    const { m, clock } = fixture()
+    m.observe(mockStatus('a', { sent: 500 }))
+    m.observe(mockStatus('b', { sent: 700 }))
+    m.observe(mockStatus('c'))
+    m.observe(mockStatus('a', { seq: 2, sent: 1500 }))
+    expect(m.heard()).toEqual({ a: 1500, b: 700 })
+    clock.t = 3000
+    m.observe(mockStatus('a', { seq: 3, sent: 4500 }))
+    clock.t = 6000; m.tick()
+    expect(m.get('b')?.state).toBe('dead')
+    expect(m.heard()).toEqual({ a: 4500 })
+    expect(Object.keys(m.heard(0))).toEqual([])
+  })
+
   it('walks a silent node through suspect to dead, and back to alive when it speaks', () => {
     const { m, clock, transitions } = fixture()
     m.observe(mockStatus('a'))

@@ -44,6 +44,17 @@ function dropReason (data: Uint8Array, signer: string | undefined): string {
 }
 
 describe('status messages', () => {
+  it('carries the send time and the echoes of peers\' beats, each validated', () => {
+    const beat = mockBeat({ sent: 123_456, heard: { [OTHER]: 99_000 } })
+    expect(decodeStatus(encodeStatus(beat), PEER)).toEqual(beat)
+    expect(decodeStatus(encodeStatus(mockBeat()), PEER).heard).toBeUndefined()
+    for (const bad of [{ sent: -1 }, { sent: 'x' }, { heard: [] }, { heard: { 'not-a-peer': 1 } }, { heard: { [OTHER]: -5 } }, { heard: Object.fromEntries(Array.from({ length: 257 }, (_, i) => [`12D3KooW${String(i).padStart(44, 'A')}`, 1])) }]) {
+      expect(dropReason(bytes({ ...mockBeat(), ...bad }), PEER), JSON.stringify(bad).slice(0, 60)).toBe('malformed')
+    }
+    const proto = JSON.stringify(mockBeat()).replace(/}$/, ',"heard":{"__proto__":1}}')
+    expect(dropReason(new TextEncoder().encode(proto), PEER)).toBe('malformed')
+  })
+
   it('round-trips a full report and a plain beat', () => {
     const s = mockStatus()
     expect(decodeStatus(encodeStatus(s), PEER)).toEqual(s)
