@@ -1,14 +1,8 @@
 /**
  * CI's chaos run: a seeded five-minute `dcloud lab chaos` on a 3-node lab of
- * its own (lab `tchaos`) with both workloads, which must find 0 violations.
- *
- * Named *.run.ts, so vitest's default include (`test/**\/*.test.ts`) leaves it
- * out: today the system HAS violations (a stateful copy survives its agent's
- * death, issue 12), and a skipped test must not count as a pass. Run it with
- *
- *   node_modules/.bin/vitest run --config vitest.chaos.config.ts
- *
- * and rename it to chaos.test.ts when the fencing fix lands.
+ * its own (lab `tchaos`) with both workloads, which must find 0 violations
+ * (the four checks of issue 12: one copy by Docker's times, writes against
+ * the RPO, divergent copies kept, convergence).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LabHandle, dcloud } from './harness.ts'
