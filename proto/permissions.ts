@@ -45,7 +45,7 @@ export const DOCKER_SOCKETS = new Set(['/var/run/docker.sock', '/run/docker.sock
  * binding it. The node's own data directory, when elsewhere, is checked by
  * the agent (agent/runtime/host-paths.ts).
  */
-export const DANGEROUS_PATHS = ['/', '/bin', '/boot', '/dev', '/etc', '/lib', '/lib64', '/proc', '/root', '/run', '/sbin', '/sys', '/usr', '/var/lib/docker', '/var/run', '/var/lib/dcloud', '/var/lib/dcloud-lab', '/opt/dcloud']
+export const DANGEROUS_PATHS = ['/', '/bin', '/boot', '/dev', '/etc', '/lib', '/lib64', '/proc', '/root', '/run', '/sbin', '/sys', '/usr', '/var/lib/docker', '/var/run', '/var/lib/dcloud', '/opt/dcloud']
 
 /** Linux capabilities Docker knows, lower case without CAP_. */
 export const CAPABILITIES = ['audit_control', 'audit_read', 'audit_write', 'block_suspend', 'bpf', 'checkpoint_restore', 'chown', 'dac_override', 'dac_read_search', 'fowner', 'fsetid', 'ipc_lock', 'ipc_owner', 'kill', 'lease', 'linux_immutable', 'mac_admin', 'mac_override', 'mknod', 'net_admin', 'net_bind_service', 'net_broadcast', 'net_raw', 'perfmon', 'setfcap', 'setgid', 'setpcap', 'setuid', 'sys_admin', 'sys_boot', 'sys_chroot', 'sys_module', 'sys_nice', 'sys_pacct', 'sys_ptrace', 'sys_rawio', 'sys_resource', 'sys_time', 'sys_tty_config', 'syslog', 'wake_alarm']
