@@ -228,6 +228,13 @@ export function reconcile (snapshot: ClusterSnapshot): Reconciliation {
     // A pin to a node that is not alive does not move anything (see placeable() in plan.ts).
     const pinnedElsewhere = app.pinnedNode !== null && app.pinnedNode !== kept.node && nodeState(app.pinnedNode) === 'alive'
     const drained = nodes.get(kept.node)?.drained === true
+    // The user changed the app since this copy started (a permission granted or revoked): it is
+    // deployed again where it is, and the runtime makes its containers anew. Only a running copy:
+    // a starting one may be an operation under way (its revision is not known yet).
+    if (!pinnedElsewhere && !(drained && app.pinnedNode === null) && kept.state === 'running' && kept.revision > 0 && kept.revision < app.revision) {
+      out.needs.push({ app, kind: 'restart', current: kept.node, currentState: kept.state, reason: `changed since it started (revision ${kept.revision}, now ${app.revision})` })
+      continue
+    }
     out.keep.push({ app, node: kept.node, state: kept.state, movable: app.pinnedNode === null && kept.state === 'running' && !drained })
     if (pinnedElsewhere) {
       out.needs.push({ app, kind: 'pinned', current: kept.node, currentState: kept.state, reason: `pinned to ${name(app.pinnedNode!)}` })

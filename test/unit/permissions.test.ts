@@ -12,7 +12,8 @@ import type { AppManifest } from '../../proto/app.ts'
 import type { DesiredApp } from '../../proto/plan.ts'
 import { feasible } from '../../scheduler/feasible.ts'
 import { usageOf } from '../../scheduler/usage.ts'
-import { mockApp, mockNode, mockPlacement } from '../builders.ts'
+import { plan } from '../../scheduler/plan.ts'
+import { mockApp, mockInput, mockNode, mockPlacement } from '../builders.ts'
 
 /** A compose file asking for every kind of power, as people write them. */
 const POWERFUL = `
@@ -205,6 +206,13 @@ describe('devices and placement', () => {
     const other = mockApp('other', { hostPorts: ['53/udp'] })
     const usage = usageOf({ nodes: [mockNode({ id: 'n1' })], desired: [dns], actual: [mockPlacement('dns', 'n1')] }).byId.get('n1')!
     expect(feasible(other, usage)).toBe('host port 53/udp used by app dns')
+  })
+
+  it('a grant or revoke (a new revision) redeploys the app where it runs; the same revision changes nothing', () => {
+    const nodes = [mockNode({ id: 'n1' }), mockNode({ id: 'n2' })]
+    const changed = plan(mockInput({ nodes, desired: [mockApp('a', { revision: 3 })], actual: [mockPlacement('a', 'n1', 'running', 2)] }))
+    expect(changed.operations).toEqual([{ op: 'place', app: 'a', node: 'n1', reason: 'restart: changed since it started (revision 2, now 3)' }])
+    expect(plan(mockInput({ nodes, desired: [mockApp('a', { revision: 3 })], actual: [mockPlacement('a', 'n1', 'running', 3)] })).operations).toEqual([])
   })
 
   it('reads the node\'s devices from /sys, and a given list', async () => {
