@@ -270,7 +270,8 @@ export function decodeDesiredApp (raw: unknown, field = 'app'): DesiredApp {
     ...(r.seed !== undefined && r.seed !== null ? { seed: decodeSeed(r.seed, `${field}.seed`) } : {}),
     ...(r.storage !== undefined && r.storage !== null ? { storage: decodeStorage(r.storage, `${field}.storage`) } : {}),
     ...(r.domain !== undefined && r.domain !== null ? { domain: decodeDomain(r.domain, `${field}.domain`) } : {}),
-    ...(r.grants !== undefined && r.grants !== null ? { grants: decodeGrants(r.grants, `${field}.grants`) } : {})
+    ...(r.grants !== undefined && r.grants !== null ? { grants: decodeGrants(r.grants, `${field}.grants`) } : {}),
+    ...(r.grantsRevision !== undefined ? { grantsRevision: number(r.grantsRevision, `${field}.grantsRevision`, { min: 0, max: MAX_INT, integer: true }) } : {})
   }
 }
 

@@ -76,6 +76,12 @@ export interface DesiredApp {
    * with exactly these of the powers its manifest requests.
    */
   grants?: string[]
+  /**
+   * The revision at which the grants last changed: a copy started before it
+   * runs with other powers, and is deployed again (scheduler/reconcile.ts).
+   * Absent: never changed since the install.
+   */
+  grantsRevision?: number
 }
 
 /**

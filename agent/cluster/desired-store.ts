@@ -55,9 +55,12 @@ export function applyChange (state: DesiredState, change: DesiredChange, at: { i
       if (both.length > 0) throw new RpcError('bad_request', `revoke: ${both.join(', ')} is also granted by the same change`)
       grantsOrRefuse(() => { checkGrants(app.manifest, change.grant, 'grant', false) })
       grantsOrRefuse(() => { checkGrants(app.manifest, change.revoke, 'revoke', false) })
-      const grants = [...new Set([...(app.grants ?? []), ...change.grant])].filter(g => !change.revoke.includes(g)).sort()
-      // A new revision: the agent running it builds its containers again, with exactly these powers.
-      return { ...state, revision, term, apps: state.apps.map(a => a.name === change.name ? { ...a, grants, revision } : a) }
+      const before = app.grants ?? []
+      const grants = [...new Set([...before, ...change.grant])].filter(g => !change.revoke.includes(g)).sort()
+      // Refused, not a no-op: a change of grants redeploys the app, which must then change a container.
+      if (grants.join('\n') === before.join('\n')) throw new RpcError('bad_request', `${change.name} already runs with ${change.grant.length > 0 ? `${change.grant.join(', ')} granted` : `${change.revoke.join(', ')} not granted`}: nothing to change`)
+      // A new revision, and the one the grants changed at: the copy running is deployed again (scheduler/reconcile.ts), its containers with exactly these powers.
+      return { ...state, revision, term, apps: state.apps.map(a => a.name === change.name ? { ...a, grants, revision, grantsRevision: revision } : a) }
     }
     case 'remove': {
       if (!state.apps.some(a => a.name === change.name)) throw new RpcError('not_found', `no app named ${change.name}`)

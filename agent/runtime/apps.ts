@@ -415,12 +415,10 @@ export class AppRuntime {
       const mine = existing.filter(c => c.Labels[LABELS.service] === service)
       // Prefer a running container with the right spec; everything else of this service goes.
       // A container of another data generation is made again: its label must say which data it runs.
-      // One of an older revision too: the leader redeploys an app the user changed (scheduler/reconcile.ts), and its
-      // containers must say the new revision, or it would be deployed again and again.
-      const keep = mine.filter(c => c.Labels[LABELS.spec] === hash && generationOf(c.Labels) === generation && labelInt(c.Labels, LABELS.revision) >= app.revision).sort((a, b) => Number(b.State === 'running') - Number(a.State === 'running'))[0]
+      const keep = mine.filter(c => c.Labels[LABELS.spec] === hash && generationOf(c.Labels) === generation).sort((a, b) => Number(b.State === 'running') - Number(a.State === 'running'))[0]
       for (const c of mine) {
         if (c === keep) continue
-        say(`replacing ${service}: ${c.Labels[LABELS.spec] !== hash ? 'its spec changed' : labelInt(c.Labels, LABELS.revision) < app.revision ? `the app changed (revision ${app.revision})` : 'duplicate container'}`)
+        say(`replacing ${service}: ${c.Labels[LABELS.spec] === hash ? 'duplicate container' : 'its spec changed'}`)
         await this.stopAndRemove(c.Id, signal)
       }
       if (keep !== undefined) {

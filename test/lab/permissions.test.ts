@@ -121,6 +121,10 @@ describe('app permissions on a 2-node lab', () => {
     expect(after.HostConfig.Binds).toEqual([`${SHARE}:/share:ro`])
     const why = await dcloudOk(['lab', '--lab', lab.name, 'exec', 'n1', '--', 'dcloud', 'app', 'why', 'netadm'])
     expect(why).toMatch(/asks for but not granted \(runs without\): net_admin/)
+    // Revoked twice: nothing to change, said so.
+    const again = await lab.exec('n1', ['dcloud', 'app', 'revoke', 'netadm', 'net_admin'])
+    expect(again.code).not.toBe(0)
+    expect(again.stderr).toMatch(/already runs with net_admin not granted: nothing to change/)
   }, 300_000)
 
   it('places an app granted a device only on the node that has it, and says why not on the other', async () => {

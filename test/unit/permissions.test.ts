@@ -148,7 +148,8 @@ describe('grants in the replicated state', () => {
     const state = { ...EMPTY_STATE, apps: install(all) }
     const after = applyChange(state, { kind: 'grants', name: 'p', grant: [], revoke: ['net_admin'] }, { index: 2, term: 1 })
     expect(after.apps[0]?.grants).toEqual(all.filter(n => n !== 'net_admin'))
-    expect(after.apps[0]?.revision).toBe(2)
+    expect(after.apps[0]).toMatchObject({ revision: 2, grantsRevision: 2 })
+    expect(() => applyChange(after, { kind: 'grants', name: 'p', grant: [], revoke: ['net_admin'] }, { index: 3, term: 1 })).toThrow(/p already runs with net_admin not granted: nothing to change/)
     expect(() => applyChange(state, { kind: 'grants', name: 'p', grant: ['sys_module'], revoke: [] }, { index: 2, term: 1 })).toThrow(/grant\[0\]: the app does not ask for sys_module/)
   })
 
@@ -208,11 +209,11 @@ describe('devices and placement', () => {
     expect(feasible(other, usage)).toBe('host port 53/udp used by app dns')
   })
 
-  it('a grant or revoke (a new revision) redeploys the app where it runs; the same revision changes nothing', () => {
+  it('a grant or revoke redeploys the app where it runs; another change of revision (a pin) does not', () => {
     const nodes = [mockNode({ id: 'n1' }), mockNode({ id: 'n2' })]
-    const changed = plan(mockInput({ nodes, desired: [mockApp('a', { revision: 3 })], actual: [mockPlacement('a', 'n1', 'running', 2)] }))
-    expect(changed.operations).toEqual([{ op: 'place', app: 'a', node: 'n1', reason: 'restart: changed since it started (revision 2, now 3)' }])
-    expect(plan(mockInput({ nodes, desired: [mockApp('a', { revision: 3 })], actual: [mockPlacement('a', 'n1', 'running', 3)] })).operations).toEqual([])
+    const changed = plan(mockInput({ nodes, desired: [{ ...mockApp('a', { revision: 3 }), grantsRevision: 3 }], actual: [mockPlacement('a', 'n1', 'running', 2)] }))
+    expect(changed.operations).toEqual([{ op: 'place', app: 'a', node: 'n1', reason: 'restart: its permissions changed since it started (revision 2, now 3)' }])
+    expect(plan(mockInput({ nodes, desired: [{ ...mockApp('a', { revision: 4 }), grantsRevision: 3 }], actual: [mockPlacement('a', 'n1', 'running', 3)] })).operations).toEqual([])
   })
 
   it('reads the node\'s devices from /sys, and a given list', async () => {
