@@ -55,6 +55,8 @@ export interface AgentOptions {
   apiHosts?: string[]
   /** Proxies whose X-Forwarded-For the API believes (`--trusted-proxy`). */
   trustedProxies?: string[]
+  /** The node's devices as the user gives them (`--devices`); absent or null: read from /sys. */
+  devices?: string[] | null
 }
 
 /** Members of this group reach the API's Unix socket, i.e. administer the node (as with `docker`). */
@@ -85,6 +87,8 @@ export class Agent implements ApiBackend {
   private store: DesiredStore | undefined
   /** DATA_DIR/backups: backup files through the API (ApiBackend). */
   readonly backups: BackupFiles
+  /** The agent's own directories, which no ordinary path grant reaches (ApiBackend). */
+  readonly ownDirs: string[]
   private timers: NodeJS.Timeout[] = []
   private readonly controller = new AbortController()
   private started = false
@@ -93,6 +97,7 @@ export class Agent implements ApiBackend {
     this.opts = opts
     this.log = log
     this.backups = new BackupFiles(opts.dataDir)
+    this.ownDirs = [opts.dataDir]
   }
 
   async start (): Promise<void> {
@@ -115,11 +120,11 @@ export class Agent implements ApiBackend {
 
     const docker = dockerFromEnv(opts.dockerHost)
     // Stateful containers start only while this node holds its fencing lease (agent/fence/).
-    const runtime = new AppRuntime({ docker, log: log.child('runtime'), configDir: join(opts.dataDir, 'configs'), mayStartStateful: () => this.lease?.holds === true ? null : 'this node does not see the cluster\'s majority (its fencing lease is not held)' })
+    const runtime = new AppRuntime({ docker, log: log.child('runtime'), configDir: join(opts.dataDir, 'configs'), ownDirs: this.ownDirs, mayStartStateful: () => this.lease?.holds === true ? null : 'this node does not see the cluster\'s majority (its fencing lease is not held)' })
     const store = new DesiredStore(opts.dataDir, log.child('desired'))
     await store.load()
     this.store = store
-    this.collector = new ResourceCollector(new DockerRuntime(docker), log.child('resources'))
+    this.collector = new ResourceCollector(new DockerRuntime(docker), log.child('resources'), opts.devices ?? null)
     this.collector.useAppReporter(async (signal) => reportApps(await runtime.list(signal ?? AbortSignal.timeout(10_000)), store))
     await this.collector.sampleLoad()
     await this.collector.refresh(AbortSignal.timeout(5000)).catch(err => { log.warn('first resource sample failed', { error: (err as Error).message }) })

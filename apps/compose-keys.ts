@@ -13,6 +13,8 @@ export interface KeyRule {
 }
 
 export const PRIVILEGE = 'widens what the container may do on the node; Dentropy does not grant that to an app'
+/** Keys that are permissions (proto/permissions.ts): honoured only when the owner grants them at install. */
+export const WHEN_GRANTED = 'honoured when granted: a permission the owner grants at install (docs/apps.md, Permissions)'
 /** Compose secrets come from a file next to the compose file or a variable of the machine running compose. */
 export const SECRETS = 'a secret comes from a file next to the compose file or a variable of the machine running compose, which are not shipped to nodes; Dentropy has no secret store yet (a non-secret file can be a config with content:)'
 export const NO_FIELD = 'the runtime cannot set it yet (no field in the app manifest); an app that depends on it would misbehave'
@@ -25,14 +27,14 @@ export const SERVICE_KEYS: Record<string, KeyRule> = {
   environment: { rule: 'honoured', why: 'map or list of "K=V"' },
   ports: { rule: 'honoured', why: 'short and long syntax, ranges; host ports must be unique in the app' },
   expose: { rule: 'honoured', why: 'services share one network and reach each other on every port; expose marks the web port' },
-  volumes: { rule: 'honoured', why: 'named volumes (declared at top level) and absolute bind mounts, short and long syntax' },
+  volumes: { rule: 'honoured', why: 'named volumes (declared at top level), short and long syntax; absolute bind mounts are honoured when granted (path:…, dangerous_path:…, docker_socket)' },
   healthcheck: { rule: 'honoured', why: 'test in all forms, durations, retries, disable' },
   depends_on: { rule: 'honoured', why: 'list or map; unknown services and cycles are errors' },
   restart: { rule: 'honoured', why: 'no, always, on-failure, unless-stopped' },
   labels: { rule: 'honoured', why: 'map or list; dcloud.* is reserved for the runtime' },
   user: { rule: 'honoured', why: 'uid, uid:gid or names' },
   networks: { rule: 'honoured', why: 'every service joins the app\'s one network; per-network aliases and addresses are refused' },
-  network_mode: { rule: 'honoured', why: 'only bridge/default (the app network); host, none, service: and container: are refused' },
+  network_mode: { rule: 'honoured', why: `bridge/default (the app network); host is ${WHEN_GRANTED} (host_network); none, service: and container: are refused` },
   deploy: { rule: 'honoured', why: 'resources.reservations/limits (memory, cpus) become the app\'s requests; replicas: 1' },
   mem_reservation: { rule: 'honoured', why: 'a memory request when deploy.resources has none' },
   mem_limit: { rule: 'honoured', why: 'a memory request when nothing else gives one (not enforced as a limit)' },
@@ -40,10 +42,10 @@ export const SERVICE_KEYS: Record<string, KeyRule> = {
   platform: { rule: 'honoured', why: 'restricts the app\'s architectures' },
   profiles: { rule: 'honoured', why: 'as in compose, a service with profiles is not started by default: it is left out' },
   scale: { rule: 'honoured', why: 'only 1' },
-  privileged: { rule: 'refused', why: PRIVILEGE },
-  cap_add: { rule: 'refused', why: PRIVILEGE },
+  privileged: { rule: 'honoured', why: `${WHEN_GRANTED} (privileged)` },
+  cap_add: { rule: 'honoured', why: `${WHEN_GRANTED} (one per capability: net_admin, …)` },
   security_opt: { rule: 'honoured', why: 'only no-new-privileges (it takes power away); seccomp, apparmor, label and every other option are refused: they widen what the container may do on the node' },
-  devices: { rule: 'refused', why: `${PRIVILEGE}, and ties the app to one machine's hardware` },
+  devices: { rule: 'honoured', why: `${WHEN_GRANTED} (device:/dev/…); the app runs only on nodes that have the device` },
   device_cgroup_rules: { rule: 'refused', why: PRIVILEGE },
   gpus: { rule: 'refused', why: 'ties the app to one machine\'s hardware; no GPU scheduling yet' },
   runtime: { rule: 'refused', why: 'nodes run the default OCI runtime only' },
@@ -53,7 +55,7 @@ export const SERVICE_KEYS: Record<string, KeyRule> = {
   userns_mode: { rule: 'refused', why: PRIVILEGE },
   cgroup: { rule: 'refused', why: PRIVILEGE },
   cgroup_parent: { rule: 'refused', why: PRIVILEGE },
-  sysctls: { rule: 'refused', why: PRIVILEGE },
+  sysctls: { rule: 'honoured', why: `${WHEN_GRANTED} (sysctl:NAME)` },
   isolation: { rule: 'refused', why: 'Windows only' },
   oom_kill_disable: { rule: 'refused', why: 'a runaway app could take the node (and its agent) down' },
   use_api_socket: { rule: 'refused', why: PRIVILEGE },

@@ -6,7 +6,8 @@
  * and reported together. Nothing is dropped silently: an app that installs
  * must behave as its file says.
  */
-import { CONFIG_LIMITS, CONFIG_NAME, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, type ComposeProject, type ComposeService, type ConfigMount, type HealthCheck, type TmpfsMount, type VolumeMount } from '../proto/app.ts'
+import { CONFIG_LIMITS, CONFIG_NAME, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, type ComposeProject, type ComposeService, type ConfigMount, type DeviceMapping, type HealthCheck, type TmpfsMount, type VolumeMount } from '../proto/app.ts'
+import { CAPABILITIES, DEVICE_PATH, DOCKER_SOCKETS, SYSCTL_NAME, normaliseHostPath, pathPermission } from '../proto/permissions.ts'
 import { ValidationError, isRecord } from '../proto/validate.ts'
 import { ARCHITECTURES, normaliseArch } from './arch.ts'
 import { NO_FIELD, PRIVILEGE, SERVICE_KEYS, TOP_LEVEL_KEYS, type KeyRule } from './compose-keys.ts'
@@ -16,9 +17,6 @@ import { bool, isDefaultValue, list, scalar } from './read.ts'
 import { splitShellWords } from './shell.ts'
 import { parseBytes, parseCpus, parseDuration } from './units.ts'
 
-/** Host files every node has, bound read-only to give a container the node's time zone. */
-const BENIGN_BINDS = new Set(['/etc/localtime', '/etc/timezone'])
-const DOCKER_SOCKETS = new Set(['/var/run/docker.sock', '/run/docker.sock'])
 
 export const SERVICE_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/
 const VOLUME_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/
@@ -156,7 +154,6 @@ function service (value: unknown, f: string, ctx: ServiceContext): ServiceResult
   }
 
   const refusing = ctx.findings
-  refusing.unsupported(() => { networkMode(value.network_mode, `${f}.network_mode`) })
   refusing.unsupported(() => { serviceNetworks(value.networks, `${f}.networks`, ctx.networks) })
   refusing.unsupported(() => { links(value.links, `${f}.links`, ctx.names) })
   if (value.scale !== undefined && value.scale !== 1) refusing.refuse(`${f}.scale`, 'only 1 is supported: one container per service')
@@ -195,7 +192,13 @@ function service (value: unknown, f: string, ctx: ServiceContext): ServiceResult
     shmSizeBytes: value.shm_size === undefined || value.shm_size === null ? null : parseBytes(value.shm_size, `${f}.shm_size`),
     tmpfs: [...mounted.tmpfs, ...tmpfsList(value.tmpfs, `${f}.tmpfs`, ctx.findings, targets)],
     readOnly: value.read_only === undefined || value.read_only === null ? false : bool(value.read_only, `${f}.read_only`),
-    capDrop: capDrop(value.cap_drop, `${f}.cap_drop`),
+    capDrop: capabilities(value.cap_drop, `${f}.cap_drop`, true),
+    capAdd: capabilities(value.cap_add, `${f}.cap_add`, false),
+    devices: devices(value.devices, `${f}.devices`),
+    networkMode: refusing.unsupported(() => networkMode(value.network_mode, `${f}.network_mode`)) ?? 'bridge',
+    privileged: value.privileged === undefined || value.privileged === null ? false : bool(value.privileged, `${f}.privileged`),
+    // A map or a list of "NAME=VALUE"; each a permission `sysctl:NAME`.
+    sysctls: stringPairs(value.sysctls, `${f}.sysctls`, SYSCTL_NAME, ctx.findings, 64, 255),
     ulimits: ulimits(value.ulimits, `${f}.ulimits`),
     extraHosts: extraHosts(value.extra_hosts, `${f}.extra_hosts`),
     noNewPrivileges: securityOpt(value.security_opt, `${f}.security_opt`, ctx.findings),
@@ -266,12 +269,13 @@ function userSpec (v: unknown, field: string): string {
   return s
 }
 
-function networkMode (v: unknown, field: string): void {
-  if (v === undefined || v === null) return
+/** `host` is the permission host_network; bridge and default are the app's own network. */
+function networkMode (v: unknown, field: string): ComposeService['networkMode'] {
+  if (v === undefined || v === null) return 'bridge'
   const mode = scalar(v, field)
-  if (mode === 'bridge' || mode === 'default') return
-  if (mode === 'host') throw new Unsupported(field, `"host" is not supported: ${PRIVILEGE}, and its ports could clash with other apps on the node; publish ports instead`)
-  throw new Unsupported(field, `"${mode}" is not supported: every service joins the app's own network`)
+  if (mode === 'bridge' || mode === 'default') return 'bridge'
+  if (mode === 'host') return 'host'
+  throw new Unsupported(field, `"${mode}" is not supported: every service joins the app's own network (or, granted host_network, the node's)`)
 }
 
 function serviceNetworks (v: unknown, field: string, declared: Set<string>): void {
@@ -386,14 +390,13 @@ function checkMount (m: VolumeMount, field: string, ctx: ServiceContext): void {
     ctx.findings.refuse(field, `the relative bind mount "${m.source}" needs files from the app's folder, which are not shipped to nodes; use a named volume`)
     return
   }
-  if (m.source.split('/').includes('..')) throw new ValidationError(field, `the host path "${m.source}" must not contain ".."`)
-  if (m.source.length > 1 && m.source.endsWith('/')) m.source = m.source.replace(/\/+$/, '')
-  if (BENIGN_BINDS.has(m.source) && m.readOnly) return
-  if (DOCKER_SOCKETS.has(m.source)) {
-    ctx.findings.warn(field, 'binds the Docker socket: the app can control every container on its node, Dentropy\'s own included')
-    return
+  const source = normaliseHostPath(m.source)
+  if (source === null) throw new ValidationError(field, `the host path "${m.source}" must be plain: no "..", ":" or control characters`)
+  m.source = source
+  // A permission (proto/permissions.ts), granted at install; the warning says what it does not give.
+  if (pathPermission(source, m.readOnly) !== null && !DOCKER_SOCKETS.has(source)) {
+    ctx.findings.warn(field, `binds the host path ${source}: the app only finds its files on a node that has them, and they are not snapshotted or moved with it`)
   }
-  ctx.findings.warn(field, `binds the host path ${m.source}: the app only finds its files on a node that has them, and they are not snapshotted or moved with it`)
 }
 
 function healthcheck (v: unknown, field: string, findings: Findings): HealthCheck | null {
@@ -713,24 +716,53 @@ function fileMode (v: unknown, field: string): number {
 }
 
 /** Linux capabilities by name (capabilities(7)), for a clear error on a typo before Docker's. */
-const CAPABILITIES = new Set([
-  'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP', 'LINUX_IMMUTABLE',
-  'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER', 'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT',
-  'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE', 'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE',
-  'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP', 'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ',
-  'PERFMON', 'BPF', 'CHECKPOINT_RESTORE', 'ALL'
-])
+/** Capability names as compose writes them (upper case); `ALL` only in cap_drop. */
+const CAP_NAMES = new Set([...CAPABILITIES.map(c => c.toUpperCase()), 'ALL'])
 
 /** cap_drop: names as Docker takes them, upper case without CAP_ ("net_raw", "CAP_NET_RAW" → NET_RAW). */
-function capDrop (v: unknown, field: string): string[] {
+/** cap_drop and cap_add: names with or without CAP_, any case; ALL only where it takes power away. */
+function capabilities (v: unknown, field: string, allowAll: boolean): string[] {
   if (v === undefined || v === null) return []
   const out = list(v, field, 64).map((c, i) => {
     const name = scalar(c, `${field}[${i}]`).toUpperCase().replace(/^CAP_/, '')
-    if (!CAPABILITIES.has(name)) throw new ValidationError(`${field}[${i}]`, `"${scalar(c, `${field}[${i}]`)}" is not a Linux capability (NET_RAW, SYS_ADMIN, … or ALL)`)
+    if (!CAP_NAMES.has(name)) throw new ValidationError(`${field}[${i}]`, `"${scalar(c, `${field}[${i}]`)}" is not a Linux capability (NET_RAW, SYS_ADMIN, …${allowAll ? ' or ALL' : ''})`)
+    if (name === 'ALL' && !allowAll) throw new ValidationError(`${field}[${i}]`, 'ALL is every capability: ask for privileged instead, or name the capabilities the app needs')
     return name
   })
   return [...new Set(out)]
 }
+
+/** devices: "HOST[:CONTAINER[:PERMISSIONS]]" or {source, target, permissions}; each a permission `device:HOST`. */
+function devices (v: unknown, field: string): DeviceMapping[] {
+  if (v === undefined || v === null) return []
+  return list(v, field, 64).map((d, i) => {
+    const f = `${field}[${i}]`
+    let host: string
+    let container: string | undefined
+    let permissions: string | undefined
+    if (isRecord(d)) {
+      host = scalar(d.source, `${f}.source`)
+      container = d.target === undefined ? undefined : scalar(d.target, `${f}.target`)
+      permissions = d.permissions === undefined ? undefined : scalar(d.permissions, `${f}.permissions`)
+    } else {
+      const parts = scalar(d, f).split(':')
+      if (parts.length > 3) throw new ValidationError(f, `"${scalar(d, f)}" is not HOST[:CONTAINER[:PERMISSIONS]]`)
+      host = parts[0] as string
+      container = parts[1]
+      // "/dev/x:rw" is the host path and permissions, as Docker reads it.
+      if (parts.length === 2 && /^[rwm]+$/.test(container as string)) [container, permissions] = [undefined, container]
+      else permissions = parts[2]
+    }
+    if (normaliseHostPath(host) !== host || !DEVICE_PATH.test(host)) throw new ValidationError(f, `the device "${host}" must be a plain path below /dev (no "..")`)
+    container ??= host
+    if (!container.startsWith('/') || container.includes(':')) throw new ValidationError(f, `the container path "${container}" must be absolute`)
+    permissions ??= 'rwm'
+    if (!/^[rwm]{1,3}$/.test(permissions)) throw new ValidationError(f, `the permissions "${permissions}" must be some of r, w and m`)
+    return { host, container, permissions }
+  })
+}
+
+
 
 /** ulimits: `nofile: 1024` (soft and hard) or `nofile: {soft, hard}`; -1 is unlimited. */
 function ulimits (v: unknown, field: string): ComposeService['ulimits'] {

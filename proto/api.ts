@@ -148,6 +148,9 @@ export interface AppView {
   hostPath?: string
   /** The domain chosen for it (`dcloud restore --domain`). */
   domain?: string
+  /** Permissions its manifest requests, and those the owner granted (proto/permissions.ts names). */
+  permissions: string[]
+  grants: string[]
 }
 
 export interface RelocationView {
@@ -188,6 +191,9 @@ export interface WhyView {
   planTerm: number | null
   planAt: number | null
   detail: string
+  /** What the app runs with: the permissions granted, and those it requests that are not (revoked, or from before permissions existed). */
+  grants?: string[]
+  ungranted?: string[]
 }
 
 export interface ApiErrorBody {

@@ -90,11 +90,31 @@ export interface ComposeService {
   noNewPrivileges: boolean
   /** Configs of the project mounted as read-only files. */
   configs: ConfigMount[]
+  // Powers: each is a permission the app requests (proto/permissions.ts) and
+  // reaches Docker only when granted.
+  /** Capabilities added (upper case, without CAP_): permission `net_admin`, … */
+  capAdd: string[]
+  /** Host devices: permission `device:HOST`. */
+  devices: DeviceMapping[]
+  /** `host`: the node's network stack (permission `host_network`); `bridge`: the app's own network. */
+  networkMode: 'bridge' | 'host'
+  /** Permission `privileged`. */
+  privileged: boolean
+  /** Namespaced kernel settings: permission `sysctl:NAME` each. */
+  sysctls: Record<string, string>
+}
+
+/** A host device in the container: compose's `HOST[:CONTAINER[:PERMISSIONS]]`. */
+export interface DeviceMapping {
+  host: string
+  container: string
+  /** cgroup permissions: some of r, w, m. */
+  permissions: string
 }
 
 /** The service keys added after the first release, at their defaults: a manifest of an older peer lacks them. */
-export function serviceDefaults (): Pick<ComposeService, 'workingDir' | 'tty' | 'stdinOpen' | 'shmSizeBytes' | 'tmpfs' | 'readOnly' | 'capDrop' | 'ulimits' | 'extraHosts' | 'noNewPrivileges' | 'configs'> {
-  return { workingDir: null, tty: false, stdinOpen: false, shmSizeBytes: null, tmpfs: [], readOnly: false, capDrop: [], ulimits: {}, extraHosts: [], noNewPrivileges: false, configs: [] }
+export function serviceDefaults (): Pick<ComposeService, 'workingDir' | 'tty' | 'stdinOpen' | 'shmSizeBytes' | 'tmpfs' | 'readOnly' | 'capDrop' | 'ulimits' | 'extraHosts' | 'noNewPrivileges' | 'configs' | 'capAdd' | 'devices' | 'networkMode' | 'privileged' | 'sysctls'> {
+  return { workingDir: null, tty: false, stdinOpen: false, shmSizeBytes: null, tmpfs: [], readOnly: false, capDrop: [], ulimits: {}, extraHosts: [], noNewPrivileges: false, configs: [], capAdd: [], devices: [], networkMode: 'bridge', privileged: false, sysctls: {} }
 }
 
 export interface TmpfsMount {
@@ -157,9 +177,15 @@ export function isStateful (manifest: AppManifest): boolean {
   return Object.keys(manifest.compose.volumes).length > 0
 }
 
-/** Host ports an app publishes, as "port/protocol". */
+/**
+ * Host ports an app holds on its node, as "port/protocol": those it publishes
+ * and, for a service on the host's network, the ports its `ports` name (there
+ * the container's own port is the node's; Docker ignores the mapping).
+ */
 export function hostPorts (manifest: AppManifest): string[] {
-  return Object.values(manifest.compose.services).flatMap(s => s.ports.filter(p => p.host !== null).map(p => `${p.host}/${p.protocol}`))
+  return Object.values(manifest.compose.services).flatMap(s => s.networkMode === 'host'
+    ? s.ports.map(p => `${p.container}/${p.protocol}`)
+    : s.ports.filter(p => p.host !== null).map(p => `${p.host}/${p.protocol}`))
 }
 
 /** An IPv4 or IPv6 address (no brackets, no zone). Written without node:net: the dashboard bundles proto/. */

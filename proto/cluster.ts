@@ -5,6 +5,7 @@
  */
 import { CONFIG_LIMITS, CONFIG_NAME, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, serviceDefaults, type AppManifest, type ComposeService, type SnapshotPolicy } from './app.ts'
 import type { AppStorage, DesiredApp, Relocation } from './plan.ts'
+import { DEVICE_PATH, SYSCTL_NAME, decodeGrants } from './permissions.ts'
 import { ValidationError, array, number, record, string, stringMap } from './validate.ts'
 
 export const VOTE_PROTOCOL = '/dcloud/vote/1'
@@ -43,7 +44,9 @@ export interface DesiredState {
 }
 
 export type DesiredChange =
-  | { kind: 'install', app: { name: string, manifest: AppManifest, pinnedNode: string | null, seed?: DesiredApp['seed'], storage?: AppStorage | null, domain?: string | null } }
+  | { kind: 'install', app: { name: string, manifest: AppManifest, pinnedNode: string | null, seed?: DesiredApp['seed'], storage?: AppStorage | null, domain?: string | null, grants?: string[] } }
+  /** The owner grants or revokes permissions of an installed app (`dcloud app grant`, `app revoke`). */
+  | { kind: 'grants', name: string, grant: string[], revoke: string[] }
   | { kind: 'remove', name: string }
   | { kind: 'move', name: string, node: string }
   | { kind: 'drain', node: string, drained: boolean }
@@ -266,7 +269,9 @@ export function decodeDesiredApp (raw: unknown, field = 'app'): DesiredApp {
     ...(r.relocation !== undefined ? { relocation: r.relocation === null ? null : decodeRelocation(r.relocation, `${field}.relocation`) } : {}),
     ...(r.seed !== undefined && r.seed !== null ? { seed: decodeSeed(r.seed, `${field}.seed`) } : {}),
     ...(r.storage !== undefined && r.storage !== null ? { storage: decodeStorage(r.storage, `${field}.storage`) } : {}),
-    ...(r.domain !== undefined && r.domain !== null ? { domain: decodeDomain(r.domain, `${field}.domain`) } : {})
+    ...(r.domain !== undefined && r.domain !== null ? { domain: decodeDomain(r.domain, `${field}.domain`) } : {}),
+    ...(r.grants !== undefined && r.grants !== null ? { grants: decodeGrants(r.grants, `${field}.grants`) } : {}),
+    ...(r.grantsRevision !== undefined ? { grantsRevision: number(r.grantsRevision, `${field}.grantsRevision`, { min: 0, max: MAX_INT, integer: true }) } : {})
   }
 }
 
@@ -304,9 +309,16 @@ export function decodeChange (raw: unknown): DesiredChange {
           pinnedNode: a.pinnedNode === null || a.pinnedNode === undefined ? null : string(a.pinnedNode, 'change.app.pinnedNode', { max: 64, pattern: PEER_ID }),
           ...(a.seed !== undefined && a.seed !== null ? { seed: decodeSeed(a.seed, 'change.app.seed') } : {}),
           ...(a.storage !== undefined && a.storage !== null ? { storage: decodeStorage(a.storage, 'change.app.storage') } : {}),
-          ...(a.domain !== undefined && a.domain !== null ? { domain: decodeDomain(a.domain, 'change.app.domain') } : {})
+          ...(a.domain !== undefined && a.domain !== null ? { domain: decodeDomain(a.domain, 'change.app.domain') } : {}),
+          ...(a.grants !== undefined && a.grants !== null ? { grants: decodeGrants(a.grants, 'change.app.grants') } : {})
         }
       }
+    }
+    case 'grants': return {
+      kind: 'grants',
+      name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }),
+      grant: r.grant === undefined ? [] : decodeGrants(r.grant, 'change.grant'),
+      revoke: r.revoke === undefined ? [] : decodeGrants(r.revoke, 'change.revoke')
     }
     case 'remove': return { kind: 'remove', name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }) }
     case 'move': return { kind: 'move', name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }), node: string(r.node, 'change.node', { max: 64, pattern: PEER_ID }) }
@@ -317,7 +329,7 @@ export function decodeChange (raw: unknown): DesiredChange {
       generation: number(r.generation, 'change.generation', { min: 1, max: MAX_INT, integer: true }),
       relocation: r.relocation === null ? null : decodeRelocation(r.relocation, 'change.relocation')
     }
-    default: throw new ValidationError('change.kind', 'must be install, remove, move, drain or relocate')
+    default: throw new ValidationError('change.kind', 'must be install, remove, move, drain, relocate or grants')
   }
 }
 
@@ -586,7 +598,22 @@ function decodeServiceExtras (r: Record<string, unknown>, field: string): Return
         target: string(m.target, `${g}.target`, { max: 4096, pattern: /^\/[^:]*[^/:]$/ }),
         mode: number(m.mode, `${g}.mode`, { min: 0, max: 0o7777, integer: true })
       }
-    }), d.configs)
+    }), d.configs),
+    capAdd: opt('capAdd', (v, f) => array(v, f, 64, (c, g) => string(c, g, { max: 32, pattern: /^[A-Z][A-Z_]*$/ })), d.capAdd),
+    devices: opt('devices', (v, f) => array(v, f, 64, (x, g) => {
+      const m = record(x, g)
+      return {
+        host: string(m.host, `${g}.host`, { max: 255, pattern: DEVICE_PATH }),
+        container: string(m.container, `${g}.container`, { max: 255, pattern: /^\/[^:]*$/ }),
+        permissions: string(m.permissions, `${g}.permissions`, { min: 1, max: 3, pattern: /^[rwm]+$/ })
+      }
+    }), d.devices),
+    networkMode: opt('networkMode', (v, f) => {
+      if (v !== 'bridge' && v !== 'host') throw new ValidationError(f, 'must be bridge or host')
+      return v
+    }, d.networkMode),
+    privileged: opt('privileged', bool, d.privileged),
+    sysctls: opt('sysctls', (v, f) => stringMap(v, f, { maxEntries: 64, key: SYSCTL_NAME, maxValue: 255 }), d.sysctls)
   }
 }
 

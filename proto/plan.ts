@@ -27,6 +27,8 @@ export interface SchedNode {
   unavailable?: string | null
   /** The user drained the node (`dcloud node drain`): it takes no apps, and its apps move away. */
   drained?: boolean
+  /** Device paths the node has (`/dev/dri/renderD128`, …); absent: unknown, so no app needing a device goes there. */
+  devices?: string[]
   /** The newest snapshot of each app this node holds a copy of (its own or replicated), by app name. */
   snapshots?: Record<string, SnapshotHolding>
 }
@@ -68,6 +70,18 @@ export interface DesiredApp {
    * with it across moves; absent: its name under the cluster's domain.
    */
   domain?: string | null
+  /**
+   * Permissions the owner granted (proto/permissions.ts names), sorted;
+   * absent: none (state written before permissions existed). The app runs
+   * with exactly these of the powers its manifest requests.
+   */
+  grants?: string[]
+  /**
+   * The revision at which the grants last changed: a copy started before it
+   * runs with other powers, and is deployed again (scheduler/reconcile.ts).
+   * Absent: never changed since the install.
+   */
+  grantsRevision?: number
 }
 
 /**

@@ -13,11 +13,14 @@
 import {
   ValidationError, array, number, parseJsonBytes, record, string, stringMap
 } from './validate.ts'
+import { DEVICE_PATH } from './permissions.ts'
 
 export const STATUS_TOPIC = '/dcloud/status/1'
 export const STATUS_VERSION = 1
 /** A status message is a few hundred bytes (a few KiB with many apps and images); anything near this limit is hostile. */
 export const STATUS_MAX_BYTES = 64 * 1024
+/** Devices a status reports at most (a few KiB): agent/status/devices.ts leaves out terminals and the like. */
+export const MAX_DEVICES = 256
 
 export interface NodeStatus {
   v: typeof STATUS_VERSION
@@ -64,6 +67,8 @@ export interface NodeResources {
   images: string[]
   /** The newest restorable snapshot of each app this node holds (its own or a replica). */
   snapshots?: Array<{ app: string, id: string, time: number }>
+  /** Device paths of the node (agent/status/devices.ts), for apps granted a device; absent from older agents. */
+  devices?: string[]
 }
 
 export interface AppReport {
@@ -216,6 +221,7 @@ function validateResources (raw: Record<string, unknown>): NodeResources {
       }
     })
   }
+  if (raw.devices !== undefined) res.devices = array(raw.devices, `${f}.devices`, MAX_DEVICES, (v, fi) => string(v, fi, { max: 255, pattern: DEVICE_PATH }))
   if (res.mem.free > res.mem.total) throw new ValidationError(`${f}.mem.free`, `is larger than ${f}.mem.total`)
   return res
 }

@@ -6,6 +6,7 @@
  */
 import type { AppManifest } from '../proto/app.ts'
 import type { DesiredApp } from '../proto/plan.ts'
+import { grantedDevices, hasDevice } from '../proto/permissions.ts'
 import { freeMemory, portsOf, type NodeUsage } from './usage.ts'
 
 const MIB = 1024 * 1024
@@ -47,6 +48,10 @@ export function feasible (app: DesiredApp, u: NodeUsage, names?: ReadonlyMap<str
   for (const [key, want] of constraintsOf(m)) {
     const have = Object.hasOwn(node.labels, key) ? node.labels[key] : undefined
     if (have !== want) return have === undefined ? `label ${key}=${want} missing` : `label ${key}=${want} missing (node has ${key}=${have})`
+  }
+  for (const device of grantedDevices(m, app.grants)) {
+    if (node.devices === undefined) return `needs the device ${device}; the node does not report its devices`
+    if (!hasDevice(node.devices, device)) return `needs the device ${device}, which the node does not have`
   }
   if (m.requests.cpus > node.cores) return `needs ${m.requests.cpus} CPUs, node has ${node.cores}`
   const free = freeMemory(u)

@@ -228,6 +228,14 @@ export function reconcile (snapshot: ClusterSnapshot): Reconciliation {
     // A pin to a node that is not alive does not move anything (see placeable() in plan.ts).
     const pinnedElsewhere = app.pinnedNode !== null && app.pinnedNode !== kept.node && nodeState(app.pinnedNode) === 'alive'
     const drained = nodes.get(kept.node)?.drained === true
+    // The owner granted or revoked a permission since this copy started: it is deployed again where
+    // it is, and the runtime makes anew the containers whose powers changed (at least one: every
+    // permission belongs to a service), labelled with the new revision, so this holds once. Only a
+    // running copy: a starting one may be an operation under way (its revision is not known yet).
+    if (!pinnedElsewhere && !(drained && app.pinnedNode === null) && kept.state === 'running' && kept.revision > 0 && kept.revision < (app.grantsRevision ?? 0)) {
+      out.needs.push({ app, kind: 'restart', current: kept.node, currentState: kept.state, reason: `its permissions changed since it started (revision ${kept.revision}, now ${app.grantsRevision ?? 0})` })
+      continue
+    }
     out.keep.push({ app, node: kept.node, state: kept.state, movable: app.pinnedNode === null && kept.state === 'running' && !drained })
     if (pinnedElsewhere) {
       out.needs.push({ app, kind: 'pinned', current: kept.node, currentState: kept.state, reason: `pinned to ${name(app.pinnedNode!)}` })

@@ -11,6 +11,8 @@ import type { Coordinator } from '../cluster/coordinator.ts'
 import type { BackupFiles } from '../snapshots/backup-files.ts'
 import { backupRoutes } from './backups.ts'
 import { apiFailureOf } from './errors.ts'
+import { checkHostPaths } from '../runtime/host-paths.ts'
+import { ValidationError } from '../../proto/validate.ts'
 
 /** The control plane's calls the API makes; the Coordinator implements them. */
 export type ClusterApi = Pick<Coordinator, 'apps' | 'change' | 'logs' | 'why' | 'snapshotList' | 'snapshotTake' | 'rollback' | 'backup' | 'restoreFile' | 'checkRestore'>
@@ -24,6 +26,8 @@ export interface ApiBackend {
   cluster: () => ClusterApi
   /** The node's backups directory: uploads, downloads and the only paths the API takes (backups.ts). */
   backups: BackupFiles
+  /** The agent's own directories (its data directory): a granted ordinary path may not lead into them. */
+  ownDirs?: string[]
 }
 
 /** Snapshots, backups and restores of large volumes take long; the caller's connection waits. */
@@ -43,6 +47,16 @@ export function apiRoutes (backend: ApiBackend, apiMetrics: () => ApiMetrics): R
     'GET /v1/apps': () => cluster().apps(),
     'POST /v1/apps': async ({ body }) => {
       const change = decodeOrBadRequest(() => decodeChange({ kind: 'install', app: body }))
+      if (change.kind === 'install') {
+        // Here, not only on the node that runs it: a granted path that leads into the node's own files is refused before anything is installed.
+        const app = change.app
+        await decodeOrBadRequest(async () => { await checkHostPaths(app.manifest, app.grants ?? [], backend.ownDirs ?? []) })
+      }
+      return await viaApi(async () => await cluster().change(change))
+    },
+    'POST /v1/apps/:name/grants': async ({ params, body }) => {
+      const b = (body ?? {}) as { grant?: unknown, revoke?: unknown }
+      const change = decodeOrBadRequest(() => decodeChange({ kind: 'grants', name: params.name, grant: b.grant ?? [], revoke: b.revoke ?? [] }))
       return await viaApi(async () => await cluster().change(change))
     },
     'DELETE /v1/apps/:name': async ({ params }) => {
@@ -80,7 +94,10 @@ function snapshotId (v: unknown): string {
 
 function decodeOrBadRequest<T> (decode: () => T): T {
   try {
-    return decode()
+    const out = decode()
+    // An async check: its ValidationError is a bad request too.
+    if (out instanceof Promise) return out.catch((err: Error) => { throw err instanceof ValidationError ? new ApiError('bad_request', err.message) : err }) as T
+    return out
   } catch (err) {
     throw new ApiError('bad_request', (err as Error).message)
   }

@@ -13,6 +13,7 @@ import {
   type ChangeResponse, type DesiredChange, type Op, type OpRequest, type OpResponse, type SnapshotInfo
 } from '../../proto/cluster.ts'
 import { isStateful } from '../../proto/app.ts'
+import { requestedPermissions } from '../../proto/permissions.ts'
 import type { AppView, RelocationView, SnapshotView, WhyView } from '../../proto/api.ts'
 import type { ClusterBeat, AppReport, NodeResources } from '../../proto/status.ts'
 import type { AppStorage, ClusterSnapshot, DesiredApp, Operation, Placement, Plan, SchedNode, SchedulerPolicy } from '../../proto/plan.ts'
@@ -218,6 +219,7 @@ export class Coordinator {
   private async deploy (app: DesiredApp, term: number, signal: AbortSignal, restored: boolean): Promise<void> {
     const { runtime, log } = this.init
     if (isStateful(app.manifest)) await this.confirmGeneration(app, signal)
+    await this.confirmGrants(app, signal)
     log.info('deploying app', { app: app.name, revision: app.revision, generation: app.generation ?? 1, term })
     await runtime.deploy(app, {
       term,
@@ -231,19 +233,43 @@ export class Coordinator {
   /**
    * A stateful app starts only on the data generation the cluster committed:
    * the leader's operation says which, and this node's own copy of the
-   * committed log must agree (a majority holds it). The commit can reach this
-   * node a moment after the operation does, so it waits a little for it.
+   * committed log must agree (a majority holds it).
    */
   private async confirmGeneration (app: DesiredApp, signal: AbortSignal): Promise<void> {
     const wanted = app.generation ?? 1
+    await this.untilCommitted(app.name, signal, (committed) => {
+      const generation = committed === undefined ? null : committed.generation ?? 1
+      if (generation === wanted) return null
+      return { final: generation !== null && generation > wanted, why: `${app.name} is not started at data generation ${wanted}: the committed state here says ${generation === null ? 'it is not installed' : `generation ${generation}`}` }
+    })
+  }
+
+  /**
+   * Defence in depth: an app runs with no power the owner did not grant in
+   * the committed log as this node holds it, whatever the operation carries
+   * (a leader's bug, or a peer holding the cluster key that sends its own).
+   */
+  private async confirmGrants (app: DesiredApp, signal: AbortSignal): Promise<void> {
+    const wanted = app.grants ?? []
+    if (wanted.length === 0) return
+    await this.untilCommitted(app.name, signal, (committed) => {
+      const granted = new Set(committed?.grants ?? [])
+      const extra = wanted.filter(g => !granted.has(g))
+      return extra.length === 0 ? null : { final: false, why: `${app.name} is not deployed with ${extra.join(', ')}: the committed state here does not grant ${extra.length === 1 ? 'it' : 'them'}` }
+    })
+  }
+
+  /**
+   * Waits until `judge` accepts this node's committed copy of the app (null),
+   * refusing at once when it says the refusal is final. The commit can reach
+   * this node a moment after the leader's operation does: it waits 5 s for it.
+   */
+  private async untilCommitted (name: string, signal: AbortSignal, judge: (committed: DesiredApp | undefined) => { final: boolean, why: string } | null): Promise<void> {
     const deadline = Date.now() + 5000
     for (;;) {
-      const committed = this.init.store.current().apps.find(a => a.name === app.name)
-      const generation = committed === undefined ? null : committed.generation ?? 1
-      if (generation === wanted) return
-      if ((generation !== null && generation > wanted) || Date.now() > deadline || signal.aborted) {
-        throw new RpcError('conflict', `${app.name} is not started at data generation ${wanted}: the committed state here says ${generation === null ? 'it is not installed' : `generation ${generation}`}`)
-      }
+      const verdict = judge(this.init.store.current().apps.find(a => a.name === name))
+      if (verdict === null) return
+      if (verdict.final || Date.now() > deadline || signal.aborted) throw new RpcError('conflict', verdict.why)
       await new Promise(resolve => setTimeout(resolve, 50))
     }
   }
@@ -330,7 +356,7 @@ export class Coordinator {
     if (r.dockerVersion === null) unavailable = 'its Docker engine does not answer'
     else if (cool !== undefined && cool.until > now) unavailable = `its last operation failed ${Math.round((now - cool.until + FAILED_NODE_COOLDOWN_MS) / 1000)} s ago: ${cool.reason}`
     const snapshots = Object.fromEntries((r.snapshots ?? []).map(h => [h.app, { id: h.id, time: h.time }]))
-    return { id, name, state, arch: r.arch, cores: r.cpu.cores, load: r.cpu.load, memTotal: r.mem.total, memFree: r.mem.free, labels: r.labels, images: r.images, unavailable, drained: drained.has(id), snapshots }
+    return { id, name, state, arch: r.arch, cores: r.cpu.cores, load: r.cpu.load, memTotal: r.mem.total, memFree: r.mem.free, labels: r.labels, images: r.images, unavailable, drained: drained.has(id), snapshots, ...(r.devices !== undefined ? { devices: r.devices } : {}) }
   }
 
   /**
@@ -453,7 +479,9 @@ export class Coordinator {
         revision: app.revision,
         ...(stateful ? { generation: app.generation ?? 1, relocation: this.relocationView(app) } : {}),
         ...(app.storage != null ? { hostPath: app.storage.hostPath } : {}),
-        ...(app.domain != null ? { domain: app.domain } : {})
+        ...(app.domain != null ? { domain: app.domain } : {}),
+        permissions: requestedPermissions(app.manifest).map(p => p.name),
+        grants: app.grants ?? []
       }
     })
   }
@@ -493,7 +521,9 @@ export class Coordinator {
     else if (flight?.error != null) detail = `last operation failed: ${flight.error}`
     else if (flight !== undefined) detail = `operation under way: ${formatOp(flight.op, (id) => this.nodeName(id))}`
     else if (app.pinnedNode !== null) detail = `pinned to ${this.nodeName(app.pinnedNode)} by the user`
-    return { app: name, node: view?.node ?? null, rejections, planTerm: p?.term ?? null, planAt: p?.createdAt ?? null, detail }
+    const grants = app.grants ?? []
+    const ungranted = requestedPermissions(app.manifest).map(r => r.name).filter(n => !grants.includes(n))
+    return { app: name, node: view?.node ?? null, rejections, planTerm: p?.term ?? null, planAt: p?.createdAt ?? null, detail, grants, ungranted }
   }
 
   async logs (name: string, tail: number, signal?: AbortSignal): Promise<{ node: string, text: string }> {

@@ -19,6 +19,8 @@ import { constants } from 'node:fs'
 import { copyFile, mkdir, open, readFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { decodeDesiredState, decodeLogEntry, type DesiredChange, type DesiredState, type LogEntry } from '../../proto/cluster.ts'
+import { checkGrants } from '../../proto/permissions.ts'
+import { ValidationError } from '../../proto/validate.ts'
 import { lastIndex, lastTerm, termAt, type LogView } from '../../scheduler/replication.ts'
 import { RpcError } from '../mesh/rpc.ts'
 import { KeyedMutex } from '../snapshots/repo-sync.ts'
@@ -42,7 +44,23 @@ export function applyChange (state: DesiredState, change: DesiredChange, at: { i
       if (state.apps.some(a => a.name === change.app.name)) {
         throw new RpcError('exists', `an app named ${change.app.name} is already installed; pick another --name`)
       }
+      // Whatever the client did: an app is installed only with every power it requests granted.
+      grantsOrRefuse(() => { checkGrants(change.app.manifest, change.app.grants ?? [], 'grants') })
       return { ...state, revision, term, apps: [...state.apps, { ...change.app, revision }] }
+    }
+    case 'grants': {
+      const app = state.apps.find(a => a.name === change.name)
+      if (app === undefined) throw new RpcError('not_found', `no app named ${change.name}`)
+      const both = change.grant.filter(g => change.revoke.includes(g))
+      if (both.length > 0) throw new RpcError('bad_request', `revoke: ${both.join(', ')} is also granted by the same change`)
+      grantsOrRefuse(() => { checkGrants(app.manifest, change.grant, 'grant', false) })
+      grantsOrRefuse(() => { checkGrants(app.manifest, change.revoke, 'revoke', false) })
+      const before = app.grants ?? []
+      const grants = [...new Set([...before, ...change.grant])].filter(g => !change.revoke.includes(g)).sort()
+      // Refused, not a no-op: a change of grants redeploys the app, which must then change a container.
+      if (grants.join('\n') === before.join('\n')) throw new RpcError('bad_request', `${change.name} already runs with ${change.grant.length > 0 ? `${change.grant.join(', ')} granted` : `${change.revoke.join(', ')} not granted`}: nothing to change`)
+      // A new revision, and the one the grants changed at: the copy running is deployed again (scheduler/reconcile.ts), its containers with exactly these powers.
+      return { ...state, revision, term, apps: state.apps.map(a => a.name === change.name ? { ...a, grants, revision, grantsRevision: revision } : a) }
     }
     case 'remove': {
       if (!state.apps.some(a => a.name === change.name)) throw new RpcError('not_found', `no app named ${change.name}`)
@@ -66,6 +84,16 @@ export function applyChange (state: DesiredState, change: DesiredChange, at: { i
       // Not a user's change: the app's revision (what its containers are labelled with) stays.
       return { ...state, revision, term, apps: state.apps.map(a => a.name === change.name ? { ...a, generation: change.generation, relocation: change.relocation } : a) }
     }
+  }
+}
+
+/** A grant check's ValidationError as the RPC error a client sees (bad_request, naming the field). */
+function grantsOrRefuse (check: () => void): void {
+  try {
+    check()
+  } catch (err) {
+    if (err instanceof ValidationError) throw new RpcError('bad_request', err.message)
+    throw err
   }
 }
 

@@ -25,6 +25,9 @@ import {
 import { UserError, EXIT } from '../util/errors.ts'
 import type { Logger } from '../util/log.ts'
 import { dockerStatus, hasImage, pullImage } from './images.ts'
+import { checkHostPaths } from './host-paths.ts'
+import { checkGrants, effectiveManifest } from '../../proto/permissions.ts'
+import { ValidationError } from '../../proto/validate.ts'
 
 /** Docker's rule for container, network and volume names, kept short enough to combine. */
 const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/
@@ -50,6 +53,8 @@ export interface AppRuntimeInit {
    * them, so it must see the same path (it runs on the same machine).
    */
   configDir: string
+  /** The agent's own directories on this node (its data directory): binding them takes a dangerous_path grant. */
+  ownDirs?: string[]
 }
 
 /** A stateful container was not started: this node does not hold its fencing lease. */
@@ -172,7 +177,13 @@ export function normaliseService (app: string, svc: ComposeService, configs: Com
     extraHosts: svc.extraHosts.length === 0 ? null : svc.extraHosts.map(h => `${h.host}:${h.address}`),
     noNewPrivileges: svc.noNewPrivileges || null,
     // A config's content, by digest: a new text makes a new container, which mounts the new file.
-    configs: svc.configs.length === 0 ? null : [...svc.configs].map(c => [c.target, configDigest(configContent(configs, c)), c.mode]).sort((a, b) => String(a[0]) < String(b[0]) ? -1 : 1)
+    configs: svc.configs.length === 0 ? null : [...svc.configs].map(c => [c.target, configDigest(configContent(configs, c)), c.mode]).sort((a, b) => String(a[0]) < String(b[0]) ? -1 : 1),
+    // Powers, as granted (the service is the effective one): a grant or a revoke makes a new container.
+    capAdd: svc.capAdd.length === 0 ? null : [...svc.capAdd].sort(),
+    devices: svc.devices.length === 0 ? null : svc.devices.map(d => [d.host, d.container, d.permissions]).sort((a, b) => String(a[1]) < String(b[1]) ? -1 : 1),
+    networkMode: svc.networkMode === 'host' ? 'host' : null,
+    privileged: svc.privileged || null,
+    sysctls: Object.keys(svc.sysctls).length === 0 ? null : sortedEntries(svc.sysctls)
   }
   return { ...base, ...Object.fromEntries(Object.entries(extras).filter(([, v]) => v !== null)) }
 }
@@ -193,9 +204,10 @@ export function specHash (app: string, svc: ComposeService, configs: ComposeProj
   return createHash('sha256').update(JSON.stringify(normaliseService(app, svc, configs))).digest('hex')
 }
 
-/** The spec hash every service of `app` should carry; compare with `AppActual.services[].spec`. */
+/** The spec hash every service of `app` should carry (with the powers granted: a revoke changes it); compare with `AppActual.services[].spec`. */
 export function desiredSpecs (app: DesiredApp): Record<string, string> {
-  return Object.fromEntries(Object.entries(app.manifest.compose.services).map(([name, svc]) => [name, specHash(app.name, svc, app.manifest.compose.configs)]))
+  const manifest = effectiveManifest(app.manifest, app.grants)
+  return Object.fromEntries(Object.entries(manifest.compose.services).map(([name, svc]) => [name, specHash(app.name, svc, manifest.compose.configs)]))
 }
 
 /** Services in an order where every service comes after those it depends on. */
@@ -302,11 +314,13 @@ export class AppRuntime {
 
   private readonly mayStartStateful: () => string | null
   private readonly configDir: string
+  private readonly ownDirs: string[]
 
   constructor (init: AppRuntimeInit) {
     this.docker = init.docker
     this.log = init.log
     this.configDir = init.configDir
+    this.ownDirs = init.ownDirs ?? []
     this.mayStartStateful = init.mayStartStateful ?? (() => null)
   }
 
@@ -337,7 +351,26 @@ export class AppRuntime {
    */
   async deploy (app: DesiredApp, opts: DeployOptions): Promise<AppActual> {
     validateApp(app)
-    return await this.exclusive(app.name, async () => await this.deployLocked(app, opts))
+    const granted = await this.withGrants(app)
+    return await this.exclusive(app.name, async () => await this.deployLocked(granted, opts))
+  }
+
+  /**
+   * The app as it runs here: with exactly the powers granted (the rest taken
+   * out of its services before any container is made), after checking that
+   * every grant is one the app asks for and that no granted host path leads,
+   * through a symlink on this node, into the node's own files.
+   */
+  private async withGrants (app: DesiredApp): Promise<DesiredApp> {
+    const grants = app.grants ?? []
+    try {
+      checkGrants(app.manifest, grants, 'grants', false)
+      await checkHostPaths(app.manifest, grants, this.ownDirs)
+    } catch (err) {
+      if (!(err instanceof ValidationError)) throw err
+      throw new UserError(`${app.name} is not deployed: ${err.message}`, { exitCode: EXIT.dataError, hint: `see \`dcloud app why ${app.name}\`; \`dcloud app revoke\` takes a permission away` })
+    }
+    return { ...app, manifest: effectiveManifest(app.manifest, grants) }
   }
 
   private async deployLocked (app: DesiredApp, opts: DeployOptions): Promise<AppActual> {
@@ -806,6 +839,8 @@ export class AppRuntime {
     const binds = svc.volumes.filter(v => v.kind === 'bind').map(v => `${v.source}:${v.target}${v.readOnly ? ':ro' : ''}`)
     const hc = svc.healthcheck
     const ms = (n: number): number => n * 1_000_000
+    // On the node's network (granted host_network) the container has no network of the app's, no port mappings and no alias.
+    const hostNet = svc.networkMode === 'host'
     const spec: Docker.ContainerCreateOptions = {
       name,
       Image: svc.image,
@@ -827,7 +862,7 @@ export class AppRuntime {
         // The watchdog kills these when the agent's lease lapses (agent/fence/watchdog.ts).
         ...(isStatefulApp(app) ? { [LABELS.fence]: '1' } : {})
       },
-      ExposedPorts: exposed,
+      ...(hostNet ? {} : { ExposedPorts: exposed }),
       ...(hc !== null
         ? {
             Healthcheck: {
@@ -840,11 +875,11 @@ export class AppRuntime {
           }
         : {}),
       HostConfig: {
-        NetworkMode: network,
+        NetworkMode: hostNet ? 'host' : network,
         // A stateful app's container is started only by the agent, after it confirmed it still owns
         // the app's data (Docker restarting it on its own could make a second copy: docs/snapshots.md).
         RestartPolicy: { Name: isStatefulApp(app) ? 'no' : svc.restart },
-        PortBindings: bindings,
+        ...(hostNet ? {} : { PortBindings: bindings }),
         Mounts: mounts,
         Binds: binds,
         ...(svc.shmSizeBytes !== null ? { ShmSize: svc.shmSizeBytes } : {}),
@@ -854,9 +889,14 @@ export class AppRuntime {
         ...(Object.keys(svc.ulimits).length > 0 ? { Ulimits: Object.entries(svc.ulimits).map(([Name, l]) => ({ Name, Soft: l.soft, Hard: l.hard })) } : {}),
         // Docker's own form; it replaces "host-gateway" with the node's address itself.
         ...(svc.extraHosts.length > 0 ? { ExtraHosts: svc.extraHosts.map(h => `${h.host}:${h.address}`) } : {}),
-        ...(svc.noNewPrivileges ? { SecurityOpt: ['no-new-privileges:true'] } : {})
+        ...(svc.noNewPrivileges ? { SecurityOpt: ['no-new-privileges:true'] } : {}),
+        // The powers granted, and only those: withGrants took the rest out of svc.
+        ...(svc.capAdd.length > 0 ? { CapAdd: svc.capAdd } : {}),
+        ...(svc.devices.length > 0 ? { Devices: svc.devices.map(d => ({ PathOnHost: d.host, PathInContainer: d.container, CgroupPermissions: d.permissions })) } : {}),
+        ...(svc.privileged ? { Privileged: true } : {}),
+        ...(Object.keys(svc.sysctls).length > 0 ? { Sysctls: svc.sysctls } : {})
       },
-      NetworkingConfig: { EndpointsConfig: { [network]: { Aliases: [service] } } },
+      ...(hostNet ? {} : { NetworkingConfig: { EndpointsConfig: { [network]: { Aliases: [service] } } } }),
       abortSignal: opts.signal
     }
     try {

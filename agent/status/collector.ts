@@ -11,6 +11,7 @@ import memory from 'systeminformation/lib/memory.js'
 import { statfs } from 'node:fs/promises'
 import { availableParallelism, arch as nodeArch, cpus } from 'node:os'
 import type { DockerRuntime } from '../runtime/docker.ts'
+import { readDevices } from './devices.ts'
 import type { AppReport } from '../../proto/status.ts'
 import type { Logger } from '../util/log.ts'
 
@@ -26,6 +27,8 @@ export interface ResourceSample {
   appStates: AppReport[]
   containers: number
   images: string[]
+  /** Device paths of the node (devices.ts). */
+  devices: string[]
 }
 
 /** Where the collector learns which apps run here (the app runtime, from Docker's labels). */
@@ -70,10 +73,14 @@ export class ResourceCollector {
   private events: NodeJS.ReadableStream | null = null
   private debounce: NodeJS.Timeout | undefined
 
-  constructor (docker: DockerRuntime, log: Logger) {
+  /** The devices the user gave (`--devices`), or null to read them from /sys at every refresh (a USB device comes and goes). */
+  private readonly givenDevices: string[] | null
+
+  constructor (docker: DockerRuntime, log: Logger, devices: string[] | null = null) {
     this.docker = docker
     this.log = log
-    this.sample = { cores: availableParallelism(), load: 0, memTotal: 0, memFree: 0, diskFree: 0, arch: dockerArch(), dockerVersion: null, apps: [], appStates: [], containers: 0, images: [] }
+    this.givenDevices = devices
+    this.sample = { cores: availableParallelism(), load: 0, memTotal: 0, memFree: 0, diskFree: 0, arch: dockerArch(), dockerVersion: null, apps: [], appStates: [], containers: 0, images: [], devices: devices ?? [] }
   }
 
   /** Lets the app runtime report apps in detail (state, revision, web port) instead of bare container labels. */
@@ -167,6 +174,7 @@ export class ResourceCollector {
       next.containers = 0
     }
     next.diskFree = await this.freeBytes(this.dockerRoot ?? '/')
+    next.devices = this.givenDevices ?? await readDevices()
     // Load and memory may have been sampled meanwhile: keep the newer ones.
     this.sample = { ...next, load: this.sample.load, memTotal: this.sample.memTotal, memFree: this.sample.memFree }
   }

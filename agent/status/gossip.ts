@@ -101,6 +101,7 @@ export class StatusGossip {
       containers: s.containers,
       address: this.init.mesh.primaryAddress(),
       images: s.images,
+      devices: s.devices,
       ...(this.init.snapshots !== undefined ? { snapshots: this.init.snapshots() } : {})
     }
   }

@@ -129,10 +129,6 @@ export function webPath (v: unknown): string {
   return p.startsWith('/') ? p : `/${p}`
 }
 
-/** Host files every node has; an app may read the node's time zone from them. */
-const TIME_FILES = new Set(['/etc/localtime', '/etc/timezone'])
-const DOCKER_SOCKETS = new Set(['/var/run/docker.sock', '/run/docker.sock'])
-
 /**
  * What a store's host path becomes: the name of a named volume, or null to
  * keep it as a bind (only the node's time files). Throws for host paths an
@@ -140,13 +136,14 @@ const DOCKER_SOCKETS = new Set(['/var/run/docker.sock', '/run/docker.sock'])
  */
 export type HostPathRule = (source: string, target: string, field: string) => string | null
 
-/** The rule for host paths outside the store's data folders, the same for every store. */
-export function otherHostPath (source: string, field: string): null {
-  if (TIME_FILES.has(source)) return null
-  if (DOCKER_SOCKETS.has(source)) {
-    throw new ValidationError(field, 'binds the Docker socket: the app would control every container on its node, Dentropy\'s own included; not imported (write your own manifest if you trust it)')
-  }
-  throw new ValidationError(field, `binds the host path ${source}: an imported app is made portable, and one node's own files cannot move with it`)
+/**
+ * The rule for host paths outside the store's data folders, the same for
+ * every store: kept as binds. Each is a permission the app then requests
+ * (path:…, dangerous_path:…, docker_socket: proto/permissions.ts), which the
+ * owner grants or refuses at install; the manifest's checks name them.
+ */
+export function otherHostPath (_source: string, _field: string): null {
+  return null
 }
 
 /** Refuses a data folder bound as a single file, which a named volume (a directory) cannot replace. */

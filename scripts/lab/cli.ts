@@ -7,10 +7,12 @@ import { table } from '../../agent/cli/format.ts'
 import { UsageError } from '../../agent/util/errors.ts'
 
 export const labHelp = `dcloud lab [--lab NAME] COMMAND
-  up --nodes N [--images-on N1,N2|none] [--disk-size SIZE] [-- AGENT_ARGS]
+  up --nodes N [--images-on N1,N2|none] [--disk-size SIZE] [--devices NODE=LIST]... [-- AGENT_ARGS]
                                  start nodes n1..nN (namespace + data disk + dockerd + agent each) sharing
                                  one key; test images go to every node unless --images-on names some;
-                                 each node's Docker and agent data live on a disk of SIZE (default 4G)
+                                 each node's Docker and agent data live on a disk of SIZE (default 4G);
+                                 --devices n2=/dev/dri gives a node its own device list (or none): lab
+                                 nodes share this machine's /dev, so tests tell them apart this way
   add [--key-file F] [--no-images] [-- AGENT_ARGS]
                                  add the next node, optionally holding another cluster key
   exec NODE -- CMD ...           run CMD inside NODE (docker and dcloud talk to that node)
@@ -54,10 +56,16 @@ export async function labCommand (argv: string[]): Promise<number> {
     case 'up': {
       const dash = rest.indexOf('--')
       const own = dash === -1 ? rest : rest.slice(0, dash)
-      const { values } = parseArgs({ args: own, strict: true, options: { nodes: { type: 'string', default: '3' }, 'images-on': { type: 'string' }, 'disk-size': { type: 'string' } } })
+      const { values } = parseArgs({ args: own, strict: true, options: { nodes: { type: 'string', default: '3' }, 'images-on': { type: 'string' }, 'disk-size': { type: 'string' }, devices: { type: 'string', multiple: true, default: [] } } })
       const imagesOn = values['images-on'] === undefined ? undefined : values['images-on'] === 'none' ? [] : values['images-on'].split(',')
       const diskBytes = values['disk-size'] === undefined ? DEFAULT_DISK_BYTES : parseSize(values['disk-size'], '--disk-size')
-      await lab.up({ nodes: Number(values.nodes), agentArgs: dash === -1 ? [] : rest.slice(dash + 1), imagesOn, diskBytes, progress })
+      const devices: Record<string, string> = {}
+      for (const d of values.devices ?? []) {
+        const eq = d.indexOf('=')
+        if (eq <= 0) throw new UsageError(`--devices ${d}: expected NODE=LIST, e.g. n2=/dev/dri or n1=none`)
+        devices[d.slice(0, eq)] = d.slice(eq + 1)
+      }
+      await lab.up({ nodes: Number(values.nodes), agentArgs: dash === -1 ? [] : rest.slice(dash + 1), imagesOn, diskBytes, devices, progress })
       return 0
     }
     case 'add': {

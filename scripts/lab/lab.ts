@@ -136,7 +136,7 @@ export class Lab {
    * `imagesOn` names the nodes that get the test images (default: all); the
    * others must get them from a peer, as an offline homelab would.
    */
-  async up (opts: { nodes: number, agentArgs?: string[], imagesOn?: string[], diskBytes?: number, progress: Progress }): Promise<LabState> {
+  async up (opts: { nodes: number, agentArgs?: string[], imagesOn?: string[], diskBytes?: number, devices?: Record<string, string>, progress: Progress }): Promise<LabState> {
     checkPrerequisites()
     if (this.exists()) throw new UserError(`lab '${this.name}' is already up`, { exitCode: EXIT.tempFail, hint: '`dcloud lab down` first, or use another --lab name' })
     if (!(opts.nodes >= 1 && opts.nodes <= 64)) throw new UserError('--nodes must be between 1 and 64', { exitCode: EXIT.usage })
@@ -166,7 +166,9 @@ export class Lab {
 
     const names = Array.from({ length: opts.nodes }, (_, i) => `n${i + 1}`)
     for (const [i, name] of names.entries()) {
-      state.nodes.push({ name, index: i + 1, ip: `${SUBNET_PREFIX}${10 + i + 1}`, keyFile, state: 'running', dockerdPid: null, agentPid: null, agentArgs: opts.agentArgs ?? [] })
+      // A node's own devices list (`--devices n2=/dev/dri`) is its agent's --devices: the agent validates it.
+      const devices = opts.devices?.[name]
+      state.nodes.push({ name, index: i + 1, ip: `${SUBNET_PREFIX}${10 + i + 1}`, keyFile, state: 'running', dockerdPid: null, agentPid: null, agentArgs: [...(opts.agentArgs ?? []), ...(devices !== undefined ? ['--devices', devices] : [])] })
     }
     await this.save(state)
     opts.progress(`starting ${names.length} node(s): namespaces, links, data disks of ${formatBytes(diskBytes)} and dockerd`)

@@ -1,3 +1,4 @@
+import { requestedPermissions, pathPermission } from '../../proto/permissions.ts'
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -19,10 +20,11 @@ type Outcome = { ok: string } | { refused: string[] }
 const ok = (summary: string): Outcome => ({ ok: summary })
 const refused = (...fields: string[]): Outcome => ({ refused: fields })
 
-/** "web service:port[path] | named volumes": what an import is pinned to. */
+/** "web service:port[path] | named volumes[ | asks: permissions]": what an import is pinned to. */
 function summary ({ manifest: m }: ParsedApp): string {
   const web = m.web === null ? 'no web' : `${m.web.service}:${m.web.port}${m.web.path ?? ''}`
-  return `${web} | ${Object.keys(m.compose.volumes).join(' ') || 'stateless'}`
+  const asks = requestedPermissions(m).map(p => p.name)
+  return `${web} | ${Object.keys(m.compose.volumes).join(' ') || 'stateless'}${asks.length > 0 ? ` | asks: ${asks.join(' ')}` : ''}`
 }
 
 async function outcome (run: () => Promise<ParsedApp>): Promise<Outcome> {
@@ -36,11 +38,12 @@ async function outcome (run: () => Promise<ParsedApp>): Promise<Outcome> {
   }
 }
 
-/** An imported app keeps no host path but the node's time files, and its volumes are all used. */
+/** An imported app keeps no host path but the node's time files unless it asks for it as a permission (in the summary), and its volumes are all used. */
 function checkPortable ({ manifest: m }: ParsedApp): void {
+  const asks = new Set(requestedPermissions(m).map(p => p.name))
   for (const [name, s] of Object.entries(m.compose.services)) {
     for (const v of s.volumes) {
-      if (v.kind === 'bind') expect(['/etc/localtime', '/etc/timezone'], `${m.id}/${name} binds ${v.source}`).toContain(v.source)
+      if (v.kind === 'bind') expect(['/etc/localtime', '/etc/timezone'].includes(v.source) || asks.has(pathPermission(v.source, v.readOnly) ?? ''), `${m.id}/${name} binds ${v.source}`).toBe(true)
     }
   }
   expect(m.requests.memoryBytes).toBeGreaterThan(0)
@@ -61,23 +64,23 @@ const CASAOS_EXPECTED: Record<string, Outcome> = {
   Etherpad: ok('etherpad:9001 | var'),
   FreshRSS: ok('freshrss:80 | data extensions'),
   Gitea: ok('gitea:3000 | data'),
-  // Host networking, full privileges and the host's D-Bus: a Home Assistant that owns the machine.
-  HomeAssistant: refused('services.homeassistant.volumes[2]', 'services.homeassistant.privileged', 'services.homeassistant.network_mode'),
+  // Host networking, full privileges and the host's D-Bus (below /run: a dangerous path): permissions now, asked at install.
+  HomeAssistant: ok('no web | config | asks: dangerous_path:/run/dbus:ro host_network privileged'),
   Immich: ok('immich-server:2283 | gallery-immich model-cache pgdata'),
-  // Raspberry Pi video devices and the host's /opt/vc/lib for hardware transcoding.
-  Jellyfin: refused('services.jellyfin.volumes[2]', 'services.jellyfin.devices'),
+  // Raspberry Pi video devices and the host's /opt/vc/lib for hardware transcoding: permissions now.
+  Jellyfin: ok('jellyfin:8096 | config media | asks: device:/dev/dri device:/dev/vchiq device:/dev/vcsm device:/dev/video10 device:/dev/video11 device:/dev/video12 path:/opt/vc/lib:rw'),
   MariaDB: ok('no web | config'),
   Memos: ok('memos:5230 | memos'),
   N8n: ok('n8n:5678 | data'),
   Navidrome: ok('navidrome:4533 | data media-music'),
   Nextcloud: ok('nextcloud:80 | var-www-html'),
-  'Node-RED': refused('services.node-red.network_mode'),
-  Pihole: refused('services.pihole.cap_add'),
+  'Node-RED': ok('node-red:1880 | data | asks: host_network'),
+  Pihole: ok('pihole:80/admin | etc-pihole | asks: net_admin'),
   PostgreSQL: ok('no web | data'),
   Syncthing: ok('syncthing:8384 | config data'),
   UptimeKuma: ok('uptimekuma:3001 | app-data'),
   Vaultwarden: ok('vaultwarden:80 | data'),
-  WireGuardEasy: refused('services.wg-easy.cap_add', 'services.wg-easy.sysctls')
+  WireGuardEasy: ok('wg-easy:51821 | wireguard | asks: net_admin sys_module sysctl:net.ipv4.conf.all.src_valid_mark sysctl:net.ipv4.ip_forward')
 }
 
 /** Every Runtipi fixture, read from docker-compose.json and from the legacy docker-compose.yml. */
@@ -97,10 +100,12 @@ const RUNTIPI_EXPECTED: Record<string, [json: Outcome, yaml: Outcome]> = {
   navidrome: [ok('navidrome:4533 | navidrome-data media-music'), ok('navidrome:4533 | navidrome-data media-music')],
   nextcloud: [ok('nextcloud:80 | nextcloud db redis'), ok('nextcloud:80 | nextcloud db redis')],
   'paperless-ngx': [ok('paperless-ngx:8000 | paperless_data paperless_media paperless_export paperless_consume redis postgres'), ok('paperless-ngx:8000 | paperless_data paperless_media paperless_export paperless_consume redis postgres')],
-  pihole: [refused('services.pihole.capAdd'), refused('services.pihole.dns', 'services.pihole.cap_add')],
+  // NET_ADMIN is a permission now; the YAML's dns: is still refused (no field for it).
+  pihole: [ok('pihole:80/admin | pihole dnsmasq | asks: net_admin'), refused('services.pihole.dns')],
   'stalwart-mail': [ok('stalwart-mail:8080 | data'), ok('stalwart-mail:8080 | data')],
   syncthing: [ok('syncthing:8384 | data media-syncthing'), ok('syncthing:8384 | data media-syncthing')],
-  'uptime-kuma': [refused('services.uptime-kuma.volumes[0]'), refused('services.uptime-kuma.volumes[0]', 'services.uptime-kuma.dns')],
+  // The Docker socket is a (dangerous) permission now; the YAML's dns: is still refused.
+  'uptime-kuma': [ok('uptime-kuma:3001 | data | asks: docker_socket'), refused('services.uptime-kuma.dns')],
   vaultwarden: [ok('vaultwarden:80 | data'), ok('vaultwarden:80 | data')],
   whoami: [ok('whoami:80 | stateless'), ok('whoami:80 | stateless')],
   wordpress: [ok('wordpress:80 | wordpress mariadb'), ok('wordpress:80 | wordpress mariadb')]
@@ -158,17 +163,18 @@ describe('CasaOS store fixtures', () => {
     expect(importCasaOSText(text, 'demo.yml', { values: { API_TOKEN: '' } }).manifest.compose.services.demo?.environment.TOKEN).toBe('')
   })
 
-  it('refuses host paths other than its data folders, the Docker socket among them', () => {
+  it('keeps host paths other than its data folders as binds the app asks permission for, the Docker socket among them', () => {
     const text = stringify({
       name: 'demo',
       services: { demo: { image: 'x', volumes: ['/var/run/docker.sock:/var/run/docker.sock', '/DATA/AppData/$AppID/db:/db', '/srv/media:/media', '/etc/localtime:/etc/localtime:ro'] } },
       'x-casaos': { main: 'demo' }
     })
-    const err = (() => { try { importCasaOSText(text, 'demo.yml') } catch (e) { return e as ManifestError } throw new Error('accepted') })()
-    expect(err.refusals).toEqual([
-      { field: 'services.demo.volumes[0]', problem: expect.stringMatching(/binds the Docker socket/) },
-      { field: 'services.demo.volumes[2]', problem: expect.stringMatching(/binds the host path \/srv\/media: an imported app is made portable/) }
+    const { manifest, warnings } = importCasaOSText(text, 'demo.yml')
+    expect(requestedPermissions(manifest).map(p => [p.name, p.fields])).toEqual([
+      ['docker_socket', ['services.demo.volumes[0]']],
+      ['path:/srv/media:rw', ['services.demo.volumes[2]']]
     ])
+    expect(warnings.join('\n')).toMatch(/volumes\[2\]: binds the host path \/srv\/media: the app only finds its files on a node that has them/)
   })
 
   it('refuses nested app-data folders but only warns about nested user folders', () => {
@@ -279,10 +285,11 @@ describe('Runtipi formats beyond the fixtures', () => {
     expect(manifest.requests.memoryBytes).toBe(512 * 2 ** 20 + 64 * 2 ** 20)
     expect(warnings.join('\n')).toMatch(/services\.demo\.depends_on\.db\.condition: service_healthy is not waited for/)
 
-    const bad = [{ ...services[0], addPorts: [{ hostPort: 53, containerPort: 53, interface: '192.168.1.2' }], capAdd: ['NET_ADMIN'], healthCheck: { test: 'true', startInterval: 'soon' } }, services[1]]
+    const bad = [{ ...services[0], addPorts: [{ hostPort: 53, containerPort: 53, interface: '192.168.1.2' }], capAdd: ['NET_ADMIN'], pid: 'host', healthCheck: { test: 'true', startInterval: 'soon' } }, services[1]]
     const err = (() => { try { runtipiApp({ form_fields: [{ type: 'random', label: 'DB', env_variable: 'DB_PASSWORD' }] }, { json: { services: bad } }) } catch (e) { return e as ManifestError } throw new Error('accepted') })()
-    expect(err.message).toMatch(/^\/apps\/demo\/docker-compose\.json: services\.demo\.capAdd: not supported/)
-    const again = (() => { try { runtipiApp({ form_fields: [{ type: 'random', label: 'DB', env_variable: 'DB_PASSWORD' }] }, { json: { services: [{ ...bad[0], capAdd: undefined }, services[1]] } }) } catch (e) { return e as ManifestError } throw new Error('accepted') })()
+    // capAdd is a permission the app asks for; pid is still refused, by the store's key.
+    expect(err.message).toMatch(/^\/apps\/demo\/docker-compose\.json: services\.demo\.pid: not supported/)
+    const again = (() => { try { runtipiApp({ form_fields: [{ type: 'random', label: 'DB', env_variable: 'DB_PASSWORD' }] }, { json: { services: [{ ...bad[0], pid: undefined }, services[1]] } }) } catch (e) { return e as ManifestError } throw new Error('accepted') })()
     expect(again.field).toBe('services.demo.addPorts[0]')
     expect(again.message).toMatch(/binding to the address 192\.168\.1\.2 is not supported/)
   })

@@ -226,10 +226,10 @@ describe('bad manifests are refused, naming the field', () => {
     ['web.service that is not a service', with_(o => { o['x-dcloud'].web.service = 'front' }), 'x-dcloud.web.service', /"front" is not a service of the app \(services: web, db\)/],
     ['web.port the service does not expose', with_(o => { o['x-dcloud'].web.port = 80 }), 'x-dcloud.web.port', /80 is not exposed by service "web" \(it exposes 8080\/tcp\)/],
     ['a web port exposed only over udp', with_(o => { o.services.web.ports = ['8080/udp'] }), 'x-dcloud.web.port', /8080 is not exposed by service "web" \(it exposes 8080\/udp\)/],
-    ['privileged', with_(o => { o.services.web.privileged = true }), 'services.web.privileged', /not supported: widens what the container may do on the node/],
-    ['network_mode: host', with_(o => { o.services.web.network_mode = 'host' }), 'services.web.network_mode', /"host" is not supported/],
-    ['devices', with_(o => { o.services.web.devices = ['/dev/ttyUSB0:/dev/ttyUSB0'] }), 'services.web.devices', /not supported: .*hardware/],
-    ['cap_add', with_(o => { o.services.web.cap_add = ['NET_ADMIN'] }), 'services.web.cap_add', /not supported/],
+    ['pid: host', with_(o => { o.services.web.pid = 'host' }), 'services.web.pid', /not supported: widens what the container may do on the node/],
+    ['network_mode: none', with_(o => { o.services.web.network_mode = 'none' }), 'services.web.network_mode', /"none" is not supported/],
+    ['gpus', with_(o => { o.services.web.gpus = 'all' }), 'services.web.gpus', /not supported: .*hardware/],
+    ['userns_mode', with_(o => { o.services.web.userns_mode = 'host' }), 'services.web.userns_mode', /not supported/],
     ['build instead of an image', with_(o => { o.services.web.build = '.' }), 'services.web.build', /nodes never build/],
     ['env_file', with_(o => { o.services.web.env_file = ['.env'] }), 'services.web.env_file', /write the variables into environment/],
     ['top-level secrets', with_(o => { o.secrets = { key: { file: './key' } } }), 'secrets', /not shipped to nodes/],
@@ -260,14 +260,14 @@ describe('bad manifests are refused, naming the field', () => {
 
   it('lists every field the runtime cannot honour at once', () => {
     const err = failure(with_(o => {
-      o.services.web.privileged = true
-      o.services.web.network_mode = 'host'
-      o.services.db.cap_add = ['SYS_ADMIN']
+      o.services.web.pid = 'host'
+      o.services.web.network_mode = 'none'
+      o.services.db.ipc = 'host'
       o.services.db.volumes.push('./init.sql:/docker-entrypoint-initdb.d/init.sql')
     }))
-    expect(err.refusals.map(r => r.field)).toEqual(['services.web.privileged', 'services.web.network_mode', 'services.db.cap_add', 'services.db.volumes[1]'])
+    expect(err.refusals.map(r => r.field)).toEqual(['services.web.pid', 'services.web.network_mode', 'services.db.ipc', 'services.db.volumes[1]'])
     expect(err.message.split('\n')).toHaveLength(4)
-    expect(err.message).toMatch(/\n {2}also services\.db\.cap_add: not supported/)
+    expect(err.message).toMatch(/\n {2}also services\.db\.ipc: not supported/)
   })
 
   it('accepts the harmless default values of refused keys', () => {

@@ -6,6 +6,7 @@ import { createLogger } from '../../util/log.ts'
 import { UsageError } from '../../util/errors.ts'
 import { TrustedProxies } from '../../api/auth.ts'
 import { parseHostHeader } from '../../api/guards.ts'
+import { parseDeviceList } from '../../status/devices.ts'
 
 export const agentHelp = `dcloud agent [options]
   --data-dir DIR        where the node keeps its identity, key and state (default ${defaultDataDir()})
@@ -24,6 +25,8 @@ export const agentHelp = `dcloud agent [options]
   --heartbeat-ms N      status interval (default 1000)
   --witness HOST[:PORT] what a two-node cluster probes to let its lower-id node lead alone
                         (default: the default gateway, port 53; any TCP answer counts)
+  --devices LIST        the node's devices for apps granted one, comma separated (/dev/dri,/dev/ttyUSB0) or none
+                        (also DCLOUD_DEVICES; default: read from /sys/dev/char, which PrivateDevices=yes leaves visible)
   --restic PATH         the restic program (default: restic on PATH); where there is none,
                         new snapshot repositories are tar repositories (see docs/snapshots.md)`
 
@@ -43,6 +46,7 @@ export async function agentCommand (argv: string[]): Promise<number> {
       'heartbeat-ms': { type: 'string' },
       witness: { type: 'string' },
       restic: { type: 'string' },
+      devices: { type: 'string' },
       'api-host': { type: 'string', multiple: true, default: [] },
       'trusted-proxy': { type: 'string', multiple: true, default: [] }
     }
@@ -64,6 +68,10 @@ export async function agentCommand (argv: string[]): Promise<number> {
   const trustedProxies = values['trusted-proxy'] ?? []
   try { void new TrustedProxies(trustedProxies) } catch (err) { throw new UsageError(`--${(err as Error).message.replace(/^trusted proxy/, 'trusted-proxy')}`) }
 
+  const devicesText = values.devices ?? process.env.DCLOUD_DEVICES
+  let devices: string[] | null = null
+  try { if (devicesText !== undefined) devices = parseDeviceList(devicesText, '--devices') } catch (err) { throw new UsageError((err as Error).message) }
+
   const log = createLogger('agent')
   const agent = new Agent({
     dataDir,
@@ -78,6 +86,7 @@ export async function agentCommand (argv: string[]): Promise<number> {
     witness: values.witness ?? null,
     apiHosts,
     trustedProxies,
+    devices,
     ...(values.restic !== undefined ? { restic: values.restic } : {})
   }, log)
 

@@ -6,12 +6,19 @@ import { loadApp } from '../../../apps/catalog.ts'
 import { UsageError, UserError, EXIT } from '../../util/errors.ts'
 import { ValidationError } from '../../../proto/validate.ts'
 import type { AppView, StatusResponse, WhyView } from '../../../proto/api.ts'
+import type { AppManifest } from '../../../proto/app.ts'
+import { checkGrants, requestedPermissions } from '../../../proto/permissions.ts'
+import { createInterface } from 'node:readline/promises'
 
 export const appHelp = `dcloud app COMMAND
-  install PATH|ID [--name N] [--node NODE] [--set K=V]... [--no-wait]
+  install PATH|ID [--name N] [--node NODE] [--set K=V]... [--grant all|P1,P2] [--yes] [--no-wait]
                                                          install an app (a compose file, its folder, or a catalog id);
-                                                         --node pins it to that node; --set fills the app's variables
-  ls [--json]                                            every app: node, state, endpoints
+                                                         --node pins it to that node; --set fills the app's variables;
+                                                         the permissions it asks for are listed and asked on a
+                                                         terminal, or granted by --grant (--yes alone grants none)
+  grant NAME PERM...                                     grant permissions the app asks for (it is redeployed with them)
+  revoke NAME PERM...                                    take permissions away (it is redeployed without them)
+  ls [--json]                                            every app: node, state, endpoints, permissions granted
   rm NAME                                                remove an app (its volumes are kept)
   move NAME NODE                                         move an app to another node (a stateful app with its data;
                                                          prints the downtime)
@@ -30,6 +37,8 @@ export async function appCommand (argv: string[]): Promise<number> {
     case 'move': return await move(rest)
     case 'logs': return await logs(rest)
     case 'why': return await why(rest)
+    case 'grant': return await changeGrants(rest, 'grant')
+    case 'revoke': return await changeGrants(rest, 'revoke')
     default: throw new UsageError(sub === undefined ? 'missing app command' : `unknown app command '${sub}'`, appHelp)
   }
 }
@@ -42,7 +51,7 @@ async function nodeIdByName (name: string): Promise<string> {
 }
 
 async function install (argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { name: { type: 'string' }, node: { type: 'string' }, set: { type: 'string', multiple: true, default: [] }, 'no-wait': { type: 'boolean', default: false } } })
+  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { name: { type: 'string' }, node: { type: 'string' }, set: { type: 'string', multiple: true, default: [] }, grant: { type: 'string', multiple: true, default: [] }, yes: { type: 'boolean', short: 'y', default: false }, 'no-wait': { type: 'boolean', default: false } } })
   const ref = positionals[0]
   if (ref === undefined) throw new UsageError('usage: dcloud app install PATH|ID [--name N] [--node NODE] [--set K=V]')
   const variables: Record<string, string> = {}
@@ -62,13 +71,55 @@ async function install (argv: string[]): Promise<number> {
   const { manifest, warnings } = loaded
   for (const w of warnings) process.stderr.write(`warning: ${w}\n`)
   const name = values.name ?? manifest.id
+  const grants = await askGrants(manifest, values.grant ?? [], values.yes === true)
   const pinnedNode = values.node !== undefined ? await nodeIdByName(values.node) : null
   const started = Date.now()
-  const res = await apiRequest<{ revision: number, replicatedTo: number }>('POST', '/v1/apps', { name, manifest, pinnedNode }, undefined, 30_000)
+  const res = await apiRequest<{ revision: number, replicatedTo: number }>('POST', '/v1/apps', { name, manifest, pinnedNode, grants }, undefined, 30_000)
   process.stderr.write(`${name}: accepted (desired state revision ${res.revision}, on ${res.replicatedTo} node(s))\n`)
   if (values['no-wait'] === true) return 0
   const app = await waitForApp(name, (a) => a.state === 'running', started)
   process.stdout.write(`${app.name} is running on ${app.node ?? '?'}${app.endpoints.length > 0 ? ` at ${app.endpoints.join(' ')}` : ''}\n`)
+  return 0
+}
+
+/**
+ * The permissions to send with an install: what `--grant` says (`all`, or
+ * names), else the owner's answer on a terminal. Without either (a script,
+ * or `--yes` alone), an app that asks for any is refused here with the
+ * `--grant` it needs; the agent refuses it anyway.
+ */
+async function askGrants (manifest: AppManifest, given: string[], yes: boolean): Promise<string[]> {
+  const requested = requestedPermissions(manifest)
+  if (requested.length === 0) return []
+  const lines = requested.map(p => `  ${p.name.padEnd(28)} ${p.dangerous ? '!! ' : ''}${manifest.name} asks to ${p.description}`)
+  const named = given.flatMap(g => g.split(',')).map(g => g.trim()).filter(g => g !== '')
+  if (named.length > 0) {
+    if (named.includes('all')) return requested.map(p => p.name)
+    try {
+      checkGrants(manifest, named, '--grant')
+    } catch (err) {
+      if (err instanceof ValidationError) throw new UserError(err.message, { exitCode: EXIT.usage, hint: `${manifest.name} asks for:\n${lines.join('\n')}` })
+      throw err
+    }
+    return [...new Set(named)].sort()
+  }
+  const all = requested.map(p => p.name).join(',')
+  if (yes || !process.stdin.isTTY) {
+    throw new UserError(`${manifest.name} asks for permissions that were not granted:\n${lines.join('\n')}`, { exitCode: EXIT.usage, hint: `grant them with --grant ${all} (or --grant all); --yes grants none` })
+  }
+  process.stderr.write(`${manifest.name} asks for these permissions (!! = it takes the node itself):\n${lines.join('\n')}\n`)
+  const rl = createInterface({ input: process.stdin, output: process.stderr })
+  const answer = await rl.question('Grant them all? [y/N] ').finally(() => { rl.close() })
+  if (!/^y(es)?$/i.test(answer.trim())) throw new UserError(`${manifest.name} was not installed: its permissions were not granted`, { exitCode: EXIT.usage, hint: `grant some with --grant NAME,… (it installs only with every permission it asks for: ${all})` })
+  return requested.map(p => p.name)
+}
+
+async function changeGrants (argv: string[], how: 'grant' | 'revoke'): Promise<number> {
+  const [name, ...perms] = argv
+  const names = perms.flatMap(p => p.split(',')).filter(p => p !== '')
+  if (name === undefined || names.length === 0) throw new UsageError(`usage: dcloud app ${how} NAME PERMISSION...`)
+  const res = await apiRequest<{ revision: number }>('POST', `/v1/apps/${encodeURIComponent(name)}/grants`, { [how]: names }, undefined, 30_000)
+  process.stdout.write(`${name}: ${how === 'grant' ? 'granted' : 'revoked'} ${names.join(', ')} (revision ${res.revision}); it is redeployed ${how === 'grant' ? 'with' : 'without'} ${names.length === 1 ? 'it' : 'them'}\n`)
   return 0
 }
 
@@ -106,7 +157,7 @@ async function list (argv: string[]): Promise<number> {
     process.stdout.write(JSON.stringify(apps, null, 2) + '\n')
     return 0
   }
-  process.stdout.write(table(['NAME', 'APP', 'NODE', 'STATE', 'STATEFUL', 'ENDPOINTS'], apps.map(a => [a.name, `${a.app} ${a.version}`, a.node ?? '-', a.state, a.stateful ? 'yes' : 'no', a.endpoints.join(' ') || '-'])))
+  process.stdout.write(table(['NAME', 'APP', 'NODE', 'STATE', 'STATEFUL', 'ENDPOINTS', 'GRANTED'], apps.map(a => [a.name, `${a.app} ${a.version}`, a.node ?? '-', a.state, a.stateful ? 'yes' : 'no', a.endpoints.join(' ') || '-', grantsText(a.grants, a.permissions)])))
   for (const a of apps) {
     const r = a.relocation
     if (r == null) continue
@@ -175,5 +226,15 @@ async function why (argv: string[]): Promise<number> {
   process.stdout.write(`${w.app}: ${w.node !== null ? `runs on ${w.node}` : 'not placed'}${w.planTerm !== null ? ` (plan of term ${w.planTerm})` : ''}\n`)
   if (w.detail !== '') process.stdout.write(`${w.detail}\n`)
   for (const r of w.rejections) process.stdout.write(`  ${r.node}: ${r.reason}\n`)
+  if ((w.grants ?? []).length > 0) process.stdout.write(`granted: ${(w.grants ?? []).join(', ')}\n`)
+  if ((w.ungranted ?? []).length > 0) process.stdout.write(`asks for but not granted (runs without): ${(w.ungranted ?? []).join(', ')}\n`)
   return 0
+}
+
+/** The GRANTED column: the grants, and what is asked for but not granted. */
+function grantsText (grants: string[] | undefined, requested: string[] | undefined): string {
+  const g = grants ?? []
+  const missing = (requested ?? []).filter(p => !g.includes(p))
+  const text = [g.join(','), missing.length > 0 ? `not ${missing.join(',')}` : ''].filter(t => t !== '').join('; ')
+  return text === '' ? '-' : text
 }
