@@ -5,7 +5,7 @@
  */
 import { CONFIG_LIMITS, CONFIG_NAME, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, serviceDefaults, type AppManifest, type ComposeService, type SnapshotPolicy } from './app.ts'
 import type { AppStorage, DesiredApp, Relocation } from './plan.ts'
-import { DEVICE_PATH, SYSCTL_NAME, decodeGrants } from './permissions.ts'
+import { DEVICE_PATH, SYSCTL_NAME, decodeGrants, grandfatheredGrants } from './permissions.ts'
 import { ValidationError, array, number, record, string, stringMap } from './validate.ts'
 
 export const VOTE_PROTOCOL = '/dcloud/vote/1'
@@ -258,11 +258,18 @@ export function decodeSnapshotQuery (raw: unknown): SnapshotQuery {
   throw new ValidationError('query.kind', 'must be list, take or replicate')
 }
 
+/** State written before permissions existed has no grants: its plain host paths stay granted (grandfatheredGrants). */
+function grandfathered (manifest: AppManifest): { grants?: string[] } {
+  const grants = grandfatheredGrants(manifest)
+  return grants.length === 0 ? {} : { grants }
+}
+
 export function decodeDesiredApp (raw: unknown, field = 'app'): DesiredApp {
   const r = record(raw, field)
+  const manifest = decodeManifest(r.manifest, `${field}.manifest`)
   return {
     name: string(r.name, `${field}.name`, { max: 40, pattern: APP_NAME }),
-    manifest: decodeManifest(r.manifest, `${field}.manifest`),
+    manifest,
     pinnedNode: r.pinnedNode === null ? null : string(r.pinnedNode, `${field}.pinnedNode`, { max: 64, pattern: PEER_ID }),
     revision: number(r.revision, `${field}.revision`, { min: 0, max: MAX_INT, integer: true }),
     ...(r.generation !== undefined ? { generation: number(r.generation, `${field}.generation`, { min: 1, max: MAX_INT, integer: true }) } : {}),
@@ -270,7 +277,7 @@ export function decodeDesiredApp (raw: unknown, field = 'app'): DesiredApp {
     ...(r.seed !== undefined && r.seed !== null ? { seed: decodeSeed(r.seed, `${field}.seed`) } : {}),
     ...(r.storage !== undefined && r.storage !== null ? { storage: decodeStorage(r.storage, `${field}.storage`) } : {}),
     ...(r.domain !== undefined && r.domain !== null ? { domain: decodeDomain(r.domain, `${field}.domain`) } : {}),
-    ...(r.grants !== undefined && r.grants !== null ? { grants: decodeGrants(r.grants, `${field}.grants`) } : {}),
+    ...(r.grants !== undefined && r.grants !== null ? { grants: decodeGrants(r.grants, `${field}.grants`) } : grandfathered(manifest)),
     ...(r.grantsRevision !== undefined ? { grantsRevision: number(r.grantsRevision, `${field}.grantsRevision`, { min: 0, max: MAX_INT, integer: true }) } : {})
   }
 }

@@ -127,6 +127,17 @@ export function requestedPermissions (manifest: AppManifest): Permission[] {
   return [...byName.entries()].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([name, fields]) => ({ ...describePermission(name), fields }))
 }
 
+/**
+ * The grants of an app from before permissions existed (its state holds no
+ * `grants`). Then a host bind ran with a warning, so its plain host paths are
+ * taken as granted: an upgrade must not take an app's files away. What gave
+ * the node away (the Docker socket, `/`, `/etc`, the agent's own files) is
+ * not: the owner grants it again, knowingly, with `dcloud app grant`.
+ */
+export function grandfatheredGrants (manifest: AppManifest): string[] {
+  return requestedPermissions(manifest).filter(p => p.kind === 'path' && !p.dangerous).map(p => p.name)
+}
+
 /** Kind, danger and plain words of a permission name; throws a ValidationError (field `field`) for a name that is no permission. */
 export function describePermission (name: string, field = 'grants'): Omit<Permission, 'fields'> {
   const bad = (why: string): never => { throw new ValidationError(field, `"${name}" is not a permission: ${why}`) }

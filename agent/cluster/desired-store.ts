@@ -19,7 +19,7 @@ import { constants } from 'node:fs'
 import { copyFile, mkdir, open, readFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { decodeDesiredState, decodeLogEntry, type DesiredChange, type DesiredState, type LogEntry } from '../../proto/cluster.ts'
-import { checkGrants } from '../../proto/permissions.ts'
+import { checkGrants, grandfatheredGrants } from '../../proto/permissions.ts'
 import { ValidationError } from '../../proto/validate.ts'
 import { lastIndex, lastTerm, termAt, type LogView } from '../../scheduler/replication.ts'
 import { RpcError } from '../mesh/rpc.ts'
@@ -36,13 +36,19 @@ export const COMPACT_AFTER = 64
  * Applies a change to the desired state, as the entry at `at`; pure. Throws
  * RpcError with a code a client can act on when the change does not fit.
  */
-export function applyChange (state: DesiredState, change: DesiredChange, at: { index: number, term: number }): DesiredState {
+export function applyChange (state: DesiredState, change: DesiredChange, at: { index: number, term: number }, opts: { committed?: boolean } = {}): DesiredState {
   const revision = at.index
   const term = at.term
   switch (change.kind) {
     case 'install': {
       if (state.apps.some(a => a.name === change.app.name)) {
         throw new RpcError('exists', `an app named ${change.app.name} is already installed; pick another --name`)
+      }
+      if (opts.committed === true && change.app.grants === undefined) {
+        // An entry the leader of its day committed before permissions existed: replayed with the
+        // grants that day implied, never skipped (skipping it would uninstall the app).
+        const grants = grandfatheredGrants(change.app.manifest)
+        return { ...state, revision, term, apps: [...state.apps, { ...change.app, ...(grants.length > 0 ? { grants } : {}), revision }] }
       }
       // Whatever the client did: an app is installed only with every power it requests granted.
       grantsOrRefuse(() => { checkGrants(change.app.manifest, change.app.grants ?? [], 'grants') })
@@ -105,7 +111,7 @@ function grantsOrRefuse (check: () => void): void {
 export function applyEntry (state: DesiredState, entry: LogEntry, log?: Logger): DesiredState {
   if (entry.change === null) return { ...state, revision: entry.index, term: entry.term }
   try {
-    return applyChange(state, entry.change, entry)
+    return applyChange(state, entry.change, entry, { committed: true })
   } catch (err) {
     log?.error('a committed log entry does not apply; skipped it', { index: entry.index, change: entry.change.kind, error: (err as Error).message })
     return { ...state, revision: entry.index, term: entry.term }

@@ -144,6 +144,11 @@ describe('grants in the replicated state', () => {
     expect(install(all)[0]?.grants).toEqual(all)
   })
 
+  it('replays a committed install from before permissions (no grants) with its plain host paths granted, never skips it', () => {
+    const replayed = applyChange(EMPTY_STATE, { kind: 'install', app: { name: 'p', manifest: m, pinnedNode: null } }, { index: 1, term: 1 }, { committed: true })
+    expect(replayed.apps.map(a => [a.name, a.grants])).toEqual([['p', ['path:/srv/downloads:rw', 'path:/srv/music:ro']]])
+  })
+
   it('grants and revokes on an installed app, with a new revision', () => {
     const state = { ...EMPTY_STATE, apps: install(all) }
     const after = applyChange(state, { kind: 'grants', name: 'p', grant: [], revoke: ['net_admin'] }, { index: 2, term: 1 })
@@ -153,9 +158,11 @@ describe('grants in the replicated state', () => {
     expect(() => applyChange(state, { kind: 'grants', name: 'p', grant: ['sys_module'], revoke: [] }, { index: 2, term: 1 })).toThrow(/grant\[0\]: the app does not ask for sys_module/)
   })
 
-  it('decodes state without grants as none, and refuses an unknown name in the change', () => {
+  it('decodes state from before permissions with its plain host paths granted, nothing that gives the node away; refuses an unknown name in the change', () => {
     const app = { name: 'p', manifest: m, pinnedNode: null, revision: 1 }
-    expect(decodeDesiredApp(JSON.parse(JSON.stringify(app))).grants).toBeUndefined()
+    // Then a bind ran with a warning: an upgrade keeps /srv/music and /srv/downloads, not the Docker socket or /etc.
+    expect(decodeDesiredApp(JSON.parse(JSON.stringify(app))).grants).toEqual(['path:/srv/downloads:rw', 'path:/srv/music:ro'])
+    expect(decodeDesiredApp(JSON.parse(JSON.stringify({ ...app, grants: [] }))).grants).toEqual([])
     expect(() => decodeChange({ kind: 'install', app: { ...app, grants: ['net-admin'] } })).toThrow(/change\.app\.grants\[0\]: "net-admin" is not a permission/)
     expect(decodeChange({ kind: 'grants', name: 'p', revoke: ['net_admin'] })).toEqual({ kind: 'grants', name: 'p', grant: [], revoke: ['net_admin'] })
   })
