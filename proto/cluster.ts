@@ -259,8 +259,8 @@ export function decodeSnapshotQuery (raw: unknown): SnapshotQuery {
 }
 
 /** State written before permissions existed has no grants: its plain host paths stay granted (grandfatheredGrants). */
-function grandfathered (manifest: AppManifest): { grants?: string[] } {
-  const grants = grandfatheredGrants(manifest)
+function grandfathered (manifest: AppManifest, storage: unknown): { grants?: string[] } {
+  const grants = grandfatheredGrants(manifest, storage === undefined || storage === null ? null : decodeStorage(storage))
   return grants.length === 0 ? {} : { grants }
 }
 
@@ -277,7 +277,7 @@ export function decodeDesiredApp (raw: unknown, field = 'app'): DesiredApp {
     ...(r.seed !== undefined && r.seed !== null ? { seed: decodeSeed(r.seed, `${field}.seed`) } : {}),
     ...(r.storage !== undefined && r.storage !== null ? { storage: decodeStorage(r.storage, `${field}.storage`) } : {}),
     ...(r.domain !== undefined && r.domain !== null ? { domain: decodeDomain(r.domain, `${field}.domain`) } : {}),
-    ...(r.grants !== undefined && r.grants !== null ? { grants: decodeGrants(r.grants, `${field}.grants`) } : grandfathered(manifest)),
+    ...(r.grants !== undefined && r.grants !== null ? { grants: decodeGrants(r.grants, `${field}.grants`) } : grandfathered(manifest, r.storage)),
     ...(r.grantsRevision !== undefined ? { grantsRevision: number(r.grantsRevision, `${field}.grantsRevision`, { min: 0, max: MAX_INT, integer: true }) } : {})
   }
 }

@@ -118,12 +118,22 @@ function serviceRequests (svc: ComposeService, f: string): Array<{ name: string,
   return out
 }
 
-/** Every permission the app asks for, sorted by name, each once with every field that asks for it. */
-export function requestedPermissions (manifest: AppManifest): Permission[] {
+/**
+ * Where an app's data is kept on the node when not in Docker's volumes
+ * (`dcloud restore --data-dir`, DesiredApp.storage): a host path the app
+ * writes to, so a permission like any bind (read-write), asked for by the
+ * restore rather than by the manifest.
+ */
+export type StorageRequest = { hostPath: string } | null | undefined
+
+/** Every permission the app asks for (its manifest, and its storage directory), sorted by name, each once with every field that asks for it. */
+export function requestedPermissions (manifest: AppManifest, storage?: StorageRequest): Permission[] {
   const byName = new Map<string, string[]>()
   for (const [service, svc] of Object.entries(manifest.compose.services)) {
     for (const r of serviceRequests(svc, `services.${service}`)) byName.set(r.name, [...(byName.get(r.name) ?? []), r.field])
   }
+  const kept = storagePermission(storage)
+  if (kept !== null) byName.set(kept, [...(byName.get(kept) ?? []), 'storage.hostPath'])
   return [...byName.entries()].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([name, fields]) => ({ ...describePermission(name), fields }))
 }
 
@@ -134,8 +144,13 @@ export function requestedPermissions (manifest: AppManifest): Permission[] {
  * the node away (the Docker socket, `/`, `/etc`, the agent's own files) is
  * not: the owner grants it again, knowingly, with `dcloud app grant`.
  */
-export function grandfatheredGrants (manifest: AppManifest): string[] {
-  return requestedPermissions(manifest).filter(p => p.kind === 'path' && !p.dangerous).map(p => p.name)
+export function grandfatheredGrants (manifest: AppManifest, storage?: StorageRequest): string[] {
+  return requestedPermissions(manifest, storage).filter(p => p.kind === 'path' && !p.dangerous).map(p => p.name)
+}
+
+/** The permission an app's storage directory needs, or null when its data is in Docker's volumes. */
+export function storagePermission (storage: StorageRequest): string | null {
+  return storage == null ? null : pathPermission(storage.hostPath, false)
 }
 
 /** Kind, danger and plain words of a permission name; throws a ValidationError (field `field`) for a name that is no permission. */
@@ -183,8 +198,8 @@ export function decodeGrants (raw: unknown, field = 'grants'): string[] {
  * permission the app requests, and, with `complete` (an install), every
  * request must be granted. Throws a ValidationError naming the field.
  */
-export function checkGrants (manifest: AppManifest, grants: readonly string[], field = 'grants', complete = true): void {
-  const requested = requestedPermissions(manifest)
+export function checkGrants (manifest: AppManifest, grants: readonly string[], field = 'grants', complete = true, storage?: StorageRequest): void {
+  const requested = requestedPermissions(manifest, storage)
   const asked = new Set(requested.map(p => p.name))
   grants.forEach((g, i) => {
     describePermission(g, `${field}[${i}]`)

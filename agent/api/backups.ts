@@ -6,14 +6,15 @@
  *   GET  /v1/apps/:name/backup        the backup file as the body (application/x-tar, Content-Length)
  *   POST /v1/apps/:name/backup        {"file"}: write it into the backups directory instead
  *   POST /v1/backups/inspect          {"file"}: verify a file in the backups directory
- *   POST /v1/backups/restore?name=&node=&dataDir=&domain=
+ *   POST /v1/backups/restore?name=&node=&dataDir=&domain=&grants=
  *        with the file as the body (application/octet-stream, Content-Length required),
- *        or {"file", "name", "node", "dataDir", "domain"} for a file in the backups directory
+ *        or {"file", "name", "node", "dataDir", "domain", "grants"} for a file in the backups directory
  */
 import type { IncomingMessage } from 'node:http'
 import { BACKUP_CONTENT_TYPE, type BackupFileView, type RestoreView } from '../../proto/api.ts'
 import { APP_NAME, decodeDomain, decodeStorage } from '../../proto/cluster.ts'
 import type { AppStorage } from '../../proto/plan.ts'
+import { decodeGrants } from '../../proto/permissions.ts'
 import type { Coordinator } from '../cluster/coordinator.ts'
 import { inspectBackup } from '../snapshots/app-file.ts'
 import type { BackupMeta } from '../snapshots/archive.ts'
@@ -94,17 +95,20 @@ function contentLength (req: IncomingMessage): number {
   return n
 }
 
-interface RestoreOptions { name: string | null, node: string | null, storage: AppStorage | null, domain: string | null }
+interface RestoreOptions { name: string | null, node: string | null, storage: AppStorage | null, domain: string | null, grants: string[] }
 
-function restoreOptions (get: (key: 'name' | 'node' | 'dataDir' | 'domain') => unknown): RestoreOptions {
-  const given = (k: 'name' | 'node' | 'dataDir' | 'domain'): unknown => { const v = get(k); return v === '' || v === null ? undefined : v }
+function restoreOptions (get: (key: 'name' | 'node' | 'dataDir' | 'domain' | 'grants') => unknown): RestoreOptions {
+  const given = (k: 'name' | 'node' | 'dataDir' | 'domain' | 'grants'): unknown => { const v = get(k); return v === '' || v === null ? undefined : v }
   const name = given('name') === undefined ? null : appName(given('name'))
   const node = given('node')
   if (node !== undefined && (typeof node !== 'string' || !/^[1-9A-HJ-NP-Za-km-z]{40,60}$/.test(node))) throw new ApiError('bad_request', 'node must be a node id (`dcloud status` lists them)')
   const dataDir = given('dataDir')
   const storage = dataDir === undefined ? null : decodeOrBadRequest(() => decodeStorage({ hostPath: dataDir }, 'dataDir'))
   const domain = given('domain') === undefined ? null : decodeOrBadRequest(() => decodeDomain(given('domain')))
-  return { name, node: typeof node === 'string' ? node : null, storage, domain }
+  // In a query, `grants=a,b`; in a JSON body, a list.
+  const rawGrants = given('grants')
+  const grants = rawGrants === undefined ? [] : decodeOrBadRequest(() => decodeGrants(typeof rawGrants === 'string' ? rawGrants.split(',') : rawGrants, 'grants'))
+  return { name, node: typeof node === 'string' ? node : null, storage, domain, grants }
 }
 
 function appName (v: unknown): string {

@@ -13,7 +13,8 @@ import {
   type ChangeResponse, type DesiredChange, type Op, type OpRequest, type OpResponse, type SnapshotInfo
 } from '../../proto/cluster.ts'
 import { isStateful } from '../../proto/app.ts'
-import { requestedPermissions } from '../../proto/permissions.ts'
+import { checkGrants, requestedPermissions } from '../../proto/permissions.ts'
+import { ValidationError } from '../../proto/validate.ts'
 import type { AppView, RelocationView, SnapshotView, WhyView } from '../../proto/api.ts'
 import type { ClusterBeat, AppReport, NodeResources } from '../../proto/status.ts'
 import type { AppStorage, ClusterSnapshot, DesiredApp, Operation, Placement, Plan, SchedNode, SchedulerPolicy } from '../../proto/plan.ts'
@@ -480,7 +481,7 @@ export class Coordinator {
         ...(stateful ? { generation: app.generation ?? 1, relocation: this.relocationView(app) } : {}),
         ...(app.storage != null ? { hostPath: app.storage.hostPath } : {}),
         ...(app.domain != null ? { domain: app.domain } : {}),
-        permissions: requestedPermissions(app.manifest).map(p => p.name),
+        permissions: requestedPermissions(app.manifest, app.storage).map(p => p.name),
         grants: app.grants ?? []
       }
     })
@@ -522,7 +523,7 @@ export class Coordinator {
     else if (flight !== undefined) detail = `operation under way: ${formatOp(flight.op, (id) => this.nodeName(id))}`
     else if (app.pinnedNode !== null) detail = `pinned to ${this.nodeName(app.pinnedNode)} by the user`
     const grants = app.grants ?? []
-    const ungranted = requestedPermissions(app.manifest).map(r => r.name).filter(n => !grants.includes(n))
+    const ungranted = requestedPermissions(app.manifest, app.storage).map(r => r.name).filter(n => !grants.includes(n))
     return { app: name, node: view?.node ?? null, rejections, planTerm: p?.term ?? null, planAt: p?.createdAt ?? null, detail, grants, ungranted }
   }
 
@@ -571,7 +572,7 @@ export class Coordinator {
   }
 
   /** Restores a backup file as app `name` (default: the name it was backed up under), pinned to `node` if given. */
-  async restoreFile (file: string, opts: { name: string | null, node: string | null, storage?: AppStorage | null, domain?: string | null }, signal: AbortSignal): Promise<{ name: string, snapshot: string | null, revision: number }> {
+  async restoreFile (file: string, opts: { name: string | null, node: string | null, storage?: AppStorage | null, domain?: string | null, grants?: string[] }, signal: AbortSignal): Promise<{ name: string, snapshot: string | null, revision: number }> {
     this.checkRestore(opts)
     // The metadata first (what it is, under which name), refused early if it is
     // no backup; the extraction then verifies every entry and checksum before
@@ -579,11 +580,18 @@ export class Coordinator {
     const meta = await readBackupMeta(file, signal)
     const name = opts.name ?? meta.app
     this.checkRestore({ name, node: opts.node })
+    // Its permissions (and its data directory's) before a byte of it is imported: the install would refuse them anyway.
+    try {
+      checkGrants(meta.manifest, opts.grants ?? [], 'grants', true, opts.storage)
+    } catch (err) {
+      if (err instanceof ValidationError) throw new RpcError('bad_request', err.message)
+      throw err
+    }
     const { snapshot } = await importBackup(file, name, this.init.snapshots, signal)
     const seed = snapshot === null ? null : { snapshot: snapshot.id, time: snapshot.time, node: this.selfId }
     const r = await this.change({
       kind: 'install',
-      app: { name, manifest: meta.manifest, pinnedNode: opts.node, seed, ...(opts.storage != null ? { storage: opts.storage } : {}), ...(opts.domain != null ? { domain: opts.domain } : {}) }
+      app: { name, manifest: meta.manifest, pinnedNode: opts.node, seed, ...(opts.storage != null ? { storage: opts.storage } : {}), ...(opts.domain != null ? { domain: opts.domain } : {}), ...((opts.grants ?? []).length > 0 ? { grants: [...new Set(opts.grants)].sort() } : {}) }
     }, signal)
     return { name, snapshot: snapshot?.id ?? null, revision: r.revision }
   }

@@ -19,7 +19,7 @@ import { constants } from 'node:fs'
 import { copyFile, mkdir, open, readFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { decodeDesiredState, decodeLogEntry, type DesiredChange, type DesiredState, type LogEntry } from '../../proto/cluster.ts'
-import { checkGrants, grandfatheredGrants } from '../../proto/permissions.ts'
+import { checkGrants, grandfatheredGrants, storagePermission } from '../../proto/permissions.ts'
 import { ValidationError } from '../../proto/validate.ts'
 import { lastIndex, lastTerm, termAt, type LogView } from '../../scheduler/replication.ts'
 import { RpcError } from '../mesh/rpc.ts'
@@ -47,11 +47,11 @@ export function applyChange (state: DesiredState, change: DesiredChange, at: { i
       if (opts.committed === true && change.app.grants === undefined) {
         // An entry the leader of its day committed before permissions existed: replayed with the
         // grants that day implied, never skipped (skipping it would uninstall the app).
-        const grants = grandfatheredGrants(change.app.manifest)
+        const grants = grandfatheredGrants(change.app.manifest, change.app.storage)
         return { ...state, revision, term, apps: [...state.apps, { ...change.app, ...(grants.length > 0 ? { grants } : {}), revision }] }
       }
       // Whatever the client did: an app is installed only with every power it requests granted.
-      grantsOrRefuse(() => { checkGrants(change.app.manifest, change.app.grants ?? [], 'grants') })
+      grantsOrRefuse(() => { checkGrants(change.app.manifest, change.app.grants ?? [], 'grants', true, change.app.storage) })
       return { ...state, revision, term, apps: [...state.apps, { ...change.app, revision }] }
     }
     case 'grants': {
@@ -59,8 +59,10 @@ export function applyChange (state: DesiredState, change: DesiredChange, at: { i
       if (app === undefined) throw new RpcError('not_found', `no app named ${change.name}`)
       const both = change.grant.filter(g => change.revoke.includes(g))
       if (both.length > 0) throw new RpcError('bad_request', `revoke: ${both.join(', ')} is also granted by the same change`)
-      grantsOrRefuse(() => { checkGrants(app.manifest, change.grant, 'grant', false) })
-      grantsOrRefuse(() => { checkGrants(app.manifest, change.revoke, 'revoke', false) })
+      grantsOrRefuse(() => { checkGrants(app.manifest, change.grant, 'grant', false, app.storage) })
+      grantsOrRefuse(() => { checkGrants(app.manifest, change.revoke, 'revoke', false, app.storage) })
+      const kept = storagePermission(app.storage)
+      if (kept !== null && change.revoke.includes(kept)) throw new RpcError('bad_request', `revoke: ${change.name} keeps its data in ${app.storage?.hostPath ?? ''}; ${kept} cannot be revoked while it does (back it up and restore it elsewhere, or remove it)`)
       const before = app.grants ?? []
       const grants = [...new Set([...before, ...change.grant])].filter(g => !change.revoke.includes(g)).sort()
       // Refused, not a no-op: a change of grants redeploys the app, which must then change a container.

@@ -192,6 +192,8 @@ export class DataPlane {
         // it again) until the disk had room. Refused now, while the app still runs on the source, and
         // before a stage that could only fill the disk.
         if (op.restoreBytes !== undefined) await snapshots.checkRestoreRoom(op.name, app?.storage ?? null, op.restoreBytes, signal)
+        // Refused while the app still runs on the source: its storage directory is not for this node to write.
+        if (app !== undefined) await runtime.checkStorage(app)
         let staged = ''
         if (op.snapshot !== null) {
           // Not fatal: without a stage the restore copies everything, only slower.
@@ -215,6 +217,7 @@ export class DataPlane {
           const r = await snapshots.pullFrom(op.from, op.app.name, signal)
           log.info('fetched snapshots for a restore', { app: op.app.name, from: this.init.nodeName(op.from), files: r.files, bytes: r.bytes })
         }
+        await runtime.checkStorage(op.app)
         await runtime.quiesce(op.app.name, 'stop', signal)
         await snapshots.restoreVolumes(op.app, op.snapshot, { signal, progress: (line) => { log.info(line, { app: op.app.name }) } })
         await this.init.deploy(op.app, term, signal, true)

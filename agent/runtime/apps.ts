@@ -25,7 +25,7 @@ import {
 import { UserError, EXIT } from '../util/errors.ts'
 import type { Logger } from '../util/log.ts'
 import { dockerStatus, hasImage, pullImage } from './images.ts'
-import { checkHostPaths } from './host-paths.ts'
+import { checkHostPaths, checkStoragePath } from './host-paths.ts'
 import { checkGrants, effectiveManifest } from '../../proto/permissions.ts'
 import { ValidationError } from '../../proto/validate.ts'
 
@@ -361,11 +361,26 @@ export class AppRuntime {
    * every grant is one the app asks for and that no granted host path leads,
    * through a symlink on this node, into the node's own files.
    */
+  /**
+   * Refuses to write an app's data into its storage directory (a restore, a
+   * staged move) unless that directory is granted and is, on this node, not
+   * the node's own files: checked before the data lands, not only at deploy.
+   */
+  async checkStorage (app: DesiredApp): Promise<void> {
+    try {
+      await checkStoragePath(app.storage, app.grants ?? [], this.ownDirs)
+    } catch (err) {
+      if (!(err instanceof ValidationError)) throw err
+      throw new UserError(`${app.name}'s data is not restored here: ${err.message}`, { exitCode: EXIT.dataError })
+    }
+  }
+
   private async withGrants (app: DesiredApp): Promise<DesiredApp> {
     const grants = app.grants ?? []
     try {
-      checkGrants(app.manifest, grants, 'grants', false)
+      checkGrants(app.manifest, grants, 'grants', false, app.storage)
       await checkHostPaths(app.manifest, grants, this.ownDirs)
+      await checkStoragePath(app.storage, grants, this.ownDirs)
     } catch (err) {
       if (!(err instanceof ValidationError)) throw err
       throw new UserError(`${app.name} is not deployed: ${err.message}`, { exitCode: EXIT.dataError, hint: `see \`dcloud app why ${app.name}\`; \`dcloud app revoke\` takes a permission away` })

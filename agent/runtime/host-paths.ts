@@ -7,7 +7,7 @@
 import { lstat, realpath } from 'node:fs/promises'
 import { dirname, join, basename } from 'node:path'
 import type { AppManifest } from '../../proto/app.ts'
-import { isDangerousPath, pathPermission } from '../../proto/permissions.ts'
+import { isDangerousPath, pathPermission, storagePermission } from '../../proto/permissions.ts'
 import { ValidationError } from '../../proto/validate.ts'
 
 /**
@@ -49,5 +49,20 @@ export async function checkHostPaths (manifest: AppManifest, grants: readonly st
         throw new ValidationError(`services.${service}.volumes[${i}]`, `the host path ${v.source}${through} holds the node itself on this node, which ${name} does not grant; bind the directory itself, or ask for dangerous_path:${real}:${v.readOnly ? 'ro' : 'rw'}`)
       }
     }
+  }
+}
+
+/**
+ * The app's storage directory (`restore --data-dir`) as this node sees it:
+ * granted, and not leading, through a symlink, into the node's own files.
+ * Throws a ValidationError naming `storage.hostPath` otherwise.
+ */
+export async function checkStoragePath (storage: { hostPath: string } | null | undefined, grants: readonly string[], ownDirs: readonly string[] = []): Promise<void> {
+  const name = storagePermission(storage)
+  if (storage == null || name === null) return
+  if (!grants.includes(name)) throw new ValidationError('storage.hostPath', `the app keeps its data in ${storage.hostPath}, which is not granted (${name})`)
+  const real = await resolveHostPath(storage.hostPath)
+  if (name.startsWith('path:') && (isDangerousPath(real, ownDirs) || isDangerousPath(storage.hostPath, ownDirs))) {
+    throw new ValidationError('storage.hostPath', `${storage.hostPath}${real === storage.hostPath ? '' : ` (through a symlink, ${real})`} holds the node itself on this node; choose a directory of its own, such as /srv/dcloud`)
   }
 }

@@ -90,7 +90,11 @@ describe('stateful apps', () => {
       const original = await readNotesInLab(lab.name, 'n3', { app: 'notes' })
       // Its data in a directory of the node's own (a disk mounted there, say), and a domain of its own.
       const dataDir = join(dir, 'disk')
-      const restored = await dc('n2', ['restore', file, '--name', 'notes2', '--node', 'n3', '--data-dir', dataDir, '--domain', 'notes.home.example', '--yes'])
+      // The directory is a host path the app writes to: a permission, refused unless granted.
+      const ungranted = await dc('n2', ['restore', file, '--name', 'notes2', '--node', 'n3', '--data-dir', dataDir, '--yes'])
+      expect(ungranted.code).toBe(64)
+      expect(ungranted.stderr).toContain(`path:${dataDir}:rw`)
+      const restored = await dc('n2', ['restore', file, '--name', 'notes2', '--node', 'n3', '--data-dir', dataDir, '--domain', 'notes.home.example', '--grant', `path:${dataDir}:rw`, '--yes'])
       expect(restored.code, restored.stderr).toBe(0)
       expect(restored.stderr).toMatch(/notes2: uploading: .* \(100%\) in [\d.]+ s/)
       const out = restored.stdout
@@ -109,7 +113,7 @@ describe('stateful apps', () => {
       expect(verifyNotes(fromRestic, more).missing).toEqual([])
       expect(fromRestic.startsWith(original)).toBe(true)
       // A system directory is refused before anything is written.
-      const sys = await dc('n2', ['restore', file, '--name', 'notes3', '--data-dir', '/etc/dcloud-x', '--yes'])
+      const sys = await dc('n2', ['restore', file, '--name', 'notes3', '--data-dir', '/etc/dcloud-x', '--grant', 'all', '--yes'])
       expect(sys.code).not.toBe(0)
       expect(sys.stderr).toMatch(/system directory/)
       expect(sys.stderr).not.toMatch(/internal/)

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { parseManifest } from '../../apps/manifest.ts'
 import { applyChange, EMPTY_STATE } from '../../agent/cluster/desired-store.ts'
-import { checkHostPaths } from '../../agent/runtime/host-paths.ts'
+import { checkHostPaths, checkStoragePath } from '../../agent/runtime/host-paths.ts'
 import { parseDeviceList, readDevices } from '../../agent/status/devices.ts'
 import { decodeChange, decodeDesiredApp } from '../../proto/cluster.ts'
 import { checkGrants, describePermission, effectiveManifest, requestedPermissions } from '../../proto/permissions.ts'
@@ -181,6 +181,39 @@ describe('host paths on the node', () => {
       await expect(checkHostPaths(bind(`${dir}/escape/new`), [`path:${dir}/escape/new:ro`])).rejects.toThrow(/it is \/etc\/new/)
       // The agent's own data directory, wherever it is.
       await expect(checkHostPaths(bind(`${dir}/music`), [`path:${dir}/music:ro`], [`${dir}/music/agent`])).rejects.toThrow(/holds the node itself/)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
+
+describe('an app\'s storage directory (restore --data-dir) is a permission', () => {
+  const m = manifestOf('services: {web: {image: busybox}}\nvolumes: {data: {}}\nx-dcloud: {id: notes}\n')
+
+  it('is asked for as a read-write path, loudly when it holds the node', () => {
+    expect(requestedPermissions(m, { hostPath: '/srv/notes' }).map(p => [p.name, p.fields])).toEqual([['path:/srv/notes:rw', ['storage.hostPath']]])
+    expect(requestedPermissions(m, { hostPath: '/var/lib/dcloud/x' })[0]).toMatchObject({ name: 'dangerous_path:/var/lib/dcloud/x:rw', dangerous: true })
+    expect(requestedPermissions(m, null)).toEqual([])
+  })
+
+  it('an install or restore with it not granted is refused, nothing installed; granted, the app keeps it and it cannot be revoked', () => {
+    const app = { name: 'n', manifest: m, pinnedNode: null, storage: { hostPath: '/srv/notes' } }
+    expect(() => applyChange(EMPTY_STATE, { kind: 'install', app }, { index: 1, term: 1 })).toThrow(/grants: not granted: path:\/srv\/notes:rw \(storage\.hostPath/)
+    const state = applyChange(EMPTY_STATE, { kind: 'install', app: { ...app, grants: ['path:/srv/notes:rw'] } }, { index: 1, term: 1 })
+    expect(state.apps[0]?.grants).toEqual(['path:/srv/notes:rw'])
+    expect(() => applyChange(state, { kind: 'grants', name: 'n', grant: [], revoke: ['path:/srv/notes:rw'] }, { index: 2, term: 1 })).toThrow(/keeps its data in \/srv\/notes; path:\/srv\/notes:rw cannot be revoked/)
+    // From before permissions: a plain directory stays granted.
+    expect(decodeDesiredApp(JSON.parse(JSON.stringify({ ...app, revision: 1 }))).grants).toEqual(['path:/srv/notes:rw'])
+  })
+
+  it('the node refuses to write the data into it unless granted, or when a symlink leads it into the node\'s files', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'dcloud-store-'))
+    try {
+      symlinkSync('/etc', join(dir, 'escape'))
+      await expect(checkStoragePath({ hostPath: `${dir}/data` }, [`path:${dir}/data:rw`])).resolves.toBeUndefined()
+      await expect(checkStoragePath({ hostPath: `${dir}/data` }, [])).rejects.toThrow(/storage\.hostPath: the app keeps its data in .*, which is not granted/)
+      await expect(checkStoragePath({ hostPath: `${dir}/escape/x` }, [`path:${dir}/escape/x:rw`])).rejects.toThrow(/storage\.hostPath: .* \(through a symlink, \/etc\/x\) holds the node itself/)
+      await expect(checkStoragePath(null, [])).resolves.toBeUndefined()
     } finally {
       rmSync(dir, { recursive: true, force: true })
     }

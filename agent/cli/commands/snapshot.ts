@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util'
 import { apiDownload, apiGet, apiRequest, apiUpload, resolveApi } from '../client.ts'
 import { bytes, table } from '../format.ts'
 import { Progress } from '../progress.ts'
+import { askGrants } from '../grants.ts'
 import { verifyArchive, type BackupMeta } from '../../snapshots/archive.ts'
 import { UsageError, UserError, EXIT } from '../../util/errors.ts'
 import type { AppView, RestoreView, SnapshotView, StatusResponse } from '../../../proto/api.ts'
@@ -25,7 +26,7 @@ export const backupHelp = `dcloud backup APP -o FILE [--json]
   with DCLOUD_API=http://NODE:7371 and DCLOUD_TOKEN (the node's DATA_DIR/api.token).
   Restore it on this or any other cluster with \`dcloud restore FILE\``
 
-export const restoreHelp = `dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--domain DOMAIN] [--yes] [--json]
+export const restoreHelp = `dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--domain DOMAIN] [--grant PERM,...|all] [--yes] [--json]
   checks the backup file here, uploads it to the agent (progress on stderr; from another
   machine too, with DCLOUD_API and DCLOUD_TOKEN), then installs its app with its data.
   Without --yes it asks for each (default: the backed-up name, any node, Docker volumes, no domain).
@@ -33,6 +34,8 @@ export const restoreHelp = `dcloud restore FILE [--name NAME] [--node NODE] [--d
                   Docker local volume) instead of Docker's volume directory; DIR must exist on
                   every node the app may move to (a disk mounted at the same path, say)
   --domain NAME   the domain the app answers to, kept with the app (routing needs the ingress)
+  --grant PERMS   the permissions the app asks for (as \`dcloud app install\`), and with --data-dir
+                  the directory's own (path:DIR:rw); \`all\` grants every one; --yes alone grants none
   Other volume drivers than Docker's local one are not supported: snapshots read the data from disk.`
 
 /** Long operations: a snapshot of a large volume, a backup, a restore. */
@@ -155,9 +158,9 @@ async function checkFile (file: string, label: string): Promise<BackupMeta> {
 }
 
 export async function restoreCommand (argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { name: { type: 'string' }, node: { type: 'string' }, 'data-dir': { type: 'string' }, domain: { type: 'string' }, yes: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } })
+  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { name: { type: 'string' }, node: { type: 'string' }, 'data-dir': { type: 'string' }, domain: { type: 'string' }, grant: { type: 'string', multiple: true, default: [] }, yes: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } })
   const fileArg = positionals[0]
-  if (fileArg === undefined) throw new UsageError('usage: dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--domain DOMAIN] [--yes]', restoreHelp)
+  if (fileArg === undefined) throw new UsageError('usage: dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--domain DOMAIN] [--grant PERM,...|all] [--yes]', restoreHelp)
   const file = resolve(fileArg)
   // Checked here, before anything is sent: the CLI has the file and the same reader as the agent.
   const meta = await checkFile(file, `checking ${file}`)
@@ -188,6 +191,8 @@ export async function restoreCommand (argv: string[]): Promise<number> {
       rl.close()
     }
   }
+  // The app's own permissions, and its data directory's: asked as `app install` asks.
+  const grants = await askGrants(meta.manifest, values.grant ?? [], values.yes === true, hostPath === null ? null : { hostPath }, 'restored')
   let nodeId: string | null = null
   if (node !== null) {
     const status = await apiGet<StatusResponse>('/v1/status')
@@ -199,6 +204,7 @@ export async function restoreCommand (argv: string[]): Promise<number> {
   if (nodeId !== null) query.set('node', nodeId)
   if (hostPath !== null) query.set('dataDir', hostPath)
   if (domain !== null) query.set('domain', domain)
+  if (grants.length > 0) query.set('grants', grants.join(','))
   const started = Date.now()
   const progress = new Progress(`${name ?? meta.app}: uploading`)
   let upload
