@@ -83,4 +83,9 @@ if [ "$want_docker" = yes ]; then
       sleep 0.1
     done
   fi
+  # Only a unix socket engine: the image is built here and imported through it.
+  if [ -n "$sock" ]; then
+    node=$(ls "$root"/node_modules/node-linux-*/bin/node 2>/dev/null | head -n1)
+    "${node:-node}" "$root/scripts/example-image.ts" || { say "could not build the example apps' image (dcloud/busybox:lab)"; exit 69; }
+  fi
 fi
