@@ -73,6 +73,13 @@ const CAPABILITY_WORDS: Record<string, string> = {
 
 /** A sysctl name (dots or slashes between parts), as Docker takes it. */
 export const SYSCTL_NAME = /^[a-z0-9_]+([./][a-zA-Z0-9_-]+)+$/
+/**
+ * Devices that are the node itself: its disks and partitions (raw reads and
+ * writes bypass every file permission), device-mapper and loop devices, and
+ * its memory and I/O ports.
+ */
+const DANGEROUS_DEVICE = /^\/dev\/(sd[a-z]+\d*|hd[a-z]+\d*|vd[a-z]+\d*|xvd[a-z]+\d*|nvme\d+(n\d+(p\d+)?)?|mmcblk\d+(p\d+)?|loop\d+|dm-\d+|md\d+|mapper(\/.*)?|disk(\/.*)?|mem|kmem|port)$/
+
 /** A device path on the node. */
 export const DEVICE_PATH = /^\/dev(\/[a-zA-Z0-9_.+-]+)+$/
 
@@ -172,7 +179,9 @@ export function describePermission (name: string, field = 'grants'): Omit<Permis
   const device = /^device:(.+)$/.exec(name)
   if (device !== null) {
     if (!DEVICE_PATH.test(device[1] as string) || normaliseHostPath(device[1] as string) !== device[1]) bad('a device is a path below /dev, such as device:/dev/dri')
-    return { name, kind: 'device', dangerous: false, description: `use the node's device ${device[1] as string}` }
+    const path = device[1] as string
+    if (DANGEROUS_DEVICE.test(path)) return { name, kind: 'device', dangerous: true, description: `use the node's device ${path} (DANGEROUS: a disk, or the node's memory: the node itself)` }
+    return { name, kind: 'device', dangerous: false, description: `use the node's device ${path}` }
   }
   const sysctl = /^sysctl:(.+)$/.exec(name)
   if (sysctl !== null) {

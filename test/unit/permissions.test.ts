@@ -187,6 +187,15 @@ describe('host paths on the node', () => {
   })
 })
 
+describe('devices that are the node itself', () => {
+  it.each([
+    ['/dev/sda', true], ['/dev/sda1', true], ['/dev/nvme0n1p2', true], ['/dev/mmcblk0', true], ['/dev/mmcblk0p1', true], ['/dev/mem', true], ['/dev/loop3', true], ['/dev/mapper/root', true], ['/dev/disk/by-uuid/x', true],
+    ['/dev/dri', false], ['/dev/ttyUSB0', false], ['/dev/net/tun', false], ['/dev/fuse', false], ['/dev/snd', false], ['/dev/video0', false]
+  ])('%s: dangerous %s', (path, dangerous) => {
+    expect(describePermission(`device:${path}`).dangerous).toBe(dangerous)
+  })
+})
+
 describe('an app\'s storage directory (restore --data-dir) is a permission', () => {
   const m = manifestOf('services: {web: {image: busybox}}\nvolumes: {data: {}}\nx-dcloud: {id: notes}\n')
 
