@@ -12,6 +12,7 @@ import { backupCommand, backupHelp, restoreCommand, restoreHelp, snapshotCommand
 import { nodeCommand, nodeHelp } from './commands/node.ts'
 import { AGENT_VERSION } from '../config.ts'
 import { EXIT, UserError } from '../util/errors.ts'
+import { parseCommand } from './args.ts'
 
 interface Command {
   run: (argv: string[]) => Promise<number>
@@ -35,7 +36,7 @@ const commands: Record<string, Command> = {
   install: { run: installCommand, help: installHelp, summary: 'install this agent as a service on this machine' },
   flash: { run: flashCommand, help: flashHelp, summary: 'make a Raspberry Pi SD card or image join the cluster at first boot' },
   lab: { run: async (argv) => await (await loadLab()).labCommand(argv), help: async () => (await loadLab()).labHelp, summary: 'a cluster of namespaced nodes on this machine; chaos runs' },
-  version: { run: async () => { process.stdout.write(`dcloud ${AGENT_VERSION}\n`); return 0 }, help: 'dcloud version', summary: 'print the version' }
+  version: { run: async (argv) => { parseCommand(argv, { usage: 'dcloud version' }); process.stdout.write(`dcloud ${AGENT_VERSION}\n`); return 0 }, help: 'dcloud version', summary: 'print the version' }
 }
 
 function usage (): string {
@@ -69,12 +70,7 @@ main(process.argv.slice(2)).then((code) => { process.exitCode = code }, (err: un
     process.exitCode = err.exitCode
     return
   }
-  const e = err as Error & { code?: string }
-  if (typeof e.code === 'string' && e.code.startsWith('ERR_PARSE_ARGS')) {
-    process.stderr.write(`dcloud: ${e.message}\n  see 'dcloud ${process.argv[2] ?? ''} --help'\n`)
-    process.exitCode = EXIT.usage
-    return
-  }
+  const e = err as Error
   process.stderr.write(`dcloud: internal error: ${e.stack ?? String(err)}\n`)
   process.exitCode = EXIT.software
 })
