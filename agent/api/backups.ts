@@ -19,6 +19,7 @@ import { inspectBackup } from '../snapshots/app-file.ts'
 import type { BackupMeta } from '../snapshots/archive.ts'
 import type { BackupFiles } from '../snapshots/backup-files.ts'
 import { ApiError, StreamResponse, readJsonBody, type Routes } from './server.ts'
+import { decodeOrBadRequest } from './errors.ts'
 
 /** Snapshots, backups and restores of large volumes take long; the caller's connection waits. */
 const LONG_OP_MS = 60 * 60_000
@@ -114,14 +115,6 @@ function appName (v: unknown): string {
 
 function field (body: unknown, key: string): unknown {
   return typeof body === 'object' && body !== null ? (body as Record<string, unknown>)[key] : undefined
-}
-
-function decodeOrBadRequest<T> (decode: () => T): T {
-  try {
-    return decode()
-  } catch (err) {
-    throw new ApiError('bad_request', (err as Error).message)
-  }
 }
 
 /** The request's signal (the caller hung up: no point building a backup nobody reads), capped at LONG_OP_MS. */
