@@ -26,7 +26,11 @@ const RPC_TO_API: Record<string, ApiErrorCode> = {
   unreachable: 'unavailable',
   unavailable: 'unavailable',
   bad_request: 'bad_request',
-  no_space: 'insufficient_storage'
+  no_space: 'insufficient_storage',
+  // The other node tried and failed; its message says why.
+  failed: 'peer_failed',
+  // Its answer did not decode: another version, or a bug.
+  bad_response: 'bad_response'
 }
 
 /**
@@ -40,9 +44,10 @@ const RPC_TO_API: Record<string, ApiErrorCode> = {
 export function apiFailureOf (err: unknown): ApiFailure | null {
   const f = rpcFailureOf(err)
   const hint = f.hint !== undefined ? { hint: f.hint } : {}
-  if (err instanceof RpcError) return { code: RPC_TO_API[f.code] ?? 'internal', message: f.message, ...hint }
+  // A code this node does not know came from a peer (a newer one, say): its message is the peer's.
+  if (err instanceof RpcError) return { code: RPC_TO_API[f.code] ?? 'peer_failed', message: f.message, ...hint }
   if (f.code === 'failed' && !(err instanceof UserError)) return null
-  return { code: RPC_TO_API[f.code] ?? 'failed', message: f.message, ...hint }
+  return { code: f.code === 'failed' ? 'failed' : RPC_TO_API[f.code] ?? 'failed', message: f.message, ...hint }
 }
 
 /** Runs a decoder of request input; its ValidationError is the caller's mistake: 400 naming the field. */

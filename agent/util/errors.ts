@@ -15,6 +15,7 @@ export const EXIT = {
   cantCreate: 73,
   ioError: 74,
   tempFail: 75,
+  protocol: 76,
   noPermission: 77,
   config: 78
 } as const

@@ -564,6 +564,16 @@ describe('errors thrown behind a route reach the CLI', () => {
       { status: 500, code: 'failed', message: 'the Docker engine did not say where its data lives (DockerRootDir)', exit: EXIT.failure }],
     ['a full disk on another node', fromPeer(new NoSpaceError('no space left on the disk of n2', 'free space there and retry')),
       { status: 507, code: 'insufficient_storage', message: 'no space left on the disk of n2', hint: 'free space there and retry', exit: EXIT.ioError }],
+    ['another node failed: its message, 502', fromPeer(new Error('docker: image notes:1 not found')),
+      { status: 502, code: 'peer_failed', message: 'docker: image notes:1 not found', exit: EXIT.failure }],
+    ['a code from a newer peer that this node does not know', new RpcError('quota', 'over quota on n3'),
+      { status: 502, code: 'peer_failed', message: 'over quota on n3', exit: EXIT.failure }],
+    ['another node answered what does not decode: 502, exit 76', new RpcError('bad_response', 'why from n2: rejections[0].node: expected a string'),
+      { status: 502, code: 'bad_response', message: 'why from n2: rejections[0].node: expected a string', exit: EXIT.protocol }],
+    ['the node that must answer is unavailable: 503, exit 75', new RpcError('unavailable', 'notes runs nowhere right now'),
+      { status: 503, code: 'unavailable', message: 'notes runs nowhere right now', exit: EXIT.tempFail }],
+    ['no stream to it: 503', new RpcError('unreachable', 'cannot reach n2'),
+      { status: 503, code: 'unavailable', message: 'cannot reach n2', exit: EXIT.tempFail }],
     ['a bug', new TypeError('cannot read properties of undefined'),
       { status: 500, code: 'internal', message: 'the agent failed to answer; see its log', exit: EXIT.failure }]
   ]
