@@ -5,6 +5,7 @@
  */
 import { CONFIG_LIMITS, CONFIG_NAME, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, serviceDefaults, type AppManifest, type ComposeService, type SnapshotPolicy } from './app.ts'
 import type { AppStorage, DesiredApp, Relocation } from './plan.ts'
+import type { WhyView } from './api.ts'
 import { ValidationError, array, number, record, string, stringMap } from './validate.ts'
 
 export const VOTE_PROTOCOL = '/dcloud/vote/1'
@@ -436,6 +437,56 @@ export function decodeAppQuery (raw: unknown): AppQuery {
   if (r.kind === 'why') return { kind: 'why', name }
   if (r.kind === 'rollback') return { kind: 'rollback', name, snapshot: string(r.snapshot, 'query.snapshot', { max: 64, pattern: SNAP_ID }) }
   throw new ValidationError('query.kind', 'must be logs, why or rollback')
+}
+
+/** The app's node's answer to a `logs` query: its id and the containers' last lines. */
+export interface LogsReply { node: string, text: string }
+
+/** Logs travel in an answer of at most 8 MiB (rpcCall's maxResponseBytes there). */
+export const LOGS_MAX_CHARS = 8 * 1024 * 1024
+
+export function decodeLogsReply (raw: unknown): LogsReply {
+  const r = record(raw, 'logs')
+  return { node: string(r.node, 'logs.node', { max: 64, pattern: PEER_ID }), text: string(r.text, 'logs.text', { max: LOGS_MAX_CHARS }) }
+}
+
+/** The leader's answer to a `why` query: the API's WhyView, checked field by field. */
+export function decodeWhyReply (raw: unknown): WhyView {
+  const r = record(raw, 'why')
+  const nullable = <T>(v: unknown, decode: (v: unknown) => T): T | null => v === null ? null : decode(v)
+  return {
+    app: string(r.app, 'why.app', { max: 40, pattern: APP_NAME }),
+    node: nullable(r.node, v => string(v, 'why.node', { max: 128 })),
+    rejections: array(r.rejections, 'why.rejections', 1024, (v, f) => {
+      const x = record(v, f)
+      return { node: string(x.node, `${f}.node`, { max: 128 }), reason: string(x.reason, `${f}.reason`, { max: 4096 }) }
+    }),
+    planTerm: nullable(r.planTerm, v => number(v, 'why.planTerm', { min: 0, max: MAX_INT, integer: true })),
+    planAt: nullable(r.planAt, v => number(v, 'why.planAt', { min: 0, max: MAX_INT, integer: true })),
+    detail: string(r.detail, 'why.detail', { max: 16 * 1024 })
+  }
+}
+
+/** A node's answer to a snapshot `list` query: its snapshots of the app. */
+export function decodeSnapshotList (raw: unknown): SnapshotInfo[] {
+  return array(raw, 'snapshots', 100_000, (v, f) => decodeSnapshotInfo(v, f))
+}
+
+/** The app's node's answer to `take`: the snapshot, and the nodes (by name) it was replicated to (none said: none). */
+export function decodeTakeReply (raw: unknown): SnapshotInfo & { replicatedTo: string[] } {
+  const r = record(raw, 'snapshot')
+  return { ...decodeSnapshotInfo(r), replicatedTo: r.replicatedTo === undefined ? [] : array(r.replicatedTo, 'snapshot.replicatedTo', 1024, (v, f) => string(v, f, { max: 128 })) }
+}
+
+/** A peer's answer to `replicate`: what its pull of the app's repository fetched. */
+export interface ReplicateReply { files: number, bytes: number }
+
+export function decodeReplicateReply (raw: unknown): ReplicateReply {
+  const r = record(raw, 'replicate')
+  return {
+    files: number(r.files, 'replicate.files', { min: 0, max: MAX_INT, integer: true }),
+    bytes: number(r.bytes, 'replicate.bytes', { min: 0, max: MAX_INT, integer: true })
+  }
 }
 
 function bool (value: unknown, field: string): boolean {

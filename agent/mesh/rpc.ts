@@ -159,17 +159,37 @@ export async function rpcCall<Res> (mesh: Mesh, peer: PeerId, protocol: string, 
     throw new RpcError('unreachable', `cannot reach ${peer.toString()} for ${protocol}: ${(err as Error).message}`)
   }
   const lp = lpStream(stream, { maxDataLength: opts.maxResponseBytes ?? RPC_MAX_BYTES })
+  let bytes: Uint8Array
   try {
     await lp.write(encode(request), { signal })
-    const bytes = await lp.read({ signal })
+    bytes = (await lp.read({ signal })).subarray()
     await stream.close({ signal }).catch(() => {})
-    const raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray())) as RpcResult<unknown>
-    if (typeof raw !== 'object' || raw === null || typeof raw.ok !== 'boolean') throw new RpcError('bad_response', 'the peer answered something that is not an RPC result')
-    if (!raw.ok) throw rpcErrorOf((raw as { error?: unknown }).error)
-    return opts.decode(raw.value)
   } catch (err) {
     stream.abort(err as Error)
-    if (err instanceof RpcError) throw err
     throw new RpcError('failed', `${protocol} with ${peer.toString()}: ${(err as Error).message}`)
+  }
+  return rpcAnswerOf(bytes, opts.decode, `${protocol} from ${peer.toString()}`)
+}
+
+/**
+ * A response's bytes, read: the value the protocol's decoder accepts, or the
+ * peer's error as an RpcError. An answer that is not JSON, not an RPC
+ * result, or whose value the decoder refuses is `bad_response` (the API
+ * answers 502): a peer's answer is checked like any input, never cast.
+ */
+export function rpcAnswerOf<Res> (bytes: Uint8Array, decode: (raw: unknown) => Res, from: string): Res {
+  let raw: unknown
+  try {
+    raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
+  } catch {
+    throw new RpcError('bad_response', `${from}: the answer is not JSON`)
+  }
+  if (typeof raw !== 'object' || raw === null || typeof (raw as { ok?: unknown }).ok !== 'boolean') throw new RpcError('bad_response', `${from}: the answer is not an RPC result`)
+  const result = raw as RpcResult<unknown>
+  if (!result.ok) throw rpcErrorOf((result as { error?: unknown }).error)
+  try {
+    return decode(result.value)
+  } catch (err) {
+    throw new RpcError('bad_response', `${from}: ${(err as Error).message}`)
   }
 }
