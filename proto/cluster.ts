@@ -3,10 +3,10 @@
  * operations the leader sends to agents. Every message is validated by the
  * decoders here before use; every operation carries the leader's term.
  */
-import { CONFIG_LIMITS, CONFIG_NAME, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, serviceDefaults, type AppManifest, type ComposeService, type SnapshotPolicy } from './app.ts'
+import { CONFIG_LIMITS, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, serviceDefaults, type AppManifest, type ComposeService, type SnapshotPolicy } from './app.ts'
 import type { AppStorage, DesiredApp, Relocation } from './plan.ts'
 import type { WhyView } from './api.ts'
-import { ValidationError, array, number, record, string, stringMap } from './validate.ts'
+import { DOCKER_NAME, LABEL_KEY, PEER_ID, ValidationError, array, number, record, string, stringMap } from './validate.ts'
 
 export const VOTE_PROTOCOL = '/dcloud/vote/1'
 export const HEARTBEAT_PROTOCOL = '/dcloud/leader-heartbeat/1'
@@ -17,7 +17,6 @@ export const OP_PROTOCOL = '/dcloud/op/1'
 export const APP_QUERY_PROTOCOL = '/dcloud/app-query/1'
 export const SNAPSHOT_QUERY_PROTOCOL = '/dcloud/snapshot-query/1'
 
-const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{40,60}$/
 export const APP_NAME = /^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$|^[a-z0-9]$/
 const MAX_INT = 2 ** 53 - 1
 
@@ -495,8 +494,6 @@ function bool (value: unknown, field: string): boolean {
 }
 
 const ARCH = /^[a-z0-9_]{1,16}$/
-const SERVICE = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/
-const LABEL_KEY = /^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,127}$/
 
 /**
  * Structural validation of a normalised manifest received from a peer: types,
@@ -512,13 +509,13 @@ export function decodeManifest (raw: unknown, field: string): AppManifest {
   if (serviceNames.length === 0 || serviceNames.length > 32) throw new ValidationError(`${field}.compose.services`, 'must hold 1 to 32 services')
   const services: Record<string, ComposeService> = {}
   for (const name of serviceNames) {
-    if (!SERVICE.test(name)) throw new ValidationError(`${field}.compose.services.${name}`, 'is not a valid service name')
+    if (!DOCKER_NAME.test(name)) throw new ValidationError(`${field}.compose.services.${name}`, 'is not a valid service name')
     services[name] = decodeService(servicesRaw[name], `${field}.compose.services.${name}`)
   }
   const volumesRaw = record(compose.volumes, `${field}.compose.volumes`)
   const volumes: AppManifest['compose']['volumes'] = {}
   for (const [name, v] of Object.entries(volumesRaw)) {
-    if (!SERVICE.test(name)) throw new ValidationError(`${field}.compose.volumes.${name}`, 'is not a valid volume name')
+    if (!DOCKER_NAME.test(name)) throw new ValidationError(`${field}.compose.volumes.${name}`, 'is not a valid volume name')
     volumes[name] = { labels: stringMap(record(v, `${field}.compose.volumes.${name}`).labels ?? {}, `${field}.compose.volumes.${name}.labels`, { maxEntries: 64, key: LABEL_KEY, maxValue: 1024 }) }
   }
   const web = r.web === null ? null : record(r.web, `${field}.web`)
@@ -550,7 +547,7 @@ function decodeSnapshotPolicy (raw: unknown, field: string): SnapshotPolicy {
     everyMs: number(r.everyMs, `${field}.everyMs`, { min: 0, max: MAX_INT, integer: true }),
     replicas: number(r.replicas, `${field}.replicas`, { min: 0, max: 16, integer: true }),
     quiesce,
-    hook: hook === null ? null : { service: string(hook.service, `${field}.hook.service`, { max: 63, pattern: SERVICE }), command: array(hook.command, `${field}.hook.command`, 64, (x, g) => string(x, g, { max: 4096 })) }
+    hook: hook === null ? null : { service: string(hook.service, `${field}.hook.service`, { max: 63, pattern: DOCKER_NAME }), command: array(hook.command, `${field}.hook.command`, 64, (x, g) => string(x, g, { max: 4096 })) }
   }
 }
 
@@ -586,7 +583,7 @@ function decodeService (raw: unknown, field: string): ComposeService {
           retries: number(hc.retries, `${field}.healthcheck.retries`, { min: 0, max: 1000, integer: true }),
           startPeriodMs: number(hc.startPeriodMs, `${field}.healthcheck.startPeriodMs`, { min: 0, max: 86_400_000, integer: true })
         },
-    dependsOn: array(r.dependsOn, `${field}.dependsOn`, 32, (x, g) => string(x, g, { max: 63, pattern: SERVICE })),
+    dependsOn: array(r.dependsOn, `${field}.dependsOn`, 32, (x, g) => string(x, g, { max: 63, pattern: DOCKER_NAME })),
     restart,
     labels: stringMap(r.labels, `${field}.labels`, { maxEntries: 128, key: LABEL_KEY, maxValue: 4096 }),
     user: r.user === null ? null : string(r.user, `${field}.user`, { max: 64 }),
@@ -633,7 +630,7 @@ function decodeServiceExtras (r: Record<string, unknown>, field: string): Return
     configs: opt('configs', (v, f) => array(v, f, CONFIG_LIMITS.maxConfigs, (c, g) => {
       const m = record(c, g)
       return {
-        source: string(m.source, `${g}.source`, { max: 63, pattern: CONFIG_NAME }),
+        source: string(m.source, `${g}.source`, { max: 63, pattern: DOCKER_NAME }),
         target: string(m.target, `${g}.target`, { max: 4096, pattern: /^\/[^:]*[^/:]$/ }),
         mode: number(m.mode, `${g}.mode`, { min: 0, max: 0o7777, integer: true })
       }
@@ -649,7 +646,7 @@ function decodeConfigs (raw: unknown, field: string, services: Record<string, Co
     const r = record(raw, field)
     if (Object.keys(r).length > CONFIG_LIMITS.maxConfigs) throw new ValidationError(field, `more than ${CONFIG_LIMITS.maxConfigs} configs`)
     for (const [name, c] of Object.entries(r)) {
-      if (!CONFIG_NAME.test(name)) throw new ValidationError(`${field}.${name}`, 'is not a valid config name')
+      if (!DOCKER_NAME.test(name)) throw new ValidationError(`${field}.${name}`, 'is not a valid config name')
       const content = string(record(c, `${field}.${name}`).content, `${field}.${name}.content`, { max: CONFIG_LIMITS.maxBytes })
       const bytes = new TextEncoder().encode(content).length
       if (bytes > CONFIG_LIMITS.maxBytes) throw new ValidationError(`${field}.${name}.content`, `longer than ${CONFIG_LIMITS.maxBytes} bytes`)
@@ -667,7 +664,7 @@ function decodeConfigs (raw: unknown, field: string, services: Record<string, Co
 }
 
 function decodeWeb (web: Record<string, unknown>, field: string): NonNullable<AppManifest['web']> {
-  const out: NonNullable<AppManifest['web']> = { service: string(web.service, `${field}.service`, { max: 63, pattern: SERVICE }), port: port(web.port, `${field}.port`) }
+  const out: NonNullable<AppManifest['web']> = { service: string(web.service, `${field}.service`, { max: 63, pattern: DOCKER_NAME }), port: port(web.port, `${field}.port`) }
   if (web.path !== undefined) out.path = string(web.path, `${field}.path`, { max: 2048, pattern: /^\// })
   if (web.scheme !== undefined) {
     if (web.scheme !== 'http' && web.scheme !== 'https') throw new ValidationError(`${field}.scheme`, 'must be http or https')

@@ -13,6 +13,7 @@
 import type { IncomingMessage } from 'node:http'
 import { BACKUP_CONTENT_TYPE, type BackupFileView, type RestoreView } from '../../proto/api.ts'
 import { APP_NAME, decodeDomain, decodeStorage } from '../../proto/cluster.ts'
+import { PEER_ID } from '../../proto/validate.ts'
 import type { AppStorage } from '../../proto/plan.ts'
 import type { Coordinator } from '../cluster/coordinator.ts'
 import { inspectBackup } from '../snapshots/app-file.ts'
@@ -101,7 +102,7 @@ function restoreOptions (get: (key: 'name' | 'node' | 'dataDir' | 'domain') => u
   const given = (k: 'name' | 'node' | 'dataDir' | 'domain'): unknown => { const v = get(k); return v === '' || v === null ? undefined : v }
   const name = given('name') === undefined ? null : appName(given('name'))
   const node = given('node')
-  if (node !== undefined && (typeof node !== 'string' || !/^[1-9A-HJ-NP-Za-km-z]{40,60}$/.test(node))) throw new ApiError('bad_request', 'node must be a node id (`dcloud status` lists them)')
+  if (node !== undefined && (typeof node !== 'string' || !PEER_ID.test(node))) throw new ApiError('bad_request', 'node must be a node id (`dcloud status` lists them)')
   const dataDir = given('dataDir')
   const storage = dataDir === undefined ? null : decodeOrBadRequest(() => decodeStorage({ hostPath: dataDir }, 'dataDir'))
   const domain = given('domain') === undefined ? null : decodeOrBadRequest(() => decodeDomain(given('domain')))

@@ -21,7 +21,7 @@ import { join } from 'node:path'
 import { decodeDesiredState, decodeLogEntry, type DesiredChange, type DesiredState, type LogEntry } from '../../proto/cluster.ts'
 import { lastIndex, lastTerm, termAt, type LogView } from '../../scheduler/replication.ts'
 import { RpcError } from '../mesh/rpc.ts'
-import { KeyedMutex } from '../snapshots/repo-sync.ts'
+import { KeyedMutex } from '../util/async.ts'
 import { fsyncDir, writeFileDurable } from '../util/durable.ts'
 import type { Logger } from '../util/log.ts'
 

@@ -31,7 +31,7 @@ import { chmod, chown, link, lchown, lstat, lutimes, mkdir, mkdtemp, open, readd
 import { basename, dirname, join, resolve } from 'node:path'
 import type { AppManifest } from '../../proto/app.ts'
 import { APP_NAME, decodeManifest } from '../../proto/cluster.ts'
-import { ValidationError, array, number, record, string, type Json } from '../../proto/validate.ts'
+import { DOCKER_NAME, ValidationError, array, number, record, string, type Json } from '../../proto/validate.ts'
 import { NoSpaceError, UserError, EXIT } from '../util/errors.ts'
 import { mustBeEmptyOrAbsent, renameError } from './restore-target.ts'
 import { ArchiveError, MAX_PATH_BYTES, TarReader, encodeEntry, endOfArchive, padding, type TarEntry } from './tar.ts'
@@ -44,7 +44,6 @@ export const META_FILE = 'dcloud-backup.json'
 export const MAX_META_BYTES = 1024 * 1024
 const MAX_VOLUMES = 64
 /** Docker's and compose's rule for a volume name (proto/cluster.ts checks manifests with it too). */
-const VOLUME_NAME = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/
 const SHA256_HEX = /^[0-9a-f]{64}$/
 const MAX_NAME_BYTES = 255
 const CHUNK = 256 * 1024
@@ -452,7 +451,7 @@ export async function writeArchive (file: string, opts: WriteArchiveOptions): Pr
   if (opts.volumes.length > MAX_VOLUMES) throw new UserError(`an app with more than ${MAX_VOLUMES} volumes cannot be archived`, { exitCode: EXIT.usage })
   const names = new Set<string>()
   for (const v of opts.volumes) {
-    if (!VOLUME_NAME.test(v.name)) throw new UserError(`${JSON.stringify(v.name)} is not a volume name`, { exitCode: EXIT.usage })
+    if (!DOCKER_NAME.test(v.name)) throw new UserError(`${JSON.stringify(v.name)} is not a volume name`, { exitCode: EXIT.usage })
     if (!(v.name in manifest.compose.volumes)) throw new UserError(`volume ${v.name} is not declared by ${app}'s manifest`, { exitCode: EXIT.usage, hint: `its volumes are: ${Object.keys(manifest.compose.volumes).join(', ') || 'none'}` })
     if (names.has(v.name)) throw new UserError(`volume ${v.name} is given twice`, { exitCode: EXIT.usage })
     names.add(v.name)
@@ -588,7 +587,7 @@ export function decodeBackupMeta (raw: unknown): BackupMeta {
     if (Number.isNaN(Date.parse(createdAt))) throw new ValidationError('createdAt', 'is not a date')
     const volumes = array(r.volumes, 'volumes', MAX_VOLUMES, (v, f) => {
       const o = record(v, f)
-      const name = string(o.name, `${f}.name`, { max: 63, pattern: VOLUME_NAME })
+      const name = string(o.name, `${f}.name`, { max: 63, pattern: DOCKER_NAME })
       if (!(name in manifest.compose.volumes)) throw new ValidationError(`${f}.name`, `volume ${name} is not declared by the manifest`)
       return {
         name,
