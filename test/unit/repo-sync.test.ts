@@ -18,7 +18,7 @@ import { Mesh } from '../../agent/mesh/mesh.ts'
 import { newClusterKey } from '../../agent/mesh/cluster-key.ts'
 import { createLogger } from '../../agent/util/log.ts'
 import { backup, check, initRepo, newPasswordFile, restore, snapshots, type ResticRepo } from '../../agent/snapshots/restic.ts'
-import { listingDigest } from '../../agent/snapshots/archive.ts'
+import { listingDigest } from '../../agent/snapshots/tree.ts'
 import { KeyedMutex } from '../../agent/util/async.ts'
 import {
   RepoSyncError, listRepoFiles, pullRepo, serveRepos, type RepoServer, type SyncProgress
