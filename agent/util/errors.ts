@@ -33,6 +33,16 @@ export class UserError extends Error {
   }
 }
 
+/**
+ * Whether `err` is a UserError, from this copy of the module or another (the
+ * lab, loaded from the sources beside the bundled CLI, has its own classes).
+ */
+export function isUserError (err: unknown): err is UserError {
+  if (err instanceof UserError) return true
+  const e = err as Partial<UserError> | null
+  return err instanceof Error && typeof e?.exitCode === 'number' && (e.hint === undefined || typeof e.hint === 'string')
+}
+
 export class UsageError extends UserError {
   override name = 'UsageError'
 
