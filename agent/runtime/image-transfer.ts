@@ -44,8 +44,6 @@ export const DEFAULT_MAX_IMAGE_BYTES = 8 * 1024 ** 3
 export const DEFAULT_IDLE_TIMEOUT_MS = 30_000
 /** Transfers a node serves at once; more are answered `busy` and the requester tries another peer. */
 export const DEFAULT_MAX_CONCURRENT = 2
-/** How long a server waits for the request after a stream opens. */
-const REQUEST_TIMEOUT_MS = 10_000
 /** Bytes the requester may hold unread (the yamux window is at most 16 MiB). */
 const RECEIVE_BUFFER_BYTES = 64 * 1024 * 1024
 /** Progress is reported at most this often, by bytes or by time. */

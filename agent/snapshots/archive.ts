@@ -26,14 +26,14 @@
  * metadata: tar-repo.ts builds its snapshot archives (`NAME/...` side by
  * side) with the same ones, so both formats obey one set of safety rules.
  */
-import { createHash, randomBytes, type Hash } from 'node:crypto'
-import { createReadStream, constants, type Stats } from 'node:fs'
-import { chmod, chown, link, lchown, lstat, lutimes, mkdir, mkdtemp, open, readdir, readlink, rename, rm, stat, symlink, unlink, utimes, type FileHandle } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { link, lstat, mkdtemp, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import type { AppManifest } from '../../proto/app.ts'
 import { APP_NAME, decodeManifest } from '../../proto/cluster.ts'
 import { DOCKER_NAME, ValidationError, array, number, record, string, type Json } from '../../proto/validate.ts'
-import { NoSpaceError, UserError, EXIT } from '../util/errors.ts'
+import { UserError, EXIT } from '../util/errors.ts'
 import { mustBeEmptyOrAbsent, renameError } from './restore-target.ts'
 import { ArchiveError, TarReader, encodeEntry, endOfArchive, padding } from './tar.ts'
 import { CHUNK, FileSink, TreeExtractor, diskFull, scanTree, strictUtf8, writeTree, type TreeResult, type TreeScan } from './tree.ts'

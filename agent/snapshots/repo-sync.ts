@@ -63,8 +63,6 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 30_000
 export const DEFAULT_MAX_CONCURRENT = 2
 /** How long a server waits for its owner's lock (a backup running) before answering `busy`. */
 export const DEFAULT_LOCK_WAIT_MS = 10_000
-/** How long a server waits for the request after a stream opens. */
-const REQUEST_TIMEOUT_MS = 10_000
 /** The server reads files in pieces of this size; each is handed to the muxer as is (never reused). */
 const SEND_CHUNK = 256 * 1024
 /** The puller reads and writes in pieces of at most this size. */

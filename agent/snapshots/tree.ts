@@ -430,11 +430,9 @@ interface TreeState {
  */
 export class TreeExtractor {
   private readonly trees: Map<string, TreeState>
-  private readonly root: string | null
   private readonly rules: TreeRules
 
   constructor (names: string[], root: string | null, rules: TreeRules) {
-    this.root = root
     this.rules = rules
     this.trees = new Map(names.map(name => [name, {
       name,
