@@ -6,9 +6,9 @@
  * and reported together. Nothing is dropped silently: an app that installs
  * must behave as its file says.
  */
-import { CONFIG_LIMITS, CONFIG_NAME, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, type ComposeProject, type ComposeService, type ConfigMount, type DeviceMapping, type HealthCheck, type TmpfsMount, type VolumeMount } from '../proto/app.ts'
+import { CONFIG_LIMITS, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, type ComposeProject, type ComposeService, type ConfigMount, type DeviceMapping, type HealthCheck, type TmpfsMount, type VolumeMount } from '../proto/app.ts'
 import { CAPABILITIES, DEVICE_PATH, DOCKER_SOCKETS, SYSCTL_NAME, normaliseHostPath, pathPermission } from '../proto/permissions.ts'
-import { ValidationError, isRecord } from '../proto/validate.ts'
+import { DOCKER_NAME, LABEL_KEY, ValidationError, isRecord } from '../proto/validate.ts'
 import { ARCHITECTURES, normaliseArch } from './arch.ts'
 import { NO_FIELD, PRIVILEGE, SERVICE_KEYS, TOP_LEVEL_KEYS, type KeyRule } from './compose-keys.ts'
 import { Findings, Unsupported } from './findings.ts'
@@ -18,13 +18,10 @@ import { splitShellWords } from './shell.ts'
 import { parseBytes, parseCpus, parseDuration } from './units.ts'
 
 
-export const SERVICE_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/
-const VOLUME_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/
 // The limits below are no looser than what a peer accepts when the manifest is
 // replicated (proto/cluster.ts decodeManifest): an app accepted here must not
 // be dropped there.
 const ENV_KEY = /^[^=\s]{1,255}$/
-const LABEL_KEY = /^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,127}$/
 const IMAGE = /^[a-zA-Z0-9][a-zA-Z0-9._\-/:@+]{0,254}$/
 const USER = /^[a-zA-Z0-9_.-]{1,64}(:[a-zA-Z0-9_.-]{1,64})?$/
 const MAX_SERVICES = 32
@@ -78,7 +75,7 @@ export function normaliseCompose (raw: Record<string, unknown>, findings: Findin
   const names = active.map(([n]) => n)
   for (const [name, value] of active) {
     const f = `services.${name}`
-    if (!SERVICE_NAME.test(name)) throw new ValidationError(f, 'service names are letters, digits, ".", "_" and "-", at most 63 characters')
+    if (!DOCKER_NAME.test(name)) throw new ValidationError(f, 'service names are letters, digits, ".", "_" and "-", at most 63 characters')
     const svc = service(value, f, { names, volumes, networks, configs, ports, findings })
     services[name] = svc.service
     requests[name] = svc.requests
@@ -382,7 +379,7 @@ function longMount (v: unknown, field: string): VolumeMount | TmpfsMount {
 function checkMount (m: VolumeMount, field: string, ctx: ServiceContext): void {
   if (!m.target.startsWith('/')) throw new ValidationError(field, `the container path "${m.target}" must be absolute`)
   if (m.kind === 'volume') {
-    if (!VOLUME_NAME.test(m.source)) throw new ValidationError(field, `"${m.source}" is not a volume name`)
+    if (!DOCKER_NAME.test(m.source)) throw new ValidationError(field, `"${m.source}" is not a volume name`)
     if (!Object.hasOwn(ctx.volumes, m.source)) throw new ValidationError(field, `named volume "${m.source}" is used but not declared under the top-level volumes`)
     return
   }
@@ -574,7 +571,7 @@ function topLevelVolumes (v: unknown, findings: Findings): Record<string, { labe
   if (!isRecord(v)) throw new ValidationError('volumes', 'must be a map of volume names')
   for (const [name, opts] of Object.entries(v)) {
     const f = `volumes.${name}`
-    if (!VOLUME_NAME.test(name)) throw new ValidationError(f, 'volume names are letters, digits, ".", "_" and "-", at most 63 characters')
+    if (!DOCKER_NAME.test(name)) throw new ValidationError(f, 'volume names are letters, digits, ".", "_" and "-", at most 63 characters')
     out[name] = { labels: {} }
     if (opts === null || opts === undefined) continue
     if (!isRecord(opts)) throw new ValidationError(f, 'must be a map (or empty)')
@@ -861,7 +858,7 @@ function topLevelConfigs (v: unknown, findings: Findings): TopLevelConfigs {
   let total = 0
   for (const [name, c] of Object.entries(v)) {
     const f = `configs.${name}`
-    if (!CONFIG_NAME.test(name)) throw new ValidationError(f, 'config names are letters, digits, ".", "_" and "-", at most 63 characters')
+    if (!DOCKER_NAME.test(name)) throw new ValidationError(f, 'config names are letters, digits, ".", "_" and "-", at most 63 characters')
     if (!isRecord(c)) throw new ValidationError(f, 'must be a map with content')
     let content: string | null = null
     for (const [k, o] of Object.entries(c)) {

@@ -6,7 +6,7 @@
  * that names the field.
  */
 import type { AppManifest } from '../proto/app.ts'
-import { ValidationError, isRecord } from '../proto/validate.ts'
+import { NODE_LABEL_KEY, ValidationError, isRecord } from '../proto/validate.ts'
 import { ARCHITECTURES, normaliseArch } from './arch.ts'
 import { normaliseCompose } from './compose.ts'
 import { Findings, RefusedError, problemOf } from './findings.ts'
@@ -61,7 +61,6 @@ export function inSource (err: unknown, source: string, renameField: (field: str
 
 /** Lowercase letters, digits and dashes: one DNS label, since every app gets a subdomain. */
 export const APP_ID = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
-const LABEL_KEY = /^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$/
 const META_KEYS = ['id', 'name', 'version', 'description', 'icon', 'category', 'architectures', 'requests', 'web', 'constraints', 'snapshots']
 
 /** What a service that states no requests is assumed to need; the scheduler must not think it free. */
@@ -219,7 +218,7 @@ function constraints (v: unknown): Record<string, string> {
   const entries = Object.entries(v)
   if (entries.length > 32) throw new ValidationError('x-dcloud.constraints', 'more than 32 labels')
   for (const [k, value] of entries) {
-    if (!LABEL_KEY.test(k)) throw new ValidationError(`x-dcloud.constraints.${k}`, 'is not a node label name')
+    if (!NODE_LABEL_KEY.test(k)) throw new ValidationError(`x-dcloud.constraints.${k}`, 'is not a node label name')
     if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean') throw new ValidationError(`x-dcloud.constraints.${k}`, 'must be a string')
     const s = String(value)
     if (s.length > 128) throw new ValidationError(`x-dcloud.constraints.${k}`, 'longer than 128 characters')

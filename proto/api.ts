@@ -121,6 +121,9 @@ export const API_ERRORS = {
   length_required: { status: 411, message: 'this endpoint needs a Content-Length: send the body with its length' },
   no_leader: { status: 503, message: 'no scheduler is elected right now (no majority of nodes reachable); try again shortly' },
   unavailable: { status: 503, message: 'a node needed for this request cannot be reached' },
+  failed: { status: 500, message: 'the operation failed' },
+  peer_failed: { status: 502, message: 'another node, doing its part of the request, failed' },
+  bad_response: { status: 502, message: 'another node answered something this agent cannot read: are the agents of one version?' },
   internal: { status: 500, message: 'the agent failed to answer; see its log' }
 } as const
 

@@ -143,8 +143,6 @@ export interface ConfigMount {
 /** Bounds of what configs a manifest carries: they are replicated to every node with it. */
 export const CONFIG_LIMITS = { maxBytes: 256 * 1024, maxTotalBytes: 1024 * 1024, maxConfigs: 64 }
 
-/** A config name: compose's, and a file name on the node. */
-export const CONFIG_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/
 /** A hostname for /etc/hosts: labels of letters, digits, "-" and "_", dot separated. */
 export const HOST_NAME = /^(?=.{1,253}$)[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?)*$/
 /** Resource limit names Docker knows (setrlimit's, without RLIMIT_). */

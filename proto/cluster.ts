@@ -3,10 +3,11 @@
  * operations the leader sends to agents. Every message is validated by the
  * decoders here before use; every operation carries the leader's term.
  */
-import { CONFIG_LIMITS, CONFIG_NAME, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, serviceDefaults, type AppManifest, type ComposeService, type SnapshotPolicy } from './app.ts'
+import { CONFIG_LIMITS, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, serviceDefaults, type AppManifest, type ComposeService, type SnapshotPolicy } from './app.ts'
 import type { AppStorage, DesiredApp, Relocation } from './plan.ts'
 import { DEVICE_PATH, SYSCTL_NAME, decodeGrants, grandfatheredGrants } from './permissions.ts'
-import { ValidationError, array, number, record, string, stringMap } from './validate.ts'
+import type { WhyView } from './api.ts'
+import { DOCKER_NAME, LABEL_KEY, PEER_ID, ValidationError, array, number, record, string, stringMap } from './validate.ts'
 
 export const VOTE_PROTOCOL = '/dcloud/vote/1'
 export const HEARTBEAT_PROTOCOL = '/dcloud/leader-heartbeat/1'
@@ -17,7 +18,6 @@ export const OP_PROTOCOL = '/dcloud/op/1'
 export const APP_QUERY_PROTOCOL = '/dcloud/app-query/1'
 export const SNAPSHOT_QUERY_PROTOCOL = '/dcloud/snapshot-query/1'
 
-const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{40,60}$/
 export const APP_NAME = /^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$|^[a-z0-9]$/
 const MAX_INT = 2 ** 53 - 1
 
@@ -457,14 +457,62 @@ export function decodeAppQuery (raw: unknown): AppQuery {
   throw new ValidationError('query.kind', 'must be logs, why or rollback')
 }
 
+/** The app's node's answer to a `logs` query: its id and the containers' last lines. */
+export interface LogsReply { node: string, text: string }
+
+/** Logs travel in an answer of at most 8 MiB (rpcCall's maxResponseBytes there). */
+export const LOGS_MAX_CHARS = 8 * 1024 * 1024
+
+export function decodeLogsReply (raw: unknown): LogsReply {
+  const r = record(raw, 'logs')
+  return { node: string(r.node, 'logs.node', { max: 64, pattern: PEER_ID }), text: string(r.text, 'logs.text', { max: LOGS_MAX_CHARS }) }
+}
+
+/** The leader's answer to a `why` query: the API's WhyView, checked field by field. */
+export function decodeWhyReply (raw: unknown): WhyView {
+  const r = record(raw, 'why')
+  const nullable = <T>(v: unknown, decode: (v: unknown) => T): T | null => v === null ? null : decode(v)
+  return {
+    app: string(r.app, 'why.app', { max: 40, pattern: APP_NAME }),
+    node: nullable(r.node, v => string(v, 'why.node', { max: 128 })),
+    rejections: array(r.rejections, 'why.rejections', 1024, (v, f) => {
+      const x = record(v, f)
+      return { node: string(x.node, `${f}.node`, { max: 128 }), reason: string(x.reason, `${f}.reason`, { max: 4096 }) }
+    }),
+    planTerm: nullable(r.planTerm, v => number(v, 'why.planTerm', { min: 0, max: MAX_INT, integer: true })),
+    planAt: nullable(r.planAt, v => number(v, 'why.planAt', { min: 0, max: MAX_INT, integer: true })),
+    detail: string(r.detail, 'why.detail', { max: 16 * 1024 })
+  }
+}
+
+/** A node's answer to a snapshot `list` query: its snapshots of the app. */
+export function decodeSnapshotList (raw: unknown): SnapshotInfo[] {
+  return array(raw, 'snapshots', 100_000, (v, f) => decodeSnapshotInfo(v, f))
+}
+
+/** The app's node's answer to `take`: the snapshot, and the nodes (by name) it was replicated to (none said: none). */
+export function decodeTakeReply (raw: unknown): SnapshotInfo & { replicatedTo: string[] } {
+  const r = record(raw, 'snapshot')
+  return { ...decodeSnapshotInfo(r), replicatedTo: r.replicatedTo === undefined ? [] : array(r.replicatedTo, 'snapshot.replicatedTo', 1024, (v, f) => string(v, f, { max: 128 })) }
+}
+
+/** A peer's answer to `replicate`: what its pull of the app's repository fetched. */
+export interface ReplicateReply { files: number, bytes: number }
+
+export function decodeReplicateReply (raw: unknown): ReplicateReply {
+  const r = record(raw, 'replicate')
+  return {
+    files: number(r.files, 'replicate.files', { min: 0, max: MAX_INT, integer: true }),
+    bytes: number(r.bytes, 'replicate.bytes', { min: 0, max: MAX_INT, integer: true })
+  }
+}
+
 function bool (value: unknown, field: string): boolean {
   if (typeof value !== 'boolean') throw new ValidationError(field, 'must be true or false')
   return value
 }
 
 const ARCH = /^[a-z0-9_]{1,16}$/
-const SERVICE = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/
-const LABEL_KEY = /^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,127}$/
 
 /**
  * Structural validation of a normalised manifest received from a peer: types,
@@ -480,13 +528,13 @@ export function decodeManifest (raw: unknown, field: string): AppManifest {
   if (serviceNames.length === 0 || serviceNames.length > 32) throw new ValidationError(`${field}.compose.services`, 'must hold 1 to 32 services')
   const services: Record<string, ComposeService> = {}
   for (const name of serviceNames) {
-    if (!SERVICE.test(name)) throw new ValidationError(`${field}.compose.services.${name}`, 'is not a valid service name')
+    if (!DOCKER_NAME.test(name)) throw new ValidationError(`${field}.compose.services.${name}`, 'is not a valid service name')
     services[name] = decodeService(servicesRaw[name], `${field}.compose.services.${name}`)
   }
   const volumesRaw = record(compose.volumes, `${field}.compose.volumes`)
   const volumes: AppManifest['compose']['volumes'] = {}
   for (const [name, v] of Object.entries(volumesRaw)) {
-    if (!SERVICE.test(name)) throw new ValidationError(`${field}.compose.volumes.${name}`, 'is not a valid volume name')
+    if (!DOCKER_NAME.test(name)) throw new ValidationError(`${field}.compose.volumes.${name}`, 'is not a valid volume name')
     volumes[name] = { labels: stringMap(record(v, `${field}.compose.volumes.${name}`).labels ?? {}, `${field}.compose.volumes.${name}.labels`, { maxEntries: 64, key: LABEL_KEY, maxValue: 1024 }) }
   }
   const web = r.web === null ? null : record(r.web, `${field}.web`)
@@ -518,7 +566,7 @@ function decodeSnapshotPolicy (raw: unknown, field: string): SnapshotPolicy {
     everyMs: number(r.everyMs, `${field}.everyMs`, { min: 0, max: MAX_INT, integer: true }),
     replicas: number(r.replicas, `${field}.replicas`, { min: 0, max: 16, integer: true }),
     quiesce,
-    hook: hook === null ? null : { service: string(hook.service, `${field}.hook.service`, { max: 63, pattern: SERVICE }), command: array(hook.command, `${field}.hook.command`, 64, (x, g) => string(x, g, { max: 4096 })) }
+    hook: hook === null ? null : { service: string(hook.service, `${field}.hook.service`, { max: 63, pattern: DOCKER_NAME }), command: array(hook.command, `${field}.hook.command`, 64, (x, g) => string(x, g, { max: 4096 })) }
   }
 }
 
@@ -554,7 +602,7 @@ function decodeService (raw: unknown, field: string): ComposeService {
           retries: number(hc.retries, `${field}.healthcheck.retries`, { min: 0, max: 1000, integer: true }),
           startPeriodMs: number(hc.startPeriodMs, `${field}.healthcheck.startPeriodMs`, { min: 0, max: 86_400_000, integer: true })
         },
-    dependsOn: array(r.dependsOn, `${field}.dependsOn`, 32, (x, g) => string(x, g, { max: 63, pattern: SERVICE })),
+    dependsOn: array(r.dependsOn, `${field}.dependsOn`, 32, (x, g) => string(x, g, { max: 63, pattern: DOCKER_NAME })),
     restart,
     labels: stringMap(r.labels, `${field}.labels`, { maxEntries: 128, key: LABEL_KEY, maxValue: 4096 }),
     user: r.user === null ? null : string(r.user, `${field}.user`, { max: 64 }),
@@ -601,7 +649,7 @@ function decodeServiceExtras (r: Record<string, unknown>, field: string): Return
     configs: opt('configs', (v, f) => array(v, f, CONFIG_LIMITS.maxConfigs, (c, g) => {
       const m = record(c, g)
       return {
-        source: string(m.source, `${g}.source`, { max: 63, pattern: CONFIG_NAME }),
+        source: string(m.source, `${g}.source`, { max: 63, pattern: DOCKER_NAME }),
         target: string(m.target, `${g}.target`, { max: 4096, pattern: /^\/[^:]*[^/:]$/ }),
         mode: number(m.mode, `${g}.mode`, { min: 0, max: 0o7777, integer: true })
       }
@@ -632,7 +680,7 @@ function decodeConfigs (raw: unknown, field: string, services: Record<string, Co
     const r = record(raw, field)
     if (Object.keys(r).length > CONFIG_LIMITS.maxConfigs) throw new ValidationError(field, `more than ${CONFIG_LIMITS.maxConfigs} configs`)
     for (const [name, c] of Object.entries(r)) {
-      if (!CONFIG_NAME.test(name)) throw new ValidationError(`${field}.${name}`, 'is not a valid config name')
+      if (!DOCKER_NAME.test(name)) throw new ValidationError(`${field}.${name}`, 'is not a valid config name')
       const content = string(record(c, `${field}.${name}`).content, `${field}.${name}.content`, { max: CONFIG_LIMITS.maxBytes })
       const bytes = new TextEncoder().encode(content).length
       if (bytes > CONFIG_LIMITS.maxBytes) throw new ValidationError(`${field}.${name}.content`, `longer than ${CONFIG_LIMITS.maxBytes} bytes`)
@@ -650,7 +698,7 @@ function decodeConfigs (raw: unknown, field: string, services: Record<string, Co
 }
 
 function decodeWeb (web: Record<string, unknown>, field: string): NonNullable<AppManifest['web']> {
-  const out: NonNullable<AppManifest['web']> = { service: string(web.service, `${field}.service`, { max: 63, pattern: SERVICE }), port: port(web.port, `${field}.port`) }
+  const out: NonNullable<AppManifest['web']> = { service: string(web.service, `${field}.service`, { max: 63, pattern: DOCKER_NAME }), port: port(web.port, `${field}.port`) }
   if (web.path !== undefined) out.path = string(web.path, `${field}.path`, { max: 2048, pattern: /^\// })
   if (web.scheme !== undefined) {
     if (web.scheme !== 'http' && web.scheme !== 'https') throw new ValidationError(`${field}.scheme`, 'must be http or https')

@@ -11,7 +11,7 @@
  * signed the gossip message.
  */
 import {
-  ValidationError, array, number, parseJsonBytes, record, string, stringMap
+  DOCKER_NAME, NODE_LABEL_KEY, PEER_ID, ValidationError, array, number, parseJsonBytes, record, string, stringMap
 } from './validate.ts'
 import { DEVICE_PATH } from './permissions.ts'
 
@@ -104,9 +104,6 @@ export class StatusDropError extends Error {
   }
 }
 
-const NAME = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/
-const LABEL_KEY = /^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$/
-const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{40,60}$/ // base58btc, as libp2p prints ids
 const MAX_BYTES_VALUE = 2 ** 53 - 1
 /** A cluster is a handful of machines; a membership table holds at most a few hundred. */
 const MAX_HEARD = 256
@@ -148,7 +145,7 @@ function validateStatusFields (raw: Record<string, unknown>): NodeStatus {
   const status: NodeStatus = {
     v: STATUS_VERSION,
     peerId: string(raw.peerId, 'status.peerId', { max: 64, pattern: PEER_ID }),
-    name: string(raw.name, 'status.name', { max: 63, pattern: NAME }),
+    name: string(raw.name, 'status.name', { max: 63, pattern: DOCKER_NAME }),
     incarnation: number(raw.incarnation, 'status.incarnation', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
     seq: number(raw.seq, 'status.seq', { min: 0, max: MAX_BYTES_VALUE, integer: true }),
     intervalMs: number(raw.intervalMs, 'status.intervalMs', { min: 100, max: 60_000, integer: true })
@@ -193,14 +190,14 @@ function validateResources (raw: Record<string, unknown>): NodeResources {
     arch: string(raw.arch, `${f}.arch`, { max: 16, pattern: /^[a-z0-9_]+$/ }),
     dockerVersion: raw.dockerVersion === null ? null : string(raw.dockerVersion, `${f}.dockerVersion`, { max: 64 }),
     agentVersion: string(raw.agentVersion, `${f}.agentVersion`, { max: 32 }),
-    labels: stringMap(raw.labels, `${f}.labels`, { maxEntries: 32, key: LABEL_KEY, maxValue: 128 }),
-    apps: array(raw.apps, `${f}.apps`, 256, (v, fi) => string(v, fi, { max: 63, pattern: NAME })),
+    labels: stringMap(raw.labels, `${f}.labels`, { maxEntries: 32, key: NODE_LABEL_KEY, maxValue: 128 }),
+    apps: array(raw.apps, `${f}.apps`, 256, (v, fi) => string(v, fi, { max: 63, pattern: DOCKER_NAME })),
     appStates: array(raw.appStates, `${f}.appStates`, 256, (v, fi) => {
       const a = record(v, fi)
       const state = a.state
       if (state !== 'running' && state !== 'starting' && state !== 'stopped' && state !== 'failed') throw new ValidationError(`${fi}.state`, 'must be running, starting, stopped or failed')
       return {
-        name: string(a.name, `${fi}.name`, { max: 63, pattern: NAME }),
+        name: string(a.name, `${fi}.name`, { max: 63, pattern: DOCKER_NAME }),
         state,
         revision: number(a.revision, `${fi}.revision`, { min: 0, max: MAX_BYTES_VALUE, integer: true }),
         webPort: a.webPort === null ? null : number(a.webPort, `${fi}.webPort`, { min: 1, max: 65_535, integer: true }),
@@ -215,7 +212,7 @@ function validateResources (raw: Record<string, unknown>): NodeResources {
     res.snapshots = array(raw.snapshots, `${f}.snapshots`, 256, (v, fi) => {
       const s = record(v, fi)
       return {
-        app: string(s.app, `${fi}.app`, { max: 63, pattern: NAME }),
+        app: string(s.app, `${fi}.app`, { max: 63, pattern: DOCKER_NAME }),
         id: string(s.id, `${fi}.id`, { max: 64, pattern: /^[0-9a-f]{8,64}$/ }),
         time: number(s.time, `${fi}.time`, { min: 0, max: MAX_BYTES_VALUE, integer: true })
       }

@@ -14,6 +14,22 @@ export class ValidationError extends Error {
   }
 }
 
+/**
+ * Docker's rule for the names of containers, volumes, networks and configs
+ * (a letter or digit, then letters, digits, `_`, `.`, `-`), at most 63
+ * characters: also the names of compose services and of nodes.
+ */
+export const DOCKER_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/
+
+/** A label's key on a container or volume (Docker's, with `/`), at most 128 characters. */
+export const LABEL_KEY = /^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,127}$/
+
+/** A node label's key (`dcloud agent --label KEY=VALUE`, a manifest's constraints), at most 63 characters. */
+export const NODE_LABEL_KEY = /^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$/
+
+/** A libp2p peer id as libp2p prints it (base58btc): a node's id. */
+export const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{40,60}$/
+
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json }
 
 export function isRecord (value: unknown): value is Record<string, unknown> {

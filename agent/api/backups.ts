@@ -13,6 +13,7 @@
 import type { IncomingMessage } from 'node:http'
 import { BACKUP_CONTENT_TYPE, type BackupFileView, type RestoreView } from '../../proto/api.ts'
 import { APP_NAME, decodeDomain, decodeStorage } from '../../proto/cluster.ts'
+import { PEER_ID } from '../../proto/validate.ts'
 import type { AppStorage } from '../../proto/plan.ts'
 import { decodeGrants } from '../../proto/permissions.ts'
 import type { Coordinator } from '../cluster/coordinator.ts'
@@ -20,6 +21,7 @@ import { inspectBackup } from '../snapshots/app-file.ts'
 import type { BackupMeta } from '../snapshots/archive.ts'
 import type { BackupFiles } from '../snapshots/backup-files.ts'
 import { ApiError, StreamResponse, readJsonBody, type Routes } from './server.ts'
+import { decodeOrBadRequest } from './errors.ts'
 
 /** Snapshots, backups and restores of large volumes take long; the caller's connection waits. */
 const LONG_OP_MS = 60 * 60_000
@@ -101,7 +103,7 @@ function restoreOptions (get: (key: 'name' | 'node' | 'dataDir' | 'domain' | 'gr
   const given = (k: 'name' | 'node' | 'dataDir' | 'domain' | 'grants'): unknown => { const v = get(k); return v === '' || v === null ? undefined : v }
   const name = given('name') === undefined ? null : appName(given('name'))
   const node = given('node')
-  if (node !== undefined && (typeof node !== 'string' || !/^[1-9A-HJ-NP-Za-km-z]{40,60}$/.test(node))) throw new ApiError('bad_request', 'node must be a node id (`dcloud status` lists them)')
+  if (node !== undefined && (typeof node !== 'string' || !PEER_ID.test(node))) throw new ApiError('bad_request', 'node must be a node id (`dcloud status` lists them)')
   const dataDir = given('dataDir')
   const storage = dataDir === undefined ? null : decodeOrBadRequest(() => decodeStorage({ hostPath: dataDir }, 'dataDir'))
   const domain = given('domain') === undefined ? null : decodeOrBadRequest(() => decodeDomain(given('domain')))
@@ -118,14 +120,6 @@ function appName (v: unknown): string {
 
 function field (body: unknown, key: string): unknown {
   return typeof body === 'object' && body !== null ? (body as Record<string, unknown>)[key] : undefined
-}
-
-function decodeOrBadRequest<T> (decode: () => T): T {
-  try {
-    return decode()
-  } catch (err) {
-    throw new ApiError('bad_request', (err as Error).message)
-  }
 }
 
 /** The request's signal (the caller hung up: no point building a backup nobody reads), capped at LONG_OP_MS. */

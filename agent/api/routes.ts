@@ -10,9 +10,8 @@ import type { ApiMetrics, MetricsResponse, StatusResponse } from '../../proto/ap
 import type { Coordinator } from '../cluster/coordinator.ts'
 import type { BackupFiles } from '../snapshots/backup-files.ts'
 import { backupRoutes } from './backups.ts'
-import { apiFailureOf } from './errors.ts'
+import { decodeOrBadRequest } from './errors.ts'
 import { checkHostPaths } from '../runtime/host-paths.ts'
-import { ValidationError } from '../../proto/validate.ts'
 
 /** The control plane's calls the API makes; the Coordinator implements them. */
 export type ClusterApi = Pick<Coordinator, 'apps' | 'change' | 'logs' | 'why' | 'snapshotList' | 'snapshotTake' | 'rollback' | 'backup' | 'restoreFile' | 'checkRestore'>
@@ -52,33 +51,33 @@ export function apiRoutes (backend: ApiBackend, apiMetrics: () => ApiMetrics): R
         const app = change.app
         await decodeOrBadRequest(async () => { await checkHostPaths(app.manifest, app.grants ?? [], backend.ownDirs ?? []) })
       }
-      return await viaApi(async () => await cluster().change(change))
+      return await cluster().change(change)
     },
     'POST /v1/apps/:name/grants': async ({ params, body }) => {
       const b = (body ?? {}) as { grant?: unknown, revoke?: unknown }
       const change = decodeOrBadRequest(() => decodeChange({ kind: 'grants', name: params.name, grant: b.grant ?? [], revoke: b.revoke ?? [] }))
-      return await viaApi(async () => await cluster().change(change))
+      return await cluster().change(change)
     },
     'DELETE /v1/apps/:name': async ({ params }) => {
       const change = decodeOrBadRequest(() => decodeChange({ kind: 'remove', name: params.name }))
-      return await viaApi(async () => await cluster().change(change))
+      return await cluster().change(change)
     },
     'POST /v1/apps/:name/move': async ({ params, body }) => {
       const change = decodeOrBadRequest(() => decodeChange({ kind: 'move', name: params.name, node: (body as { node?: unknown } | undefined)?.node }))
-      return await viaApi(async () => await cluster().change(change))
+      return await cluster().change(change)
     },
     'GET /v1/apps/:name/logs': async ({ params, query }) => {
       const tail = Math.min(10_000, Math.max(1, Number(query.get('tail') ?? 200) || 200))
-      return await viaApi(async () => await cluster().logs(params.name ?? '', tail))
+      return await cluster().logs(params.name ?? '', tail)
     },
-    'GET /v1/apps/:name/why': async ({ params }) => await viaApi(async () => await cluster().why(params.name ?? '')),
-    'GET /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await cluster().snapshotList(appName(params.name), AbortSignal.timeout(120_000))),
-    'POST /v1/apps/:name/snapshots': async ({ params }) => await viaApi(async () => await cluster().snapshotTake(appName(params.name), AbortSignal.timeout(LONG_OP_MS))),
-    'POST /v1/apps/:name/snapshots/:id/restore': async ({ params }) => await viaApi(async () => await cluster().rollback(appName(params.name), snapshotId(params.id), AbortSignal.timeout(LONG_OP_MS))),
+    'GET /v1/apps/:name/why': async ({ params }) => await cluster().why(params.name ?? ''),
+    'GET /v1/apps/:name/snapshots': async ({ params }) => await cluster().snapshotList(appName(params.name), AbortSignal.timeout(120_000)),
+    'POST /v1/apps/:name/snapshots': async ({ params }) => await cluster().snapshotTake(appName(params.name), AbortSignal.timeout(LONG_OP_MS)),
+    'POST /v1/apps/:name/snapshots/:id/restore': async ({ params }) => await cluster().rollback(appName(params.name), snapshotId(params.id), AbortSignal.timeout(LONG_OP_MS)),
     ...backupRoutes({ files: backend.backups, cluster }),
     'POST /v1/nodes/:node/drain': async ({ params, body }) => {
       const change = decodeOrBadRequest(() => decodeChange({ kind: 'drain', node: params.node, drained: (body as { drained?: unknown } | undefined)?.drained ?? true }))
-      return await viaApi(async () => await cluster().change(change))
+      return await cluster().change(change)
     }
   }
 }
@@ -90,26 +89,4 @@ function appName (v: unknown): string {
 function snapshotId (v: unknown): string {
   if (typeof v !== 'string' || !/^[0-9a-f]{4,64}$/.test(v)) throw new ApiError('bad_request', 'a snapshot id is 4 to 64 hex digits')
   return v
-}
-
-function decodeOrBadRequest<T> (decode: () => T): T {
-  try {
-    const out = decode()
-    // An async check: its ValidationError is a bad request too.
-    if (out instanceof Promise) return out.catch((err: Error) => { throw err instanceof ValidationError ? new ApiError('bad_request', err.message) : err }) as T
-    return out
-  } catch (err) {
-    throw new ApiError('bad_request', (err as Error).message)
-  }
-}
-
-/** Runs a cluster call for the API, turning the cluster's errors into the API's (errors.ts, the one mapping). */
-async function viaApi<T> (call: () => Promise<T>): Promise<T> {
-  try {
-    return await call()
-  } catch (err) {
-    const failure = apiFailureOf(err)
-    if (failure !== null) throw new ApiError(failure.code, failure.message, {}, failure.hint)
-    throw err
-  }
 }

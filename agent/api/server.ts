@@ -301,6 +301,7 @@ export class ApiServer {
       // The cluster's errors and UserErrors reach the caller with their message and hint (errors.ts).
       const failure = apiFailureOf(err)
       if (failure === null || failure.code === 'internal') this.init.log.error('api handler failed', { method, path, error: (err as Error).stack })
+      else if (failure.code === 'failed') this.init.log.warn('api request failed', { method, path, error: failure.message })
       if (failure !== null) sendError(req, res, failure.code, failure.message, {}, failure.hint)
       else sendError(req, res, 'internal')
     }

@@ -27,7 +27,7 @@ export class ApiCallError extends UserError {
   readonly status: number
 
   constructor (message: string, code: string, status: number, hint?: string) {
-    super(message, { exitCode: exitCodeOf(status), ...(hint !== undefined ? { hint } : {}) })
+    super(message, { exitCode: code === 'bad_response' ? EXIT.protocol : exitCodeOf(status), ...(hint !== undefined ? { hint } : {}) })
     this.code = code
     this.status = status
   }

@@ -10,8 +10,12 @@ import { flashCommand, flashHelp } from './commands/flash.ts'
 import { installCommand, installHelp } from './commands/install.ts'
 import { backupCommand, backupHelp, restoreCommand, restoreHelp, snapshotCommand, snapshotHelp } from './commands/snapshot.ts'
 import { nodeCommand, nodeHelp } from './commands/node.ts'
-import { AGENT_VERSION } from '../config.ts'
-import { EXIT, UserError } from '../util/errors.ts'
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { AGENT_VERSION, PROJECT_ROOT } from '../config.ts'
+import { EXIT, UserError, isUserError } from '../util/errors.ts'
+import { parseCommand } from './args.ts'
 
 interface Command {
   run: (argv: string[]) => Promise<number>
@@ -20,8 +24,17 @@ interface Command {
   summary: string
 }
 
-// The lab (and its chaos runs) is a tool, not part of the agent: loaded only when asked for.
-const loadLab = async (): Promise<typeof import('../../scripts/lab/cli.ts')> => await import('../../scripts/lab/cli.ts')
+/**
+ * The lab (and its chaos runs) is a tool, not part of the agent: loaded only
+ * when asked for, from the checkout's sources (Node strips their types). The
+ * specifier is computed so that the bundler leaves it out of dist/dcloud.mjs
+ * (test/unit/cli-bundle.test.ts): an installed agent carries no lab.
+ */
+const LAB_ENTRY = join(PROJECT_ROOT, 'scripts', 'lab', 'cli.ts')
+const loadLab = async (): Promise<typeof import('../../scripts/lab/cli.ts')> => {
+  if (!existsSync(LAB_ENTRY)) throw new UserError(`the lab is not part of this installation (no ${LAB_ENTRY})`, { exitCode: EXIT.unavailable, hint: 'run `dcloud lab` from a checkout of dcloud (git clone, then npm ci)' })
+  return await import(pathToFileURL(LAB_ENTRY).href) as typeof import('../../scripts/lab/cli.ts')
+}
 
 const commands: Record<string, Command> = {
   agent: { run: agentCommand, help: agentHelp, summary: 'run this node\'s agent' },
@@ -35,7 +48,7 @@ const commands: Record<string, Command> = {
   install: { run: installCommand, help: installHelp, summary: 'install this agent as a service on this machine' },
   flash: { run: flashCommand, help: flashHelp, summary: 'make a Raspberry Pi SD card or image join the cluster at first boot' },
   lab: { run: async (argv) => await (await loadLab()).labCommand(argv), help: async () => (await loadLab()).labHelp, summary: 'a cluster of namespaced nodes on this machine; chaos runs' },
-  version: { run: async () => { process.stdout.write(`dcloud ${AGENT_VERSION}\n`); return 0 }, help: 'dcloud version', summary: 'print the version' }
+  version: { run: async (argv) => { parseCommand(argv, { usage: 'dcloud version' }); process.stdout.write(`dcloud ${AGENT_VERSION}\n`); return 0 }, help: 'dcloud version', summary: 'print the version' }
 }
 
 function usage (): string {
@@ -63,18 +76,14 @@ async function main (argv: string[]): Promise<number> {
 }
 
 main(process.argv.slice(2)).then((code) => { process.exitCode = code }, (err: unknown) => {
-  if (err instanceof UserError) {
+  // isUserError: the lab's errors come from its own copy of errors.ts (it is loaded from the sources, not the bundle).
+  if (isUserError(err)) {
     process.stderr.write(`dcloud: ${err.message}\n`)
     if (err.hint !== undefined) process.stderr.write(`  ${err.hint}\n`)
     process.exitCode = err.exitCode
     return
   }
-  const e = err as Error & { code?: string }
-  if (typeof e.code === 'string' && e.code.startsWith('ERR_PARSE_ARGS')) {
-    process.stderr.write(`dcloud: ${e.message}\n  see 'dcloud ${process.argv[2] ?? ''} --help'\n`)
-    process.exitCode = EXIT.usage
-    return
-  }
+  const e = err as Error
   process.stderr.write(`dcloud: internal error: ${e.stack ?? String(err)}\n`)
   process.exitCode = EXIT.software
 })

@@ -9,7 +9,7 @@ import type { PeerId } from '@libp2p/interface'
 import {
   APP_QUERY_PROTOCOL, CHANGE_PROTOCOL, OP_PROTOCOL,
   decodeAppQuery, decodeChange, decodeChangeResponse, decodeOpRequest, decodeOpResponse,
-  decodeSnapshotInfo,
+  decodeLogsReply, decodeSnapshotInfo, decodeWhyReply, LOGS_MAX_CHARS,
   type ChangeResponse, type DesiredChange, type Op, type OpRequest, type OpResponse, type SnapshotInfo
 } from '../../proto/cluster.ts'
 import { isStateful } from '../../proto/app.ts'
@@ -501,7 +501,7 @@ export class Coordinator {
   async why (name: string, signal?: AbortSignal): Promise<WhyView> {
     const { election, mesh } = this.init
     if (!election.isLeader && election.leader !== null && election.leader !== this.selfId) {
-      return await rpcCall(mesh, peerIdFromString(election.leader), APP_QUERY_PROTOCOL, { kind: 'why', name }, { decode: (v) => v as WhyView, signal, timeoutMs: 10_000 })
+      return await rpcCall(mesh, peerIdFromString(election.leader), APP_QUERY_PROTOCOL, { kind: 'why', name }, { decode: decodeWhyReply, signal, timeoutMs: 10_000 })
     }
     return this.localWhy(name)
   }
@@ -532,7 +532,7 @@ export class Coordinator {
     if (view === undefined) throw new RpcError('not_found', `no app named ${name}`)
     if (view.nodeId === null) throw new RpcError('not_found', `${name} runs nowhere yet`)
     if (view.nodeId === this.selfId) return { node: view.node ?? '', text: await this.init.runtime.logs(name, { tail, signal: signal ?? AbortSignal.timeout(20_000) }) }
-    const res = await rpcCall(this.init.mesh, peerIdFromString(view.nodeId), APP_QUERY_PROTOCOL, { kind: 'logs', name, tail }, { decode: (v) => v as { node: string, text: string }, signal, timeoutMs: 20_000, maxResponseBytes: 8 * 1024 * 1024 })
+    const res = await rpcCall(this.init.mesh, peerIdFromString(view.nodeId), APP_QUERY_PROTOCOL, { kind: 'logs', name, tail }, { decode: decodeLogsReply, signal, timeoutMs: 20_000, maxResponseBytes: LOGS_MAX_CHARS })
     return { node: view.node ?? res.node, text: res.text }
   }
 

@@ -23,7 +23,7 @@ import { checkGrants, grandfatheredGrants, storagePermission } from '../../proto
 import { ValidationError } from '../../proto/validate.ts'
 import { lastIndex, lastTerm, termAt, type LogView } from '../../scheduler/replication.ts'
 import { RpcError } from '../mesh/rpc.ts'
-import { KeyedMutex } from '../snapshots/repo-sync.ts'
+import { KeyedMutex } from '../util/async.ts'
 import { fsyncDir, writeFileDurable } from '../util/durable.ts'
 import type { Logger } from '../util/log.ts'
 

@@ -16,6 +16,7 @@ import {
   HEARTBEAT_PROTOCOL, VOTE_PROTOCOL, decodeHeartbeatAck, decodeLeaderHeartbeat, decodeVoteRequest, decodeVoteResponse, moreUpToDate,
   type HeartbeatAck, type VoteResponse
 } from '../../proto/cluster.ts'
+import { PEER_ID } from '../../proto/validate.ts'
 import { acceptFromLeader, heardByQuorumAt, initElection, isLeader, reachesQuorum, step, type Fencing, type ElectionAction, type ElectionConfig, type ElectionEvent, type ElectionState } from '../../scheduler/election.ts'
 import { rpcCall, type RpcServer } from '../mesh/rpc.ts'
 import type { Mesh } from '../mesh/mesh.ts'
@@ -81,7 +82,7 @@ export class ElectionDriver {
     this.started = true
     let saved: { term?: number, votedFor?: string | null, voters?: unknown } = {}
     try { saved = JSON.parse(await readFile(this.path, 'utf8')) } catch {}
-    if (Array.isArray(saved.voters)) for (const v of saved.voters) if (typeof v === 'string' && /^[1-9A-HJ-NP-Za-km-z]{40,60}$/.test(v)) this.knownVoters.add(v)
+    if (Array.isArray(saved.voters)) for (const v of saved.voters) if (typeof v === 'string' && PEER_ID.test(v)) this.knownVoters.add(v)
     this.state = initElection({
       self: this.self,
       voters: this.voters(),

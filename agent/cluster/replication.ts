@@ -23,7 +23,7 @@ import type { Mesh } from '../mesh/mesh.ts'
 import type { Membership } from '../status/membership.ts'
 import { applyChange, type DesiredStore } from './desired-store.ts'
 import type { ElectionDriver } from './election-driver.ts'
-import { KeyedMutex } from '../snapshots/repo-sync.ts'
+import { KeyedMutex } from '../util/async.ts'
 import { ThrottledLog, type Logger } from '../util/log.ts'
 
 const PUMP_MS = 200

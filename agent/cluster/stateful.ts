@@ -21,7 +21,7 @@
  */
 import { peerIdFromString } from '@libp2p/peer-id'
 import {
-  SNAPSHOT_QUERY_PROTOCOL, decodeSnapshotInfo, decodeSnapshotQuery,
+  SNAPSHOT_QUERY_PROTOCOL, decodeReplicateReply, decodeSnapshotList, decodeSnapshotQuery, decodeTakeReply,
   type DesiredChange, type Op, type OpResponse, type SnapshotInfo, type SnapshotQuery
 } from '../../proto/cluster.ts'
 import { isStateful } from '../../proto/app.ts'
@@ -286,7 +286,7 @@ export class DataPlane {
     for (const m of peers) {
       if (done.length >= want) break
       try {
-        await rpcCall(this.init.mesh, peerIdFromString(m.status.peerId), SNAPSHOT_QUERY_PROTOCOL, { kind: 'replicate', name: app.name }, { decode: (v) => v, signal, timeoutMs: REPLICATE_TIMEOUT_MS })
+        await rpcCall(this.init.mesh, peerIdFromString(m.status.peerId), SNAPSHOT_QUERY_PROTOCOL, { kind: 'replicate', name: app.name }, { decode: decodeReplicateReply, signal, timeoutMs: REPLICATE_TIMEOUT_MS })
         done.push(m.status.name)
         this.counters.replications++
       } catch (err) {
@@ -496,7 +496,7 @@ export class DataPlane {
     for (const m of this.init.membership.list()) {
       if (m.state === 'dead') continue
       asks.push(rpcCall(this.init.mesh, peerIdFromString(m.status.peerId), SNAPSHOT_QUERY_PROTOCOL, { kind: 'list', name }, {
-        decode: (v) => { if (!Array.isArray(v)) throw new Error('not a list'); return v.map((x, i) => decodeSnapshotInfo(x, `snapshots[${i}]`)) },
+        decode: decodeSnapshotList,
         signal,
         timeoutMs: 30_000,
         maxResponseBytes: 8 * 1024 * 1024
@@ -518,7 +518,7 @@ export class DataPlane {
   async take (name: string, node: string, signal: AbortSignal): Promise<SnapshotInfo & { replicatedTo: string[] }> {
     if (node === this.selfId) return await this.answer({ kind: 'take', name }, this.selfId, signal) as SnapshotInfo & { replicatedTo: string[] }
     return await rpcCall(this.init.mesh, peerIdFromString(node), SNAPSHOT_QUERY_PROTOCOL, { kind: 'take', name }, {
-      decode: (v) => ({ ...decodeSnapshotInfo(v), replicatedTo: Array.isArray((v as { replicatedTo?: unknown }).replicatedTo) ? ((v as { replicatedTo: unknown[] }).replicatedTo).map(String) : [] }),
+      decode: decodeTakeReply,
       signal,
       timeoutMs: REPLICATE_TIMEOUT_MS
     })

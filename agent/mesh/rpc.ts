@@ -12,36 +12,64 @@ import { lpStream } from '@libp2p/utils'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import type { Mesh } from './mesh.ts'
 import { ThrottledLog, type Logger } from '../util/log.ts'
+import { EXIT, UserError } from '../util/errors.ts'
 
 export const RPC_MAX_BYTES = 1024 * 1024
 
 export class RpcError extends Error {
   override name = 'RpcError'
   readonly code: string
+  /** What the user can do about it, when the node that failed said. */
+  readonly hint: string | undefined
 
-  constructor (code: string, message: string) {
+  constructor (code: string, message: string, hint?: string) {
     super(message)
     this.code = code
+    this.hint = hint
   }
+}
+
+/** An RPC's error answer: a code (`not_found`, `exists`, `failed`, ...), a message and maybe a hint. */
+export interface RpcFailure { code: string, message: string, hint?: string }
+
+/** A UserError's RPC code, by its sysexits code; any other is `failed`. */
+const EXIT_TO_RPC: Partial<Record<number, string>> = {
+  [EXIT.usage]: 'bad_request',
+  [EXIT.dataError]: 'bad_request',
+  [EXIT.noInput]: 'not_found',
+  [EXIT.cantCreate]: 'exists',
+  [EXIT.tempFail]: 'unavailable',
+  [EXIT.unavailable]: 'unavailable'
 }
 
 /**
- * What a handler's error answers. A full disk keeps its meaning across the
- * cluster (`no_space`, which the API answers 507 with the error's advice):
- * without this, a snapshot asked of another node whose disk is full
- * (test/lab/full-disk.test.ts) reached the CLI as `internal`, exit 70, with
- * no advice.
+ * What a handler's error answers: the one classification of the agent's
+ * errors, which the API uses too (agent/api/errors.ts). A UserError keeps its
+ * meaning and its hint across the cluster, so an error a user can act on
+ * reaches them from whichever node it happened on. A full disk is `no_space`
+ * (the API answers 507 with the error's advice): without this, a snapshot
+ * asked of another node whose disk is full (test/lab/full-disk.test.ts)
+ * reached the CLI as `internal`, exit 70, with no advice.
  */
-export function rpcFailureOf (err: unknown): { code: string, message: string } {
-  if (err instanceof RpcError) return { code: err.code, message: err.message }
+export function rpcFailureOf (err: unknown): RpcFailure {
   const e = err as Error & { code?: unknown, hint?: unknown }
+  const hint = typeof e.hint === 'string' ? { hint: e.hint } : {}
+  if (err instanceof RpcError) return { code: err.code, message: err.message, ...hint }
   if (e.name === 'DiskFullError' || e.name === 'NoSpaceError' || (e.name === 'RepoSyncError' && e.code === 'no_space')) {
-    return { code: 'no_space', message: typeof e.hint === 'string' ? `${e.message} (${e.hint})` : e.message }
+    return { code: 'no_space', message: e.message, ...hint }
   }
+  if (err instanceof UserError) return { code: EXIT_TO_RPC[err.exitCode] ?? 'failed', message: err.message, ...hint }
   return { code: 'failed', message: e.message }
 }
 
-export type RpcResult<T> = { ok: true, value: T } | { ok: false, error: { code: string, message: string } }
+/** The RpcError for an error answer as it came off the wire (untrusted: anything not a string is replaced). */
+export function rpcErrorOf (raw: unknown): RpcError {
+  const e = typeof raw === 'object' && raw !== null ? raw as Record<string, unknown> : {}
+  const text = (v: unknown, max: number): string | undefined => typeof v === 'string' ? v.slice(0, max) : undefined
+  return new RpcError(text(e.code, 64) ?? 'failed', text(e.message, 4000) ?? 'the peer refused', text(e.hint, 2000))
+}
+
+export type RpcResult<T> = { ok: true, value: T } | { ok: false, error: RpcFailure }
 
 export interface RpcHandler<Req, Res> {
   protocol: string
@@ -131,20 +159,37 @@ export async function rpcCall<Res> (mesh: Mesh, peer: PeerId, protocol: string, 
     throw new RpcError('unreachable', `cannot reach ${peer.toString()} for ${protocol}: ${(err as Error).message}`)
   }
   const lp = lpStream(stream, { maxDataLength: opts.maxResponseBytes ?? RPC_MAX_BYTES })
+  let bytes: Uint8Array
   try {
     await lp.write(encode(request), { signal })
-    const bytes = await lp.read({ signal })
+    bytes = (await lp.read({ signal })).subarray()
     await stream.close({ signal }).catch(() => {})
-    const raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray())) as RpcResult<unknown>
-    if (typeof raw !== 'object' || raw === null || typeof raw.ok !== 'boolean') throw new RpcError('bad_response', 'the peer answered something that is not an RPC result')
-    if (!raw.ok) {
-      const e = (raw as { error?: { code?: unknown, message?: unknown } }).error
-      throw new RpcError(typeof e?.code === 'string' ? e.code : 'failed', typeof e?.message === 'string' ? e.message : 'the peer refused')
-    }
-    return opts.decode(raw.value)
   } catch (err) {
     stream.abort(err as Error)
-    if (err instanceof RpcError) throw err
     throw new RpcError('failed', `${protocol} with ${peer.toString()}: ${(err as Error).message}`)
+  }
+  return rpcAnswerOf(bytes, opts.decode, `${protocol} from ${peer.toString()}`)
+}
+
+/**
+ * A response's bytes, read: the value the protocol's decoder accepts, or the
+ * peer's error as an RpcError. An answer that is not JSON, not an RPC
+ * result, or whose value the decoder refuses is `bad_response` (the API
+ * answers 502): a peer's answer is checked like any input, never cast.
+ */
+export function rpcAnswerOf<Res> (bytes: Uint8Array, decode: (raw: unknown) => Res, from: string): Res {
+  let raw: unknown
+  try {
+    raw = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
+  } catch {
+    throw new RpcError('bad_response', `${from}: the answer is not JSON`)
+  }
+  if (typeof raw !== 'object' || raw === null || typeof (raw as { ok?: unknown }).ok !== 'boolean') throw new RpcError('bad_response', `${from}: the answer is not an RPC result`)
+  const result = raw as RpcResult<unknown>
+  if (!result.ok) throw rpcErrorOf((result as { error?: unknown }).error)
+  try {
+    return decode(result.value)
+  } catch (err) {
+    throw new RpcError('bad_response', `${from}: ${(err as Error).message}`)
   }
 }

@@ -22,6 +22,8 @@ import {
   LABELS, appState, isImageRef, isRegistryRef,
   type AppActual, type PortActual, type ServiceActual, type ServiceHealth, type ServiceRunState
 } from '../../proto/runtime.ts'
+import { DOCKER_NAME } from '../../proto/validate.ts'
+import { KeyedMutex } from '../util/async.ts'
 import { UserError, EXIT } from '../util/errors.ts'
 import type { Logger } from '../util/log.ts'
 import { dockerStatus, hasImage, pullImage } from './images.ts'
@@ -30,7 +32,6 @@ import { checkGrants, effectiveManifest } from '../../proto/permissions.ts'
 import { ValidationError } from '../../proto/validate.ts'
 
 /** Docker's rule for container, network and volume names, kept short enough to combine. */
-const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/
 /** After a snapshot's pause, healthchecks failed while frozen are forgiven this long (the next passing one clears them). */
 const RESUME_GRACE_MS = 30_000
 /** How long a container gets to stop before Docker kills it. */
@@ -310,7 +311,7 @@ export class AppRuntime {
   private readonly resumedAt = new Map<string, number>()
   private readonly log: Logger
   /** One operation per app at a time: a deploy and a remove of the same app must not interleave. */
-  private readonly locks = new Map<string, Promise<unknown>>()
+  private readonly locks = new KeyedMutex()
 
   private readonly mayStartStateful: () => string | null
   private readonly configDir: string
@@ -331,18 +332,6 @@ export class AppRuntime {
     if (refusal !== null) throw new FencedError(app, refusal)
   }
 
-  private async exclusive<T> (app: string, fn: () => Promise<T>): Promise<T> {
-    const before = this.locks.get(app) ?? Promise.resolve()
-    const run = before.catch(() => {}).then(fn)
-    const tail = run.catch(() => {})
-    this.locks.set(app, tail)
-    try {
-      return await run
-    } finally {
-      if (this.locks.get(app) === tail) this.locks.delete(app)
-    }
-  }
-
   /**
    * Makes the node run `app`: idempotent. Containers whose spec hash matches
    * are kept (started if stopped); others are replaced; services the app no
@@ -352,15 +341,9 @@ export class AppRuntime {
   async deploy (app: DesiredApp, opts: DeployOptions): Promise<AppActual> {
     validateApp(app)
     const granted = await this.withGrants(app)
-    return await this.exclusive(app.name, async () => await this.deployLocked(granted, opts))
+    return await this.locks.run(app.name, async () => await this.deployLocked(granted, opts))
   }
 
-  /**
-   * The app as it runs here: with exactly the powers granted (the rest taken
-   * out of its services before any container is made), after checking that
-   * every grant is one the app asks for and that no granted host path leads,
-   * through a symlink on this node, into the node's own files.
-   */
   /**
    * Refuses to write an app's data into its storage directory (a restore, a
    * staged move) unless that directory is granted and is, on this node, not
@@ -375,6 +358,12 @@ export class AppRuntime {
     }
   }
 
+  /**
+   * The app as it runs here: with exactly the powers granted (the rest taken
+   * out of its services before any container is made), after checking that
+   * every grant is one the app asks for and that no granted host path leads,
+   * through a symlink on this node, into the node's own files.
+   */
   private async withGrants (app: DesiredApp): Promise<DesiredApp> {
     const grants = app.grants ?? []
     try {
@@ -521,8 +510,8 @@ export class AppRuntime {
    * data is.
    */
   async remove (appName: string, signal: AbortSignal): Promise<string[]> {
-    if (!NAME.test(appName)) throw new UserError(`'${appName}' is not a valid app name`, { exitCode: EXIT.usage })
-    return await this.exclusive(appName, async () => {
+    if (!DOCKER_NAME.test(appName)) throw new UserError(`'${appName}' is not a valid app name`, { exitCode: EXIT.usage })
+    return await this.locks.run(appName, async () => {
       for (const c of await this.containersOf(appName, signal)) await this.stopAndRemove(c.Id, signal)
       // Config files are copies of the manifest's text (the desired state keeps it), not the app's data.
       await this.pruneConfigs(appName, new Set())
@@ -600,7 +589,7 @@ export class AppRuntime {
    * prefixed with the service name (`web | ...`).
    */
   async logs (appName: string, opts: LogsOptions): Promise<string> {
-    if (!NAME.test(appName)) throw new UserError(`'${appName}' is not a valid app name`, { exitCode: EXIT.usage })
+    if (!DOCKER_NAME.test(appName)) throw new UserError(`'${appName}' is not a valid app name`, { exitCode: EXIT.usage })
     const containers = await this.containersOf(appName, opts.signal)
     if (containers.length === 0) throw new UserError(`no containers of app ${appName} on this node`, { exitCode: EXIT.noInput, hint: '`dcloud status` shows which node runs it' })
     const width = Math.max(...containers.map(c => (c.Labels[LABELS.service] ?? '').length))
@@ -660,7 +649,7 @@ export class AppRuntime {
    * containers it froze.
    */
   async quiesce (appName: string, how: 'pause' | 'stop', signal: AbortSignal, stopTimeoutS = STOP_TIMEOUT_S): Promise<string[]> {
-    return await this.exclusive(appName, async () => {
+    return await this.locks.run(appName, async () => {
       const done: string[] = []
       for (const c of await this.containersOf(appName, signal)) {
         if (c.State !== 'running' && !(how === 'stop' && c.State === 'paused')) continue
@@ -730,7 +719,7 @@ export class AppRuntime {
    * keeps volumes.
    */
   async removeVolumes (appName: string, signal: AbortSignal): Promise<string[]> {
-    return await this.exclusive(appName, async () => {
+    return await this.locks.run(appName, async () => {
       if ((await this.containersOf(appName, signal)).length > 0) throw new UserError(`${appName} still has containers here: its volumes stay`, { exitCode: EXIT.software })
       const removed: string[] = []
       for (const v of await this.volumes(appName, signal)) {
@@ -966,14 +955,14 @@ export class AppRuntime {
 /** Structural checks the manifest decoder cannot make: names must fit Docker's, mounts must name declared volumes. */
 function validateApp (app: DesiredApp): void {
   const bad = (what: string, hint: string): never => { throw new UserError(what, { exitCode: EXIT.dataError, hint }) }
-  if (!NAME.test(app.name)) bad(`'${app.name}' is not a valid app name`, 'use letters, digits, dots, dashes and underscores, starting with a letter or digit')
+  if (!DOCKER_NAME.test(app.name)) bad(`'${app.name}' is not a valid app name`, 'use letters, digits, dots, dashes and underscores, starting with a letter or digit')
   const services = Object.entries(app.manifest.compose.services)
   if (services.length === 0) bad(`app ${app.name} has no services`, 'a compose file needs at least one service')
   for (const volume of Object.keys(app.manifest.compose.volumes)) {
-    if (!NAME.test(volume)) bad(`volume name '${volume}' of ${app.name} is not valid`, 'use letters, digits, dots, dashes and underscores')
+    if (!DOCKER_NAME.test(volume)) bad(`volume name '${volume}' of ${app.name} is not valid`, 'use letters, digits, dots, dashes and underscores')
   }
   for (const [name, svc] of services) {
-    if (!NAME.test(name)) bad(`service name '${name}' of ${app.name} is not valid`, 'use letters, digits, dots, dashes and underscores')
+    if (!DOCKER_NAME.test(name)) bad(`service name '${name}' of ${app.name} is not valid`, 'use letters, digits, dots, dashes and underscores')
     if (!isImageRef(svc.image)) bad(`service ${name} of ${app.name}: '${svc.image}' is not a Docker image reference`, 'write it like "nginx:1.27" or "ghcr.io/owner/app:tag"')
     const published = new Set<string>()
     for (const p of svc.ports) checkPort(app.name, name, p, published)

@@ -22,15 +22,17 @@
  * waiting on a varint that never ends instead of refusing it.
  */
 import { PassThrough } from 'node:stream'
-import { byteStream, type ByteStream } from '@libp2p/utils'
-import type { Connection, PeerId, Stream } from '@libp2p/interface'
+import { byteStream } from '@libp2p/utils'
+import type { PeerId, Stream } from '@libp2p/interface'
 import type Docker from 'dockerode'
 import {
   IMAGE_HEADER_MAX_BYTES, IMAGE_PROTOCOL, IMAGE_REQUEST_MAX_BYTES, decodeImageHeaderBytes, decodeImageRequestBytes, encodeJson, isImageRef,
   type ImageErrorCode, type ImageHeader
 } from '../../proto/runtime.ts'
-import { lengthPrefixed } from '../../proto/validate.ts'
+import { ValidationError, lengthPrefixed } from '../../proto/validate.ts'
 import type { Mesh } from '../mesh/mesh.ts'
+import { StreamService, readFrame, readerOf, refuse, sendAll } from '../mesh/stream-service.ts'
+import { Watchdog, sleep } from '../util/async.ts'
 import type { Logger } from '../util/log.ts'
 import { hasImage, imageSize, loadImage, saveImage } from './images.ts'
 
@@ -42,8 +44,6 @@ export const DEFAULT_MAX_IMAGE_BYTES = 8 * 1024 ** 3
 export const DEFAULT_IDLE_TIMEOUT_MS = 30_000
 /** Transfers a node serves at once; more are answered `busy` and the requester tries another peer. */
 export const DEFAULT_MAX_CONCURRENT = 2
-/** How long a server waits for the request after a stream opens. */
-const REQUEST_TIMEOUT_MS = 10_000
 /** Bytes the requester may hold unread (the yamux window is at most 16 MiB). */
 const RECEIVE_BUFFER_BYTES = 64 * 1024 * 1024
 /** Progress is reported at most this often, by bytes or by time. */
@@ -111,94 +111,47 @@ export interface ImageServerCounters {
 // ---------------------------------------------------------------------------
 // Server
 
-export class ImageServer {
-  readonly counters: ImageServerCounters = { served: 0, bytes: 0, notFound: 0, busy: 0, rejected: 0, failed: 0 }
-  private readonly mesh: Mesh
+export class ImageServer extends StreamService<ImageServerCounters> {
   private readonly docker: Docker
-  private readonly log: Logger
-  private readonly maxConcurrent: number
   private readonly idleTimeoutMs: number
-  private active = 0
-  private started = false
-  private readonly controller = new AbortController()
 
   constructor (mesh: Mesh, docker: Docker, log: Logger, opts: ImageServerOptions = {}) {
-    this.mesh = mesh
+    super(mesh, { protocol: IMAGE_PROTOCOL, log, maxConcurrent: opts.maxConcurrent ?? DEFAULT_MAX_CONCURRENT, what: 'image' }, { served: 0, bytes: 0, notFound: 0, busy: 0, rejected: 0, failed: 0 })
     this.docker = docker
-    this.log = log
-    this.maxConcurrent = opts.maxConcurrent ?? DEFAULT_MAX_CONCURRENT
     this.idleTimeoutMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS
   }
 
-  get activeTransfers (): number {
-    return this.active
-  }
-
-  async start (): Promise<void> {
-    if (this.started) return
-    this.started = true
-    // More inbound streams than transfers: the extra ones get a quick `busy`, not a reset.
-    await this.mesh.host.handle(IMAGE_PROTOCOL, (stream: Stream, connection: Connection) => {
-      void this.serve(stream, connection.remotePeer).catch((err: Error) => {
-        // Never thrown at libp2p: log, count, drop.
-        this.counters.failed++
-        this.log.warn('image stream failed', { error: err.message })
-        stream.abort(err)
-      })
-    }, { maxInboundStreams: this.maxConcurrent + 8 })
-  }
-
-  async stop (): Promise<void> {
-    if (!this.started) return
-    this.started = false
-    this.controller.abort(new Error('image server stopped'))
-    await this.mesh.host.unhandle(IMAGE_PROTOCOL).catch(() => {})
-  }
-
-  private async serve (stream: Stream, from: PeerId): Promise<void> {
+  protected async serve (stream: Stream, from: PeerId): Promise<void> {
     const peer = from.toString()
     const lp = byteStream(stream, { maxBufferSize: 64 * 1024 })
-    let ref: string
-    try {
-      const bytes = await readFrame(lp, IMAGE_REQUEST_MAX_BYTES, 'request', AbortSignal.any([AbortSignal.timeout(REQUEST_TIMEOUT_MS), this.controller.signal]))
-      ref = decodeImageRequestBytes(bytes).ref
-    } catch (err) {
-      this.counters.rejected++
-      this.log.debug('rejected image request', { from: peer, error: (err as Error).message })
-      await refuse(lp, stream, 'bad_request', `bad request: ${(err as Error).message}`)
-      return
-    }
-    if (this.active >= this.maxConcurrent) {
-      this.counters.busy++
-      await refuse(lp, stream, 'busy', `already serving ${this.active} image transfers; try another peer or again shortly`)
-      return
-    }
-    this.active++
+    const request = await this.readRequest(stream, lp, peer, IMAGE_REQUEST_MAX_BYTES, decodeImageRequestBytes, (message) => refusal('bad_request', message))
+    if (request === null) return
+    const { ref } = request
+    const release = await this.takeSlot(stream, (active) => refusal('busy', `already serving ${active} image transfers; try another peer or again shortly`))
+    if (release === null) return
     const idle = new Watchdog(this.idleTimeoutMs, () => new ImageTransferError('idle', `no progress for ${this.idleTimeoutMs / 1000} s`))
     const signal = AbortSignal.any([idle.signal, this.controller.signal])
     const started = performance.now()
     let sent = 0
-    let released = false
     try {
       const size = await imageSize(this.docker, ref, signal)
       if (size === null) {
         this.counters.notFound++
         // The slot is free again before a slow requester gets its answer.
         idle.stop()
-        this.active--
-        released = true
-        await refuse(lp, stream, 'not_found', `no image ${ref} on this node`)
+        release()
+        await refuse(stream, refusal('not_found', `no image ${ref} on this node`))
         return
       }
       this.log.info('sending image', { ref, to: peer, size })
       const header: ImageHeader = { ok: true, size }
-      await lp.write(lengthPrefixed(encodeJson(header)), { signal })
+      await sendAll(stream, lengthPrefixed(encodeJson(header)), signal)
       const tar = await saveImage(this.docker, ref, signal)
       for await (const chunk of tar as AsyncIterable<Buffer>) {
         sent += chunk.byteLength
         idle.touch()
         // send() says false when the muxer's window is full: wait for the requester to read.
-        if (!stream.send(chunk)) await stream.onDrain({ signal })
+        await sendAll(stream, chunk, signal)
       }
       await stream.close({ signal })
       this.counters.served++
@@ -211,32 +164,15 @@ export class ImageServer {
       stream.abort(reason)
     } finally {
       idle.stop()
-      if (!released) this.active--
+      release()
     }
   }
 }
 
-/**
- * Answers an error header and closes our side. A requester that keeps its
- * side open (or keeps sending) is cut off after a few seconds.
- */
-async function refuse (lp: ByteStream<Stream>, stream: Stream, code: ImageErrorCode, message: string): Promise<void> {
+/** An error header: the requester learns why, rather than seeing a reset. */
+function refusal (code: ImageErrorCode, message: string): Uint8Array {
   const header: ImageHeader = { ok: false, error: { code, message: message.slice(0, 2000) } }
-  try {
-    await lp.write(lengthPrefixed(encodeJson(header)), { signal: AbortSignal.timeout(5000) })
-    await stream.close({ signal: AbortSignal.timeout(5000) })
-  } catch (err) {
-    stream.abort(err as Error)
-    return
-  }
-  if (stream.status === 'closed') return
-  await new Promise<void>(resolve => {
-    const timer = setTimeout(resolve, 5000)
-    timer.unref()
-    stream.addEventListener('close', () => { clearTimeout(timer); resolve() }, { once: true })
-  })
-  // (Re-read: the await above may have changed it.)
-  if ((stream.status as string) !== 'closed') stream.abort(new Error('requester kept the stream open after an error'))
+  return lengthPrefixed(encodeJson(header))
 }
 
 /**
@@ -320,8 +256,8 @@ async function fetchFrom (mesh: Mesh, docker: Docker, ref: string, peerId: PeerI
   let body: PassThrough | undefined
   let loading: Promise<string[]> | undefined
   try {
-    await bytes.write(lengthPrefixed(encodeJson({ ref })), { signal })
-    const header = decodeImageHeaderBytes(await readFrame(bytes, IMAGE_HEADER_MAX_BYTES, 'header', signal))
+    await sendAll(stream, lengthPrefixed(encodeJson({ ref })), signal)
+    const header = decodeImageHeaderBytes(await readFrame(readerOf(bytes, signal), IMAGE_HEADER_MAX_BYTES, 'header'))
     if (!header.ok) throw new ImageTransferError(header.error.code, header.error.message, peer)
     total = header.size ?? null
     if (total !== null && total > maxBytes) throw new ImageTransferError('too_large', `the image is ${total} bytes, more than the limit of ${maxBytes}`, peer)
@@ -381,44 +317,12 @@ async function fetchFrom (mesh: Mesh, docker: Docker, ref: string, peerId: PeerI
 
 function asTransferError (err: Error, peer: string): ImageTransferError {
   if (err instanceof ImageTransferError) return err.peer === undefined ? new ImageTransferError(err.code, err.message, peer) : err
+  if (err instanceof ValidationError) return new ImageTransferError('protocol', `the peer sent a bad message: ${err.message}`, peer)
   return new ImageTransferError('failed', err.message, peer)
 }
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/** Calls `onIdle` (by aborting `signal`) when `touch()` has not been called for `ms`. */
-class Watchdog {
-  private readonly controller = new AbortController()
-  private readonly ms: number
-  private readonly reason: () => Error
-  private timer: NodeJS.Timeout
-
-  constructor (ms: number, reason: () => Error) {
-    this.ms = ms
-    this.reason = reason
-    this.timer = this.arm()
-  }
-
-  get signal (): AbortSignal {
-    return this.controller.signal
-  }
-
-  private arm (): NodeJS.Timeout {
-    const t = setTimeout(() => { this.controller.abort(this.reason()) }, this.ms)
-    t.unref()
-    return t
-  }
-
-  touch (): void {
-    clearTimeout(this.timer)
-    if (!this.controller.signal.aborted) this.timer = this.arm()
-  }
-
-  stop (): void {
-    clearTimeout(this.timer)
-  }
-}
 
 async function drained (sink: PassThrough, signal: AbortSignal): Promise<void> {
   if (sink.destroyed) throw sink.errored ?? new Error('docker load stopped reading')
@@ -435,34 +339,6 @@ async function drained (sink: PassThrough, signal: AbortSignal): Promise<void> {
     const onAbort = (): void => { done(signal.reason as Error) }
     sink.once('drain', onDrain)
     sink.once('close', onClose)
-    signal.addEventListener('abort', onAbort, { once: true })
-  })
-}
-
-
-/**
- * Reads one varint-length-prefixed frame of at most `max` bytes; a prefix
- * longer than 4 bytes (over 256 MiB) or a length over `max` is refused before
- * any of the frame is read.
- */
-async function readFrame (bytes: ByteStream<Stream>, max: number, what: string, signal: AbortSignal): Promise<Uint8Array> {
-  let length = 0
-  for (let i = 0; ; i++) {
-    if (i >= 4) throw new ImageTransferError('protocol', `the length prefix of the ${what} is too long`)
-    const b = (await bytes.read({ bytes: 1, signal })).get(0)
-    length += (b & 0x7f) * 2 ** (7 * i)
-    if ((b & 0x80) === 0) break
-  }
-  if (length > max) throw new ImageTransferError('protocol', `the ${what} is ${length} bytes, more than ${max} (too long)`)
-  if (length === 0) return new Uint8Array(0)
-  return (await bytes.read({ bytes: length, signal })).subarray()
-}
-
-async function sleep (ms: number, signal: AbortSignal): Promise<void> {
-  signal.throwIfAborted()
-  await new Promise<void>((resolve, reject) => {
-    const onAbort = (): void => { clearTimeout(timer); reject(signal.reason) }
-    const timer = setTimeout(() => { signal.removeEventListener('abort', onAbort); resolve() }, ms)
     signal.addEventListener('abort', onAbort, { once: true })
   })
 }

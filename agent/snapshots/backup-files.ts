@@ -23,7 +23,7 @@ import { Transform, type Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import type { BackupCounters } from '../../proto/api.ts'
 import { EXIT, NoSpaceError, UserError } from '../util/errors.ts'
-import { diskFull } from './archive.ts'
+import { diskFull } from './tree.ts'
 
 export const TEMP_PREFIX = '.dcloud-tmp-'
 const MiB = 1024 * 1024

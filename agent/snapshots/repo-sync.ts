@@ -37,7 +37,7 @@ import { constants, type Dirent } from 'node:fs'
 import { link, lstat, mkdir, open, readdir, rename, stat, statfs, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { byteStream, type ByteStream } from '@libp2p/utils'
-import type { Connection, PeerId, Stream } from '@libp2p/interface'
+import type { PeerId, Stream } from '@libp2p/interface'
 import {
   REPO_FRAME_MAX_BYTES, REPO_LISTING_MAX_BYTES, REPO_PULL_PROTOCOL, REPO_REQUEST_MAX_BYTES,
   compareRepoPaths, decodeRepoListingBytes, decodeRepoPullRequestBytes, decodeRepoStreamFrameBytes, decodeRepoWantBytes,
@@ -46,6 +46,8 @@ import {
 } from '../../proto/snapshots.ts'
 import { ValidationError } from '../../proto/validate.ts'
 import type { Mesh } from '../mesh/mesh.ts'
+import { StreamService, readFrame, readerOf, refuse, sendAll } from '../mesh/stream-service.ts'
+import { Watchdog, sleep } from '../util/async.ts'
 import type { Logger } from '../util/log.ts'
 
 export { REPO_PULL_PROTOCOL }
@@ -61,8 +63,6 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 30_000
 export const DEFAULT_MAX_CONCURRENT = 2
 /** How long a server waits for its owner's lock (a backup running) before answering `busy`. */
 export const DEFAULT_LOCK_WAIT_MS = 10_000
-/** How long a server waits for the request after a stream opens. */
-const REQUEST_TIMEOUT_MS = 10_000
 /** The server reads files in pieces of this size; each is handed to the muxer as is (never reused). */
 const SEND_CHUNK = 256 * 1024
 /** The puller reads and writes in pieces of at most this size. */
@@ -153,47 +153,7 @@ export interface RepoServerCounters {
 }
 
 // ---------------------------------------------------------------------------
-// The owner's lock
-
-/**
- * A mutex per key (an app): `run(app, fn)` runs fn once every earlier holder
- * of the same key is done; other keys do not wait. `acquire` fits the `lock`
- * option of serveRepos and pullRepo: `lock: (app) => mutex.acquire(app)`.
- */
-export class KeyedMutex {
-  private readonly tails = new Map<string, Promise<void>>()
-
-  /** Waits for the key and returns its release (calling it twice is harmless). */
-  async acquire (key: string): Promise<() => void> {
-    const previous = this.tails.get(key) ?? Promise.resolve()
-    let free!: () => void
-    const mine = new Promise<void>(resolve => { free = resolve })
-    const tail = previous.then(() => mine)
-    this.tails.set(key, tail)
-    await previous
-    let released = false
-    return () => {
-      if (released) return
-      released = true
-      free()
-      // Nobody queued behind us: forget the key, so the map does not grow with every app ever locked.
-      if (this.tails.get(key) === tail) this.tails.delete(key)
-    }
-  }
-
-  async run<T> (key: string, fn: () => Promise<T>): Promise<T> {
-    const release = await this.acquire(key)
-    try {
-      return await fn()
-    } finally {
-      release()
-    }
-  }
-
-  isLocked (key: string): boolean {
-    return this.tails.has(key)
-  }
-}
+// The owner's lock (a KeyedMutex's acquire, agent/util/async.ts)
 
 /**
  * Takes `lock(app)`, giving up after `ms` (null: never) or on abort. A lock
@@ -283,26 +243,17 @@ class ServeRefusal extends Error {
   override name = 'ServeRefusal'
 }
 
-export class RepoServer {
-  readonly counters: RepoServerCounters = { served: 0, files: 0, bytes: 0, notFound: 0, busy: 0, rejected: 0, failed: 0 }
-  private readonly mesh: Mesh
+export class RepoServer extends StreamService<RepoServerCounters> {
   private readonly root: string
-  private readonly log: Logger
   private readonly lock: RepoLock | undefined
-  private readonly maxConcurrent: number
   private readonly idleTimeoutMs: number
   private readonly lockWaitMs: number
   private readonly maxBytesPerSecond: number | null
-  private readonly controller = new AbortController()
-  private active = 0
-  private started = false
 
   constructor (mesh: Mesh, init: RepoServerInit) {
-    this.mesh = mesh
+    super(mesh, { protocol: REPO_PULL_PROTOCOL, log: init.log, maxConcurrent: init.maxConcurrent ?? DEFAULT_MAX_CONCURRENT, what: 'repo-pull' }, { served: 0, files: 0, bytes: 0, notFound: 0, busy: 0, rejected: 0, failed: 0 })
     this.root = resolve(init.root)
-    this.log = init.log
     this.lock = init.lock
-    this.maxConcurrent = init.maxConcurrent ?? DEFAULT_MAX_CONCURRENT
     this.idleTimeoutMs = init.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS
     this.lockWaitMs = init.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS
     this.maxBytesPerSecond = init.maxBytesPerSecond ?? null
@@ -312,55 +263,16 @@ export class RepoServer {
     return this.active
   }
 
-  async start (): Promise<void> {
-    if (this.started) return
-    this.started = true
-    // More inbound streams than pulls: the extra ones get a quick `busy`, not a reset.
-    await this.mesh.host.handle(REPO_PULL_PROTOCOL, (stream: Stream, connection: Connection) => {
-      void this.serve(stream, connection.remotePeer).catch((err: Error) => {
-        // Never thrown at libp2p: log, count, drop.
-        this.counters.failed++
-        this.log.warn('repo-pull stream failed', { error: err.message })
-        stream.abort(err)
-      })
-    }, { maxInboundStreams: this.maxConcurrent + 8 })
-  }
-
-  async stop (): Promise<void> {
-    if (!this.started) return
-    this.started = false
-    this.controller.abort(new Error('repository server stopped'))
-    await this.mesh.host.unhandle(REPO_PULL_PROTOCOL).catch(() => {})
-  }
-
-  private async serve (stream: Stream, from: PeerId): Promise<void> {
+  protected async serve (stream: Stream, from: PeerId): Promise<void> {
     const peer = from.toString()
     // The want frame may be as long as the listing.
     stream.maxReadBufferLength = Math.max(stream.maxReadBufferLength, RECEIVE_BUFFER_BYTES)
     const bytes = byteStream(stream, { maxBufferSize: REPO_LISTING_MAX_BYTES + 64 * 1024 })
-    let app: string
-    try {
-      const first = AbortSignal.any([AbortSignal.timeout(REQUEST_TIMEOUT_MS), this.controller.signal])
-      const raw = await readFrame(async (n) => (await bytes.read({ bytes: n, signal: first })).subarray(), REPO_REQUEST_MAX_BYTES, 'request')
-      app = decodeRepoPullRequestBytes(raw).app
-    } catch (err) {
-      this.counters.rejected++
-      this.log.debug('rejected repo-pull request', { from: peer, error: (err as Error).message })
-      await refuse(stream, { ok: false, error: { code: 'bad_request', message: `bad request: ${(err as Error).message}` } })
-      return
-    }
-    if (this.active >= this.maxConcurrent) {
-      this.counters.busy++
-      await refuse(stream, { ok: false, error: { code: 'busy', message: `already serving ${this.active} repository pulls; try again shortly` } })
-      return
-    }
-
-    this.active++
-    let slot = true
-    const freeSlot = (): void => {
-      if (slot) this.active--
-      slot = false
-    }
+    const request = await this.readRequest(stream, bytes, peer, REPO_REQUEST_MAX_BYTES, decodeRepoPullRequestBytes, (message) => encodeRepoFrame({ ok: false, error: { code: 'bad_request', message } }))
+    if (request === null) return
+    const { app } = request
+    const freeSlot = await this.takeSlot(stream, (active) => encodeRepoFrame({ ok: false, error: { code: 'busy', message: `already serving ${active} repository pulls; try again shortly` } }))
+    if (freeSlot === null) return
     const idle = new Watchdog(this.idleTimeoutMs, () => new Error(`no progress for ${this.idleTimeoutMs / 1000} s`))
     const signal = AbortSignal.any([idle.signal, this.controller.signal])
     const started = performance.now()
@@ -374,7 +286,7 @@ export class RepoServer {
         if (release === null) {
           this.counters.busy++
           freeSlot()
-          await refuse(stream, { ok: false, error: { code: 'busy', message: `the repository of ${app} is in use here (a backup?); try again shortly` } })
+          await refuse(stream, encodeRepoFrame({ ok: false, error: { code: 'busy', message: `the repository of ${app} is in use here (a backup?); try again shortly` } }))
           return
         }
       }
@@ -386,7 +298,7 @@ export class RepoServer {
         release?.()
         release = null
         freeSlot()
-        await refuse(stream, { ok: false, error: { code: 'not_found', message: `no restic repository of ${app} on this node` } })
+        await refuse(stream, encodeRepoFrame({ ok: false, error: { code: 'not_found', message: `no restic repository of ${app} on this node` } }))
         return
       }
       const answer: RepoListing = { ok: true, files: listing }
@@ -395,7 +307,7 @@ export class RepoServer {
 
       let want: RepoFile[]
       try {
-        want = checkWant(decodeRepoWantBytes(await readFrame(async (n) => (await bytes.read({ bytes: n, signal })).subarray(), REPO_LISTING_MAX_BYTES, 'want')).want, listing)
+        want = checkWant(decodeRepoWantBytes(await readFrame(readerOf(bytes, signal), REPO_LISTING_MAX_BYTES, 'want')).want, listing)
       } catch (err) {
         if (signal.aborted) throw err
         this.counters.rejected++
@@ -403,7 +315,7 @@ export class RepoServer {
         release?.()
         release = null
         freeSlot()
-        await refuse(stream, { error: { code: 'bad_request', message: `bad request: ${(err as Error).message}` } })
+        await refuse(stream, encodeRepoFrame({ error: { code: 'bad_request', message: `bad request: ${(err as Error).message}` } }))
         return
       }
       idle.touch()
@@ -428,7 +340,7 @@ export class RepoServer {
         release?.()
         release = null
         freeSlot()
-        await refuse(stream, { error: { code: 'failed', message: err.message } })
+        await refuse(stream, encodeRepoFrame({ error: { code: 'failed', message: err.message } }))
         return
       }
       this.counters.failed++
@@ -502,28 +414,6 @@ function checkWant (want: string[], listing: RepoFile[]): RepoFile[] {
     if (f === undefined) throw new ValidationError(`want[${i}]`, `${path} is not in the listing`)
     return f
   })
-}
-
-/**
- * Sends an error frame and closes our side. A peer that keeps its side open
- * is cut off after a few seconds.
- */
-async function refuse (stream: Stream, body: unknown): Promise<void> {
-  try {
-    await sendAll(stream, encodeRepoFrame(body), AbortSignal.timeout(5000))
-    await stream.close({ signal: AbortSignal.timeout(5000) })
-  } catch (err) {
-    stream.abort(err as Error)
-    return
-  }
-  if (stream.status === 'closed') return
-  await new Promise<void>(resolve => {
-    const timer = setTimeout(resolve, 5000)
-    timer.unref()
-    stream.addEventListener('close', () => { clearTimeout(timer); resolve() }, { once: true })
-  })
-  // (Re-read: the await above may have changed it.)
-  if ((stream.status as string) !== 'closed') stream.abort(new Error('peer kept the stream open after an error'))
 }
 
 /**
@@ -1035,71 +925,6 @@ async function writeAll (fd: FileHandle, data: Uint8Array): Promise<void> {
     const { bytesWritten } = await fd.write(data, off, data.byteLength - off)
     off += bytesWritten
   }
-}
-
-/** Sends bytes when the muxer has room, else after it drains. */
-async function sendAll (stream: Stream, data: Uint8Array, signal: AbortSignal): Promise<void> {
-  if (!stream.send(data)) await stream.onDrain({ signal })
-}
-
-/**
- * Reads one varint-length-prefixed frame of at most `max` bytes; a prefix of
- * more than 4 bytes (256 MiB and up) or a length over `max` is refused before
- * any of the frame is read.
- */
-async function readFrame (read: (n: number) => Promise<Uint8Array>, max: number, what: string): Promise<Uint8Array> {
-  let length = 0
-  for (let i = 0; ; i++) {
-    if (i >= 4) throw new ValidationError(what, 'has a length prefix that is too long')
-    const b = (await read(1))[0] as number
-    length += (b & 0x7f) * 2 ** (7 * i)
-    if ((b & 0x80) === 0) break
-  }
-  if (length > max) throw new ValidationError(what, `is ${length} bytes, more than ${max} (too long)`)
-  if (length === 0) return new Uint8Array(0)
-  return await read(length)
-}
-
-/** Aborts `signal` when `touch()` has not been called for `ms`; unless `armed`, the clock starts at the first touch. */
-class Watchdog {
-  private readonly controller = new AbortController()
-  private readonly ms: number
-  private readonly reason: () => Error
-  private timer: NodeJS.Timeout | undefined
-
-  constructor (ms: number, reason: () => Error, armed = true) {
-    this.ms = ms
-    this.reason = reason
-    if (armed) this.timer = this.arm()
-  }
-
-  get signal (): AbortSignal {
-    return this.controller.signal
-  }
-
-  private arm (): NodeJS.Timeout {
-    const t = setTimeout(() => { this.controller.abort(this.reason()) }, this.ms)
-    t.unref()
-    return t
-  }
-
-  touch (): void {
-    clearTimeout(this.timer)
-    if (!this.controller.signal.aborted) this.timer = this.arm()
-  }
-
-  stop (): void {
-    clearTimeout(this.timer)
-  }
-}
-
-async function sleep (ms: number, signal: AbortSignal): Promise<void> {
-  signal.throwIfAborted()
-  await new Promise<void>((resolve, reject) => {
-    const onAbort = (): void => { clearTimeout(timer); reject(signal.reason) }
-    const timer = setTimeout(() => { signal.removeEventListener('abort', onAbort); resolve() }, ms)
-    signal.addEventListener('abort', onAbort, { once: true })
-  })
 }
 
 function shortPeer (peer: string): string {

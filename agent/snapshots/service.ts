@@ -33,12 +33,8 @@ import { NoSpaceError, UserError, EXIT } from '../util/errors.ts'
 import type { Logger } from '../util/log.ts'
 import type { AppRuntime } from '../runtime/apps.ts'
 import { volumeName } from '../runtime/apps.ts'
-import {
-  RepoMissingError, backup, forget as forgetSnapshots, initRepo, prune, restore as resticRestore, restoreAsIs, snapshots as resticSnapshots,
-  type ResticRepo, type Snapshot
-} from './restic.ts'
-import { applyIncrement } from './increment.ts'
-import { initTarRepository, isTarRepository, tarBackup, tarForget, tarRestore, tarSnapshots } from './tar-repo.ts'
+import { RepoMissingError, type ResticRepo, type Snapshot } from './restic.ts'
+import { openRepository, type SnapshotRepository } from './repository.ts'
 import { snapshotsToForget, type KeepRule } from '../../scheduler/retention.ts'
 import { RepoSyncError } from './repo-sync.ts'
 
@@ -56,9 +52,6 @@ const MAX_INCREMENT_PATHS = 4000
  * keep writing once it runs. The same margin a replica pull keeps (repo-sync.ts).
  */
 export const RESTORE_SPARE_BYTES = 64 * 1024 * 1024
-
-/** restic's repository format, or the tar fallback's (tar-repo.ts) where restic is missing. */
-export type RepoFormat = 'restic' | 'tar'
 
 export interface SnapshotServiceInit {
   dataDir: string
@@ -109,8 +102,8 @@ export class SnapshotService {
   private readonly unpruned = new Set<string>()
   /** Whether this node has restic (found at start); without it new repositories are tar repositories. */
   private resticFound = true
-  /** The format of each app's repository here, once known (a repository never changes format). */
-  private readonly formats = new Map<string, RepoFormat>()
+  /** Each app's repository here, once it exists (a repository never changes format). */
+  private readonly repos = new Map<string, SnapshotRepository>()
 
   constructor (init: SnapshotServiceInit) {
     this.init = init
@@ -136,23 +129,22 @@ export class SnapshotService {
     }
   }
 
-  repo (app: string): ResticRepo {
+  private resticRepo (app: string): ResticRepo {
     return { repo: join(this.reposRoot, app), passwordFile: this.passwordFile, cacheDir: this.cacheDir, ...(this.init.restic !== undefined ? { binary: this.init.restic } : {}) }
   }
 
   /**
-   * The format of the app's repository here: what its config says when it
-   * exists (a replica keeps its origin's format), else restic where this node
-   * has it and tar where it does not.
+   * The app's repository here, its backend chosen once (repository.ts): what
+   * its config says when it exists (a replica keeps its origin's format),
+   * else restic where this node has it and tar where it does not. Kept once
+   * it exists; until then a pull may still bring a replica of either format.
    */
-  async format (app: string): Promise<RepoFormat> {
-    const known = this.formats.get(app)
+  private async repository (app: string): Promise<SnapshotRepository> {
+    const known = this.repos.get(app)
     if (known !== undefined) return known
-    const dir = join(this.reposRoot, app)
-    if (!(await exists(join(dir, 'config')))) return this.resticFound ? 'restic' : 'tar'
-    const format: RepoFormat = await isTarRepository(dir) ? 'tar' : 'restic'
-    this.formats.set(app, format)
-    return format
+    const repo = await openRepository(this.resticRepo(app), this.resticFound)
+    if (await exists(join(repo.dir, 'config'))) this.repos.set(app, repo)
+    return repo
   }
 
   private async withLock<T> (app: string, fn: () => Promise<T>): Promise<T> {
@@ -203,15 +195,14 @@ export class SnapshotService {
     const tags = [`dcloud.app=${app.name}`, `dcloud.purpose=${opts.purpose}`, `dcloud.gen=${opts.generation}`]
     if (opts.label != null) tags.push(`dcloud.label=${opts.label}`)
     const host = hostTag(this.init.nodeName())
-    const repo = this.repo(app.name)
 
     return await this.withLock(app.name, async () => {
-      const format = await this.ensureRepo(app.name, opts.signal)
+      const repo = await this.ensureRepo(app.name, opts.signal)
       const quiesce = opts.quiesce ?? policy.quiesce
       const started = performance.now()
-      // A tar repository copies everything at every pass: a prepass would only double the work.
-      if (quiesce !== 'none' && format === 'restic') {
-        const all = await resticSnapshots(repo, { signal: opts.signal, tags: [`dcloud.app=${app.name}`] })
+      // A repository that is not incremental copies everything at every pass: a prepass would only double the work.
+      if (quiesce !== 'none' && repo.incremental) {
+        const all = await repo.snapshots({ signal: opts.signal, tags: [`dcloud.app=${app.name}`] })
         // restic is incremental against this host's last snapshot of the same paths, and re-reads files
         // whose metadata changed: with none of its own yet, or when the newest snapshot came from another
         // node (its data was restored here by a move or a failover since), the quiesced pass would read
@@ -219,7 +210,7 @@ export class SnapshotService {
         const newest = all.at(-1)
         if (newest === undefined || newest.hostname !== host) {
           say('copying the bulk while the app runs')
-          await backup(repo, { within, names }, { tags: [`dcloud.app=${app.name}`, 'dcloud.purpose=prepass', `dcloud.gen=${opts.generation}`], host, signal: opts.signal })
+          await repo.backup({ within, names }, { tags: [`dcloud.app=${app.name}`, 'dcloud.purpose=prepass', `dcloud.gen=${opts.generation}`], host, signal: opts.signal })
         }
       }
       const frozen = quiesce === 'none' ? [] : await runtime.quiesce(app.name, quiesce, opts.signal)
@@ -234,7 +225,7 @@ export class SnapshotService {
           ...(opts.describe === false ? { describe: false } : {}),
           progress: (p: { percent: number, bytesDone: number, bytesTotal: number | null }) => { say(`snapshot ${Math.round(p.percent)}% (${p.bytesDone} of ${p.bytesTotal ?? '?'} bytes)`) }
         }
-        result = format === 'restic' ? await backup(repo, { within, names }, options) : await tarBackup(repo.repo, { within, names }, options)
+        result = await repo.backup({ within, names }, options)
       } finally {
         if (frozen.length > 0 && quiesce !== 'none') await runtime.resume(app.name, frozen, quiesce, AbortSignal.timeout(60_000))
       }
@@ -246,15 +237,14 @@ export class SnapshotService {
     })
   }
 
-  /** Creates the app's repository here if there is none (restic where this node has it, else tar); returns its format. */
-  private async ensureRepo (app: string, signal: AbortSignal): Promise<RepoFormat> {
-    const format = await this.format(app)
-    if (await exists(join(this.reposRoot, app, 'config'))) return format
-    if (format === 'restic') await initRepo(this.repo(app), { signal })
-    else await initTarRepository(join(this.reposRoot, app), { signal })
-    this.formats.set(app, format)
-    this.init.log.info('snapshot repository created', { app, repo: join(this.reposRoot, app), format })
-    return format
+  /** The app's repository here, created if there is none (restic where this node has it, else tar). */
+  private async ensureRepo (app: string, signal: AbortSignal): Promise<SnapshotRepository> {
+    const repo = await this.repository(app)
+    if (this.repos.has(app)) return repo
+    await repo.init({ signal })
+    this.repos.set(app, repo)
+    this.init.log.info('snapshot repository created', { app, repo: repo.dir, format: repo.format })
+    return repo
   }
 
   /**
@@ -266,9 +256,8 @@ export class SnapshotService {
     const names = (await readdir(stage)).sort()
     if (names.length === 0) throw new UserError('nothing to import: no volumes', { exitCode: EXIT.dataError })
     return await this.withLock(app, async () => {
-      const format = await this.ensureRepo(app, signal)
-      const options = { tags: [`dcloud.app=${app}`, `dcloud.purpose=${purpose}`, 'dcloud.gen=1'], host: hostTag(this.init.nodeName()), signal }
-      const r = format === 'restic' ? await backup(this.repo(app), { within: stage, names }, options) : await tarBackup(join(this.reposRoot, app), { within: stage, names }, options)
+      const repo = await this.ensureRepo(app, signal)
+      const r = await repo.backup({ within: stage, names }, { tags: [`dcloud.app=${app}`, `dcloud.purpose=${purpose}`, 'dcloud.gen=1'], host: hostTag(this.init.nodeName()), signal })
       this.listings.delete(app)
       return infoOf(r.snapshot, app, r.bytesProcessed, r.dataAdded)
     })
@@ -309,10 +298,8 @@ export class SnapshotService {
       return []
     }
     try {
-      const format = await this.format(app)
-      snaps = await this.withLock(app, async () => format === 'restic'
-        ? await resticSnapshots(this.repo(app), { signal, tags: [`dcloud.app=${app}`] })
-        : await tarSnapshots(join(this.reposRoot, app), { signal, tags: [`dcloud.app=${app}`], onSkip: (path, reason) => { this.init.log.warn('a snapshot of the tar repository is unreadable here; skipped', { app, path, reason }) } }))
+      const repo = await this.repository(app)
+      snaps = await this.withLock(app, async () => await repo.snapshots({ signal, tags: [`dcloud.app=${app}`], onSkip: (path, reason) => { this.init.log.warn(`a snapshot of the ${repo.format} repository is unreadable here; skipped`, { app, path, reason }) } }))
     } catch (err) {
       if (err instanceof RepoMissingError) return []
       throw err
@@ -418,10 +405,7 @@ export class SnapshotService {
    * it does not (one restic run less).
    */
   private async restoreLaidOut (app: string, snapshotId: string, target: string, signal: AbortSignal, lookup = false): Promise<Snapshot | null> {
-    if (await this.format(app) === 'tar') return await tarRestore(join(this.reposRoot, app), snapshotId, target, { signal })
-    if (lookup) return await resticRestore(this.repo(app), snapshotId, target, { signal })
-    await restoreAsIs(this.repo(app), snapshotId, target, { signal })
-    return null
+    return await (await this.repository(app)).restore(snapshotId, target, { signal, lookup })
   }
 
   /**
@@ -431,8 +415,8 @@ export class SnapshotService {
    * while the app is down. A stage is only a copy: dropping it loses nothing.
    */
   async stage (app: string, snapshotId: string, storage: AppStorage | null, signal: AbortSignal): Promise<void> {
-    // Only restic can name what changed since: a tar repository restores in full anyway.
-    if (await this.format(app) !== 'restic') return
+    // Only an incremental repository can name what changed since: another restores in full anyway.
+    if (!(await this.repository(app)).incremental) return
     let dir: string
     if (storage !== null) {
       await mkdir(storage.hostPath, { recursive: true, mode: 0o755 })
@@ -492,7 +476,8 @@ export class SnapshotService {
   /** Brings a staged copy up to `snapshotId` (increment.ts); the number of changes applied. */
   private async applyIncrement (app: string, staged: { snapshot: string, dir: string }, snapshotId: string, signal: AbortSignal): Promise<number> {
     if (staged.snapshot === snapshotId) return 0
-    return await this.withLock(app, async () => await applyIncrement(this.repo(app), staged.snapshot, snapshotId, join(staged.dir, 'out'), { signal, maxPaths: MAX_INCREMENT_PATHS }))
+    const repo = await this.repository(app)
+    return await this.withLock(app, async () => await repo.increment(staged.snapshot, snapshotId, join(staged.dir, 'out'), { signal, maxPaths: MAX_INCREMENT_PATHS }))
   }
 
   // ---- retention -------------------------------------------------------------
@@ -507,20 +492,15 @@ export class SnapshotService {
     const forget = snapshotsToForget(all, rule, keepIds)
     const dueForPrune = (): boolean => this.unpruned.has(app) && Date.now() - (this.prunedAt.get(app) ?? 0) >= PRUNE_EVERY_MS
     if (forget.length === 0 && !dueForPrune()) return []
-    const format = await this.format(app)
-    const dir = join(this.reposRoot, app)
+    const repo = await this.repository(app)
     await this.withLock(app, async () => {
-      if (format === 'tar') {
-        // A tar repository's forget removes the archives no snapshot uses: nothing to prune.
-        if (forget.length > 0) await tarForget(dir, forget, { signal })
-        return
-      }
       if (forget.length > 0) {
-        await forgetSnapshots(this.repo(app), { ids: forget }, { signal })
-        this.unpruned.add(app)
+        await repo.forget(forget, { signal })
+        // A repository that is not incremental freed the space as it forgot: nothing to prune.
+        if (repo.incremental) this.unpruned.add(app)
       }
       if (dueForPrune()) {
-        await prune(this.repo(app), { signal })
+        await repo.prune({ signal })
         this.prunedAt.set(app, Date.now())
         this.unpruned.delete(app)
         this.init.log.info('repository pruned', { app })

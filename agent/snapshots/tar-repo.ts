@@ -27,7 +27,7 @@
  *
  * An archive holds a backup's entries side by side, as restic's
  * `{ within, names }` source does: `NAME/...` for each name, with mode,
- * owner and modification time, written by archive.ts's tree writer and read
+ * owner and modification time, written by tree.ts's writer and read
  * back by its safe extractor (no `..`, no absolute paths, no symlink leaving
  * its top-level directory, nothing written through a symlink). Archives are
  * deterministic (sorted names, no access times), so a backup of unchanged
@@ -44,7 +44,7 @@
  *   past it) fails the backup before anything is written, because the
  *   restore would refuse it: a snapshot that cannot be restored is worse
  *   than a clear error now.
- * - Setuid and setgid bits of files are dropped on restore (archive.ts's
+ * - Setuid and setgid bits of files are dropped on restore (tree.ts's
  *   rule: a replica's archive must not be a way to plant a privileged
  *   program).
  * - No locks of its own: callers serialise calls on one repository (the
@@ -59,14 +59,14 @@ import { hostname, userInfo } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 import { ValidationError, array, isRecord, number, record, string } from '../../proto/validate.ts'
 import { UserError, EXIT } from '../util/errors.ts'
-import { ArchiveError, FileSink, TreeExtractor, diskFull, listingDigest, scanTree, writeTree, type TarSink, type TreeResult, type TreeScan } from './archive.ts'
+import { FileSink, TreeExtractor, diskFull, listingDigest, scanTree, writeTree, type TarSink, type TreeResult, type TreeScan } from './tree.ts'
 import { mustBeEmptyOrAbsent, renameError } from './restore-target.ts'
 import {
   RepoCorruptError, RepoExistsError, RepoMissingError, SNAPSHOT_TAG, SnapshotNotFoundError, checkHost, checkSnapshotId, checkTag,
   type BackupOptions, type BackupProgress, type BackupResult, type BackupSource, type FailureContext,
   type RestoreOptions, type SignalOptions, type Snapshot, type SnapshotsOptions
 } from './restic.ts'
-import { TarReader, endOfArchive } from './tar.ts'
+import { ArchiveError, TarReader, endOfArchive } from './tar.ts'
 
 export const TAR_REPO_FORMAT = 'dcloud-tar-repository'
 export const TAR_REPO_VERSION = 1
@@ -576,7 +576,7 @@ function backupSource (source: BackupSource): { within: string, names: string[] 
 
 /**
  * The `tree` of a snapshot: one line per top-level entry, sorted by name,
- * with the sha256 of its content listing (archive.ts's listingLine: types,
+ * with the sha256 of its content listing (tree.ts's listingLine: types,
  * modes, owners, sizes and content hashes; no times). Equal data, equal tree,
  * like restic's tree id.
  */
@@ -616,7 +616,7 @@ function hashingSink (inner: TarSink, hash: Hash): TarSink {
  * Restores a snapshot as restic lays out a `{ within, names }` backup:
  * `target/NAME/...` for each name (restoreAsIs). `target` must not exist or
  * be empty. The archive is extracted into a fresh directory next to it
- * (archive.ts's safe extractor) while its SHA-256 is computed, and renamed
+ * (tree.ts's safe extractor) while its SHA-256 is computed, and renamed
  * into place only once the hash matches the archive's name and the content
  * matches the record's tree: a damaged or hostile archive leaves nothing
  * behind. Returns the snapshot restored.

@@ -8,7 +8,7 @@
  * boundary of a restore: it must refuse a hostile archive before a single
  * byte reaches the disk, and a reader we can read end to end is one we can
  * trust. `TarReader` parses strictly and never touches the file system; what
- * an entry may be is decided by archive.ts.
+ * an entry may be is decided by tree.ts.
  */
 import { UserError, EXIT } from '../util/errors.ts'
 

@@ -15,6 +15,7 @@ export const EXIT = {
   cantCreate: 73,
   ioError: 74,
   tempFail: 75,
+  protocol: 76,
   noPermission: 77,
   config: 78
 } as const
@@ -30,6 +31,16 @@ export class UserError extends Error {
     this.exitCode = opts.exitCode ?? EXIT.failure
     this.hint = opts.hint
   }
+}
+
+/**
+ * Whether `err` is a UserError, from this copy of the module or another (the
+ * lab, loaded from the sources beside the bundled CLI, has its own classes).
+ */
+export function isUserError (err: unknown): err is UserError {
+  if (err instanceof UserError) return true
+  const e = err as Partial<UserError> | null
+  return err instanceof Error && typeof e?.exitCode === 'number' && (e.hint === undefined || typeof e.hint === 'string')
 }
 
 export class UsageError extends UserError {

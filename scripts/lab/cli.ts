@@ -1,9 +1,9 @@
 /** `dcloud lab ...`: try a cluster on one machine. */
-import { parseArgs } from 'node:util'
 import { spawn } from 'node:child_process'
 import { randomInt } from 'node:crypto'
 import { DEFAULT_DISK_BYTES, Lab, formatBytes, isRunning, parseSize, type DiskView } from './lab.ts'
 import { table } from '../../agent/cli/format.ts'
+import { intOption, parseCommand } from '../../agent/cli/args.ts'
 import { UsageError } from '../../agent/util/errors.ts'
 
 export const labHelp = `dcloud lab [--lab NAME] COMMAND
@@ -56,7 +56,7 @@ export async function labCommand (argv: string[]): Promise<number> {
     case 'up': {
       const dash = rest.indexOf('--')
       const own = dash === -1 ? rest : rest.slice(0, dash)
-      const { values } = parseArgs({ args: own, strict: true, options: { nodes: { type: 'string', default: '3' }, 'images-on': { type: 'string' }, 'disk-size': { type: 'string' }, devices: { type: 'string', multiple: true, default: [] } } })
+      const { values } = parseCommand(own, { usage: 'dcloud lab up --nodes N [--images-on N1,N2|none] [--disk-size SIZE] [--devices NODE=LIST]... [-- AGENT_ARGS]', options: { nodes: { type: 'string', default: '3' }, 'images-on': { type: 'string' }, 'disk-size': { type: 'string' }, devices: { type: 'string', multiple: true, default: [] } } })
       const imagesOn = values['images-on'] === undefined ? undefined : values['images-on'] === 'none' ? [] : values['images-on'].split(',')
       const diskBytes = values['disk-size'] === undefined ? DEFAULT_DISK_BYTES : parseSize(values['disk-size'], '--disk-size')
       const devices: Record<string, string> = {}
@@ -71,16 +71,17 @@ export async function labCommand (argv: string[]): Promise<number> {
     case 'add': {
       const dash = rest.indexOf('--')
       const own = dash === -1 ? rest : rest.slice(0, dash)
-      const { values } = parseArgs({ args: own, strict: true, options: { 'key-file': { type: 'string' }, 'no-images': { type: 'boolean', default: false } } })
+      const { values } = parseCommand(own, { usage: 'dcloud lab add [--key-file F] [--no-images] [-- AGENT_ARGS]', options: { 'key-file': { type: 'string' }, 'no-images': { type: 'boolean', default: false } } })
       const node = await lab.add({ keyFile: values['key-file'], images: values['no-images'] !== true, agentArgs: dash === -1 ? [] : rest.slice(dash + 1), progress })
       process.stdout.write(`${node.name}\n`)
       return 0
     }
     case 'exec': {
       const dash = rest.indexOf('--')
-      const node = rest[0]
+      // NODE, then the command, after `--` when it has options of its own.
+      const { args: [node] } = parseCommand(dash === -1 ? rest.slice(0, 1) : rest.slice(0, dash), { usage: 'dcloud lab exec NODE -- CMD ...', args: ['NODE'] })
       const cmd = dash === -1 ? rest.slice(1) : rest.slice(dash + 1)
-      if (node === undefined || cmd.length === 0) throw new UsageError('usage: dcloud lab exec NODE -- CMD ...')
+      if (cmd.length === 0) throw new UsageError('missing CMD', 'usage: dcloud lab exec NODE -- CMD ...')
       await lab.node(node)
       return await new Promise<number>((resolve) => {
         const child = spawn('nsenter', [`--net=/run/netns/${lab.nodeNs(node)}`, '--', ...cmd], { stdio: 'inherit', env: lab.nodeEnv(node) })
@@ -89,40 +90,37 @@ export async function labCommand (argv: string[]): Promise<number> {
       })
     }
     case 'kill': {
-      if (rest[0] === undefined) throw new UsageError('usage: dcloud lab kill NODE')
-      await lab.kill(rest[0])
-      progress(`${rest[0]} killed`)
+      const { args: [node] } = parseCommand(rest, { usage: 'dcloud lab kill NODE', args: ['NODE'] })
+      await lab.kill(node)
+      progress(`${node} killed`)
       return 0
     }
     case 'start': {
-      const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { 'agent-only': { type: 'boolean', default: false } } })
-      if (positionals[0] === undefined) throw new UsageError('usage: dcloud lab start NODE [--agent-only]')
-      await lab.start(positionals[0], { agentOnly: values['agent-only'], progress })
+      const { values, args: [node] } = parseCommand(rest, { usage: 'dcloud lab start NODE [--agent-only]', args: ['NODE'], options: { 'agent-only': { type: 'boolean', default: false } } })
+      await lab.start(node, { agentOnly: values['agent-only'], progress })
       return 0
     }
     case 'restart-docker': {
-      const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { crash: { type: 'boolean', default: false }, 'down-ms': { type: 'string', default: '0' } } })
-      const downMs = Number(values['down-ms'])
-      if (positionals[0] === undefined || !Number.isInteger(downMs) || downMs < 0) throw new UsageError('usage: dcloud lab restart-docker NODE [--crash] [--down-ms MS]')
-      await lab.restartDockerd(positionals[0], { crash: values.crash, downMs })
-      progress(`${positionals[0]}'s dockerd restarted`)
+      const { values, args: [node] } = parseCommand(rest, { usage: 'dcloud lab restart-docker NODE [--crash] [--down-ms MS]', args: ['NODE'], options: { crash: { type: 'boolean', default: false }, 'down-ms': { type: 'string', default: '0' } } })
+      const downMs = intOption(values['down-ms'], 'down-ms', 0, 3_600_000) ?? 0
+      await lab.restartDockerd(node, { crash: values.crash, downMs })
+      progress(`${node}'s dockerd restarted`)
       return 0
     }
     case 'fill': {
-      const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { leave: { type: 'string', default: '0' }, json: { type: 'boolean', default: false } } })
-      if (positionals[0] === undefined) throw new UsageError('usage: dcloud lab fill NODE [--leave BYTES]')
-      const disk = await lab.fill(positionals[0], parseSize(values.leave ?? '0', '--leave'))
-      report(positionals[0], 'filled', disk, values.json === true)
+      const { values, args: [node] } = parseCommand(rest, { usage: 'dcloud lab fill NODE [--leave BYTES] [--json]', args: ['NODE'], options: { leave: { type: 'string', default: '0' }, json: { type: 'boolean', default: false } } })
+      const disk = await lab.fill(node, parseSize(values.leave ?? '0', '--leave'))
+      report(node, 'filled', disk, values.json === true)
       return 0
     }
     case 'unfill': {
-      const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { json: { type: 'boolean', default: false } } })
-      if (positionals[0] === undefined) throw new UsageError('usage: dcloud lab unfill NODE')
-      report(positionals[0], 'unfilled', await lab.unfill(positionals[0]), values.json === true)
+      const { values, args: [node] } = parseCommand(rest, { usage: 'dcloud lab unfill NODE [--json]', args: ['NODE'], options: { json: { type: 'boolean', default: false } } })
+      report(node, 'unfilled', await lab.unfill(node), values.json === true)
       return 0
     }
     case 'partition': {
-      const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { 'one-way': { type: 'boolean', default: false } } })
+      const { values, args: [first], rest: others } = parseCommand(rest, { usage: 'dcloud lab partition [--one-way] A[,B] C[,D] ...', args: ['GROUP'], rest: 'GROUP', options: { 'one-way': { type: 'boolean', default: false } } })
+      const positionals = [first, ...others]
       const oneWay = values['one-way'] === true
       if (oneWay && positionals.length !== 2) throw new UsageError('usage: dcloud lab partition --one-way A[,B] C[,D]: the first group stops being heard by the second')
       await lab.partition(positionals.map(g => g.split(',').filter(n => n !== '')), { oneWay })
@@ -130,11 +128,12 @@ export async function labCommand (argv: string[]): Promise<number> {
       return 0
     }
     case 'heal':
+      parseCommand(rest, { usage: 'dcloud lab heal' })
       await lab.heal()
       progress('healed')
       return 0
     case 'ls': {
-      const { values } = parseArgs({ args: rest, strict: true, options: { json: { type: 'boolean', default: false } } })
+      const { values } = parseCommand(rest, { usage: 'dcloud lab ls [--json]', options: { json: { type: 'boolean', default: false } } })
       const state = await lab.state()
       const nodes = await Promise.all(state.nodes.map(async n => ({
         name: n.name,
@@ -155,8 +154,7 @@ export async function labCommand (argv: string[]): Promise<number> {
       return 0
     }
     case 'chaos': {
-      const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { minutes: { type: 'string', default: '5' }, seed: { type: 'string' }, workloads: { type: 'string', default: 'notes,postgres' }, 'snapshot-every': { type: 'string', default: '30s' }, json: { type: 'boolean', default: false }, 'dry-run': { type: 'boolean', default: false }, nodes: { type: 'string' } } })
-      if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0] ?? ''}'`, labHelp)
+      const { values } = parseCommand(rest, { usage: 'dcloud lab chaos [--minutes N] [--seed S] [--workloads notes,postgres] [--snapshot-every 30s] [--json] [--dry-run [--nodes N]]', options: { minutes: { type: 'string', default: '5' }, seed: { type: 'string' }, workloads: { type: 'string', default: 'notes,postgres' }, 'snapshot-every': { type: 'string', default: '30s' }, json: { type: 'boolean', default: false }, 'dry-run': { type: 'boolean', default: false }, nodes: { type: 'string' } } })
       const minutes = Number(values.minutes)
       const seed = values.seed === undefined ? randomInt(0, 2 ** 31) : Number(values.seed)
       if (!/^\d+$/.test(String(values.seed ?? seed))) throw new UsageError('--seed must be a whole number, e.g. --seed 42')
@@ -184,6 +182,7 @@ export async function labCommand (argv: string[]): Promise<number> {
       return result.violations.length === 0 ? 0 : 1
     }
     case 'down':
+      parseCommand(rest, { usage: 'dcloud lab down' })
       await lab.down(progress)
       return 0
     default:

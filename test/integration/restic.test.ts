@@ -14,7 +14,7 @@ import {
   backup, check, forget, initRepo, newPasswordFile, prune, restore, snapshots, volumeTags,
   type BackupProgress, type ResticRepo
 } from '../../agent/snapshots/restic.ts'
-import { listingDigest } from '../../agent/snapshots/archive.ts'
+import { listingDigest } from '../../agent/snapshots/tree.ts'
 import { applyIncrement } from '../../agent/snapshots/increment.ts'
 import { restoreAsIs } from '../../agent/snapshots/restic.ts'
 import { UserError } from '../../agent/util/errors.ts'

@@ -18,10 +18,12 @@ import { BackupFiles } from '../../agent/snapshots/backup-files.ts'
 import { apiRoutes, type ApiBackend, type ClusterApi } from '../../agent/api/routes.ts'
 import { FailureLimiter, TrustedProxies, apiTokenVerifier, authenticate, bearerToken } from '../../agent/api/auth.ts'
 import { HostPolicy, RefusalRecorder, originRefusal, parseHostHeader } from '../../agent/api/guards.ts'
-import { apiGet, apiRequest, resolveApi } from '../../agent/cli/client.ts'
+import { ApiCallError, apiGet, apiRequest, resolveApi } from '../../agent/cli/client.ts'
 import { createLogger } from '../../agent/util/log.ts'
-import { UserError } from '../../agent/util/errors.ts'
+import { EXIT, NoSpaceError, UserError } from '../../agent/util/errors.ts'
+import { RpcError, rpcErrorOf, rpcFailureOf } from '../../agent/mesh/rpc.ts'
 import { loadApp } from '../../apps/catalog.ts'
+import { backupCommand } from '../../agent/cli/commands/snapshot.ts'
 import { PROJECT_ROOT, paths } from '../../agent/config.ts'
 import { writeFile, mkdir } from 'node:fs/promises'
 import type { MetricsResponse } from '../../proto/api.ts'
@@ -510,5 +512,98 @@ describe('API server through the real route table', () => {
     expect(err).toBeInstanceOf(UserError)
     expect((err as UserError).exitCode).toBe(69)
     expect((err as UserError).hint).toMatch(/dcloud agent/)
+  })
+})
+
+/**
+ * What an error thrown by the cluster behind a route answers, through the
+ * real route table and the CLI's client: an error a user can act on (a
+ * UserError here or on another node, a refusal of the cluster) reaches the
+ * CLI with its message, its hint and a fitting status and exit code; only a
+ * bug answers `internal`. `dcloud backup` onto an existing file once printed
+ * `the agent failed to answer; see its log (internal)`.
+ */
+describe('errors thrown behind a route reach the CLI', () => {
+  let server: ApiServer
+  let thrown: unknown = null
+  const logged: string[] = []
+  const fails = async (): Promise<never> => { throw thrown }
+  /** An error as another node's RPC server answers it, and as rpcCall turns the answer back into an error. */
+  const fromPeer = (err: unknown): RpcError => rpcErrorOf(JSON.parse(JSON.stringify(rpcFailureOf(err))))
+
+  beforeAll(async () => {
+    const backend: ApiBackend = {
+      status: () => ({ self: 'self', leader: null, nodes: [] }),
+      metrics: () => new GuardTestBackend().metrics(),
+      cluster: () => ({ apps: () => [], change: fails, logs: fails, why: fails, snapshotList: fails, snapshotTake: fails, rollback: fails }) as unknown as ClusterApi,
+      backups: new BackupFiles(join(tmpdir(), 'dcloud-api-test-unused'))
+    }
+    server = new ApiServer({ socketPath: null, tcp: '127.0.0.1:0', token: TOKEN, log: createLogger('test', (line) => { logged.push(line) }), routes: apiRoutes(backend, () => server.metrics()) })
+    await server.start()
+  })
+  afterAll(async () => { await server.stop() })
+
+  const ask = async (err: unknown, path = '/v1/apps/notes/move', method = 'POST'): Promise<ApiCallError> => {
+    thrown = err
+    const target = { host: '127.0.0.1', port: server.tcpPort as number, token: TOKEN, describe: 'test' }
+    const body = method === 'POST' ? { node: '12D3KooWLRPJAA5o6ssZjNE7C3Bc2NJsQeeKtRJNE3qXQjYwHxGD' } : undefined
+    return await apiRequest(method, path, body, target).then(() => { throw new Error('answered 200') }, (e: unknown) => e as ApiCallError)
+  }
+
+  const hint = 'choose another file name, or move the old backup away first'
+  const cases: Array<[string, unknown, { status: number, code: string, message: string, hint?: string, exit: number }]> = [
+    ['a UserError here: a file that exists', new UserError('/srv/b.tar already exists; refusing to replace it', { exitCode: EXIT.cantCreate, hint }),
+      { status: 409, code: 'conflict', message: '/srv/b.tar already exists; refusing to replace it', hint, exit: EXIT.cantCreate }],
+    ['the same UserError on another node', fromPeer(new UserError('/srv/b.tar already exists; refusing to replace it', { exitCode: EXIT.cantCreate, hint })),
+      { status: 409, code: 'conflict', message: '/srv/b.tar already exists; refusing to replace it', hint, exit: EXIT.cantCreate }],
+    ['a UserError on another node: nothing there', fromPeer(new UserError('no snapshot abcd of notes', { exitCode: EXIT.noInput })),
+      { status: 404, code: 'not_found', message: 'no snapshot abcd of notes', exit: EXIT.noInput }],
+    ['a UserError that is no refusal: a service that does not start', new UserError('service web of notes failed to start: exited 1', { hint: 'see `dcloud app logs notes`' }),
+      { status: 500, code: 'failed', message: 'service web of notes failed to start: exited 1', hint: 'see `dcloud app logs notes`', exit: EXIT.failure }],
+    ['a UserError of the node\'s software', new UserError('the Docker engine did not say where its data lives (DockerRootDir)', { exitCode: EXIT.software }),
+      { status: 500, code: 'failed', message: 'the Docker engine did not say where its data lives (DockerRootDir)', exit: EXIT.failure }],
+    ['a full disk on another node', fromPeer(new NoSpaceError('no space left on the disk of n2', 'free space there and retry')),
+      { status: 507, code: 'insufficient_storage', message: 'no space left on the disk of n2', hint: 'free space there and retry', exit: EXIT.ioError }],
+    ['another node failed: its message, 502', fromPeer(new Error('docker: image notes:1 not found')),
+      { status: 502, code: 'peer_failed', message: 'docker: image notes:1 not found', exit: EXIT.failure }],
+    ['a code from a newer peer that this node does not know', new RpcError('quota', 'over quota on n3'),
+      { status: 502, code: 'peer_failed', message: 'over quota on n3', exit: EXIT.failure }],
+    ['another node answered what does not decode: 502, exit 76', new RpcError('bad_response', 'why from n2: rejections[0].node: expected a string'),
+      { status: 502, code: 'bad_response', message: 'why from n2: rejections[0].node: expected a string', exit: EXIT.protocol }],
+    ['the node that must answer is unavailable: 503, exit 75', new RpcError('unavailable', 'notes runs nowhere right now'),
+      { status: 503, code: 'unavailable', message: 'notes runs nowhere right now', exit: EXIT.tempFail }],
+    ['no stream to it: 503', new RpcError('unreachable', 'cannot reach n2'),
+      { status: 503, code: 'unavailable', message: 'cannot reach n2', exit: EXIT.tempFail }],
+    ['a bug', new TypeError('cannot read properties of undefined'),
+      { status: 500, code: 'internal', message: 'the agent failed to answer; see its log', exit: EXIT.failure }]
+  ]
+
+  it.each(cases)('%s', async (_what, err, want) => {
+    const e = await ask(err)
+    expect(e).toBeInstanceOf(ApiCallError)
+    expect({ status: e.status, code: e.code, message: e.message, hint: e.hint, exit: e.exitCode }).toEqual({ ...want, hint: want.hint, message: `the agent refused: ${want.message} (${want.code})` })
+  })
+
+  it('`dcloud backup APP -o FILE` onto an existing file says so, before asking the agent', async () => {
+    const file = join(tmpdir(), `dcloud-existing-${process.pid}.tar`)
+    await writeFile(file, 'old backup')
+    try {
+      const err = await backupCommand(['notes', '-o', file]).catch((e: unknown) => e as UserError)
+      expect(err).toBeInstanceOf(UserError)
+      expect((err as UserError).message).toBe(`${file} already exists; refusing to replace it`)
+      expect((err as UserError).exitCode).toBe(EXIT.cantCreate)
+    } finally {
+      await rm(file, { force: true })
+    }
+  })
+
+  it('logs a bug with its stack, a named failure as a warning, a refusal not at all', async () => {
+    logged.length = 0
+    await ask(new TypeError('cannot read properties of undefined'))
+    await ask(new UserError('service web of notes failed to start: exited 1'))
+    await ask(new UserError('x exists', { exitCode: EXIT.cantCreate }))
+    expect(logged.length).toBe(2)
+    expect(logged[0]).toMatch(/error.*api handler failed.*TypeError: cannot read properties of undefined/s)
+    expect(logged[1]).toMatch(/warn.*api request failed.*failed to start/)
   })
 })

@@ -6,9 +6,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import {
-  FORMAT_VERSION, META_FILE, extractArchive, listingDigest, readArchiveMeta, verifyArchive, writeArchive,
+  FORMAT_VERSION, META_FILE, extractArchive, readArchiveMeta, verifyArchive, writeArchive,
   type ArchiveProgress, type WriteArchiveOptions
 } from '../../agent/snapshots/archive.ts'
+import { listingDigest } from '../../agent/snapshots/tree.ts'
 import { UserError } from '../../agent/util/errors.ts'
 import { mockManifest } from '../builders.ts'
 

@@ -18,9 +18,10 @@ import { Mesh } from '../../agent/mesh/mesh.ts'
 import { newClusterKey } from '../../agent/mesh/cluster-key.ts'
 import { createLogger } from '../../agent/util/log.ts'
 import { backup, check, initRepo, newPasswordFile, restore, snapshots, type ResticRepo } from '../../agent/snapshots/restic.ts'
-import { listingDigest } from '../../agent/snapshots/archive.ts'
+import { listingDigest } from '../../agent/snapshots/tree.ts'
+import { KeyedMutex } from '../../agent/util/async.ts'
 import {
-  KeyedMutex, RepoSyncError, listRepoFiles, pullRepo, serveRepos, type RepoServer, type SyncProgress
+  RepoSyncError, listRepoFiles, pullRepo, serveRepos, type RepoServer, type SyncProgress
 } from '../../agent/snapshots/repo-sync.ts'
 import {
   REPO_PULL_PROTOCOL, decodeRepoListingBytes, decodeRepoStreamFrameBytes, encodeRepoFrame, parseRepoPath,

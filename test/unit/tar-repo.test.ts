@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
-import { listingDigest } from '../../agent/snapshots/archive.ts'
+import { listingDigest } from '../../agent/snapshots/tree.ts'
 import { RepoCorruptError, RepoExistsError, RepoMissingError, SnapshotNotFoundError, parseSnapshot } from '../../agent/snapshots/restic.ts'
 import { listRepoFiles, pullRepo, serveRepos } from '../../agent/snapshots/repo-sync.ts'
 import {

@@ -1,5 +1,5 @@
 /** `dcloud agent`: runs this node's agent in the foreground (systemd runs it the same way). */
-import { parseArgs } from 'node:util'
+import { parseCommand } from '../args.ts'
 import { Agent } from '../../agent.ts'
 import { API_PORT, P2P_PORT, defaultDataDir, defaultNodeName, paths } from '../../config.ts'
 import { createLogger } from '../../util/log.ts'
@@ -31,9 +31,8 @@ export const agentHelp = `dcloud agent [options]
                         new snapshot repositories are tar repositories (see docs/snapshots.md)`
 
 export async function agentCommand (argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    strict: true,
+  const { values } = parseCommand(argv, {
+    usage: 'dcloud agent [options]',
     options: {
       'data-dir': { type: 'string' },
       'key-file': { type: 'string' },

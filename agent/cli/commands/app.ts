@@ -1,7 +1,7 @@
 /** `dcloud app ...`: install, list, move, remove apps, and ask why one is where it is. */
-import { parseArgs } from 'node:util'
 import { apiGet, apiRequest, ApiCallError } from '../client.ts'
 import { table } from '../format.ts'
+import { intOption, parseCommand } from '../args.ts'
 import { loadApp } from '../../../apps/catalog.ts'
 import { UsageError, UserError, EXIT } from '../../util/errors.ts'
 import { ValidationError } from '../../../proto/validate.ts'
@@ -21,7 +21,7 @@ export const appHelp = `dcloud app COMMAND
   rm NAME                                                remove an app (its volumes are kept)
   move NAME NODE                                         move an app to another node (a stateful app with its data;
                                                          prints the downtime)
-  logs NAME [--tail N]                                   the app's container logs
+  logs NAME [--tail N]                                   the app's container logs (the last N lines, 1 to 10000; default 200)
   why NAME [--json]                                      why the app runs where it does, or nowhere`
 
 const WAIT_MS = 180_000
@@ -50,9 +50,11 @@ async function nodeIdByName (name: string): Promise<string> {
 }
 
 async function install (argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { name: { type: 'string' }, node: { type: 'string' }, set: { type: 'string', multiple: true, default: [] }, grant: { type: 'string', multiple: true, default: [] }, yes: { type: 'boolean', short: 'y', default: false }, 'no-wait': { type: 'boolean', default: false } } })
-  const ref = positionals[0]
-  if (ref === undefined) throw new UsageError('usage: dcloud app install PATH|ID [--name N] [--node NODE] [--set K=V]')
+  const { values, args: [ref] } = parseCommand(argv, {
+    usage: 'dcloud app install PATH|ID [--name N] [--node NODE] [--set K=V]... [--grant PERM,...|all] [--yes] [--no-wait]',
+    args: ['PATH|ID'],
+    options: { name: { type: 'string' }, node: { type: 'string' }, set: { type: 'string', multiple: true, default: [] }, grant: { type: 'string', multiple: true, default: [] }, yes: { type: 'boolean', short: 'y', default: false }, 'no-wait': { type: 'boolean', default: false } }
+  })
   const variables: Record<string, string> = {}
   for (const kv of values.set ?? []) {
     const eq = kv.indexOf('=')
@@ -82,9 +84,9 @@ async function install (argv: string[]): Promise<number> {
 }
 
 async function changeGrants (argv: string[], how: 'grant' | 'revoke'): Promise<number> {
-  const [name, ...perms] = argv
-  const names = perms.flatMap(p => p.split(',')).filter(p => p !== '')
-  if (name === undefined || names.length === 0) throw new UsageError(`usage: dcloud app ${how} NAME PERMISSION...`)
+  const { args: [name], rest } = parseCommand(argv, { usage: `dcloud app ${how} NAME PERMISSION...`, args: ['NAME'], rest: 'PERMISSION' })
+  const names = rest.flatMap(p => p.split(',')).filter(p => p !== '')
+  if (names.length === 0) throw new UsageError(`missing PERMISSION (e.g. dcloud app ${how} ${name} net_admin)`, `usage: dcloud app ${how} NAME PERMISSION...`)
   const res = await apiRequest<{ revision: number }>('POST', `/v1/apps/${encodeURIComponent(name)}/grants`, { [how]: names }, undefined, 30_000)
   process.stdout.write(`${name}: ${how === 'grant' ? 'granted' : 'revoked'} ${names.join(', ')} (revision ${res.revision}); it is redeployed ${how === 'grant' ? 'with' : 'without'} ${names.length === 1 ? 'it' : 'them'}\n`)
   return 0
@@ -118,7 +120,7 @@ async function waitForApp (name: string, done: (a: AppView) => boolean, started:
 }
 
 async function list (argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, strict: true, options: { json: { type: 'boolean', default: false } } })
+  const { values } = parseCommand(argv, { usage: 'dcloud app ls [--json]', options: { json: { type: 'boolean', default: false } } })
   const apps = await apiGet<AppView[]>('/v1/apps')
   if (values.json === true) {
     process.stdout.write(JSON.stringify(apps, null, 2) + '\n')
@@ -135,16 +137,14 @@ async function list (argv: string[]): Promise<number> {
 }
 
 async function remove (argv: string[]): Promise<number> {
-  const name = argv[0]
-  if (name === undefined) throw new UsageError('usage: dcloud app rm NAME')
+  const { args: [name] } = parseCommand(argv, { usage: 'dcloud app rm NAME', args: ['NAME'] })
   const res = await apiRequest<{ revision: number, kept: string[] }>('DELETE', `/v1/apps/${encodeURIComponent(name)}`, {}, undefined, 30_000)
   process.stdout.write(`${name} removed (revision ${res.revision})\n`)
   return 0
 }
 
 async function move (argv: string[]): Promise<number> {
-  const [name, node] = argv
-  if (name === undefined || node === undefined) throw new UsageError('usage: dcloud app move NAME NODE')
+  const { args: [name, node] } = parseCommand(argv, { usage: 'dcloud app move NAME NODE', args: ['NAME', 'NODE'] })
   const nodeId = await nodeIdByName(node)
   const current = (await apiGet<AppView[]>('/v1/apps')).find(a => a.name === name)
   if (current === undefined) throw new UserError(`no app named ${name}`, { exitCode: EXIT.noInput })
@@ -167,18 +167,15 @@ async function move (argv: string[]): Promise<number> {
 }
 
 async function logs (argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { tail: { type: 'string', default: '200' } } })
-  const name = positionals[0]
-  if (name === undefined) throw new UsageError('usage: dcloud app logs NAME [--tail N]')
-  const res = await apiGet<{ node: string, text: string }>(`/v1/apps/${encodeURIComponent(name)}/logs?tail=${encodeURIComponent(values.tail ?? '200')}`, undefined, 30_000)
+  const { values, args: [name] } = parseCommand(argv, { usage: 'dcloud app logs NAME [--tail N]', args: ['NAME'], options: { tail: { type: 'string', default: '200' } } })
+  const tail = intOption(values.tail, 'tail', 1, 10_000)
+  const res = await apiGet<{ node: string, text: string }>(`/v1/apps/${encodeURIComponent(name)}/logs?tail=${tail ?? 200}`, undefined, 30_000)
   process.stdout.write(res.text.endsWith('\n') || res.text === '' ? res.text : res.text + '\n')
   return 0
 }
 
 async function why (argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { json: { type: 'boolean', default: false } } })
-  const name = positionals[0]
-  if (name === undefined) throw new UsageError('usage: dcloud app why NAME')
+  const { values, args: [name] } = parseCommand(argv, { usage: 'dcloud app why NAME [--json]', args: ['NAME'], options: { json: { type: 'boolean', default: false } } })
   let w: WhyView
   try {
     w = await apiGet<WhyView>(`/v1/apps/${encodeURIComponent(name)}/why`, undefined, 15_000)

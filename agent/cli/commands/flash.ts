@@ -1,5 +1,5 @@
 /** `dcloud flash`: first-boot provisioning for a Raspberry Pi's SD card (see agent/flash/flash.ts). */
-import { parseArgs } from 'node:util'
+import { parseCommand } from '../args.ts'
 import { flash } from '../../flash/flash.ts'
 import { FIRST_BOOT_METHODS, type FirstBootMethod } from '../../flash/pi-boot.ts'
 import { UsageError } from '../../util/errors.ts'
@@ -31,9 +31,8 @@ export const flashHelp = `dcloud flash (--image FILE | --boot DIR) --hostname NA
   --json                print the result as JSON`
 
 export async function flashCommand (argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    strict: true,
+  const { values } = parseCommand(argv, {
+    usage: 'dcloud flash (--image FILE | --boot DIR) --hostname NAME --key-file F --ssh-key FILE [options]',
     options: {
       image: { type: 'string' },
       boot: { type: 'string' },

@@ -1,16 +1,16 @@
 /** `dcloud init`: creates a new cluster key. */
-import { parseArgs } from 'node:util'
 import { mkdir } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { writeNewClusterKey } from '../../mesh/cluster-key.ts'
 import { defaultDataDir, paths } from '../../config.ts'
+import { parseCommand } from '../args.ts'
 
 export const initHelp = `dcloud init [--key-file FILE]
   Writes a new cluster key (mode 0600). Give the same file to every node's agent
   (--key-file) to make them one cluster. Default: DATA_DIR/cluster.key.`
 
 export async function initCommand (argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, strict: true, options: { 'key-file': { type: 'string' } } })
+  const { values } = parseCommand(argv, { usage: 'dcloud init [--key-file FILE]', options: { 'key-file': { type: 'string' } } })
   const file = values['key-file'] ?? paths(defaultDataDir()).keyFile
   await mkdir(dirname(file), { recursive: true, mode: 0o700 })
   await writeNewClusterKey(file)

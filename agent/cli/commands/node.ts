@@ -1,6 +1,6 @@
 /** `dcloud node ...`: drain a node before taking it away, and take it back. */
-import { parseArgs } from 'node:util'
 import { apiGet, apiRequest } from '../client.ts'
+import { parseCommand } from '../args.ts'
 import { UsageError, UserError, EXIT } from '../../util/errors.ts'
 import type { AppView, StatusResponse } from '../../../proto/api.ts'
 
@@ -10,9 +10,10 @@ export const nodeHelp = `dcloud node COMMAND
 
 export async function nodeCommand (argv: string[]): Promise<number> {
   const [sub, ...rest] = argv
-  const { values, positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: { 'no-wait': { type: 'boolean', default: false } } })
-  const name = positionals[0]
-  if ((sub !== 'drain' && sub !== 'undrain') || name === undefined) throw new UsageError(sub === undefined ? 'missing node command' : `usage: dcloud node ${sub} NODE`, nodeHelp)
+  if (sub !== 'drain' && sub !== 'undrain') throw new UsageError(sub === undefined ? 'missing node command' : `unknown node command '${sub}'`, nodeHelp)
+  const { values, args: [name] } = sub === 'drain'
+    ? parseCommand(rest, { usage: 'dcloud node drain NODE [--no-wait]', args: ['NODE'], options: { 'no-wait': { type: 'boolean', default: false } } })
+    : { ...parseCommand(rest, { usage: 'dcloud node undrain NODE', args: ['NODE'] }), values: { 'no-wait': true } } // nothing to wait for
   const status = await apiGet<StatusResponse>('/v1/status')
   const node = status.nodes.find(n => n.name === name || n.id === name)
   if (node === undefined) throw new UserError(`no node named ${name} in the cluster`, { exitCode: EXIT.noInput, hint: `nodes: ${status.nodes.map(n => n.name).join(', ')}` })

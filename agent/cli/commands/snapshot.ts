@@ -2,9 +2,9 @@
 import { existsSync } from 'node:fs'
 import { createInterface } from 'node:readline/promises'
 import { resolve } from 'node:path'
-import { parseArgs } from 'node:util'
 import { apiDownload, apiGet, apiRequest, apiUpload, resolveApi } from '../client.ts'
 import { bytes, table } from '../format.ts'
+import { parseCommand } from '../args.ts'
 import { Progress } from '../progress.ts'
 import { askGrants } from '../grants.ts'
 import { verifyArchive, type BackupMeta } from '../../snapshots/archive.ts'
@@ -14,7 +14,8 @@ import type { AppView, RestoreView, SnapshotView, StatusResponse } from '../../.
 export const snapshotHelp = `dcloud snapshot COMMAND
   create APP [--json]              snapshot the app's volumes now (quiesced) and replicate it to peers
   ls APP [--json]                  the app's snapshots on every live node, oldest first
-  restore APP SNAPSHOT [--yes]     put the app back to a snapshot (its current data is kept as a snapshot first)
+  restore APP SNAPSHOT [--yes] [--json]
+                                   put the app back to a snapshot (its current data is kept as a snapshot first)
 
 Snapshots are plain restic repositories, one per app, under DATA_DIR/snapshots/repos/APP
 on every node holding a copy; docs/snapshots.md shows how to read them with restic alone.`
@@ -52,9 +53,7 @@ export async function snapshotCommand (argv: string[]): Promise<number> {
 }
 
 async function create (argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { json: { type: 'boolean', default: false } } })
-  const app = positionals[0]
-  if (app === undefined) throw new UsageError('usage: dcloud snapshot create APP')
+  const { values, args: [app] } = parseCommand(argv, { usage: 'dcloud snapshot create APP [--json]', args: ['APP'], options: { json: { type: 'boolean', default: false } } })
   process.stderr.write(`${app}: taking a snapshot...\n`)
   const started = Date.now()
   const s = await apiRequest<SnapshotView & { replicatedTo: string[], nodeName: string }>('POST', `/v1/apps/${encodeURIComponent(app)}/snapshots`, {}, undefined, LONG_MS)
@@ -73,9 +72,7 @@ function describe (s: SnapshotView): string {
 }
 
 async function list (argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { json: { type: 'boolean', default: false } } })
-  const app = positionals[0]
-  if (app === undefined) throw new UsageError('usage: dcloud snapshot ls APP [--json]')
+  const { values, args: [app] } = parseCommand(argv, { usage: 'dcloud snapshot ls APP [--json]', args: ['APP'], options: { json: { type: 'boolean', default: false } } })
   const snaps = await apiGet<SnapshotView[]>(`/v1/apps/${encodeURIComponent(app)}/snapshots`, undefined, 120_000)
   if (values.json === true) {
     process.stdout.write(JSON.stringify(snaps, null, 2) + '\n')
@@ -92,9 +89,7 @@ async function list (argv: string[]): Promise<number> {
 }
 
 async function rollback (argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { yes: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } })
-  const [app, snapshot] = positionals
-  if (app === undefined || snapshot === undefined) throw new UsageError('usage: dcloud snapshot restore APP SNAPSHOT [--yes]')
+  const { values, args: [app, snapshot] } = parseCommand(argv, { usage: 'dcloud snapshot restore APP SNAPSHOT [--yes] [--json]', args: ['APP', 'SNAPSHOT'], options: { yes: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } })
   if (values.yes !== true) {
     const ok = await confirm(`${app} stops, its current data is kept as a snapshot, and snapshot ${snapshot} becomes its data. Go on?`)
     if (!ok) return EXIT.failure
@@ -107,9 +102,8 @@ async function rollback (argv: string[]): Promise<number> {
 }
 
 export async function backupCommand (argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { output: { type: 'string', short: 'o' }, json: { type: 'boolean', default: false } } })
-  const app = positionals[0]
-  if (app === undefined || values.output === undefined) throw new UsageError('usage: dcloud backup APP -o FILE', backupHelp)
+  const { values, args: [app] } = parseCommand(argv, { usage: 'dcloud backup APP -o FILE [--json]', args: ['APP'], options: { output: { type: 'string', short: 'o' }, json: { type: 'boolean', default: false } } })
+  if (values.output === undefined) throw new UsageError('missing -o FILE: where to write the backup', 'usage: dcloud backup APP -o FILE [--json]')
   const file = resolve(values.output)
   if (existsSync(file)) throw new UserError(`${file} already exists; refusing to replace it`, { exitCode: EXIT.cantCreate, hint: 'choose another file name, or move the old backup away first' })
   const target = resolveApi()
@@ -158,9 +152,11 @@ async function checkFile (file: string, label: string): Promise<BackupMeta> {
 }
 
 export async function restoreCommand (argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, strict: true, allowPositionals: true, options: { name: { type: 'string' }, node: { type: 'string' }, 'data-dir': { type: 'string' }, domain: { type: 'string' }, grant: { type: 'string', multiple: true, default: [] }, yes: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } })
-  const fileArg = positionals[0]
-  if (fileArg === undefined) throw new UsageError('usage: dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--domain DOMAIN] [--grant PERM,...|all] [--yes]', restoreHelp)
+  const { values, args: [fileArg] } = parseCommand(argv, {
+    usage: 'dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--domain DOMAIN] [--grant PERM,...|all] [--yes] [--json]',
+    args: ['FILE'],
+    options: { name: { type: 'string' }, node: { type: 'string' }, 'data-dir': { type: 'string' }, domain: { type: 'string' }, grant: { type: 'string', multiple: true, default: [] }, yes: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } }
+  })
   const file = resolve(fileArg)
   // Checked here, before anything is sent: the CLI has the file and the same reader as the agent.
   const meta = await checkFile(file, `checking ${file}`)

@@ -1,6 +1,6 @@
 /** `dcloud status`: the cluster as this node sees it. */
-import { parseArgs } from 'node:util'
 import { apiGet } from '../client.ts'
+import { parseCommand } from '../args.ts'
 import { bytes, shortId, table } from '../format.ts'
 import type { StatusResponse } from '../../../proto/api.ts'
 
@@ -9,7 +9,7 @@ export const statusHelp = `dcloud status [--json]
   memory, disk free where Docker keeps data, architecture and running apps.`
 
 export async function statusCommand (argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { json: { type: 'boolean', default: false } }, strict: true })
+  const { values } = parseCommand(argv, { usage: 'dcloud status [--json]', options: { json: { type: 'boolean', default: false } } })
   const status = await apiGet<StatusResponse>('/v1/status')
   if (values.json === true) {
     process.stdout.write(JSON.stringify(status, null, 2) + '\n')
