@@ -74,6 +74,40 @@ describe('stateful apps', () => {
     expect(a?.relocation?.downtimeMs).toBeGreaterThan(0)
   }, 180_000)
 
+  it('rolls notes back to a snapshot while a client writes: the snapshot is its data again, what was written since is kept in a snapshot, one copy runs', async () => {
+    const host = (await app('n3', 'notes'))?.node as string
+    await write('n3', 'pre-rollback', 300)
+    const s1 = JSON.parse(await dcOk('n3', ['snapshot', 'create', 'notes', '--json'])) as SnapshotView
+    const inS1 = await notesFromRestic(host, 'notes', s1.id)
+    // Records after the snapshot, and a writer going on through the rollback.
+    const w = startLabWriters(lab.name, 'n3', { app: 'notes' }, ['rollback'])
+    await waitFor(async () => { w.assertRunning(); return w.ackCount() > 5 ? true : undefined }, 60_000, 'records after the snapshot')
+    const back = JSON.parse(await dcOk('n3', ['snapshot', 'restore', 'notes', s1.id, '--yes', '--json'])) as SnapshotView
+    expect(back.id).toBe(s1.id)
+    await waitFor(async () => (await app('n3', 'notes'))?.state === 'running' ? true : undefined, 60_000, 'notes running after the rollback', 500)
+    const before = w.ackCount()
+    await waitFor(async () => w.ackCount() > before + 5 ? true : undefined, 60_000, 'writes after the rollback')
+    await w.stop()
+    const live = await readNotesInLab(lab.name, 'n3', { app: 'notes' })
+    // The snapshot is its data: the live log starts with it, byte for byte.
+    expect(live.startsWith(inS1)).toBe(true)
+    // Nothing acknowledged is lost: what the rollback replaced is in the snapshot it took first (purpose final, after s1).
+    const kept = (await snapshots('n3', 'notes')).filter(s => s.purpose === 'final' && s.time > s1.time).sort((a, b) => b.time - a.time)[0]
+    expect(kept, 'the snapshot of the data the rollback replaced').toBeDefined()
+    const keptText = await notesFromRestic(kept!.holders[0] as string, 'notes', kept!.id)
+    const everything = [...acked, ...w.acknowledged()]
+    const notLive = verifyNotes(live, everything)
+    expect(verifyNotes(keptText, notLive.missing).missing).toEqual([])
+    expect(notLive.corrupt).toEqual([])
+    // From here on the live copy is what must hold: the snapshot's records and those written since.
+    const gone = new Set(notLive.missing.map(r => r.line))
+    const present = everything.filter(r => !gone.has(r.line))
+    acked.splice(0, acked.length, ...present)
+    process.stderr.write(`rollback: ${everything.length} acknowledged, ${present.length} in the live copy, ${everything.length - present.length} kept in snapshot ${kept!.id}\n`)
+    expect((await kit.copies('notes', ['n1', 'n2', 'n3'])).filter(c => c.running).length).toBe(1)
+    expect((await app('n3', 'notes'))?.relocation?.kind).toBe('rollback')
+  }, 240_000)
+
   it('backs up to a file and restores it under another name on another node, with the same records; a hostile file is refused', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'dcloud-backup-'))
     try {
