@@ -48,6 +48,8 @@ export interface AgentOptions {
   peers: string[]
   dockerHost?: string
   heartbeatMs?: number
+  /** How often old snapshots are forgotten and pruned (default 10 minutes). */
+  retentionEveryMs?: number
   /** An address both halves of a two-node cluster can probe (host or host:port); null disables the two-node rule's witness. */
   witness?: string | null
   /** The restic program; default `restic` on PATH. */
@@ -177,7 +179,7 @@ export class Agent implements ApiBackend {
       log: log.child('snapshots'),
       ...(opts.restic !== undefined ? { restic: opts.restic } : {})
     })
-    this.coordinator = new Coordinator({ mesh, rpc: this.rpc, membership: this.membership, gossip: this.gossip, collector: this.collector, store, election: this.election, replicator: this.replicator, runtime, docker, snapshots, log: log.child('cluster') })
+    this.coordinator = new Coordinator({ mesh, rpc: this.rpc, membership: this.membership, gossip: this.gossip, collector: this.collector, store, election: this.election, replicator: this.replicator, runtime, docker, snapshots, ...(opts.retentionEveryMs !== undefined ? { retentionEveryMs: opts.retentionEveryMs } : {}), log: log.child('cluster') })
 
     await mesh.start()
     this.listeningAt = Date.now()

@@ -12,7 +12,7 @@ import { normaliseCompose } from './compose.ts'
 import { Findings, RefusedError, problemOf } from './findings.ts'
 import { UnsetVariableError, interpolateValues } from './interpolate.ts'
 import { parseBytes, parseCpus, parseDuration } from './units.ts'
-import { SNAPSHOT_DEFAULTS } from '../proto/app.ts'
+import { KEEP_DEFAULTS, KEEP_MAX, SNAPSHOT_DEFAULTS } from '../proto/app.ts'
 import { loadYaml } from './yaml.ts'
 
 export interface ParsedApp {
@@ -150,7 +150,7 @@ export function manifestFromCompose (raw: Record<string, unknown>, findings = ne
     }
   }
   if (metaRaw.snapshots !== undefined && metaRaw.snapshots !== null) {
-    const snap = record(metaRaw.snapshots, 'x-dcloud.snapshots', ['every', 'replicas', 'quiesce', 'hook'])
+    const snap = record(metaRaw.snapshots, 'x-dcloud.snapshots', ['every', 'replicas', 'quiesce', 'hook', 'keep'])
     if (Object.keys(manifest.compose.volumes).length === 0) findings.warn('x-dcloud.snapshots', 'the app has no named volumes: there is nothing to snapshot')
     const policy = { ...SNAPSHOT_DEFAULTS }
     // "0" turns scheduled snapshots off (moves and failovers still take theirs).
@@ -170,6 +170,18 @@ export function manifestFromCompose (raw: Record<string, unknown>, findings = ne
       const command = hook.command
       if (!Array.isArray(command) || command.length === 0 || !command.every(c => typeof c === 'string')) throw new ValidationError('x-dcloud.snapshots.hook.command', 'must be a non-empty list of strings, e.g. ["pg_dumpall", "-f", "/backup/all.sql"]')
       policy.hook = { service, command: command as string[] }
+    }
+    if (snap.keep !== undefined && snap.keep !== null) {
+      // Partial rules take the cluster's defaults for what they leave out: `keep: { last: 3 }`.
+      const keep = record(snap.keep, 'x-dcloud.snapshots.keep', ['last', 'hourly', 'daily', 'weekly'])
+      const rule = { ...KEEP_DEFAULTS }
+      for (const k of ['last', 'hourly', 'daily', 'weekly'] as const) {
+        const v = keep[k]
+        if (v === undefined) continue
+        if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > KEEP_MAX) throw new ValidationError(`x-dcloud.snapshots.keep.${k}`, `must be a whole number from 0 to ${KEEP_MAX}`)
+        rule[k] = v
+      }
+      policy.keep = rule
     }
     manifest.snapshots = policy
   }

@@ -43,7 +43,18 @@ export interface SnapshotPolicy {
   replicas: number
   quiesce: 'pause' | 'stop' | 'none'
   hook: { service: string, command: string[] } | null
+  /**
+   * Which of the snapshots the system took by itself stay (scheduler/retention.ts):
+   * the newest `last`, and the newest of each of the last `hourly` hours,
+   * `daily` days, `weekly` weeks. Absent: the cluster's default rule.
+   */
+  keep?: { last: number, hourly: number, daily: number, weekly: number }
 }
+
+/** The bounds of a keep rule's counts: enough for years of weekly snapshots. */
+export const KEEP_MAX = 1000
+/** The cluster's keep rule, for apps that set none (scheduler/retention.ts applies it). */
+export const KEEP_DEFAULTS = { last: 6, hourly: 24, daily: 7, weekly: 4 }
 
 export const SNAPSHOT_DEFAULTS: SnapshotPolicy = { everyMs: 60 * 60_000, replicas: 1, quiesce: 'pause', hook: null }
 

@@ -3,7 +3,7 @@
  * operations the leader sends to agents. Every message is validated by the
  * decoders here before use; every operation carries the leader's term.
  */
-import { CONFIG_LIMITS, HOST_NAME, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, serviceDefaults, type AppManifest, type ComposeService, type SnapshotPolicy } from './app.ts'
+import { CONFIG_LIMITS, HOST_NAME, KEEP_MAX, TMPFS_OPTION, ULIMIT_NAMES, isIpAddress, serviceDefaults, type AppManifest, type ComposeService, type SnapshotPolicy } from './app.ts'
 import type { AppStorage, DesiredApp, Relocation } from './plan.ts'
 import { DEVICE_PATH, SYSCTL_NAME, decodeGrants, grandfatheredGrants } from './permissions.ts'
 import type { WhyView } from './api.ts'
@@ -566,8 +566,15 @@ function decodeSnapshotPolicy (raw: unknown, field: string): SnapshotPolicy {
     everyMs: number(r.everyMs, `${field}.everyMs`, { min: 0, max: MAX_INT, integer: true }),
     replicas: number(r.replicas, `${field}.replicas`, { min: 0, max: 16, integer: true }),
     quiesce,
-    hook: hook === null ? null : { service: string(hook.service, `${field}.hook.service`, { max: 63, pattern: DOCKER_NAME }), command: array(hook.command, `${field}.hook.command`, 64, (x, g) => string(x, g, { max: 4096 })) }
+    hook: hook === null ? null : { service: string(hook.service, `${field}.hook.service`, { max: 63, pattern: DOCKER_NAME }), command: array(hook.command, `${field}.hook.command`, 64, (x, g) => string(x, g, { max: 4096 })) },
+    ...(r.keep !== undefined ? { keep: decodeKeep(r.keep, `${field}.keep`) } : {})
   }
+}
+
+function decodeKeep (raw: unknown, field: string): NonNullable<SnapshotPolicy['keep']> {
+  const r = record(raw, field)
+  const count = (k: 'last' | 'hourly' | 'daily' | 'weekly'): number => number(r[k], `${field}.${k}`, { min: 0, max: KEEP_MAX, integer: true })
+  return { last: count('last'), hourly: count('hourly'), daily: count('daily'), weekly: count('weekly') }
 }
 
 function decodeService (raw: unknown, field: string): ComposeService {

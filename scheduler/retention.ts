@@ -17,6 +17,8 @@
  * the last `hourly` hours, `daily` days and `weekly` weeks that hold one
  * (restic's own GFS rule, in UTC).
  */
+import { KEEP_DEFAULTS } from '../proto/app.ts'
+
 export interface KeepRule {
   last: number
   hourly: number
@@ -24,7 +26,7 @@ export interface KeepRule {
   weekly: number
 }
 
-export const KEEP_DEFAULTS: KeepRule = { last: 6, hourly: 24, daily: 7, weekly: 4 }
+export { KEEP_DEFAULTS }
 
 export interface RetainedSnapshot {
   id: string

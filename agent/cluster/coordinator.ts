@@ -56,6 +56,8 @@ export interface CoordinatorInit {
   docker: Docker
   snapshots: SnapshotService
   policy?: SchedulerPolicy
+  /** How often retention runs (DataPlane); default 10 minutes. */
+  retentionEveryMs?: number
   log: Logger
 }
 
@@ -95,6 +97,7 @@ export class Coordinator {
       store: init.store,
       runtime: init.runtime,
       snapshots: init.snapshots,
+      ...(init.retentionEveryMs !== undefined ? { retentionEveryMs: init.retentionEveryMs } : {}),
       log: init.log.child('data'),
       selfName: () => init.gossip.current().name,
       nodeName: (id) => this.nodeName(id),

@@ -86,6 +86,8 @@ export interface DataPlaneInit {
   localApps: () => Array<{ name: string, state: string, generation?: number }>
   /** Something changed that peers should hear of now (holdings, app states). */
   announce: () => void
+  /** How often retention runs; default RETENTION_CHECK_MS. */
+  retentionEveryMs?: number
 }
 
 export interface DataCounters { snapshots: number, snapshotFailures: number, replications: number, fenced: number, migrations: number, failovers: number, retired: number }
@@ -127,7 +129,7 @@ export class DataPlane {
     await this.refreshHoldings()
     this.timers.push(setInterval(() => { void this.fenceCheck() }, 250))
     this.timers.push(setInterval(() => { void this.scheduledSnapshots() }, SCHEDULE_CHECK_MS))
-    this.timers.push(setInterval(() => { void this.retention() }, RETENTION_CHECK_MS))
+    this.timers.push(setInterval(() => { void this.retention() }, this.init.retentionEveryMs ?? RETENTION_CHECK_MS))
   }
 
   async stop (): Promise<void> {
@@ -352,7 +354,7 @@ export class DataPlane {
         const app = this.init.store.current().apps.find(a => a.name === name)
         const keep = new Set<string>(app?.relocation?.snapshot !== undefined ? [app.relocation.snapshot] : [])
         try {
-          const forgotten = await this.init.snapshots.applyRetention(name, KEEP_DEFAULTS, keep, this.controller.signal)
+          const forgotten = await this.init.snapshots.applyRetention(name, app?.manifest.snapshots?.keep ?? KEEP_DEFAULTS, keep, this.controller.signal)
           if (forgotten.length > 0) await this.refreshHoldings()
         } catch (err) {
           this.init.log.warn('retention failed', { app: name, error: (err as Error).message })

@@ -2,6 +2,8 @@
 import { describe, expect, it } from 'vitest'
 import fc from 'fast-check'
 import { KEEP_DEFAULTS, snapshotsToForget, type RetainedSnapshot } from '../../scheduler/retention.ts'
+import { parseManifest } from '../../apps/manifest.ts'
+import { decodeManifest } from '../../proto/cluster.ts'
 
 const H = 3600_000
 const t0 = Date.UTC(2026, 10, 2, 0, 30) // a Monday, half past midnight
@@ -56,5 +58,33 @@ describe('snapshot retention', () => {
         if (restorable !== undefined) expect(forget).not.toContain(restorable.id)
       }
     ))
+  })
+})
+
+describe('an app\'s own keep rule (x-dcloud.snapshots.keep)', () => {
+  const withKeep = (keep: string): string => `services: {db: {image: busybox, volumes: ["data:/d"]}}\nvolumes: {data: {}}\nx-dcloud:\n  id: k\n  snapshots: { every: 30m, keep: ${keep} }\n`
+
+  it('takes the cluster\'s defaults for what it leaves out, and travels to peers intact', () => {
+    const m = parseManifest(withKeep('{ last: 2, daily: 0 }'), 'k.yaml').manifest
+    expect(m.snapshots?.keep).toEqual({ ...KEEP_DEFAULTS, last: 2, daily: 0 })
+    expect(decodeManifest(JSON.parse(JSON.stringify(m)), 'manifest').snapshots?.keep).toEqual(m.snapshots?.keep)
+    expect(parseManifest(withKeep('{}'), 'k.yaml').manifest.snapshots?.keep).toEqual(KEEP_DEFAULTS)
+  })
+
+  it.each([
+    ['{ last: -1 }', /x-dcloud\.snapshots\.keep\.last: must be a whole number from 0 to 1000/],
+    ['{ hourly: 1.5 }', /x-dcloud\.snapshots\.keep\.hourly/],
+    ['{ weekly: "4" }', /x-dcloud\.snapshots\.keep\.weekly/],
+    ['{ monthly: 3 }', /x-dcloud\.snapshots\.keep/],
+    ['[1, 2]', /x-dcloud\.snapshots\.keep/]
+  ])('refuses %s, naming the field', (keep, message) => {
+    expect(() => parseManifest(withKeep(keep), 'k.yaml')).toThrow(message)
+  })
+
+  it('a peer\'s manifest with a keep rule out of bounds is refused', () => {
+    const m = parseManifest(withKeep('{ last: 2 }'), 'k.yaml').manifest
+    const raw = JSON.parse(JSON.stringify(m)) as { snapshots: { keep: Record<string, unknown> } }
+    raw.snapshots.keep.last = 1e9
+    expect(() => decodeManifest(raw, 'manifest')).toThrow(/snapshots\.keep\.last/)
   })
 })

@@ -7,6 +7,7 @@ import { UsageError } from '../../util/errors.ts'
 import { TrustedProxies } from '../../api/auth.ts'
 import { parseHostHeader } from '../../api/guards.ts'
 import { parseDeviceList } from '../../status/devices.ts'
+import { parseDuration } from '../../../apps/units.ts'
 
 export const agentHelp = `dcloud agent [options]
   --data-dir DIR        where the node keeps its identity, key and state (default ${defaultDataDir()})
@@ -23,6 +24,7 @@ export const agentHelp = `dcloud agent [options]
                         for rate limits and logs (default: none)
   --no-mdns             do not discover peers by mDNS (also DCLOUD_MDNS=off)
   --heartbeat-ms N      status interval (default 1000)
+  --retention-every D   how often old snapshots are forgotten and pruned (default 10m; e.g. 30s, 1h)
   --witness HOST[:PORT] what a two-node cluster probes to let its lower-id node lead alone
                         (default: the default gateway, port 53; any TCP answer counts)
   --devices LIST        the node's devices for apps granted one, comma separated (/dev/dri,/dev/ttyUSB0) or none
@@ -43,6 +45,7 @@ export async function agentCommand (argv: string[]): Promise<number> {
       api: { type: 'string' },
       'no-mdns': { type: 'boolean', default: false },
       'heartbeat-ms': { type: 'string' },
+      'retention-every': { type: 'string' },
       witness: { type: 'string' },
       restic: { type: 'string' },
       devices: { type: 'string' },
@@ -59,6 +62,15 @@ export async function agentCommand (argv: string[]): Promise<number> {
   }
   const heartbeatMs = values['heartbeat-ms'] !== undefined ? Number(values['heartbeat-ms']) : undefined
   if (heartbeatMs !== undefined && !(heartbeatMs >= 100 && heartbeatMs <= 60_000)) throw new UsageError('--heartbeat-ms must be between 100 and 60000')
+  let retentionEveryMs: number | undefined
+  if (values['retention-every'] !== undefined) {
+    try {
+      retentionEveryMs = parseDuration(values['retention-every'], '--retention-every')
+    } catch (err) {
+      throw new UsageError((err as Error).message)
+    }
+    if (retentionEveryMs < 1000) throw new UsageError('--retention-every must be at least 1s')
+  }
   const mdnsOff = values['no-mdns'] === true || process.env.DCLOUD_MDNS === 'off'
   const api = values.api ?? process.env.DCLOUD_API_LISTEN ?? `127.0.0.1:${API_PORT}`
 
@@ -82,6 +94,7 @@ export async function agentCommand (argv: string[]): Promise<number> {
     mdns: !mdnsOff,
     peers: values.peer ?? [],
     heartbeatMs,
+    retentionEveryMs,
     witness: values.witness ?? null,
     apiHosts,
     trustedProxies,
