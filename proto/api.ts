@@ -146,8 +146,8 @@ export interface AppView {
   relocation?: RelocationView | null
   /** The node directory its data is kept in, when not Docker's volumes (`dcloud restore --data-dir`). */
   hostPath?: string
-  /** The domain chosen for it (`dcloud restore --domain`). */
-  domain?: string
+  /** Where it answers: `https://NAME.DOMAIN/` at any node's front door (docs/frontdoor.md); null when it has no web UI. */
+  url: string | null
   /** Permissions its manifest requests, and those the owner granted (proto/permissions.ts names). */
   permissions: string[]
   grants: string[]
