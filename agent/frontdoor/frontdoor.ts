@@ -13,6 +13,7 @@
 import type Docker from 'dockerode'
 import { LABELS } from '../../proto/runtime.ts'
 import { networkName } from '../runtime/apps.ts'
+import type { FrontDoorView } from '../../proto/api.ts'
 import type { Logger } from '../util/log.ts'
 import type { CaddyAdmin } from './caddy-admin.ts'
 import type { ClusterTls } from './ca.ts'
@@ -38,15 +39,8 @@ export interface FrontDoorInit {
   now?: () => number
 }
 
-export interface FrontDoorStatus {
-  /** The digest of the configuration Caddy runs, as last loaded by this agent; null before the first load. */
-  loaded: string | null
-  loadedAt: number | null
-  loads: number
-  /** Loads because Caddy had lost the configuration (restarted). */
-  reloadsAfterLoss: number
-  failures: number
-  lastError: string | null
+/** What the API shows (proto/api.ts FrontDoorView), with the full route decisions. */
+export interface FrontDoorStatus extends Omit<FrontDoorView, 'routes'> {
   routes: RouteDecision[]
 }
 
@@ -117,7 +111,7 @@ export class FrontDoor {
         log.warn('Caddy no longer runs the front door\'s configuration (restarted?); loading it again', { id: r.id })
       }
       await admin.load(r.config, signal)
-      const changedRoutes = JSON.stringify(r.routes) !== JSON.stringify(this.status.routes)
+      const changedRoutes = this.status.loaded === null || JSON.stringify(r.routes) !== JSON.stringify(this.status.routes)
       Object.assign(this.status, { loaded: r.id, loadedAt: Date.now(), loads: this.status.loads + 1, routes: r.routes })
       if (changedRoutes) log.info('front door configuration loaded', { id: r.id, domain: inputs.domain, routes: r.routes.map(summary).join(' ') || '(no apps)' })
       else log.debug('front door configuration loaded', { id: r.id })

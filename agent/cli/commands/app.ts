@@ -18,7 +18,7 @@ export const appHelp = `dcloud app COMMAND
                                                          terminal, or granted by --grant (--yes alone grants none)
   grant NAME PERM...                                     grant permissions the app asks for (it is redeployed with them)
   revoke NAME PERM...                                    take permissions away (it is redeployed without them)
-  ls [--json]                                            every app: node, state, endpoints, permissions granted
+  ls [--json]                                            every app: its URL (https://NAME.DOMAIN/), node, state, endpoints, permissions granted
   rm NAME                                                remove an app (its volumes are kept)
   move NAME NODE                                         move an app to another node (a stateful app with its data;
                                                          prints the downtime)
@@ -157,7 +157,8 @@ async function list (argv: string[]): Promise<number> {
     process.stdout.write(JSON.stringify(apps, null, 2) + '\n')
     return 0
   }
-  process.stdout.write(table(['NAME', 'APP', 'NODE', 'STATE', 'STATEFUL', 'ENDPOINTS', 'GRANTED'], apps.map(a => [a.name, `${a.app} ${a.version}`, a.node ?? '-', a.state, a.stateful ? 'yes' : 'no', a.endpoints.join(' ') || '-', grantsText(a.grants, a.permissions)])))
+  // The name first, as the URL people open (any node's front door answers it).
+  process.stdout.write(table(['URL', 'APP', 'NODE', 'STATE', 'STATEFUL', 'ENDPOINTS', 'GRANTED'], apps.map(a => [a.url ?? `${a.name} (no web UI)`, `${a.app} ${a.version}`, a.node ?? '-', a.state, a.stateful ? 'yes' : 'no', a.endpoints.join(' ') || '-', grantsText(a.grants, a.permissions)])))
   for (const a of apps) {
     const r = a.relocation
     if (r == null) continue
