@@ -5,7 +5,7 @@ import { table } from '../format.ts'
 import { loadApp } from '../../../apps/catalog.ts'
 import { UsageError, UserError, EXIT } from '../../util/errors.ts'
 import { ValidationError } from '../../../proto/validate.ts'
-import type { AppView, StatusResponse, WhyView } from '../../../proto/api.ts'
+import type { AppView, DomainView, StatusResponse, WhyView } from '../../../proto/api.ts'
 import type { AppManifest } from '../../../proto/app.ts'
 import { checkGrants, requestedPermissions } from '../../../proto/permissions.ts'
 import { createInterface } from 'node:readline/promises'
@@ -60,9 +60,12 @@ async function install (argv: string[]): Promise<number> {
     if (eq <= 0) throw new UsageError(`--set ${kv}: expected KEY=VALUE`)
     variables[kv.slice(0, eq)] = kv.slice(eq + 1)
   }
+  // The app's own host (for the importers' $APP_DOMAIN and the like) is NAME.DOMAIN, the front door's one scheme.
+  // An agent older than the front door has no /v1/domain: the importers' default (the LAN domain) then.
+  const domain = await apiGet<DomainView>('/v1/domain').then(d => d.domain, (err: unknown) => { if (err instanceof ApiCallError && err.status === 404) return undefined; throw err })
   let loaded
   try {
-    loaded = await loadApp(ref, { values: variables })
+    loaded = await loadApp(ref, { values: variables, ...(domain !== undefined ? { domain } : {}), ...(values.name !== undefined ? { name: values.name } : {}) })
   } catch (err) {
     // A manifest the validator refuses is the user's to fix: say what, not how we crashed.
     if (err instanceof ValidationError) throw new UserError(err.message, { exitCode: EXIT.dataError, hint: 'see docs/apps.md for the manifest format and what the importers accept' })
