@@ -144,7 +144,8 @@ function summary (d: RouteDecision): string {
 
 /**
  * This node's running web containers, by app: their address on the app's
- * Docker network. From Docker's labels, like everything about what runs.
+ * Docker network (127.0.0.1 for one on the host's network). From Docker's
+ * labels, like everything about what runs.
  */
 export async function localWebAddresses (docker: Docker, apps: ReadonlyArray<{ name: string, webService: string | null }>, signal: AbortSignal): Promise<Record<string, string>> {
   const wanted = new Map(apps.filter(a => a.webService !== null).map(a => [a.name, a.webService]))
@@ -154,6 +155,8 @@ export async function localWebAddresses (docker: Docker, apps: ReadonlyArray<{ n
   for (const c of containers) {
     const app = c.Labels[LABELS.app]
     if (app === undefined || wanted.get(app) !== c.Labels[LABELS.service]) continue
+    // A web service granted the host's network listens on the node itself.
+    if (c.HostConfig?.NetworkMode === 'host') { out[app] = '127.0.0.1'; continue }
     const ip = c.NetworkSettings?.Networks?.[networkName(app)]?.IPAddress
     if (ip !== undefined && ip !== '') out[app] = ip
   }
