@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { LabHandle, dcloud, dcloudOk, waitFor } from './harness.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
-import type { AppView } from '../../proto/api.ts'
+import type { AppView, DomainView } from '../../proto/api.ts'
 
 const lab = new LabHandle('tfront')
 const HELLO = join(PROJECT_ROOT, 'apps', 'examples', 'hello')
@@ -40,7 +40,9 @@ async function curl (node: string, host: string, ca: string | null): Promise<{ c
   return { code: r.code, body: r.stdout, stderr: r.stderr }
 }
 
-async function rootPem (file: string): Promise<string> {
+/** The CA root for `domain` as n3 derives it, once n3 has applied the domain (a committed change reaches followers a moment later). */
+async function rootPem (file: string, domain: string): Promise<string> {
+  await waitFor(async () => (JSON.parse(await dcloudOk(['lab', '--lab', lab.name, 'exec', 'n3', '--', 'dcloud', 'domain', '--json'])) as DomainView).domain === domain ? true : undefined, 10_000, `n3 to apply the domain ${domain}`)
   await dcloudOk(['lab', '--lab', lab.name, 'exec', 'n3', '--', 'dcloud', 'domain', 'ca', '-o', file])
   return file
 }
@@ -61,7 +63,7 @@ describe('the front door on a 3-node lab', () => {
   }, 120_000)
 
   it('serves hello at https://hello.dcloud.home.arpa through every node\'s Caddy, verified against the cluster CA', async () => {
-    const ca = await rootPem(join(dir, 'root.pem'))
+    const ca = await rootPem(join(dir, 'root.pem'), 'dcloud.home.arpa')
     expect(await readFile(ca, 'utf8')).toMatch(/^-----BEGIN CERTIFICATE-----\n/)
     const container = await helloContainer('n2')
     expect(container).toMatch(/^[0-9a-f]{12}$/)
@@ -101,7 +103,7 @@ describe('the front door on a 3-node lab', () => {
 
   it('changes domain on every node: the new name answers, verified against the new root', async () => {
     await dcloudOk(['lab', '--lab', lab.name, 'exec', 'n2', '--', 'dcloud', 'domain', 'set', 'tfront.home.arpa'])
-    const ca = await rootPem(join(dir, 'root2.pem'))
+    const ca = await rootPem(join(dir, 'root2.pem'), 'tfront.home.arpa')
     for (const node of NODES) {
       await waitFor(async () => { const r = await curl(node, 'hello.tfront.home.arpa', ca); return r.code === 0 && r.body.includes('hello from') ? true : undefined }, 20_000, `hello.tfront.home.arpa through ${node}`)
     }
