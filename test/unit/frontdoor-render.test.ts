@@ -5,6 +5,7 @@
  * names refused by the replicated state's rules.
  */
 import { describe, expect, it } from 'vitest'
+import fc from 'fast-check'
 import { HOP_HEADER, render, routeApps, type RenderInput } from '../../agent/frontdoor/render.ts'
 import { LAN_DOMAIN, RESERVED_NAMES, appHost, clusterDomain, decodeClusterDomain, reservedNameReason } from '../../proto/frontdoor.ts'
 import { applyChange, EMPTY_STATE } from '../../agent/cluster/desired-store.ts'
@@ -206,5 +207,34 @@ describe('reserved app names', () => {
   it('are replayed, not skipped, from an entry committed before they were reserved', () => {
     const s = applyChange(EMPTY_STATE, { kind: 'install', app: { name: 'api', manifest, pinnedNode: null } }, { index: 1, term: 1 }, { committed: true })
     expect(s.apps.map(a => a.name)).toEqual(['api'])
+  })
+})
+
+describe('properties of the rendering (fast-check)', () => {
+  const nodeArb = fc.record({ id: fc.constantFrom(N1.id, N2.id, N3.id), apps: fc.subarray(['notes', 'hello', 'photos', 'auth']) })
+  const inputArb = fc.record({
+    apps: fc.uniqueArray(fc.record({ name: fc.constantFrom('notes', 'hello', 'photos', 'auth', 'db'), web: fc.option(fc.record({ port: fc.integer({ min: 1, max: 65535 }) }), { nil: null }) }), { selector: a => a.name }),
+    nodes: fc.uniqueArray(nodeArb, { selector: n => n.id }),
+    local: fc.dictionary(fc.constantFrom('notes', 'hello', 'photos'), fc.ipV4()),
+    self: fc.constantFrom(N1, N2, N3)
+  })
+  const byId = Object.fromEntries([N1, N2, N3].map(n => [n.id, n]))
+
+  it('gives every app exactly one route, whatever order the apps and nodes come in (every node renders alike)', () => {
+    fc.assert(fc.property(inputArb, fc.boolean(), (x, reverse) => {
+      const nodes = x.nodes.map(n => ({ ...byId[n.id] ?? N1, apps: n.apps }))
+      const i = input({ apps: x.apps, nodes, local: x.local, self: x.self })
+      const shuffled = input({ apps: reverse ? [...x.apps].reverse() : x.apps, nodes: reverse ? [...nodes].reverse() : nodes, local: x.local, self: x.self })
+      const a = render(i)
+      expect(render(shuffled)).toEqual(a)
+      expect(a.routes.map(r => r.name)).toEqual(x.apps.map(p => p.name).sort())
+      const hosts = servers(a)['dcloud-https']?.routes.flatMap(r => r.match?.[0]?.host ?? []) ?? []
+      expect(new Set(hosts).size).toBe(hosts.length)
+      for (const r of a.routes) {
+        // Never forwarded to itself, and never to a node that does not report the app.
+        if (r.kind === 'remote') expect(r.node !== x.self.id && nodes.some(n => n.id === r.node && n.apps.includes(r.name))).toBe(true)
+        if (r.kind === 'local') expect(x.local[r.name]).toBeDefined()
+      }
+    }), { numRuns: 300 })
   })
 })
