@@ -314,10 +314,10 @@ export class Agent implements ApiBackend {
   }
 
   /** The cluster's domain and CA root (ApiBackend). */
-  names (): ClusterNames {
+  async names (): Promise<ClusterNames> {
     if (this.tls === undefined || this.store === undefined) throw new ApiError('internal', 'agent not started')
     const state = this.store.current()
-    const ca = this.tls.root(clusterDomain(state))
+    const ca = await this.tls.root(clusterDomain(state))
     return { domain: ca.domain, isDefault: state.domain === undefined, rootPem: ca.rootPem, fingerprint: ca.fingerprint }
   }
 

@@ -30,7 +30,7 @@ export interface ApiBackend {
   /** The agent's own directories (its data directory): a granted ordinary path may not lead into them. */
   ownDirs?: string[]
   /** The cluster's domain and CA root, as this node derives them (agent/frontdoor/ca.ts). */
-  names?: () => ClusterNames
+  names?: () => Promise<ClusterNames>
 }
 
 export interface ClusterNames { domain: string, isDefault: boolean, rootPem: string, fingerprint: string }
@@ -44,17 +44,23 @@ export const LONG_OP_MS = 60 * 60_000
  */
 export function apiRoutes (backend: ApiBackend, apiMetrics: () => ApiMetrics): Routes {
   const cluster = (): ClusterApi => backend.cluster()
-  const names = (): ClusterNames => {
+  const names = async (): Promise<ClusterNames> => {
     if (backend.names === undefined) throw new ApiError('internal', 'the agent has no cluster key loaded yet')
-    return backend.names()
+    return await backend.names()
   }
   return {
     // Open without a credential: it says only that an agent answers here (the lab and installers poll it).
     'GET /v1/health': { public: true, handler: () => ({ ok: true }) },
     // Open too: the CA's root is public (phones install it), and a client needs it before it can trust anything.
-    'GET /v1/ca.pem': { public: true, handler: () => new StreamResponse(Readable.from([Buffer.from(names().rootPem)]), { contentType: 'application/x-pem-file', filename: `${names().domain}-ca.pem` }) },
-    'GET /v1/domain': (): DomainView => {
-      const n = names()
+    'GET /v1/ca.pem': {
+      public: true,
+      handler: async () => {
+        const n = await names()
+        return new StreamResponse(Readable.from([Buffer.from(n.rootPem)]), { contentType: 'application/x-pem-file', filename: `${n.domain}-ca.pem` })
+      }
+    },
+    'GET /v1/domain': async (): Promise<DomainView> => {
+      const n = await names()
       return { domain: n.domain, isDefault: n.isDefault, url: `https://${n.domain}/`, apps: `https://NAME.${n.domain}/`, caFingerprint: n.fingerprint, caUrl: `http://${n.domain}/ca.pem` }
     },
     'POST /v1/domain': async ({ body }) => {

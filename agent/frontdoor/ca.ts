@@ -18,9 +18,12 @@
  * The root therefore changes with the domain (`dcloud domain set`); its key
  * does not.
  *
- * No I/O; pure but for the CPU cost (~0.1 s per key), so callers cache.
+ * No I/O; pure but for the CPU cost (~0.1 s per key on a PC, seconds on a
+ * Raspberry Pi), so callers cache, and the prime tests run on libuv's thread
+ * pool (`checkPrime`, not `checkPrimeSync`): the agent's event loop keeps
+ * answering heartbeats meanwhile.
  */
-import { checkPrimeSync, createHash, createPrivateKey, createPublicKey, hkdfSync, sign, type KeyObject } from 'node:crypto'
+import { checkPrime, createHash, createPrivateKey, createPublicKey, hkdfSync, sign, type KeyObject } from 'node:crypto'
 import { bitString, boolean, explicit, ia5String, nullValue, octetString, oid, sequence, set, smallInteger, time, tlv, unsignedInteger, utf8String } from './der.ts'
 
 /** The 32 secret bytes of a cluster key file's text (`/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex digits). */
@@ -54,20 +57,23 @@ function modInverse (a: bigint, m: bigint): bigint {
 }
 function gcd (a: bigint, b: bigint): bigint { while (b !== 0n) [a, b] = [b, a % b]; return a }
 
+async function isPrime (c: bigint): Promise<boolean> {
+  return await new Promise((resolve, reject) => { checkPrime(c, { checks: 64 }, (err, prime) => { if (err != null) reject(err); else resolve(prime) }) })
+}
+
 /** A 1024-bit prime p with gcd(e, p-1) = 1, the first after a start point taken from the HKDF stream. */
-function derivePrime (secret: Buffer, info: string): bigint {
+async function derivePrime (secret: Buffer, info: string): Promise<bigint> {
   const seed = Buffer.from(hkdfSync('sha256', secret, SALT, info, 128))
   seed[0] = (seed[0] ?? 0) | 0xc0 // top two bits: p*q has exactly 2048 bits
   seed[127] = (seed[127] ?? 0) | 1
   for (let c = toBig(seed); ; c += 2n) {
-    if (gcd(E, c - 1n) === 1n && checkPrimeSync(c, { checks: 64 })) return c
+    if (gcd(E, c - 1n) === 1n && await isPrime(c)) return c
   }
 }
 
 /** An RSA-2048 private key, a pure function of (secret, label). */
-export function deriveRsaKey (secret: Buffer, label: string): KeyObject {
-  const p = derivePrime(secret, `${label}/p`)
-  const q = derivePrime(secret, `${label}/q`)
+export async function deriveRsaKey (secret: Buffer, label: string): Promise<KeyObject> {
+  const [p, q] = await Promise.all([derivePrime(secret, `${label}/p`), derivePrime(secret, `${label}/q`)])
   if (p === q) throw new Error('derived equal primes') // 2^-1000: a broken HKDF, not bad luck
   const n = p * q
   const d = modInverse(E, (p - 1n) * (q - 1n))
@@ -136,7 +142,7 @@ const ROOT_NOT_BEFORE = new Date('2025-01-01T00:00:00Z')
 const ROOT_NOT_AFTER = new Date('2045-01-01T00:00:00Z')
 
 /** The root certificate of the cluster's CA for `domain`: its key from the secret alone, its name constraint the domain. */
-export function clusterCa (secret: Buffer, domain: string, caKey: KeyObject = deriveRsaKey(secret, 'ca')): ClusterCa {
+export function clusterCa (domain: string, caKey: KeyObject): ClusterCa {
   const subject = name(`Dentropy Cloud CA for ${domain}`)
   const ski = keyId(caKey)
   const rootDer = certificate({
@@ -201,31 +207,32 @@ export function servingCertificate (ca: ClusterCa, servingKey: KeyObject, now: n
 
 /**
  * The CA and serving certificate of a cluster for a domain, derived once per
- * (domain, step) and kept: the keys cost ~0.1 s each.
+ * (domain, step) and kept: the keys are derived once, on first use.
  */
 export class ClusterTls {
   private readonly secret: Buffer
-  private caKey: KeyObject | undefined
-  private servingKey: KeyObject | undefined
+  private keys: Promise<{ ca: KeyObject, serving: KeyObject }> | undefined
   private ca: ClusterCa | undefined
   private serving: { key: string, cert: ServingCertificate } | undefined
 
   constructor (secret: Buffer) { this.secret = secret }
 
-  root (domain: string): ClusterCa {
-    this.caKey ??= deriveRsaKey(this.secret, 'ca')
-    if (this.ca?.domain !== domain) this.ca = clusterCa(this.secret, domain, this.caKey)
+  private async derived (): Promise<{ ca: KeyObject, serving: KeyObject }> {
+    this.keys ??= Promise.all([deriveRsaKey(this.secret, 'ca'), deriveRsaKey(this.secret, 'serving')]).then(([ca, serving]) => ({ ca, serving }))
+    return await this.keys
+  }
+
+  async root (domain: string): Promise<ClusterCa> {
+    const { ca } = await this.derived()
+    if (this.ca?.domain !== domain) this.ca = clusterCa(domain, ca)
     return this.ca
   }
 
-  serve (domain: string, now: number): ServingCertificate {
-    const ca = this.root(domain)
+  async serve (domain: string, now: number): Promise<ServingCertificate> {
+    const ca = await this.root(domain)
     const step = Math.floor((now - ROOT_NOT_BEFORE.getTime()) / (SERVING_STEP_DAYS * DAY))
     const key = `${domain}\0${step}`
-    if (this.serving?.key !== key) {
-      this.servingKey ??= deriveRsaKey(this.secret, 'serving')
-      this.serving = { key, cert: servingCertificate(ca, this.servingKey, now) }
-    }
+    if (this.serving?.key !== key) this.serving = { key, cert: servingCertificate(ca, (await this.derived()).serving, now) }
     return this.serving.cert
   }
 }

@@ -95,8 +95,8 @@ export class FrontDoor {
     try {
       const inputs = await this.init.gather(signal)
       const now = (this.init.now ?? Date.now)()
-      const ca = this.init.tls.root(inputs.domain)
-      const cert = this.init.tls.serve(inputs.domain, now)
+      const ca = await this.init.tls.root(inputs.domain)
+      const cert = await this.init.tls.serve(inputs.domain, now)
       const r = render({
         ...inputs,
         self: this.init.self(),

@@ -25,7 +25,7 @@ import { join } from 'node:path'
 import { X509Certificate } from 'node:crypto'
 import type { PeerCertificate, TLSSocket } from 'node:tls'
 import { CaddyAdmin } from '../../agent/frontdoor/caddy-admin.ts'
-import { ClusterTls } from '../../agent/frontdoor/ca.ts'
+import { ClusterTls, type ClusterCa } from '../../agent/frontdoor/ca.ts'
 import { FrontDoor, type FrontDoorInputs } from '../../agent/frontdoor/frontdoor.ts'
 import { HOP_HEADER } from '../../agent/frontdoor/render.ts'
 import { createLogger } from '../../agent/util/log.ts'
@@ -37,7 +37,7 @@ const A = { id: '12D3KooWA' + 'a'.repeat(43), name: 'na', address: '127.0.0.1' }
 const B = { id: '12D3KooWB' + 'b'.repeat(43), name: 'nb', address: '127.0.0.1' }
 const secret = Buffer.alloc(32, 0x5a)
 const tls = new ClusterTls(secret)
-const root = tls.root(DOMAIN)
+let root: ClusterCa
 
 let dir: string
 let backend: Server
@@ -160,6 +160,7 @@ const notes = { name: 'notes', web: { port: 0 } }
 
 beforeAll(async () => {
   await need(['caddy'])
+  root = await tls.root(DOMAIN)
   dir = await mkdtemp(join(tmpdir(), 'dcloud-frontdoor-'))
   backend = createServer((req, res) => {
     seen.push(req.headers)

@@ -232,7 +232,7 @@ class GuardTestBackend implements ApiBackend {
   /** Never started here: the backup routes are test/unit/backup-stream.test.ts's. */
   readonly backups = new BackupFiles(join(tmpdir(), 'dcloud-api-test-unused'))
 
-  names (): ReturnType<NonNullable<ApiBackend['names']>> {
+  async names (): ReturnType<NonNullable<ApiBackend['names']>> {
     return { domain: 'dcloud.home.arpa', isDefault: true, rootPem: '-----BEGIN CERTIFICATE-----\nROOT\n-----END CERTIFICATE-----\n', fingerprint: 'AA:BB' }
   }
 }
