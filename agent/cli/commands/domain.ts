@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util'
 import { writeFile } from 'node:fs/promises'
 import { apiGet, apiRequest, apiText } from '../client.ts'
 import { UsageError } from '../../util/errors.ts'
-import type { DomainView } from '../../../proto/api.ts'
+import type { DomainView, FrontDoorView, MetricsResponse } from '../../../proto/api.ts'
 
 export const domainHelp = `dcloud domain [show] [--json]      the cluster's domain, where apps are, the CA root's fingerprint
 dcloud domain set DOMAIN            every app becomes https://NAME.DOMAIN (e.g. alice.example.org,
@@ -20,6 +20,7 @@ export async function domainCommand (argv: string[]): Promise<number> {
       const d = await apiGet<DomainView>('/v1/domain')
       if (values.json === true) { process.stdout.write(JSON.stringify(d, null, 2) + '\n'); return 0 }
       process.stdout.write(`domain  ${d.domain}${d.isDefault ? ' (the LAN default; `dcloud domain set DOMAIN` for another)' : ''}\napps    ${d.apps}\nCA root ${d.caUrl} (SHA-256 ${d.caFingerprint})\n`)
+      process.stdout.write(`front door of this node: ${frontDoorLine((await apiGet<MetricsResponse>('/v1/metrics')).frontDoor)}\n`)
       return 0
     }
     case 'set': case 'reset': {
@@ -42,4 +43,13 @@ export async function domainCommand (argv: string[]): Promise<number> {
     }
     default: throw new UsageError(`unknown domain command '${sub}'`, domainHelp)
   }
+}
+
+/** One line on whether this node's Caddy runs what the agent rendered. */
+function frontDoorLine (f: FrontDoorView | null): string {
+  if (f === null) return 'none (the agent runs with --caddy-admin off)'
+  const routes = `${f.routes.length} app(s): ${f.routes.map(r => `${r.name} ${r.kind === 'remote' ? `via ${r.node ?? '?'}` : r.kind}`).join(', ') || '-'}`
+  if (f.lastError !== null) return `NOT configured: ${f.lastError}${f.loaded !== null ? ` (Caddy may still serve what was loaded at ${new Date(f.loadedAt ?? 0).toISOString()})` : ''}`
+  if (f.loaded === null) return 'not configured yet'
+  return `configured (${routes})`
 }
