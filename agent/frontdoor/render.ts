@@ -76,6 +76,12 @@ export function routeApps (input: Pick<RenderInput, 'domain' | 'self' | 'peerHtt
   })
 }
 
+/** The other nodes' addresses, as CIDRs: the only proxies whose X-Forwarded-For is believed. */
+function peerRanges (input: RenderInput): string[] {
+  const peers = new Set(input.nodes.filter(n => n.id !== input.self.id && n.address !== null).map(n => n.address as string))
+  return [...peers].sort().map(a => a.includes(':') ? `${a}/128` : `${a}/32`)
+}
+
 function hostPort (address: string, port: number): string {
   return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`
 }
@@ -94,6 +100,10 @@ function handlersFor (d: RouteDecision, input: RenderInput): Json[] {
     case 'local': return [{
       handler: 'reverse_proxy',
       upstreams: [{ dial: d.upstream }],
+      // Other nodes' front doors forward with the client's address in X-Forwarded-For: believed from
+      // them only (Caddy replaces a client's own at the first front door), so the app, and later the
+      // lan/internet check and access logs, see the real client whichever node it came in by.
+      ...(peerRanges(input).length > 0 ? { trusted_proxies: peerRanges(input) } : {}),
       // The hop header is ours; the app never sees it.
       headers: { request: { delete: [HOP_HEADER] } },
       // An app that serves HTTPS itself does so with its own certificate, on a

@@ -123,10 +123,11 @@ async function until (check: () => Promise<boolean> | boolean, ms: number, what:
 interface Answer { status: number, body: string, headers: IncomingHttpHeaders, cert: PeerCertificate | null }
 
 /** An HTTPS request for `host` at a door's port, trusting only `ca` (the cluster's root unless given). */
-async function get (port: number, host: string, opts: { ca?: string | null, path?: string, headers?: Record<string, string> } = {}): Promise<Answer> {
+async function get (port: number, host: string, opts: { ca?: string | null, path?: string, headers?: Record<string, string>, from?: string } = {}): Promise<Answer> {
   return await new Promise((resolve, reject) => {
     const req = httpsRequest({
       host: '127.0.0.1', port, path: opts.path ?? '/', servername: host, headers: { Host: host, ...opts.headers },
+      ...(opts.from !== undefined ? { localAddress: opts.from } : {}),
       ...(opts.ca === null ? {} : { ca: opts.ca ?? root.rootPem }),
       agent: false,
       signal: AbortSignal.timeout(10_000)
@@ -208,6 +209,14 @@ describe('the front door on real Caddy', () => {
     // The app never sees the hop header; it sees who asked.
     expect(seen.at(-1)?.[HOP_HEADER.toLowerCase()]).toBeUndefined()
     expect(seen.at(-1)?.['x-forwarded-for']).toContain('127.0.0.1')
+  })
+
+  it('tells the app the real client through another node, and believes no client\'s own X-Forwarded-For', async () => {
+    // The client at 127.0.0.3; the front doors at 127.0.0.1, which each trusts as the other node's address.
+    await get(a.https, HOST, { from: '127.0.0.3', headers: { 'X-Forwarded-For': '203.0.113.66' } })
+    expect(seen.at(-1)?.['x-forwarded-for']).toBe('127.0.0.3, 127.0.0.1')
+    await get(b.https, HOST, { from: '127.0.0.3', headers: { 'X-Forwarded-For': '203.0.113.66' } })
+    expect(seen.at(-1)?.['x-forwarded-for']).toBe('127.0.0.3')
   })
 
   it('serves the same certificate on every node, issued by the root for *.DOMAIN', async () => {

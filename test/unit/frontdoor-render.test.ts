@@ -80,7 +80,9 @@ describe('where an app\'s requests go', () => {
 describe('the Caddy configuration', () => {
   it('proxies a local app to its container, dropping the hop header', () => {
     const r = render(input({ local: { notes: '172.18.0.2' } }))
-    expect(routeFor(r, 'notes.alice.example.org')?.handle).toEqual([{ handler: 'reverse_proxy', upstreams: [{ dial: '172.18.0.2:8080' }], headers: { request: { delete: [HOP_HEADER] } } }])
+    expect(routeFor(r, 'notes.alice.example.org')?.handle).toEqual([{ handler: 'reverse_proxy', upstreams: [{ dial: '172.18.0.2:8080' }], trusted_proxies: ['10.213.0.12/32', '10.213.0.13/32'], headers: { request: { delete: [HOP_HEADER] } } }])
+    // Alone, it trusts nobody's X-Forwarded-For.
+    expect(routeFor(render(input({ local: { notes: '172.18.0.2' }, nodes: [{ ...N1, apps: [] }] })), 'notes.alice.example.org')?.handle[0]).not.toHaveProperty('trusted_proxies')
   })
 
   it('proxies a remote app to the other front door over TLS checked against the cluster root, and cuts loops', () => {
