@@ -9,7 +9,7 @@ import { Mesh } from './mesh/mesh.ts'
 import { readClusterKey, writeNewClusterKey } from './mesh/cluster-key.ts'
 import { ClusterTls, clusterSecret } from './frontdoor/ca.ts'
 import { CaddyAdmin } from './frontdoor/caddy-admin.ts'
-import { FrontDoor, localWebAddresses, type FrontDoorStatus } from './frontdoor/frontdoor.ts'
+import { FrontDoor, LocalWebAddresses, type FrontDoorStatus } from './frontdoor/frontdoor.ts'
 import type { RenderNode } from './frontdoor/render.ts'
 import { clusterDomain } from '../proto/frontdoor.ts'
 import type Docker from 'dockerode'
@@ -99,6 +99,7 @@ export class Agent implements ApiBackend {
   private store: DesiredStore | undefined
   private tls: ClusterTls | undefined
   private frontDoor: FrontDoor | undefined
+  private localWeb: LocalWebAddresses | undefined
   /** DATA_DIR/backups: backup files through the API (ApiBackend). */
   readonly backups: BackupFiles
   /** The agent's own directories, which no ordinary path grant reaches (ApiBackend). */
@@ -242,7 +243,7 @@ export class Agent implements ApiBackend {
       collector.sampleLoad().catch(err => { log.debug('load sample failed', { error: (err as Error).message }) })
     }, LOAD_SAMPLE_MS))
     // Docker tells us when containers or images change; this slow poll only catches what an event stream can miss.
-    collector.watchDocker(() => { this.gossip?.announceChange(); this.frontDoor?.poke() }, this.controller.signal)
+    collector.watchDocker(() => { this.gossip?.announceChange(); this.localWeb?.invalidate(); this.frontDoor?.poke() }, this.controller.signal)
     this.timers.push(setInterval(() => {
       collector.refresh(AbortSignal.any([this.controller.signal, AbortSignal.timeout(DOCKER_POLL_MS)]))
         .catch(err => { log.debug('resource refresh failed', { error: (err as Error).message }) })
@@ -331,6 +332,8 @@ export class Agent implements ApiBackend {
       const s = this.requireStarted().gossip.current()
       return { id: s.peerId, name: s.name, address: s.resources.address }
     }
+    const localWeb = new LocalWebAddresses(docker)
+    this.localWeb = localWeb
     return new FrontDoor({
       admin: new CaddyAdmin(fd.adminSocket),
       tls,
@@ -347,7 +350,7 @@ export class Agent implements ApiBackend {
           if (m.state === 'dead' || m.resources === null) continue
           nodes.push({ id: m.status.peerId, name: m.status.name, address: m.resources.address, apps: serving(m.resources.appStates) })
         }
-        const local = await localWebAddresses(docker, state.apps.map(a => ({ name: a.name, webService: a.manifest.web?.service ?? null })), signal)
+        const local = await localWeb.get(state.apps.map(a => ({ name: a.name, webService: a.manifest.web?.service ?? null })), signal)
         return { domain: clusterDomain(state), apps: state.apps.map(a => ({ name: a.name, web: a.manifest.web })), nodes, local }
       },
       log: this.log.child('frontdoor')

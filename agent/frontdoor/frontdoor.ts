@@ -162,3 +162,31 @@ export async function localWebAddresses (docker: Docker, apps: ReadonlyArray<{ n
   }
   return out
 }
+
+/**
+ * This node's web containers, asked of Docker when something may have
+ * changed (a container event, other apps) and at most every `maxAgeMs`
+ * otherwise: the driver renders every second on every node, and a Pi's
+ * dockerd need not list its containers that often to learn nothing new.
+ */
+export class LocalWebAddresses {
+  private readonly docker: Docker
+  private readonly maxAgeMs: number
+  private last: { at: number, apps: string, value: Record<string, string> } | null = null
+
+  constructor (docker: Docker, maxAgeMs = 5000) {
+    this.docker = docker
+    this.maxAgeMs = maxAgeMs
+  }
+
+  /** A container started, stopped or died: ask Docker at the next call. */
+  invalidate (): void { this.last = null }
+
+  async get (apps: ReadonlyArray<{ name: string, webService: string | null }>, signal: AbortSignal, now = Date.now()): Promise<Record<string, string>> {
+    const key = JSON.stringify(apps)
+    if (this.last !== null && this.last.apps === key && now - this.last.at < this.maxAgeMs) return this.last.value
+    const value = await localWebAddresses(this.docker, apps, signal)
+    this.last = { at: now, apps: key, value }
+    return value
+  }
+}
