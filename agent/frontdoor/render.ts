@@ -8,15 +8,16 @@
  * - the app's web container runs on this node: straight to it, on its
  *   Docker network (`IP:PORT`; the host reaches the bridge it created);
  * - it runs on another node: to that node's front door over HTTPS, the
- *   certificate checked against the cluster CA (ca.ts), the Host kept, and a
- *   hop header set so the next node never forwards again (a loop between two
- *   nodes with stale views ends in a 508 instead of circling);
+ *   certificate checked against the cluster CA (ca.ts), the Host kept, and
+ *   this node's id added to a hop header: a node whose view is stale (a move
+ *   gossiped a second ago) forwards once more, and a request that comes back
+ *   to a node it went through ends in a 508 instead of circling;
  * - it runs nowhere (or is reserved): an answer that says so.
  */
 import { createHash } from 'node:crypto'
 import { appHost, reservedNameReason } from '../../proto/frontdoor.ts'
 
-/** Set by a front door that forwards to another node's; a front door that sees it never forwards again. */
+/** Each front door that forwards adds its node id; one that finds its own id there has seen the request before (a loop). */
 export const HOP_HEADER = 'X-Dcloud-Hop'
 
 export interface RenderApp {
@@ -113,12 +114,13 @@ function handlersFor (d: RouteDecision, input: RenderInput): Json[] {
     case 'remote': return [{
       handler: 'subroute',
       routes: [
-        { match: [{ header: { [HOP_HEADER]: ['*'] } }], handle: [text(508, `${d.name}: this node would forward the request again (to ${d.nodeName}); the nodes' views of where ${d.name} runs disagree for a moment: retry\n`)] },
+        // Its own id among the hops (one header line each; also as a comma-joined list, should a proxy between join them).
+        { match: [{ header: { [HOP_HEADER]: [input.self.id, `${input.self.id},*`, `*, ${input.self.id}`, `*, ${input.self.id},*`] } }], handle: [text(508, `${d.name}: the request came back to ${input.self.name} (it would go to ${d.nodeName} again); the nodes' views of where ${d.name} runs disagree for a moment: retry\n`)] },
         {
           handle: [{
             handler: 'reverse_proxy',
             upstreams: [{ dial: d.upstream }],
-            headers: { request: { set: { [HOP_HEADER]: [input.self.name] } } },
+            headers: { request: { add: { [HOP_HEADER]: [input.self.id] } } },
             // The other node's front door serves the same certificate, checked against the cluster CA only.
             transport: { protocol: 'http', tls: { root_ca_pool: [input.tls.rootDer.toString('base64')], server_name: d.host } }
           }]

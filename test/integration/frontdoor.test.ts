@@ -35,6 +35,9 @@ const DOMAIN = 'test.home.arpa'
 const HOST = `notes.${DOMAIN}`
 const A = { id: '12D3KooWA' + 'a'.repeat(43), name: 'na', address: '127.0.0.1' }
 const B = { id: '12D3KooWB' + 'b'.repeat(43), name: 'nb', address: '127.0.0.1' }
+const C = { id: '12D3KooWC' + 'c'.repeat(43), name: 'nc', address: '127.0.0.1' }
+/** Where B forwards (the doors share one address, so each is told the next one's port); 0: A's. */
+let bPeerPort = 0
 const secret = Buffer.alloc(32, 0x5a)
 const tls = new ClusterTls(secret)
 let root: ClusterCa
@@ -171,7 +174,7 @@ beforeAll(async () => {
   await new Promise<void>(resolve => backend.listen(0, '127.0.0.1', resolve))
   backendPort = (backend.address() as AddressInfo).port
   notes.web.port = backendPort
-  b = await makeDoor('nb', B, null)
+  b = await makeDoor('nb', B, () => bPeerPort || a.https)
   a = await makeDoor('na', A, () => b.https)
   // The app runs on B: B's web container is "at" 127.0.0.1 (its network address, here loopback).
   const nodes = [{ ...A, apps: [] }, { ...B, apps: ['notes'] }]
@@ -254,19 +257,44 @@ describe('the front door on real Caddy', () => {
     a.inputs = { ...a.inputs, apps: [notes] }
   })
 
-  it('cuts a loop between two nodes whose views disagree (508), and routes again once they agree', async () => {
+  it('cuts a loop between two nodes whose views disagree (508, once the request is back where it started), and routes again once they agree', async () => {
     // B now believes notes runs on A, A that it runs on B.
     const nodesB = [{ ...A, apps: ['notes'] }, { ...B, apps: [] }]
     b.inputs = { ...b.inputs, nodes: nodesB, local: {} }
     await until(() => b.driver.status.routes[0]?.kind === 'remote', 5000, 'B to route notes away')
     const r = await get(a.https, HOST)
     expect(r.status).toBe(508)
-    expect(r.body).toMatch(/would forward the request again/)
+    expect(r.body).toMatch(/^notes: the request came back to na \(it would go to nb again\)/)
     b.inputs = { ...b.inputs, nodes: [{ ...A, apps: [] }, { ...B, apps: ['notes'] }], local: { notes: '127.0.0.1' } }
     await until(async () => (await get(a.https, HOST)).status === 200, 5000, 'notes through A again')
   })
 
+  it('forwards once more from a node whose view is stale (a move it has not heard of), without an error', async () => {
+    // A third node, C, now runs notes; B has heard of it, A not yet: A -> B -> C.
+    const c = await makeDoor('nc', C, null)
+    try {
+      const nodes = [{ ...A, apps: [] }, { ...B, apps: [] }, { ...C, apps: ['notes'] }]
+      c.inputs = { domain: DOMAIN, apps: [notes], nodes, local: { notes: '127.0.0.1' } }
+      c.driver.start()
+      bPeerPort = c.https
+      b.inputs = { ...b.inputs, nodes, local: {} }
+      await until(() => c.driver.status.loaded !== null && b.driver.status.routes[0]?.kind === 'remote' && (b.driver.status.routes[0] as { node?: string }).node === C.id, 5000, 'C serving, B routing to C')
+      seen.length = 0
+      const r = await get(a.https, HOST, { from: '127.0.0.3' })
+      expect(r.status, r.body).toBe(200)
+      expect(seen.at(-1)?.[HOP_HEADER.toLowerCase()]).toBeUndefined()
+      expect(a.driver.status.routes[0]).toMatchObject({ kind: 'remote', node: B.id })
+    } finally {
+      bPeerPort = 0
+      b.inputs = { ...b.inputs, nodes: [{ ...A, apps: [] }, { ...B, apps: ['notes'] }], local: { notes: '127.0.0.1' } }
+      await c.driver.stop()
+      await stopCaddy(c)
+    }
+    await until(async () => (await get(a.https, HOST)).status === 200 && b.driver.status.routes[0]?.kind === 'local', 5000, 'notes on B again')
+  })
+
   it('gives a Caddy that was killed and started again its configuration back', async () => {
+    await until(async () => b.driver.status.routes[0]?.kind === 'local' && (await get(b.https, HOST)).status === 200, 5000, 'B settled')
     const before = b.driver.status.reloadsAfterLoss
     await stopCaddy(b)
     await expect(get(b.https, HOST)).rejects.toThrow(/ECONNREFUSED/)

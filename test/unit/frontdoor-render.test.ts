@@ -89,12 +89,12 @@ describe('the Caddy configuration', () => {
     const r = render(input())
     const sub = routeFor(r, 'notes.alice.example.org')?.handle[0] as { handler: string, routes: Route[] & Array<{ match?: unknown }> }
     expect(sub.handler).toBe('subroute')
-    expect(sub.routes[0]?.match).toEqual([{ header: { [HOP_HEADER]: ['*'] } }])
+    expect(sub.routes[0]?.match).toEqual([{ header: { [HOP_HEADER]: [N1.id, `${N1.id},*`, `*, ${N1.id}`, `*, ${N1.id},*`] } }])
     expect(sub.routes[0]?.handle[0]).toMatchObject({ handler: 'static_response', status_code: 508 })
     expect(sub.routes[1]?.handle[0]).toEqual({
       handler: 'reverse_proxy',
       upstreams: [{ dial: '10.213.0.12:443' }],
-      headers: { request: { set: { [HOP_HEADER]: ['n1'] } } },
+      headers: { request: { add: { [HOP_HEADER]: [N1.id] } } },
       transport: { protocol: 'http', tls: { root_ca_pool: [ROOT_DER.toString('base64')], server_name: 'notes.alice.example.org' } }
     })
   })
