@@ -7,6 +7,12 @@ import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { Mesh } from './mesh/mesh.ts'
 import { readClusterKey, writeNewClusterKey } from './mesh/cluster-key.ts'
+import { ClusterTls, clusterSecret } from './frontdoor/ca.ts'
+import { CaddyAdmin } from './frontdoor/caddy-admin.ts'
+import { FrontDoor, LocalWebAddresses, type FrontDoorStatus } from './frontdoor/frontdoor.ts'
+import type { RenderNode } from './frontdoor/render.ts'
+import { clusterDomain } from '../proto/frontdoor.ts'
+import type Docker from 'dockerode'
 import { loadOrCreateIdentity } from './mesh/identity.ts'
 import { Membership, type Member } from './status/membership.ts'
 import { StatusGossip } from './status/gossip.ts'
@@ -14,7 +20,7 @@ import { ResourceCollector } from './status/collector.ts'
 import { DockerRuntime, dockerFromEnv } from './runtime/docker.ts'
 import { ApiServer, ApiError } from './api/server.ts'
 import { RpcServer } from './mesh/rpc.ts'
-import { apiRoutes, type ApiBackend, type ClusterApi } from './api/routes.ts'
+import { apiRoutes, type ApiBackend, type ClusterApi, type ClusterNames } from './api/routes.ts'
 import { BackupFiles } from './snapshots/backup-files.ts'
 import { DesiredStore, stateDigest } from './cluster/desired-store.ts'
 import { Replicator } from './cluster/replication.ts'
@@ -32,7 +38,7 @@ import type { AppActual } from '../proto/runtime.ts'
 import { AGENT_VERSION, paths, runtimeDir } from './config.ts'
 import { NodeLease, echoLeaseMs } from './fence/lease.ts'
 import type { Logger } from './util/log.ts'
-import type { MetricsResponse, NodeView, StatusResponse } from '../proto/api.ts'
+import type { FrontDoorView, MetricsResponse, NodeView, StatusResponse } from '../proto/api.ts'
 import type { NodeResources, NodeStatus } from '../proto/status.ts'
 import { DEFAULT_HEARTBEAT_MS, DEFAULT_LIVENESS } from '../scheduler/liveness.ts'
 
@@ -60,6 +66,12 @@ export interface AgentOptions {
   trustedProxies?: string[]
   /** The node's devices as the user gives them (`--devices`); absent or null: read from /sys. */
   devices?: string[] | null
+  /**
+   * The front door (docs/frontdoor.md): Caddy's admin socket and the ports it
+   * serves on (every node of a cluster uses the same HTTPS port: front doors
+   * forward to each other on it). Absent or null: this node runs none.
+   */
+  frontDoor?: { adminSocket: string, httpsPort: number, httpPort: number | null } | null
 }
 
 /** Members of this group reach the API's Unix socket, i.e. administer the node (as with `docker`). */
@@ -88,6 +100,9 @@ export class Agent implements ApiBackend {
   private replicator: Replicator | undefined
   private lease: NodeLease | undefined
   private store: DesiredStore | undefined
+  private tls: ClusterTls | undefined
+  private frontDoor: FrontDoor | undefined
+  private localWeb: LocalWebAddresses | undefined
   /** DATA_DIR/backups: backup files through the API (ApiBackend). */
   readonly backups: BackupFiles
   /** The agent's own directories, which no ordinary path grant reaches (ApiBackend). */
@@ -116,6 +131,8 @@ export class Agent implements ApiBackend {
       log.info('created a new cluster key; copy it to other nodes to let them join', { keyFile: p.keyFile })
     }
     const clusterKey = await readClusterKey(opts.keyFile)
+    // The cluster CA: the same on every node, from the key alone (agent/frontdoor/ca.ts).
+    this.tls = new ClusterTls(clusterSecret(clusterKey))
     const privateKey = await loadOrCreateIdentity(p.identity)
     const incarnation = await nextIncarnation(p.incarnation)
     const token = await loadOrCreateToken(p.token)
@@ -190,6 +207,11 @@ export class Agent implements ApiBackend {
     await this.election.start()
 
     this.gossip.start()
+    if (opts.frontDoor != null) {
+      this.frontDoor = this.makeFrontDoor(opts.frontDoor, this.tls, docker, store)
+      this.frontDoor.start()
+      store.onCommitted(() => { this.frontDoor?.poke() })
+    }
     log.info('agent listening', { name: opts.name, peerId: mesh.peerId.toString(), addrs: mesh.listenAddrs(), mdns: opts.mdns })
 
     this.api = new ApiServer({
@@ -224,7 +246,7 @@ export class Agent implements ApiBackend {
       collector.sampleLoad().catch(err => { log.debug('load sample failed', { error: (err as Error).message }) })
     }, LOAD_SAMPLE_MS))
     // Docker tells us when containers or images change; this slow poll only catches what an event stream can miss.
-    collector.watchDocker(() => { this.gossip?.announceChange() }, this.controller.signal)
+    collector.watchDocker(() => { this.gossip?.announceChange(); this.localWeb?.invalidate(); this.frontDoor?.poke() }, this.controller.signal)
     this.timers.push(setInterval(() => {
       collector.refresh(AbortSignal.any([this.controller.signal, AbortSignal.timeout(DOCKER_POLL_MS)]))
         .catch(err => { log.debug('resource refresh failed', { error: (err as Error).message }) })
@@ -238,6 +260,7 @@ export class Agent implements ApiBackend {
     for (const t of this.timers) clearInterval(t)
     this.timers = []
     this.gossip?.stop()
+    await this.frontDoor?.stop()
     await this.api?.stop()
     this.lease?.stop()
     await this.election?.stop()
@@ -280,6 +303,7 @@ export class Agent implements ApiBackend {
       replication: this.replicator?.counters ?? null,
       rpc: this.rpc?.counters ?? { served: 0, rejected: 0, failed: 0 },
       backups: { ...this.backups.counters },
+      frontDoor: this.frontDoor === undefined ? null : frontDoorView(this.frontDoor.status),
       ...memory(),
       cpuSeconds: (usage.user + usage.system) / 1e6
     }
@@ -291,6 +315,49 @@ export class Agent implements ApiBackend {
     if (store === undefined) return { revision: 0, term: 0, lastIndex: 0, commitIndex: 0, digest: '' }
     const s = store.current()
     return { revision: s.revision, term: s.term, lastIndex: store.lastIndex, commitIndex: store.committed, digest: stateDigest(s) }
+  }
+
+  /** The cluster's domain and CA root (ApiBackend). */
+  async names (): Promise<ClusterNames> {
+    if (this.tls === undefined || this.store === undefined) throw new ApiError('internal', 'agent not started')
+    const state = this.store.current()
+    const ca = await this.tls.root(clusterDomain(state))
+    return { domain: ca.domain, isDefault: state.domain === undefined, rootPem: ca.rootPem, fingerprint: ca.fingerprint }
+  }
+
+  /**
+   * The front door's driver, fed from what this node knows: the committed
+   * desired state, every live node's report of the apps it runs (status
+   * gossip), and this node's own web containers from Docker.
+   */
+  private makeFrontDoor (fd: NonNullable<AgentOptions['frontDoor']>, tls: ClusterTls, docker: Docker, store: DesiredStore): FrontDoor {
+    const self = (): RenderNode => {
+      const s = this.requireStarted().gossip.current()
+      return { id: s.peerId, name: s.name, address: s.resources.address }
+    }
+    const localWeb = new LocalWebAddresses(docker)
+    this.localWeb = localWeb
+    return new FrontDoor({
+      admin: new CaddyAdmin(fd.adminSocket),
+      tls,
+      listen: { https: [`:${fd.httpsPort}`], http: fd.httpPort === null ? [] : [`:${fd.httpPort}`] },
+      peerHttpsPort: fd.httpsPort,
+      self,
+      gather: async (signal) => {
+        const { gossip, membership } = this.requireStarted()
+        const state = store.current()
+        const serving = (reports: AppReport[]): string[] => reports.filter(r => r.state === 'running' || r.state === 'starting').map(r => r.name)
+        const mine = gossip.current()
+        const nodes = [{ ...self(), apps: serving(mine.resources.appStates) }]
+        for (const m of membership.list()) {
+          if (m.state === 'dead' || m.resources === null) continue
+          nodes.push({ id: m.status.peerId, name: m.status.name, address: m.resources.address, apps: serving(m.resources.appStates) })
+        }
+        const local = await localWeb.get(state.apps.map(a => ({ name: a.name, webService: a.manifest.web?.service ?? null })), signal)
+        return { domain: clusterDomain(state), apps: state.apps.map(a => ({ name: a.name, web: a.manifest.web })), nodes, local }
+      },
+      log: this.log.child('frontdoor')
+    })
   }
 
   cluster (): ClusterApi {
@@ -313,6 +380,18 @@ function reportApps (apps: AppActual[], store: DesiredStore): AppReport[] {
     const port = svc?.ports.find(p => p.container === web?.port && p.host !== null)
     return { name: a.app, state: a.state, revision: a.revision, webPort: port?.host ?? null, generation: a.generation }
   })
+}
+
+function frontDoorView (s: FrontDoorStatus): FrontDoorView {
+  return {
+    loaded: s.loaded,
+    loadedAt: s.loadedAt,
+    loads: s.loads,
+    reloadsAfterLoss: s.reloadsAfterLoss,
+    failures: s.failures,
+    lastError: s.lastError,
+    routes: s.routes.map(r => ({ name: r.name, host: r.host, kind: r.kind, ...(r.kind === 'remote' ? { node: r.nodeName } : {}), ...(r.kind === 'down' || r.kind === 'skipped' ? { reason: r.reason } : {}) }))
+  }
 }
 
 function memory (): { rssBytes: number, heapUsedBytes: number, externalBytes: number } {

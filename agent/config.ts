@@ -22,6 +22,8 @@ export const AGENT_VERSION: string = (JSON.parse(readFileSync(join(PROJECT_ROOT,
 export const SYSTEM_DATA_DIR = '/var/lib/dcloud'
 /** An installed node's runtime directory (systemd's RuntimeDirectory=dcloud, mode 0750): where its API socket is. */
 export const SYSTEM_RUNTIME_DIR = '/run/dcloud'
+/** Caddy's admin socket on an installed node (scripts/systemd/dcloud-caddy.service's RuntimeDirectory): the front door. */
+export const SYSTEM_CADDY_ADMIN = '/run/dcloud-caddy/admin.sock'
 
 export function defaultDataDir (): string {
   if (process.env.DCLOUD_DATA_DIR !== undefined && process.env.DCLOUD_DATA_DIR !== '') return process.env.DCLOUD_DATA_DIR

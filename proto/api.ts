@@ -88,8 +88,37 @@ export interface MetricsResponse {
   heapUsedBytes: number
   externalBytes: number
   cpuSeconds: number
+  /** This node's front door (docs/frontdoor.md): null when it runs without one (`--caddy-admin off`). */
+  frontDoor: FrontDoorView | null
   /** The local API's own counters. */
   api: ApiMetrics
+}
+
+/** The front door of a node: what its Caddy was last given, and how that went. */
+export interface FrontDoorView {
+  /** The digest (`@id`) of the configuration last loaded into Caddy; null before the first load. */
+  loaded: string | null
+  loadedAt: number | null
+  loads: number
+  /** Loads because Caddy had lost its configuration (it was restarted). */
+  reloadsAfterLoss: number
+  failures: number
+  lastError: string | null
+  /** Where each app's requests go from this node: `local` (its container here), `remote` (another node's front door, `node`), `down`, `skipped`. */
+  routes: Array<{ name: string, host: string, kind: 'local' | 'remote' | 'down' | 'skipped', node?: string, reason?: string }>
+}
+
+/** `GET /v1/domain`: the cluster's names. */
+export interface DomainView {
+  domain: string
+  /** No domain was set: the LAN default under home.arpa. */
+  isDefault: boolean
+  /** Where the dashboard will be, and where each app is (NAME replaced). */
+  url: string
+  apps: string
+  /** The cluster CA's root: SHA-256 fingerprint, and where to download it (also `GET /v1/ca.pem`). */
+  caFingerprint: string
+  caUrl: string
 }
 
 /** Why the API refused a request before any handler ran: one counter per guard. */
@@ -149,8 +178,8 @@ export interface AppView {
   relocation?: RelocationView | null
   /** The node directory its data is kept in, when not Docker's volumes (`dcloud restore --data-dir`). */
   hostPath?: string
-  /** The domain chosen for it (`dcloud restore --domain`). */
-  domain?: string
+  /** Where it answers: `https://NAME.DOMAIN/` at any node's front door (docs/frontdoor.md); null when it has no web UI. */
+  url: string | null
   /** Permissions its manifest requests, and those the owner granted (proto/permissions.ts names). */
   permissions: string[]
   grants: string[]

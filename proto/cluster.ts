@@ -7,6 +7,7 @@ import { CONFIG_LIMITS, HOST_NAME, KEEP_MAX, TMPFS_OPTION, ULIMIT_NAMES, isIpAdd
 import type { AppStorage, DesiredApp, Relocation } from './plan.ts'
 import { DEVICE_PATH, SYSCTL_NAME, decodeGrants, grandfatheredGrants } from './permissions.ts'
 import type { WhyView } from './api.ts'
+import { decodeClusterDomain } from './frontdoor.ts'
 import { DOCKER_NAME, LABEL_KEY, PEER_ID, ValidationError, array, number, record, string, stringMap } from './validate.ts'
 
 export const VOTE_PROTOCOL = '/dcloud/vote/1'
@@ -41,10 +42,14 @@ export interface DesiredState {
   apps: DesiredApp[]
   /** Nodes the user drained: they take no apps. Absent means none. */
   drained?: string[]
+  /** The cluster's domain (`dcloud domain set`): apps are NAME.DOMAIN. Absent: the LAN default (proto/frontdoor.ts). */
+  domain?: string
 }
 
 export type DesiredChange =
-  | { kind: 'install', app: { name: string, manifest: AppManifest, pinnedNode: string | null, seed?: DesiredApp['seed'], storage?: AppStorage | null, domain?: string | null, grants?: string[] } }
+  | { kind: 'install', app: { name: string, manifest: AppManifest, pinnedNode: string | null, seed?: DesiredApp['seed'], storage?: AppStorage | null, grants?: string[] } }
+  /** The cluster's domain (`dcloud domain set`); null: back to the LAN default. */
+  | { kind: 'domain', domain: string | null }
   /** The owner grants or revokes permissions of an installed app (`dcloud app grant`, `app revoke`). */
   | { kind: 'grants', name: string, grant: string[], revoke: string[] }
   | { kind: 'remove', name: string }
@@ -203,6 +208,7 @@ export function decodeDesiredState (raw: unknown): DesiredState {
     apps
   }
   if (r.drained !== undefined) state.drained = array(r.drained, 'desired.drained', 1000, (v, f) => string(v, f, { max: 64, pattern: PEER_ID }))
+  if (r.domain !== undefined && r.domain !== null) state.domain = decodeClusterDomain(r.domain, 'desired.domain')
   return state
 }
 
@@ -276,7 +282,6 @@ export function decodeDesiredApp (raw: unknown, field = 'app'): DesiredApp {
     ...(r.relocation !== undefined ? { relocation: r.relocation === null ? null : decodeRelocation(r.relocation, `${field}.relocation`) } : {}),
     ...(r.seed !== undefined && r.seed !== null ? { seed: decodeSeed(r.seed, `${field}.seed`) } : {}),
     ...(r.storage !== undefined && r.storage !== null ? { storage: decodeStorage(r.storage, `${field}.storage`) } : {}),
-    ...(r.domain !== undefined && r.domain !== null ? { domain: decodeDomain(r.domain, `${field}.domain`) } : {}),
     ...(r.grants !== undefined && r.grants !== null ? { grants: decodeGrants(r.grants, `${field}.grants`) } : grandfathered(manifest, r.storage)),
     ...(r.grantsRevision !== undefined ? { grantsRevision: number(r.grantsRevision, `${field}.grantsRevision`, { min: 0, max: MAX_INT, integer: true }) } : {})
   }
@@ -294,15 +299,6 @@ export function decodeStorage (raw: unknown, field = 'storage'): AppStorage {
   return { hostPath }
 }
 
-/** A DNS name of at least two labels: letters, digits and dashes, 253 characters at most. */
-const DOMAIN = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$/
-
-export function decodeDomain (raw: unknown, field = 'domain'): string {
-  const d = string(raw, field, { max: 253 })
-  if (!DOMAIN.test(d)) throw new ValidationError(field, `${JSON.stringify(d)} is not a domain name (lowercase labels of letters, digits and dashes, like notes.example.org)`)
-  return d
-}
-
 export function decodeChange (raw: unknown): DesiredChange {
   const r = record(raw, 'change')
   switch (r.kind) {
@@ -316,7 +312,6 @@ export function decodeChange (raw: unknown): DesiredChange {
           pinnedNode: a.pinnedNode === null || a.pinnedNode === undefined ? null : string(a.pinnedNode, 'change.app.pinnedNode', { max: 64, pattern: PEER_ID }),
           ...(a.seed !== undefined && a.seed !== null ? { seed: decodeSeed(a.seed, 'change.app.seed') } : {}),
           ...(a.storage !== undefined && a.storage !== null ? { storage: decodeStorage(a.storage, 'change.app.storage') } : {}),
-          ...(a.domain !== undefined && a.domain !== null ? { domain: decodeDomain(a.domain, 'change.app.domain') } : {}),
           ...(a.grants !== undefined && a.grants !== null ? { grants: decodeGrants(a.grants, 'change.app.grants') } : {})
         }
       }
@@ -330,13 +325,14 @@ export function decodeChange (raw: unknown): DesiredChange {
     case 'remove': return { kind: 'remove', name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }) }
     case 'move': return { kind: 'move', name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }), node: string(r.node, 'change.node', { max: 64, pattern: PEER_ID }) }
     case 'drain': return { kind: 'drain', node: string(r.node, 'change.node', { max: 64, pattern: PEER_ID }), drained: bool(r.drained, 'change.drained') }
+    case 'domain': return { kind: 'domain', domain: r.domain === null ? null : decodeClusterDomain(r.domain, 'change.domain') }
     case 'relocate': return {
       kind: 'relocate',
       name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }),
       generation: number(r.generation, 'change.generation', { min: 1, max: MAX_INT, integer: true }),
       relocation: r.relocation === null ? null : decodeRelocation(r.relocation, 'change.relocation')
     }
-    default: throw new ValidationError('change.kind', 'must be install, remove, move, drain, relocate or grants')
+    default: throw new ValidationError('change.kind', 'must be install, remove, move, drain, relocate, grants or domain')
   }
 }
 

@@ -66,11 +66,6 @@ export interface DesiredApp {
   /** Where the app's volumes keep their data on the node running it; absent or null: Docker's local volumes. */
   storage?: AppStorage | null
   /**
-   * The domain the user chose for the app (`dcloud restore --domain`), kept
-   * with it across moves; absent: its name under the cluster's domain.
-   */
-  domain?: string | null
-  /**
    * Permissions the owner granted (proto/permissions.ts names), sorted;
    * absent: none (state written before permissions existed). The app runs
    * with exactly these of the powers its manifest requests.

@@ -4,12 +4,14 @@
 # See docs/install.md; `scripts/install.sh --help` for the options.
 #
 # What it does, each step only when needed (a second run changes nothing):
-#   1. installs Docker (docker.io) and restic from the system's apt sources;
+#   1. installs Docker (docker.io), restic and Caddy from the system's apt sources;
 #   2. unpacks the agent bundle (agent + Node 24 for this CPU) into /opt/dcloud;
 #   3. creates the `dcloud` system user, in the `docker` group;
 #   4. writes the cluster key it is given (or a new one: a new cluster) and the
 #      agent's settings, /etc/dcloud/agent.env;
-#   5. installs and enables dcloud.service, and (re)starts it if anything changed.
+#   5. installs and enables dcloud.service, the watchdog and the front door
+#      (dcloud-caddy.service; Debian's caddy.service masked), and (re)starts them
+#      if anything changed.
 # Exit codes follow sysexits(3), like the dcloud command.
 set -euo pipefail
 
@@ -17,8 +19,11 @@ PREFIX=/opt/dcloud
 DATA_DIR=/var/lib/dcloud
 CONF_DIR=/etc/dcloud
 UNIT_DIR=/etc/systemd/system
-# The agent, and the watchdog that fences its stateful apps when the agent is gone (docs/snapshots.md).
-UNITS="dcloud.service dcloud-watchdog.service"
+# The agent, the watchdog that fences its stateful apps when the agent is gone (docs/snapshots.md),
+# and the front door, Caddy configured by the agent through its admin socket (docs/frontdoor.md).
+UNITS="dcloud.service dcloud-watchdog.service dcloud-caddy.service"
+# Debian's units of the caddy package: its default site on :80 must not run beside our front door.
+DEBIAN_CADDY_UNITS="caddy.service caddy-api.service"
 UNIT=$UNIT_DIR/dcloud.service
 LINK=/usr/local/bin/dcloud
 USER_NAME=dcloud
@@ -87,6 +92,10 @@ if [ "$UNINSTALL" -eq 1 ]; then
     fi
     rm -f "$UNIT_DIR/multi-user.target.wants/$u" "$UNIT_DIR/$u"
   done
+  # Debian's Caddy units were masked for the front door: give them back (not started).
+  for u in $DEBIAN_CADDY_UNITS; do
+    if [ "$(readlink "$UNIT_DIR/$u" 2>/dev/null || true)" = /dev/null ]; then rm -f "$UNIT_DIR/$u"; fi
+  done
   systemd_running && systemctl daemon-reload
   [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$PREFIX/bin/dcloud" ] && rm -f "$LINK"
   rm -rf "$PREFIX" "$PREFIX.new" "$PREFIX.old"
@@ -99,7 +108,7 @@ if [ "$UNINSTALL" -eq 1 ]; then
     say "removed the agent and its service; kept $DATA_DIR (cluster key, node identity) and $CONF_DIR"
     say "  (--uninstall --purge removes those too)"
   fi
-  say "Docker, restic and the apps' containers and volumes are untouched"
+  say "Docker, restic, Caddy and the apps' containers and volumes are untouched"
   exit 0
 fi
 
@@ -176,9 +185,11 @@ if ! command -v dockerd >/dev/null && ! have_pkg docker.io && ! have_pkg docker-
   MISSING+=(docker.io apparmor ca-certificates)
 fi
 command -v restic >/dev/null || MISSING+=(restic)
+# The front door (docs/frontdoor.md): Debian's Caddy, no plugins needed.
+[ -x /usr/bin/caddy ] || MISSING+=(caddy)
 if [ "${#MISSING[@]}" -gt 0 ]; then
   if [ "$NO_DEPS" -eq 1 ]; then
-    say "not installing ${MISSING[*]} (--no-deps); the agent needs Docker to run apps and restic for snapshots"
+    say "not installing ${MISSING[*]} (--no-deps); the agent needs Docker to run apps, restic for snapshots and Caddy (/usr/bin/caddy) for the front door"
   else
     say "installing ${MISSING[*]} from the system's apt sources"
     POLICY=/usr/sbin/policy-rc.d
@@ -288,7 +299,17 @@ if [ -n "$WANT_CONF" ] && [ "$(cat "$CONF" 2>/dev/null || true)" != "$WANT_CONF"
   changed "wrote $CONF"
 fi
 
-# --- 5. the service ----------------------------------------------------------------
+# --- 5. the services -----------------------------------------------------------------
+# Debian's caddy.service serves its own page on :80 and would hold the ports: stopped and masked
+# (a link to /dev/null: nothing starts it, not even a package upgrade). Works without systemd too.
+for u in $DEBIAN_CADDY_UNITS; do
+  if [ "$(readlink "$UNIT_DIR/$u" 2>/dev/null || true)" != /dev/null ]; then
+    if systemd_running; then systemctl disable --now "$u" >/dev/null 2>&1 || true; fi
+    rm -f "$UNIT_DIR/multi-user.target.wants/$u"
+    ln -sfn /dev/null "$UNIT_DIR/$u"
+    changed "masked Debian's $u (the front door, dcloud-caddy.service, serves ports 80 and 443)"
+  fi
+done
 for u in $UNITS; do
   if ! cmp -s "$PREFIX/scripts/systemd/$u" "$UNIT_DIR/$u"; then
     install -m 0644 "$PREFIX/scripts/systemd/$u" "$UNIT_DIR/$u"
@@ -307,6 +328,9 @@ if systemd_running; then
   systemctl is-active --quiet docker.service || systemctl enable --now docker.service || say "warning: Docker did not start; see: journalctl -u docker"
   if [ "$CHANGED" -eq 1 ] || ! systemctl is-active --quiet dcloud-watchdog.service; then
     systemctl restart dcloud-watchdog.service
+  fi
+  if [ "$CHANGED" -eq 1 ] || ! systemctl is-active --quiet dcloud-caddy.service; then
+    systemctl restart dcloud-caddy.service || say "warning: the front door did not start; see: journalctl -u dcloud-caddy (is another program on port 80 or 443?)"
   fi
   if [ "$CHANGED" -eq 1 ] || ! systemctl is-active --quiet dcloud.service; then
     systemctl restart dcloud.service

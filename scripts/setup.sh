@@ -17,7 +17,7 @@ want_docker=no
 say() { echo "setup: $*" >&2; }
 
 # command:package pairs the project uses
-requirements="dockerd:docker.io docker:docker.io restic:restic busybox:busybox-static ip:iproute2 nsenter:util-linux fallocate:util-linux losetup:mount mkfs.ext4:e2fsprogs nft:nftables tar:tar xz:xz-utils curl:curl chromium:chromium"
+requirements="dockerd:docker.io docker:docker.io caddy:caddy restic:restic busybox:busybox-static ip:iproute2 nsenter:util-linux fallocate:util-linux losetup:mount mkfs.ext4:e2fsprogs nft:nftables tar:tar xz:xz-utils curl:curl chromium:chromium"
 missing=""
 for pair in $requirements; do
   cmd=${pair%%:*}; pkg=${pair#*:}
@@ -45,6 +45,14 @@ if [ -n "$missing" ]; then
   apt-get update -qq >&2
   # shellcheck disable=SC2086
   apt-get install -y -qq --no-install-recommends $missing >&2
+  # The tests and the lab need only Caddy's program (each lab node runs its own); Debian's
+  # caddy.service, which the package starts, would serve its own page on this machine's :80.
+  case " $missing " in *" caddy "*)
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+      systemctl disable --now caddy.service >/dev/null 2>&1 || true
+      say "stopped and disabled Debian's caddy.service (the lab runs Caddy itself)"
+    fi ;;
+  esac
 fi
 
 if [ ! -x "$root/node_modules/.bin/vitest" ] || [ ! -d "$root/node_modules/libp2p" ]; then

@@ -6,13 +6,13 @@
  *   GET  /v1/apps/:name/backup        the backup file as the body (application/x-tar, Content-Length)
  *   POST /v1/apps/:name/backup        {"file"}: write it into the backups directory instead
  *   POST /v1/backups/inspect          {"file"}: verify a file in the backups directory
- *   POST /v1/backups/restore?name=&node=&dataDir=&domain=&grants=
+ *   POST /v1/backups/restore?name=&node=&dataDir=&grants=
  *        with the file as the body (application/octet-stream, Content-Length required),
- *        or {"file", "name", "node", "dataDir", "domain", "grants"} for a file in the backups directory
+ *        or {"file", "name", "node", "dataDir", "grants"} for a file in the backups directory
  */
 import type { IncomingMessage } from 'node:http'
 import { BACKUP_CONTENT_TYPE, type BackupFileView, type RestoreView } from '../../proto/api.ts'
-import { APP_NAME, decodeDomain, decodeStorage } from '../../proto/cluster.ts'
+import { APP_NAME, decodeStorage } from '../../proto/cluster.ts'
 import { PEER_ID } from '../../proto/validate.ts'
 import type { AppStorage } from '../../proto/plan.ts'
 import { decodeGrants } from '../../proto/permissions.ts'
@@ -97,7 +97,7 @@ function contentLength (req: IncomingMessage): number {
   return n
 }
 
-interface RestoreOptions { name: string | null, node: string | null, storage: AppStorage | null, domain: string | null, grants: string[] }
+interface RestoreOptions { name: string | null, node: string | null, storage: AppStorage | null, grants: string[] }
 
 function restoreOptions (get: (key: 'name' | 'node' | 'dataDir' | 'domain' | 'grants') => unknown): RestoreOptions {
   const given = (k: 'name' | 'node' | 'dataDir' | 'domain' | 'grants'): unknown => { const v = get(k); return v === '' || v === null ? undefined : v }
@@ -106,11 +106,12 @@ function restoreOptions (get: (key: 'name' | 'node' | 'dataDir' | 'domain' | 'gr
   if (node !== undefined && (typeof node !== 'string' || !PEER_ID.test(node))) throw new ApiError('bad_request', 'node must be a node id (`dcloud status` lists them)')
   const dataDir = given('dataDir')
   const storage = dataDir === undefined ? null : decodeOrBadRequest(() => decodeStorage({ hostPath: dataDir }, 'dataDir'))
-  const domain = given('domain') === undefined ? null : decodeOrBadRequest(() => decodeDomain(given('domain')))
+  // One naming scheme: an app is NAME.DOMAIN (docs/frontdoor.md); a per-app domain no longer exists.
+  if (given('domain') !== undefined) throw new ApiError('bad_request', 'domain: an app answers at NAME.DOMAIN, the cluster\'s domain; restore it under another name (name=), or set the cluster\'s domain with `dcloud domain set`')
   // In a query, `grants=a,b`; in a JSON body, a list.
   const rawGrants = given('grants')
   const grants = rawGrants === undefined ? [] : decodeOrBadRequest(() => decodeGrants(typeof rawGrants === 'string' ? rawGrants.split(',') : rawGrants, 'grants'))
-  return { name, node: typeof node === 'string' ? node : null, storage, domain, grants }
+  return { name, node: typeof node === 'string' ? node : null, storage, grants }
 }
 
 function appName (v: unknown): string {

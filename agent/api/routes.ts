@@ -4,9 +4,10 @@
  * of the agent the handlers need, so the whole table runs in-process in tests
  * (test/unit/api-server.test.ts) against a small in-memory backend.
  */
-import { ApiError, type Routes } from './server.ts'
+import { Readable } from 'node:stream'
+import { ApiError, StreamResponse, type Routes } from './server.ts'
 import { decodeChange } from '../../proto/cluster.ts'
-import type { ApiMetrics, MetricsResponse, StatusResponse } from '../../proto/api.ts'
+import type { ApiMetrics, DomainView, MetricsResponse, StatusResponse } from '../../proto/api.ts'
 import type { Coordinator } from '../cluster/coordinator.ts'
 import type { BackupFiles } from '../snapshots/backup-files.ts'
 import { backupRoutes } from './backups.ts'
@@ -27,7 +28,11 @@ export interface ApiBackend {
   backups: BackupFiles
   /** The agent's own directories (its data directory): a granted ordinary path may not lead into them. */
   ownDirs?: string[]
+  /** The cluster's domain and CA root, as this node derives them (agent/frontdoor/ca.ts). */
+  names?: () => Promise<ClusterNames>
 }
+
+export interface ClusterNames { domain: string, isDefault: boolean, rootPem: string, fingerprint: string }
 
 /** Snapshots, backups and restores of large volumes take long; the caller's connection waits. */
 export const LONG_OP_MS = 60 * 60_000
@@ -38,9 +43,29 @@ export const LONG_OP_MS = 60 * 60_000
  */
 export function apiRoutes (backend: ApiBackend, apiMetrics: () => ApiMetrics): Routes {
   const cluster = (): ClusterApi => backend.cluster()
+  const names = async (): Promise<ClusterNames> => {
+    if (backend.names === undefined) throw new ApiError('internal', 'the agent has no cluster key loaded yet')
+    return await backend.names()
+  }
   return {
     // Open without a credential: it says only that an agent answers here (the lab and installers poll it).
     'GET /v1/health': { public: true, handler: () => ({ ok: true }) },
+    // Open too: the CA's root is public (phones install it), and a client needs it before it can trust anything.
+    'GET /v1/ca.pem': {
+      public: true,
+      handler: async () => {
+        const n = await names()
+        return new StreamResponse(Readable.from([Buffer.from(n.rootPem)]), { contentType: 'application/x-pem-file', filename: `${n.domain}-ca.pem` })
+      }
+    },
+    'GET /v1/domain': async (): Promise<DomainView> => {
+      const n = await names()
+      return { domain: n.domain, isDefault: n.isDefault, url: `https://${n.domain}/`, apps: `https://NAME.${n.domain}/`, caFingerprint: n.fingerprint, caUrl: `http://${n.domain}/ca.pem` }
+    },
+    'POST /v1/domain': async ({ body }) => {
+      const change = decodeOrBadRequest(() => decodeChange({ kind: 'domain', domain: (body as { domain?: unknown } | undefined)?.domain ?? null }))
+      return await cluster().change(change)
+    },
     'GET /v1/status': () => backend.status(),
     'GET /v1/metrics': (): MetricsResponse => ({ ...backend.metrics(), api: apiMetrics() }),
     'GET /v1/apps': () => cluster().apps(),

@@ -58,7 +58,7 @@ export interface RouteSpec {
    * with a body of another type is refused with 415.
    */
   rawBody?: readonly string[]
-  /** Served without a credential. Only GET /v1/health is. */
+  /** Served without a credential: only GET /v1/health and GET /v1/ca.pem (public by nature) are. */
   public?: boolean
 }
 

@@ -110,6 +110,18 @@ export async function apiRequest<T> (method: string, path: string, body: unknown
   return await readJson<T>(res, target)
 }
 
+/** A GET whose answer is text, not JSON (the CA's root, PEM). */
+export async function apiText (path: string, target: ApiTarget = resolveApi(), timeoutMs = 5000): Promise<string> {
+  const res = await exchange({ method: 'GET', path, headers: {}, target, signal: AbortSignal.timeout(timeoutMs), send: (req) => { req.end() } })
+  const chunks: Buffer[] = []
+  try {
+    for await (const c of res) chunks.push(c as Buffer)
+  } catch (e) {
+    throw new AgentUnreachableError(target.describe, (e as Error).message)
+  }
+  return Buffer.concat(chunks).toString('utf8')
+}
+
 /** How a transfer is going: bytes so far and the total (null when the agent did not say). */
 export type TransferProgress = (done: number, total: number | null) => void
 

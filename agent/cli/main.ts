@@ -10,6 +10,7 @@ import { flashCommand, flashHelp } from './commands/flash.ts'
 import { installCommand, installHelp } from './commands/install.ts'
 import { backupCommand, backupHelp, restoreCommand, restoreHelp, snapshotCommand, snapshotHelp } from './commands/snapshot.ts'
 import { nodeCommand, nodeHelp } from './commands/node.ts'
+import { domainCommand, domainHelp } from './commands/domain.ts'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
@@ -45,6 +46,7 @@ const commands: Record<string, Command> = {
   backup: { run: backupCommand, help: backupHelp, summary: 'write an app and its data into one file' },
   restore: { run: restoreCommand, help: restoreHelp, summary: 'bring an app back from a backup file, on any cluster' },
   node: { run: nodeCommand, help: nodeHelp, summary: 'drain a node of its apps, or take it back' },
+  domain: { run: domainCommand, help: domainHelp, summary: 'the cluster\'s domain (apps are NAME.DOMAIN) and its CA root' },
   install: { run: installCommand, help: installHelp, summary: 'install this agent as a service on this machine' },
   flash: { run: flashCommand, help: flashHelp, summary: 'make a Raspberry Pi SD card or image join the cluster at first boot' },
   lab: { run: async (argv) => await (await loadLab()).labCommand(argv), help: async () => (await loadLab()).labHelp, summary: 'a cluster of namespaced nodes on this machine; chaos runs' },

@@ -15,6 +15,7 @@ import {
 import { isStateful } from '../../proto/app.ts'
 import { checkGrants, requestedPermissions } from '../../proto/permissions.ts'
 import { ValidationError } from '../../proto/validate.ts'
+import { appHost, clusterDomain } from '../../proto/frontdoor.ts'
 import type { AppView, RelocationView, SnapshotView, WhyView } from '../../proto/api.ts'
 import type { ClusterBeat, AppReport, NodeResources } from '../../proto/status.ts'
 import type { AppStorage, ClusterSnapshot, DesiredApp, Operation, Placement, Plan, SchedNode, SchedulerPolicy } from '../../proto/plan.ts'
@@ -166,7 +167,7 @@ export class Coordinator {
     }
     if ((change.kind === 'move' || change.kind === 'drain') && !this.isKnownNode(change.node)) throw new RpcError('not_found', `no node ${change.node} in the cluster`)
     const r = await replicator.propose(change, signal)
-    this.init.log.info('desired state changed', { revision: r.revision, change: change.kind, app: change.kind === 'install' ? change.app.name : change.kind === 'drain' ? undefined : change.name, node: change.kind === 'drain' || change.kind === 'move' ? this.nodeName(change.node) : undefined })
+    this.init.log.info('desired state changed', { revision: r.revision, change: change.kind, app: change.kind === 'install' ? change.app.name : change.kind === 'drain' || change.kind === 'domain' ? undefined : change.name, domain: change.kind === 'domain' ? change.domain ?? 'default' : undefined, node: change.kind === 'drain' || change.kind === 'move' ? this.nodeName(change.node) : undefined })
     return r
   }
 
@@ -458,7 +459,9 @@ export class Coordinator {
 
   apps (): AppView[] {
     const nodes = this.reports()
-    return this.init.store.current().apps.map(app => {
+    const desired = this.init.store.current()
+    const domain = clusterDomain(desired)
+    return desired.apps.map(app => {
       const where = nodes.flatMap(n => n.reports.filter(r => r.name === app.name).map(r => ({ n, r })))
       // Prefer a running copy; during a move two copies exist for a moment.
       const best = where.find(w => w.r.state === 'running') ?? where[0]
@@ -473,6 +476,7 @@ export class Coordinator {
         : []
       return {
         name: app.name,
+        url: web != null ? `https://${appHost(app.name, domain)}${web.path !== undefined && web.path !== '/' ? web.path : '/'}` : null,
         app: app.manifest.id,
         version: app.manifest.version,
         node: best?.n.name ?? null,
@@ -483,7 +487,6 @@ export class Coordinator {
         revision: app.revision,
         ...(stateful ? { generation: app.generation ?? 1, relocation: this.relocationView(app) } : {}),
         ...(app.storage != null ? { hostPath: app.storage.hostPath } : {}),
-        ...(app.domain != null ? { domain: app.domain } : {}),
         permissions: requestedPermissions(app.manifest, app.storage).map(p => p.name),
         grants: app.grants ?? []
       }
@@ -575,7 +578,7 @@ export class Coordinator {
   }
 
   /** Restores a backup file as app `name` (default: the name it was backed up under), pinned to `node` if given. */
-  async restoreFile (file: string, opts: { name: string | null, node: string | null, storage?: AppStorage | null, domain?: string | null, grants?: string[] }, signal: AbortSignal): Promise<{ name: string, snapshot: string | null, revision: number }> {
+  async restoreFile (file: string, opts: { name: string | null, node: string | null, storage?: AppStorage | null, grants?: string[] }, signal: AbortSignal): Promise<{ name: string, snapshot: string | null, revision: number }> {
     this.checkRestore(opts)
     // The metadata first (what it is, under which name), refused early if it is
     // no backup; the extraction then verifies every entry and checksum before
@@ -594,7 +597,7 @@ export class Coordinator {
     const seed = snapshot === null ? null : { snapshot: snapshot.id, time: snapshot.time, node: this.selfId }
     const r = await this.change({
       kind: 'install',
-      app: { name, manifest: meta.manifest, pinnedNode: opts.node, seed, ...(opts.storage != null ? { storage: opts.storage } : {}), ...(opts.domain != null ? { domain: opts.domain } : {}), ...((opts.grants ?? []).length > 0 ? { grants: [...new Set(opts.grants)].sort() } : {}) }
+      app: { name, manifest: meta.manifest, pinnedNode: opts.node, seed, ...(opts.storage != null ? { storage: opts.storage } : {}), ...((opts.grants ?? []).length > 0 ? { grants: [...new Set(opts.grants)].sort() } : {}) }
     }, signal)
     return { name, snapshot: snapshot?.id ?? null, revision: r.revision }
   }

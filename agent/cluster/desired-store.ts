@@ -19,6 +19,7 @@ import { constants } from 'node:fs'
 import { copyFile, mkdir, open, readFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { decodeDesiredState, decodeLogEntry, type DesiredChange, type DesiredState, type LogEntry } from '../../proto/cluster.ts'
+import { reservedNameReason } from '../../proto/frontdoor.ts'
 import { checkGrants, grandfatheredGrants, storagePermission } from '../../proto/permissions.ts'
 import { ValidationError } from '../../proto/validate.ts'
 import { lastIndex, lastTerm, termAt, type LogView } from '../../scheduler/replication.ts'
@@ -44,6 +45,10 @@ export function applyChange (state: DesiredState, change: DesiredChange, at: { i
       if (state.apps.some(a => a.name === change.app.name)) {
         throw new RpcError('exists', `an app named ${change.app.name} is already installed; pick another --name`)
       }
+      // Its host would be one the cluster needs (proto/frontdoor.ts). Checked by the leader, whoever sent it;
+      // an entry committed before this rule is replayed (a committed install is never skipped).
+      const reserved = reservedNameReason(change.app.name)
+      if (reserved !== null && opts.committed !== true) throw new RpcError('bad_request', `change.app.name: ${reserved}`)
       if (opts.committed === true && change.app.grants === undefined) {
         // An entry the leader of its day committed before permissions existed: replayed with the
         // grants that day implied, never skipped (skipping it would uninstall the app).
@@ -84,6 +89,11 @@ export function applyChange (state: DesiredState, change: DesiredChange, at: { i
       if (change.drained) drained.add(change.node)
       else drained.delete(change.node)
       return { ...state, revision, term, drained: [...drained].sort() }
+    }
+    case 'domain': {
+      if ((state.domain ?? null) === change.domain) throw new RpcError('bad_request', `the cluster's domain is ${change.domain ?? 'the default'} already: nothing to change`)
+      const { domain: _old, ...rest } = state
+      return { ...rest, revision, term, ...(change.domain !== null ? { domain: change.domain } : {}) }
     }
     case 'relocate': {
       const app = state.apps.find(a => a.name === change.name)

@@ -7,6 +7,7 @@
 import { randomBytes } from 'node:crypto'
 import { readFile, stat } from 'node:fs/promises'
 import { OversizedError, ValidationError } from '../../proto/validate.ts'
+import { LAN_DOMAIN, appHost } from '../../proto/frontdoor.ts'
 import { problemOf, type Findings } from '../findings.ts'
 import { MAX_FILE_BYTES } from '../yaml.ts'
 
@@ -15,8 +16,14 @@ export interface ImportOptions {
   values?: Record<string, string>
   /** Time zone given to apps that ask for one ($TZ). Default Etc/UTC. */
   tz?: string
-  /** The cluster's domain; an app's own domain is `<id>.<domain>`. Default dcloud.local. */
+  /**
+   * The cluster's domain (`dcloud domain`); the app's own host is NAME.DOMAIN,
+   * as the front door serves it (proto/frontdoor.ts). Default: the LAN
+   * default, dcloud.home.arpa. `dcloud app install` passes the cluster's.
+   */
   domain?: string
+  /** The name the app is installed under (`--name`); default its id. Its host is `<name>.<domain>`. */
+  name?: string
   /** uid and gid for $PUID/$PGID and Runtipi's TIPI_UID/TIPI_GID. Default 1000. */
   uid?: number
   gid?: number
@@ -24,7 +31,7 @@ export interface ImportOptions {
   random?: (bytes: number) => Uint8Array
 }
 
-export const DEFAULTS = { tz: 'Etc/UTC', domain: 'dcloud.local', uid: 1000, gid: 1000 }
+export const DEFAULTS = { tz: 'Etc/UTC', domain: LAN_DOMAIN, uid: 1000, gid: 1000 }
 
 /** Reads a text file of an app folder, bounded in size before it is read. */
 export async function readText (path: string, field: string): Promise<string> {
@@ -193,4 +200,9 @@ export function rewriteMounts (volumes: unknown, field: string, rule: HostPathRu
     }
     return v
   })
+}
+
+/** The app's own host: NAME.DOMAIN, the one naming scheme of the front door. */
+export function ownHost (id: string, opts: ImportOptions): string {
+  return appHost(opts.name ?? id, opts.domain ?? DEFAULTS.domain)
 }

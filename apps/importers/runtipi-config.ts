@@ -8,7 +8,7 @@ import { ValidationError, isRecord } from '../../proto/validate.ts'
 import type { Findings } from '../findings.ts'
 import { UnsetVariableError, type Lookup } from '../interpolate.ts'
 import { APP_ID } from '../manifest.ts'
-import { DEFAULTS, parseJson, secret, type ImportOptions } from './common.ts'
+import { DEFAULTS, ownHost, parseJson, secret, type ImportOptions } from './common.ts'
 
 /** config.json (app-info-schema.json) fields and what becomes of each. */
 export const APP_INFO_KEYS: Record<string, string> = {
@@ -153,7 +153,7 @@ export interface Variables {
 export function variables (app: AppInfo, opts: ImportOptions, findings: Findings): Variables {
   const given = opts.values ?? {}
   const domain = opts.domain ?? DEFAULTS.domain
-  const own = `${app.id}.${domain}`
+  const own = ownHost(app.id, opts)
   const form = new Map<string, string>()
   const optional = new Set<string>()
   const missing: FormField[] = []

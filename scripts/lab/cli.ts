@@ -20,6 +20,7 @@ export const labHelp = `dcloud lab [--lab NAME] COMMAND
   start NODE [--agent-only]      bring a killed node back (same data, same id), or restart its agent
   restart-docker NODE [--crash] [--down-ms MS]
                                  restart only NODE's dockerd (stopped, or killed with --crash), agent and link up
+  caddy NODE --kill|--start      kill only NODE's front door (Caddy), or start it again; the agent reloads it
   fill NODE [--leave BYTES]      fill NODE's data disk, leaving BYTES free (default 0: full)
   unfill NODE                    remove what \`fill\` wrote: the disk has its space again
   partition A,B C[,D] ...        cut the lab into groups that cannot reach each other
@@ -32,7 +33,7 @@ export const labHelp = `dcloud lab [--lab NAME] COMMAND
                                  divergent copies kept, convergence); exit 1 on any violation;
                                  --dry-run prints the seed's fault schedule and touches nothing
   down                           stop everything; nothing stays running, mounted or attached
-The lab's name defaults to "lab" (or DCLOUD_LAB). It needs root, iproute2, nftables and docker.io.`
+The lab's name defaults to "lab" (or DCLOUD_LAB). It needs root, iproute2, nftables, docker.io and caddy.`
 
 function report (node: string, what: string, disk: DiskView, json: boolean): void {
   if (json) {
@@ -98,6 +99,13 @@ export async function labCommand (argv: string[]): Promise<number> {
     case 'start': {
       const { values, args: [node] } = parseCommand(rest, { usage: 'dcloud lab start NODE [--agent-only]', args: ['NODE'], options: { 'agent-only': { type: 'boolean', default: false } } })
       await lab.start(node, { agentOnly: values['agent-only'], progress })
+      return 0
+    }
+    case 'caddy': {
+      const { values, args: [node] } = parseCommand(rest, { usage: 'dcloud lab caddy NODE --kill|--start', args: ['NODE'], options: { kill: { type: 'boolean', default: false }, start: { type: 'boolean', default: false } } })
+      if (values.kill === values.start) throw new UsageError('give exactly one of --kill and --start', 'usage: dcloud lab caddy NODE --kill|--start')
+      await lab.caddy(node, values.kill === true ? 'kill' : 'start')
+      progress(`${node}'s Caddy ${values.kill === true ? 'killed' : 'started'}`)
       return 0
     }
     case 'restart-docker': {

@@ -14,7 +14,7 @@
 import { spawn } from 'node:child_process'
 import { existsSync, openSync, closeSync, readFileSync, readdirSync, statSync, readlinkSync } from 'node:fs'
 import { chmod, mkdir, open, readdir, readFile, rm, stat, statfs, writeFile, copyFile, rename } from 'node:fs/promises'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { run, tryRun } from './sh.ts'
 import { buildBusyboxRootfs, loadImageTar } from './images.ts'
 import { newClusterKey, parseClusterKey } from '../../agent/mesh/cluster-key.ts'
@@ -44,6 +44,8 @@ export interface LabNode {
   agentPid: number | null
   /** The node's fencing watchdog (agent/fence/watchdog.ts): it outlives the agent, not the node. */
   watchdogPid?: number | null
+  /** The node's front door, Caddy (docs/frontdoor.md): like the watchdog, it outlives the agent, not the node. */
+  caddyPid?: number | null
   /** The agent's extra arguments, kept for restarts. */
   agentArgs: string[]
 }
@@ -183,7 +185,7 @@ export class Lab {
     const rootfs = await buildBusyboxRootfs(join(STATE_ROOT, 'images'))
     await Promise.all(withImages.map(async n => { await loadImageTar(this.dockerSocket(n.name), rootfs) }))
     opts.progress('starting agents')
-    for (const n of state.nodes) { n.watchdogPid = this.startWatchdog(n); n.agentPid = await this.startAgent(n) }
+    for (const n of state.nodes) { n.watchdogPid = this.startWatchdog(n); n.caddyPid = await this.startCaddy(n); n.agentPid = await this.startAgent(n) }
     await this.save(state)
     await Promise.all(state.nodes.map(async n => { await this.waitForAgent(n) }))
     opts.progress(`lab '${this.name}' is up: ${names.join(', ')}`)
@@ -212,6 +214,7 @@ export class Lab {
     await this.waitForDocker(node)
     if (opts.images !== false) await loadImageTar(this.dockerSocket(name), await buildBusyboxRootfs(join(STATE_ROOT, 'images')))
     node.watchdogPid = this.startWatchdog(node)
+    node.caddyPid = await this.startCaddy(node)
     node.agentPid = await this.startAgent(node)
     await this.save(state)
     await this.waitForAgent(node)
@@ -226,13 +229,14 @@ export class Lab {
     const node = state.nodes.find(n => n.name === name)
     if (node === undefined) throw new UserError(`lab '${this.name}' has no node '${name}'`, { exitCode: EXIT.usage })
     await tryRun('ip', ['-n', this.nodeNs(name), 'link', 'set', 'eth0', 'down'])
-    killTree(pidsOfNode(this.nodeNs(name), [node.dockerdPid, node.agentPid, node.watchdogPid ?? null]))
+    killTree(pidsOfNode(this.nodeNs(name), [node.dockerdPid, node.agentPid, node.watchdogPid ?? null, node.caddyPid ?? null]))
     // Its disk stays mounted, as a dead machine's disk keeps its data: only what dockerd mounted goes.
     await this.unmountNode(name, { keepDisk: true })
     node.state = 'killed'
     node.agentPid = null
     node.dockerdPid = null
     node.watchdogPid = null
+    node.caddyPid = null
     await this.save(state)
   }
 
@@ -265,6 +269,7 @@ export class Lab {
     }
     // An agent-only restart leaves the watchdog running: that is what it is for.
     if (node.watchdogPid == null || !isRunning(node.watchdogPid)) node.watchdogPid = this.startWatchdog(node)
+    if (node.caddyPid == null || !isRunning(node.caddyPid)) node.caddyPid = await this.startCaddy(node)
     node.agentPid = await this.startAgent(node)
     node.state = 'running'
     await this.save(state)
@@ -529,6 +534,42 @@ export class Lab {
     return spawnDetached('nsenter', [`--net=/run/netns/${this.nodeNs(n.name)}`, '--', DCLOUD_BIN, 'watchdog'], join(this.nodeDir(n.name), 'watchdog.log'), this.nodeEnv(n.name))
   }
 
+  /** Where the node's Caddy takes its configuration: its admin API, on a Unix socket only. */
+  caddyAdminSocket (node: string): string { return join(this.nodeRunDir(node), 'caddy', 'admin.sock') }
+
+  /**
+   * The node's front door: Debian's Caddy in the node's namespace (so `lab
+   * kill` takes it with the node), started with nothing but its admin socket,
+   * as dcloud-caddy.service starts it; the agent loads the rest. Serves 80
+   * and 443 of the node's address. `lab caddy NODE --kill` stops only it.
+   */
+  async startCaddy (n: LabNode): Promise<number> {
+    const home = join(this.nodeDir(n.name), 'caddy')
+    await mkdir(home, { recursive: true })
+    await mkdir(dirname(this.caddyAdminSocket(n.name)), { recursive: true, mode: 0o700 })
+    const config = join(home, 'bootstrap.json')
+    await writeFile(config, JSON.stringify({ admin: { listen: `unix/${this.caddyAdminSocket(n.name)}`, config: { persist: false } } }) + '\n')
+    const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, XDG_DATA_HOME: join(home, 'data'), XDG_CONFIG_HOME: join(home, 'config') }
+    return spawnDetached('nsenter', [`--net=/run/netns/${this.nodeNs(n.name)}`, '--', 'caddy', 'run', '--config', config], join(this.nodeDir(n.name), 'caddy.log'), env)
+  }
+
+  /** Kills only the node's Caddy (the agent loads its configuration again once it is back), or starts it again. */
+  async caddy (name: string, action: 'kill' | 'start'): Promise<void> {
+    const state = await this.state()
+    const node = state.nodes.find(n => n.name === name)
+    if (node === undefined) throw new UserError(`lab '${this.name}' has no node '${name}'`, { exitCode: EXIT.usage })
+    if (node.state !== 'running') throw new UserError(`${name} is not running`, { exitCode: EXIT.usage })
+    const pid = node.caddyPid ?? null
+    if (action === 'kill') {
+      if (pid !== null && isRunning(pid)) process.kill(pid, 'SIGKILL')
+      if (pid !== null) await waitUntil(() => !isRunning(pid), 10_000, `${name}'s Caddy to die`)
+      node.caddyPid = null
+    } else if (pid === null || !isRunning(pid)) {
+      node.caddyPid = await this.startCaddy(node)
+    }
+    await this.save(state)
+  }
+
   private async startAgent (n: LabNode): Promise<number> {
     return spawnDetached('nsenter', [
       `--net=/run/netns/${this.nodeNs(n.name)}`, '--', DCLOUD_BIN, 'agent',
@@ -537,6 +578,7 @@ export class Lab {
       '--listen', `/ip4/${n.ip}/tcp/${P2P_PORT}`,
       '--api', `127.0.0.1:${API_PORT}`,
       '--witness', `${WITNESS_IP}:53`,
+      '--caddy-admin', this.caddyAdminSocket(n.name),
       ...n.agentArgs
     ], join(this.nodeDir(n.name), 'agent.log'), this.nodeEnv(n.name))
   }
@@ -594,7 +636,7 @@ export class Lab {
 
 export function checkPrerequisites (): void {
   if (process.getuid?.() !== 0) throw new UserError('the lab needs root (network namespaces and dockerd)', { exitCode: EXIT.noPermission, hint: 'run it as root, e.g. `sudo npx dcloud lab up`' })
-  const missing = [['ip', 'iproute2'], ['nsenter', 'util-linux'], ['fallocate', 'util-linux'], ['losetup', 'mount'], ['mkfs.ext4', 'e2fsprogs'], ['dockerd', 'docker.io'], ['nft', 'nftables'], ['busybox', 'busybox-static'], ['docker', 'docker.io']]
+  const missing = [['ip', 'iproute2'], ['nsenter', 'util-linux'], ['fallocate', 'util-linux'], ['losetup', 'mount'], ['mkfs.ext4', 'e2fsprogs'], ['dockerd', 'docker.io'], ['nft', 'nftables'], ['busybox', 'busybox-static'], ['docker', 'docker.io'], ['caddy', 'caddy']]
     .filter(([cmd]) => !onPath(cmd ?? ''))
   if (missing.length > 0) {
     throw new UserError(`the lab needs ${missing.map(m => m[0]).join(', ')}`, {

@@ -126,6 +126,13 @@ describe('scripts/install.sh in a clean Debian 12 chroot', () => {
     expect(await readlink(join(root, 'etc/systemd/system/multi-user.target.wants/dcloud-watchdog.service'))).toBe('/etc/systemd/system/dcloud-watchdog.service')
     expect(readFileSync(join(root, 'etc/systemd/system/dcloud-watchdog.service'), 'utf8')).toBe(readFileSync(join(PROJECT_ROOT, 'scripts/systemd/dcloud-watchdog.service'), 'utf8'))
     expect(existsSync(join(root, 'opt/dcloud/dist/watchdog.mjs'))).toBe(true)
+    // The front door: Debian's Caddy, run by our unit; Debian's own caddy.service (its page on :80) masked.
+    expect(existsSync(join(root, 'usr/bin/caddy'))).toBe(true)
+    expect(await readlink(join(root, 'etc/systemd/system/multi-user.target.wants/dcloud-caddy.service'))).toBe('/etc/systemd/system/dcloud-caddy.service')
+    expect(await readlink(join(root, 'etc/systemd/system/caddy.service'))).toBe('/dev/null')
+    expect(await lstat(join(root, 'etc/systemd/system/multi-user.target.wants/caddy.service')).then(() => true, () => false)).toBe(false)
+    expect(readFileSync(join(root, 'etc/systemd/system/dcloud-caddy.service'), 'utf8')).toMatch(/^CapabilityBoundingSet=CAP_NET_BIND_SERVICE$/m)
+    expect(JSON.parse(readFileSync(join(root, 'opt/dcloud/scripts/systemd/dcloud-caddy.json'), 'utf8'))).toEqual({ admin: { listen: 'unix//run/dcloud-caddy/admin.sock', config: { persist: false } } })
     const help = await inChroot(root, ['/usr/local/bin/dcloud', 'watchdog', '--help'])
     expect(help.out).toMatch(/stops the node's stateful containers/)
     const version = await inChroot(root, ['/usr/local/bin/dcloud', 'version'])
@@ -133,9 +140,9 @@ describe('scripts/install.sh in a clean Debian 12 chroot', () => {
   }, 600_000)
 
   it('leaves units that systemd-analyze verify accepts (and one it rejects when broken)', async () => {
-    const ok = await inChroot(root, ['systemd-analyze', 'verify', '/etc/systemd/system/dcloud.service', '/etc/systemd/system/dcloud-watchdog.service'])
+    const ok = await inChroot(root, ['systemd-analyze', 'verify', '/etc/systemd/system/dcloud.service', '/etc/systemd/system/dcloud-watchdog.service', '/etc/systemd/system/dcloud-caddy.service'])
     expect(ok.code, ok.out).toBe(0)
-    expect(ok.out).not.toMatch(/dcloud(-watchdog)?\.service/)
+    expect(ok.out).not.toMatch(/dcloud(-watchdog|-caddy)?\.service/)
     // The check has teeth: the same unit pointing at a missing program fails it.
     const unit = readFileSync(join(root, 'etc/systemd/system/dcloud.service'), 'utf8')
     writeFileSync(join(root, 'tmp/broken.service'), unit.replace('/opt/dcloud/bin/dcloud', '/opt/dcloud/bin/missing'))
@@ -210,7 +217,7 @@ describe('scripts/install.sh in a clean Debian 12 chroot', () => {
   it('uninstalls the agent but keeps the data, and --purge removes it', async () => {
     const u = await install('--uninstall')
     expect(u.code, u.out).toBe(0)
-    for (const gone of ['opt/dcloud', 'usr/local/bin/dcloud', 'etc/systemd/system/dcloud.service', 'etc/systemd/system/multi-user.target.wants/dcloud.service', 'etc/systemd/system/dcloud-watchdog.service', 'etc/systemd/system/multi-user.target.wants/dcloud-watchdog.service']) {
+    for (const gone of ['opt/dcloud', 'usr/local/bin/dcloud', 'etc/systemd/system/dcloud.service', 'etc/systemd/system/multi-user.target.wants/dcloud.service', 'etc/systemd/system/dcloud-watchdog.service', 'etc/systemd/system/multi-user.target.wants/dcloud-watchdog.service', 'etc/systemd/system/dcloud-caddy.service', 'etc/systemd/system/caddy.service']) {
       // lstat, not existsSync: a dangling symlink left behind must count as there.
       expect(await lstat(join(root, gone)).then(() => true, () => false), gone).toBe(false)
     }

@@ -122,13 +122,16 @@ describe('stateful apps', () => {
       expect(again.code).toBe(73)
       expect(again.stderr).toMatch(/already exists; refusing to replace it/)
       const original = await readNotesInLab(lab.name, 'n3', { app: 'notes' })
-      // Its data in a directory of the node's own (a disk mounted there, say), and a domain of its own.
+      // Its data in a directory of the node's own (a disk mounted there, say). A per-app domain is gone: refused with the reason.
       const dataDir = join(dir, 'disk')
+      const withDomain = await dc('n2', ['restore', file, '--name', 'notes2', '--domain', 'notes.home.example', '--yes'])
+      expect(withDomain.code).toBe(64)
+      expect(withDomain.stderr).toMatch(/--domain is gone: an app answers at NAME\.DOMAIN/)
       // The directory is a host path the app writes to: a permission, refused unless granted.
       const ungranted = await dc('n2', ['restore', file, '--name', 'notes2', '--node', 'n3', '--data-dir', dataDir, '--yes'])
       expect(ungranted.code).toBe(64)
       expect(ungranted.stderr).toContain(`path:${dataDir}:rw`)
-      const restored = await dc('n2', ['restore', file, '--name', 'notes2', '--node', 'n3', '--data-dir', dataDir, '--domain', 'notes.home.example', '--grant', `path:${dataDir}:rw`, '--yes'])
+      const restored = await dc('n2', ['restore', file, '--name', 'notes2', '--node', 'n3', '--data-dir', dataDir, '--grant', `path:${dataDir}:rw`, '--yes'])
       expect(restored.code, restored.stderr).toBe(0)
       expect(restored.stderr).toMatch(/notes2: uploading: .* \(100%\) in [\d.]+ s/)
       const out = restored.stdout
@@ -139,7 +142,7 @@ describe('stateful apps', () => {
       expect(await readFile(join(dataDir, 'dcloud-notes2-data', '_data', 'notes.log'), 'utf8')).toBe(original)
       const view = await app('n1', 'notes2')
       expect(view?.hostPath).toBe(dataDir)
-      expect(view?.domain).toBe('notes.home.example')
+      expect(view?.url).toBe('https://notes2.dcloud.home.arpa/')
       // Snapshots read the data where it is: a new record is in the next snapshot.
       const more = await write('n3', 'd2', 500, 'notes2')
       const snap = JSON.parse(await dcOk('n3', ['snapshot', 'create', 'notes2', '--json'])) as SnapshotView

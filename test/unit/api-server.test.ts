@@ -220,7 +220,7 @@ class GuardTestBackend implements ApiBackend {
   readonly installs: unknown[] = []
   status (): ReturnType<ApiBackend['status']> { return { self: 'self', leader: null, nodes: [] } }
   metrics (): ReturnType<ApiBackend['metrics']> {
-    return { peerId: 'self', name: 'testnode', startedAt: 0, listeningAt: null, firstHeardAt: {}, statusPublished: 0, statusAccepted: 0, statusDropped: {} as never, dialFailures: 0, lastDialError: null, connections: 0, term: 0, leader: null, ops: { opsExecuted: 0, opsRefused: 0, opsFailed: 0, plans: 0 }, state: { revision: 0, term: 0, lastIndex: 0, commitIndex: 0, digest: '' }, replication: null, rpc: { served: 0, rejected: 0, failed: 0 }, backups: { uploads: 0, uploadsRefused: 0, downloads: 0, downloadsFailed: 0 }, rssBytes: 0, heapUsedBytes: 0, externalBytes: 0, cpuSeconds: 0 }
+    return { peerId: 'self', name: 'testnode', startedAt: 0, listeningAt: null, firstHeardAt: {}, statusPublished: 0, statusAccepted: 0, statusDropped: {} as never, dialFailures: 0, lastDialError: null, connections: 0, term: 0, leader: null, ops: { opsExecuted: 0, opsRefused: 0, opsFailed: 0, plans: 0 }, state: { revision: 0, term: 0, lastIndex: 0, commitIndex: 0, digest: '' }, replication: null, rpc: { served: 0, rejected: 0, failed: 0 }, backups: { uploads: 0, uploadsRefused: 0, downloads: 0, downloadsFailed: 0 }, rssBytes: 0, heapUsedBytes: 0, externalBytes: 0, cpuSeconds: 0, frontDoor: null }
   }
 
   cluster (): ClusterApi {
@@ -233,6 +233,10 @@ class GuardTestBackend implements ApiBackend {
 
   /** Never started here: the backup routes are test/unit/backup-stream.test.ts's. */
   readonly backups = new BackupFiles(join(tmpdir(), 'dcloud-api-test-unused'))
+
+  async names (): ReturnType<NonNullable<ApiBackend['names']>> {
+    return { domain: 'dcloud.home.arpa', isDefault: true, rootPem: '-----BEGIN CERTIFICATE-----\nROOT\n-----END CERTIFICATE-----\n', fingerprint: 'AA:BB' }
+  }
 }
 
 interface Reply { status: number, headers: Record<string, string | string[] | undefined>, text: string, json: any }
@@ -338,10 +342,26 @@ describe('API server through the real route table', () => {
     expect((await call({ headers: auth })).status).toBe(200)
     expect((await call({ socket: true })).status).toBe(200)
     expect((await call({ socket: true, headers: { host: 'evil.example' } })).status).toBe(200) // any Host on the socket
-    expect((await call({ path: '/v1/health' })).json).toEqual({ ok: true }) // the one open route
+    expect((await call({ path: '/v1/health' })).json).toEqual({ ok: true }) // open
+    expect((await call({ path: '/v1/ca.pem' })).text).toMatch(/^-----BEGIN CERTIFICATE-----\nROOT\n/) // open: the CA's root is public
+    expect((await call({ path: '/v1/domain' })).status).toBe(401)
     expect((await call({ path: '/v1/nope' })).status).toBe(401) // unknown paths are not told apart without a credential
     expect((await call({ path: '/v1/nope', headers: auth })).status).toBe(404)
     expect((await call({ path: '/v1/status', method: 'PUT', headers: auth })).status).toBe(405)
+  })
+
+  it('shows the cluster\'s names, and takes a new domain as a change, refusing a bad one by field', async () => {
+    const view = (await call({ path: '/v1/domain', headers: auth })).json
+    expect(view).toEqual({ domain: 'dcloud.home.arpa', isDefault: true, url: 'https://dcloud.home.arpa/', apps: 'https://NAME.dcloud.home.arpa/', caFingerprint: 'AA:BB', caUrl: 'http://dcloud.home.arpa/ca.pem' })
+    const pem = await call({ path: '/v1/ca.pem' })
+    expect(pem.headers['content-type']).toBe('application/x-pem-file')
+    const before = backend.installs.length
+    const bad = await call({ path: '/v1/domain', method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ domain: 'nas.local' }) })
+    expect(bad.status).toBe(400)
+    expect(bad.json.error.message).toMatch(/^change\.domain: nas\.local is mDNS's/)
+    const ok = await call({ path: '/v1/domain', method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ domain: 'Alice.Example.org' }) })
+    expect(ok.status).toBe(200)
+    expect(backend.installs.slice(before)).toEqual([{ kind: 'domain', domain: 'alice.example.org' }])
   })
 
   it('refuses a wrong token, then blocks the address with Retry-After; a good token does not lift it', async () => {

@@ -234,9 +234,14 @@ describe('Runtipi store fixtures', () => {
     expect(env.TZ).toBe('Etc/UTC')
   })
 
+  it('names the app\'s host NAME.DOMAIN as the front door serves it: the cluster\'s domain and the name it is installed under', async () => {
+    const app = await importRuntipi(join(RUNTIPI, 'gotosocial'), { values: { GTS_ACCOUNTS_REGISTRATION_OPEN: 'false' }, domain: 'alice.example.org', name: 'social' })
+    expect(app.manifest.compose.services.gotosocial?.environment.GTS_HOST).toBe('social.alice.example.org')
+  })
+
   it('uses optional fields\' defaults, and "" for a bare ${VAR} of an unset optional field', async () => {
     const app = await importRuntipi(join(RUNTIPI, 'gotosocial'), { values: { GTS_ACCOUNTS_REGISTRATION_OPEN: 'false' } })
-    expect(app.manifest.compose.services.gotosocial?.environment).toMatchObject({ GTS_SMTP_HOST: '', GTS_ACCOUNTS_REGISTRATION_OPEN: 'false', GTS_HOST: 'gotosocial.dcloud.local' })
+    expect(app.manifest.compose.services.gotosocial?.environment).toMatchObject({ GTS_SMTP_HOST: '', GTS_ACCOUNTS_REGISTRATION_OPEN: 'false', GTS_HOST: 'gotosocial.dcloud.home.arpa' })
     await expect(importRuntipi(join(RUNTIPI, 'gotosocial'), { values: { GTS_ACCOUNTS_REGISTRATION_OPEN: 'maybe' } })).rejects.toThrow(/"maybe" is not one of true, false/)
   })
 
@@ -371,7 +376,7 @@ describe('Runtipi formats beyond the fixtures', () => {
   it('warns about ${APP_PORT} left in an environment value, as for ${INTERNAL_IP}', () => {
     const json = runtipiApp({}, { json: { services: [{ name: 'demo', image: 'demo:1', isMain: true, internalPort: 80, environment: [{ key: 'BASE_URL', value: 'http://${APP_DOMAIN}:${APP_PORT}' }, { key: 'PORT', value: '80' }] }] } })
     expect(json.warnings.filter(w => w.includes('APP_PORT'))).toEqual([expect.stringMatching(/^services\.demo\.environment\.BASE_URL: \$\{APP_PORT\} is config\.json's port/)])
-    expect(json.manifest.compose.services.demo?.environment.BASE_URL).toBe('http://demo.dcloud.local:8123')
+    expect(json.manifest.compose.services.demo?.environment.BASE_URL).toBe('http://demo.dcloud.home.arpa:8123')
     const yaml = runtipiApp({}, { yaml: { services: { demo: { image: 'demo:1', ports: ['${APP_PORT}:80'], environment: ['URL=http://x:$APP_PORT/'] } } } })
     expect(yaml.warnings.join('\n')).toMatch(/services\.demo\.environment\.URL: \$\{APP_PORT\} is config\.json's port/)
   })

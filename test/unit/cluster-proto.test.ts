@@ -1,12 +1,13 @@
 /**
- * Decoding what users and peers send about an app's storage and domain: a
- * bad value is refused by field, before it reaches the desired state.
+ * Decoding what users and peers send about an app's storage and the
+ * cluster's domain: a bad value is refused by field, before it reaches the
+ * desired state.
  */
 import { describe, expect, it } from 'vitest'
 import { join } from 'node:path'
 import { loadApp } from '../../apps/catalog.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
-import { decodeAppendRequest, decodeChange, decodeDomain, decodeOpRequest, decodeStorage, decodeVoteRequest } from '../../proto/cluster.ts'
+import { decodeAppendRequest, decodeChange, decodeDesiredState, decodeOpRequest, decodeStorage, decodeVoteRequest } from '../../proto/cluster.ts'
 
 describe('app storage (restore --data-dir)', () => {
   it('accepts a plain absolute directory', () => {
@@ -32,27 +33,38 @@ describe('app storage (restore --data-dir)', () => {
   })
 })
 
-describe('app domain (restore --domain)', () => {
-  it('accepts DNS names of two labels or more', () => {
-    expect(decodeDomain('notes.example.org')).toBe('notes.example.org')
-    expect(decodeDomain('a-b.home.arpa')).toBe('a-b.home.arpa')
-  })
-
-  it.each(['localhost', 'Notes.Example.org', '-x.example.org', 'x..org', 'x.org.', 'x_y.org', 'x.1org', `${'a'.repeat(64)}.org`, 'x.org/path', ''])('refuses %j', (d) => {
-    expect(() => decodeDomain(d)).toThrow(/domain/)
-  })
-})
-
-describe('install changes carry storage and domain through the decoder', () => {
+describe('install changes carry storage through the decoder', () => {
   it('keeps good ones and refuses bad ones by field', async () => {
     const { manifest } = await loadApp(join(PROJECT_ROOT, 'apps', 'examples', 'notes'))
     const app = { name: 'notes2', manifest, pinnedNode: null }
-    const ok = decodeChange({ kind: 'install', app: { ...app, storage: { hostPath: '/srv/dcloud' }, domain: 'notes.example.org' } })
-    expect(ok).toMatchObject({ kind: 'install', app: { name: 'notes2', storage: { hostPath: '/srv/dcloud' }, domain: 'notes.example.org' } })
+    const ok = decodeChange({ kind: 'install', app: { ...app, storage: { hostPath: '/srv/dcloud' } } })
+    expect(ok).toMatchObject({ kind: 'install', app: { name: 'notes2', storage: { hostPath: '/srv/dcloud' } } })
     const plain = decodeChange({ kind: 'install', app })
     expect(plain.kind === 'install' && 'storage' in plain.app).toBe(false)
     expect(() => decodeChange({ kind: 'install', app: { ...app, storage: { hostPath: '/etc' } } })).toThrow(/change\.app\.storage\.hostPath: .*system directory/)
-    expect(() => decodeChange({ kind: 'install', app: { ...app, domain: 'not a domain' } })).toThrow(/change\.app\.domain/)
+  })
+
+  it('drops the per-app domain of older peers and states: one naming scheme, NAME.DOMAIN', async () => {
+    const { manifest } = await loadApp(join(PROJECT_ROOT, 'apps', 'examples', 'notes'))
+    const old = decodeChange({ kind: 'install', app: { name: 'notes2', manifest, pinnedNode: null, domain: 'notes.example.org' } })
+    expect(old.kind === 'install' && 'domain' in old.app).toBe(false)
+    const state = decodeDesiredState({ revision: 3, term: 1, apps: [{ name: 'notes2', manifest, pinnedNode: null, revision: 3, domain: 'notes.example.org' }] })
+    expect('domain' in (state.apps[0] ?? {})).toBe(false)
+  })
+})
+
+describe('the cluster\'s domain in changes and states', () => {
+  it('decodes a domain change, and null back to the LAN default', () => {
+    expect(decodeChange({ kind: 'domain', domain: 'Alice.Example.org.' })).toEqual({ kind: 'domain', domain: 'alice.example.org' })
+    expect(decodeChange({ kind: 'domain', domain: null })).toEqual({ kind: 'domain', domain: null })
+    expect(() => decodeChange({ kind: 'domain', domain: 'printer.local' })).toThrow(/change\.domain: .*mDNS/)
+    expect(() => decodeChange({ kind: 'domain', domain: 42 })).toThrow(/change\.domain/)
+  })
+
+  it('keeps the domain in the replicated state, and refuses a bad one there too', () => {
+    expect(decodeDesiredState({ revision: 1, term: 1, apps: [], domain: 'alice.example.org' }).domain).toBe('alice.example.org')
+    expect('domain' in decodeDesiredState({ revision: 1, term: 1, apps: [] })).toBe(false)
+    expect(() => decodeDesiredState({ revision: 1, term: 1, apps: [], domain: 'x' })).toThrow(/desired\.domain/)
   })
 })
 

@@ -1,7 +1,7 @@
 /** `dcloud agent`: runs this node's agent in the foreground (systemd runs it the same way). */
 import { parseCommand } from '../args.ts'
-import { Agent } from '../../agent.ts'
-import { API_PORT, P2P_PORT, defaultDataDir, defaultNodeName, paths } from '../../config.ts'
+import { Agent, type AgentOptions } from '../../agent.ts'
+import { API_PORT, P2P_PORT, SYSTEM_CADDY_ADMIN, SYSTEM_DATA_DIR, defaultDataDir, defaultNodeName, paths } from '../../config.ts'
 import { createLogger } from '../../util/log.ts'
 import { UsageError } from '../../util/errors.ts'
 import { TrustedProxies } from '../../api/auth.ts'
@@ -30,7 +30,11 @@ export const agentHelp = `dcloud agent [options]
   --devices LIST        the node's devices for apps granted one, comma separated (/dev/dri,/dev/ttyUSB0) or none
                         (also DCLOUD_DEVICES; default: read from /sys/dev/char, which PrivateDevices=yes leaves visible)
   --restic PATH         the restic program (default: restic on PATH); where there is none,
-                        new snapshot repositories are tar repositories (see docs/snapshots.md)`
+                        new snapshot repositories are tar repositories (see docs/snapshots.md)
+  --caddy-admin PATH    the front door: Caddy's admin Unix socket (default ${SYSTEM_CADDY_ADMIN} for the
+                        system data directory, else off; also DCLOUD_CADDY_ADMIN); "off": no front door
+  --https-port N        the front door's HTTPS port, the same on every node (default 443)
+  --http-port N         its plain HTTP port (the CA root, redirects to HTTPS; default 80); "off" for none`
 
 export async function agentCommand (argv: string[]): Promise<number> {
   const { values } = parseCommand(argv, {
@@ -50,7 +54,10 @@ export async function agentCommand (argv: string[]): Promise<number> {
       restic: { type: 'string' },
       devices: { type: 'string' },
       'api-host': { type: 'string', multiple: true, default: [] },
-      'trusted-proxy': { type: 'string', multiple: true, default: [] }
+      'trusted-proxy': { type: 'string', multiple: true, default: [] },
+      'caddy-admin': { type: 'string' },
+      'https-port': { type: 'string' },
+      'http-port': { type: 'string' }
     }
   })
   const dataDir = values['data-dir'] ?? defaultDataDir()
@@ -83,6 +90,8 @@ export async function agentCommand (argv: string[]): Promise<number> {
   let devices: string[] | null = null
   try { if (devicesText !== undefined) devices = parseDeviceList(devicesText, '--devices') } catch (err) { throw new UsageError((err as Error).message) }
 
+  const frontDoor = frontDoorOptions(values['caddy-admin'] ?? process.env.DCLOUD_CADDY_ADMIN, values['https-port'], values['http-port'], dataDir)
+
   const log = createLogger('agent')
   const agent = new Agent({
     dataDir,
@@ -99,6 +108,7 @@ export async function agentCommand (argv: string[]): Promise<number> {
     apiHosts,
     trustedProxies,
     devices,
+    frontDoor,
     ...(values.restic !== undefined ? { restic: values.restic } : {})
   }, log)
 
@@ -115,4 +125,19 @@ export async function agentCommand (argv: string[]): Promise<number> {
     process.once('SIGTERM', () => { shutdown('SIGTERM') })
   })
   return 0
+}
+
+function frontDoorOptions (admin: string | undefined, https: string | undefined, http: string | undefined, dataDir: string): AgentOptions['frontDoor'] {
+  const socket = admin ?? (dataDir.replace(/\/+$/, '') === SYSTEM_DATA_DIR ? SYSTEM_CADDY_ADMIN : 'off')
+  if (socket === 'off') return null
+  if (!socket.startsWith('/')) throw new UsageError(`--caddy-admin ${socket}: expected the absolute path of Caddy's admin Unix socket, or off (a network address would let any local user reconfigure the front door)`)
+  const port = (v: string, flag: string): number => {
+    const n = Number(v)
+    if (!Number.isInteger(n) || n < 1 || n > 65_535) throw new UsageError(`${flag} ${v}: expected a port, 1 to 65535`)
+    return n
+  }
+  const httpsPort = https === undefined ? 443 : port(https, '--https-port')
+  const httpPort = http === 'off' ? null : http === undefined ? 80 : port(http, '--http-port')
+  if (httpPort === httpsPort) throw new UsageError(`--http-port ${httpPort}: the same port as --https-port`)
+  return { adminSocket: socket, httpsPort, httpPort }
 }

@@ -5,7 +5,7 @@ import { intOption, parseCommand } from '../args.ts'
 import { loadApp } from '../../../apps/catalog.ts'
 import { UsageError, UserError, EXIT } from '../../util/errors.ts'
 import { ValidationError } from '../../../proto/validate.ts'
-import type { AppView, StatusResponse, WhyView } from '../../../proto/api.ts'
+import type { AppView, DomainView, StatusResponse, WhyView } from '../../../proto/api.ts'
 import type { AppManifest } from '../../../proto/app.ts'
 import { askGrants } from '../grants.ts'
 
@@ -17,7 +17,7 @@ export const appHelp = `dcloud app COMMAND
                                                          terminal, or granted by --grant (--yes alone grants none)
   grant NAME PERM...                                     grant permissions the app asks for (it is redeployed with them)
   revoke NAME PERM...                                    take permissions away (it is redeployed without them)
-  ls [--json]                                            every app: node, state, endpoints, permissions granted
+  ls [--json]                                            every app: its URL (https://NAME.DOMAIN/), node, state, endpoints, permissions granted
   rm NAME                                                remove an app (its volumes are kept)
   move NAME NODE                                         move an app to another node (a stateful app with its data;
                                                          prints the downtime)
@@ -61,9 +61,12 @@ async function install (argv: string[]): Promise<number> {
     if (eq <= 0) throw new UsageError(`--set ${kv}: expected KEY=VALUE`)
     variables[kv.slice(0, eq)] = kv.slice(eq + 1)
   }
+  // The app's own host (for the importers' $APP_DOMAIN and the like) is NAME.DOMAIN, the front door's one scheme.
+  // An agent older than the front door has no /v1/domain: the importers' default (the LAN domain) then.
+  const domain = await apiGet<DomainView>('/v1/domain').then(d => d.domain, (err: unknown) => { if (err instanceof ApiCallError && err.status === 404) return undefined; throw err })
   let loaded
   try {
-    loaded = await loadApp(ref, { values: variables })
+    loaded = await loadApp(ref, { values: variables, ...(domain !== undefined ? { domain } : {}), ...(values.name !== undefined ? { name: values.name } : {}) })
   } catch (err) {
     // A manifest the validator refuses is the user's to fix: say what, not how we crashed.
     if (err instanceof ValidationError) throw new UserError(err.message, { exitCode: EXIT.dataError, hint: 'see docs/apps.md for the manifest format and what the importers accept' })
@@ -126,7 +129,8 @@ async function list (argv: string[]): Promise<number> {
     process.stdout.write(JSON.stringify(apps, null, 2) + '\n')
     return 0
   }
-  process.stdout.write(table(['NAME', 'APP', 'NODE', 'STATE', 'STATEFUL', 'ENDPOINTS', 'GRANTED'], apps.map(a => [a.name, `${a.app} ${a.version}`, a.node ?? '-', a.state, a.stateful ? 'yes' : 'no', a.endpoints.join(' ') || '-', grantsText(a.grants, a.permissions)])))
+  // The name first, as the URL people open (any node's front door answers it).
+  process.stdout.write(table(['URL', 'APP', 'NODE', 'STATE', 'STATEFUL', 'ENDPOINTS', 'GRANTED'], apps.map(a => [a.url ?? `${a.name} (no web UI)`, `${a.app} ${a.version}`, a.node ?? '-', a.state, a.stateful ? 'yes' : 'no', a.endpoints.join(' ') || '-', grantsText(a.grants, a.permissions)])))
   for (const a of apps) {
     const r = a.relocation
     if (r == null) continue

@@ -27,14 +27,14 @@ export const backupHelp = `dcloud backup APP -o FILE [--json]
   with DCLOUD_API=http://NODE:7371 and DCLOUD_TOKEN (the node's DATA_DIR/api.token).
   Restore it on this or any other cluster with \`dcloud restore FILE\``
 
-export const restoreHelp = `dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--domain DOMAIN] [--grant PERM,...|all] [--yes] [--json]
+export const restoreHelp = `dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--grant PERM,...|all] [--yes] [--json]
   checks the backup file here, uploads it to the agent (progress on stderr; from another
   machine too, with DCLOUD_API and DCLOUD_TOKEN), then installs its app with its data.
-  Without --yes it asks for each (default: the backed-up name, any node, Docker volumes, no domain).
+  Without --yes it asks for each (default: the backed-up name, any node, Docker volumes).
+  The app answers at https://NAME.DOMAIN, DOMAIN being the cluster's (\`dcloud domain\`).
   --data-dir DIR  keep the data in DIR on the node (DIR/dcloud-APP-VOLUME/_data, bound into a
                   Docker local volume) instead of Docker's volume directory; DIR must exist on
                   every node the app may move to (a disk mounted at the same path, say)
-  --domain NAME   the domain the app answers to, kept with the app (routing needs the ingress)
   --grant PERMS   the permissions the app asks for (as \`dcloud app install\`), and with --data-dir
                   the directory's own (path:DIR:rw); \`all\` grants every one; --yes alone grants none
   Other volume drivers than Docker's local one are not supported: snapshots read the data from disk.`
@@ -153,10 +153,11 @@ async function checkFile (file: string, label: string): Promise<BackupMeta> {
 
 export async function restoreCommand (argv: string[]): Promise<number> {
   const { values, args: [fileArg] } = parseCommand(argv, {
-    usage: 'dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--domain DOMAIN] [--grant PERM,...|all] [--yes] [--json]',
+    usage: 'dcloud restore FILE [--name NAME] [--node NODE] [--data-dir DIR] [--grant PERM,...|all] [--yes] [--json]',
     args: ['FILE'],
     options: { name: { type: 'string' }, node: { type: 'string' }, 'data-dir': { type: 'string' }, domain: { type: 'string' }, grant: { type: 'string', multiple: true, default: [] }, yes: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } }
   })
+  if (values.domain !== undefined) throw new UsageError('--domain is gone: an app answers at NAME.DOMAIN, DOMAIN being the cluster\'s; choose the app\'s name with --name, the cluster\'s domain with `dcloud domain set`', restoreHelp)
   const file = resolve(fileArg)
   // Checked here, before anything is sent: the CLI has the file and the same reader as the agent.
   const meta = await checkFile(file, `checking ${file}`)
@@ -164,7 +165,6 @@ export async function restoreCommand (argv: string[]): Promise<number> {
   let name = values.name ?? null
   let node = values.node ?? null
   let hostPath = values['data-dir'] === undefined ? null : resolve(values['data-dir'])
-  let domain = values.domain ?? null
   if (values.yes !== true) {
     if (!process.stdin.isTTY) throw new UserError('restore asks where to put the app: run it in a terminal, or give --yes (with --name and --node as needed)', { exitCode: EXIT.usage })
     const status = await apiGet<StatusResponse>('/v1/status')
@@ -179,9 +179,7 @@ export async function restoreCommand (argv: string[]): Promise<number> {
       if (where !== '') node = where
       const dir = (await rl.question(`data: Docker volumes, or a directory on the node [${hostPath ?? 'Docker volumes'}]: `)).trim()
       if (dir !== '') hostPath = resolve(dir)
-      const d = (await rl.question(`domain [${domain ?? 'none'}]: `)).trim()
-      if (d !== '') domain = d
-      process.stderr.write(`restoring ${name ?? meta.app} on ${node ?? 'any node'}, data in ${hostPath ?? 'Docker volumes'}${domain !== null ? `, domain ${domain}` : ''}\n`)
+      process.stderr.write(`restoring ${name ?? meta.app} on ${node ?? 'any node'}, data in ${hostPath ?? 'Docker volumes'}\n`)
       if ((await rl.question('restore? [y/N] ')).trim().toLowerCase() !== 'y') return EXIT.failure
     } finally {
       rl.close()
@@ -199,7 +197,6 @@ export async function restoreCommand (argv: string[]): Promise<number> {
   const query = new URLSearchParams({ name: name ?? meta.app })
   if (nodeId !== null) query.set('node', nodeId)
   if (hostPath !== null) query.set('dataDir', hostPath)
-  if (domain !== null) query.set('domain', domain)
   if (grants.length > 0) query.set('grants', grants.join(','))
   const started = Date.now()
   const progress = new Progress(`${name ?? meta.app}: uploading`)
@@ -223,7 +220,7 @@ export async function restoreCommand (argv: string[]): Promise<number> {
       else {
         process.stdout.write(`${r.name} restored and running on ${app.node ?? '?'} in ${((Date.now() - started) / 1000).toFixed(1)} s${app.endpoints.length > 0 ? ` at ${app.endpoints.join(' ')}` : ''}\n`)
         if (app.hostPath !== undefined) process.stdout.write(`  data in ${app.hostPath} on ${app.node ?? '?'}\n`)
-        if (app.domain !== undefined) process.stdout.write(`  domain ${app.domain}\n`)
+        if (app.url !== null) process.stdout.write(`  at ${app.url}\n`)
       }
       return 0
     }

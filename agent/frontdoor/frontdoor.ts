@@ -1,0 +1,192 @@
+/**
+ * The front door's driver: keeps this node's Caddy running exactly the
+ * configuration rendered (render.ts) from what the node knows now.
+ *
+ * Once a second, and at once when poked (a committed change, a container
+ * event), it gathers the inputs, renders, and compares the digest with the
+ * one it last loaded. It loads (POST /load) when they differ, and also when
+ * Caddy no longer has it (GET /id/DIGEST fails: Caddy was restarted, by
+ * systemd or the lab, and came back with its bootstrap configuration only).
+ * Every failure is logged and retried at the next tick; nothing here throws
+ * into the agent.
+ */
+import type Docker from 'dockerode'
+import { LABELS } from '../../proto/runtime.ts'
+import { networkName } from '../runtime/apps.ts'
+import type { FrontDoorView } from '../../proto/api.ts'
+import type { Logger } from '../util/log.ts'
+import type { CaddyAdmin } from './caddy-admin.ts'
+import type { ClusterTls } from './ca.ts'
+import { render, type RenderApp, type RenderInput, type RenderNode, type RouteDecision } from './render.ts'
+
+export interface FrontDoorInputs {
+  domain: string
+  apps: RenderApp[]
+  nodes: RenderInput['nodes']
+  local: Record<string, string>
+}
+
+export interface FrontDoorInit {
+  admin: CaddyAdmin
+  tls: ClusterTls
+  listen: RenderInput['listen']
+  peerHttpsPort: number
+  self: () => RenderNode
+  /** What the node knows now: the desired state, the nodes' reports, its own web containers. */
+  gather: (signal: AbortSignal) => Promise<FrontDoorInputs>
+  log: Logger
+  intervalMs?: number
+  now?: () => number
+}
+
+/** What the API shows (proto/api.ts FrontDoorView), with the full route decisions. */
+export interface FrontDoorStatus extends Omit<FrontDoorView, 'routes'> {
+  routes: RouteDecision[]
+}
+
+const DEFAULT_INTERVAL_MS = 1000
+const STEP_TIMEOUT_MS = 10_000
+
+export class FrontDoor {
+  private readonly init: FrontDoorInit
+  private readonly controller = new AbortController()
+  private timer: NodeJS.Timeout | undefined
+  private running: Promise<void> | null = null
+  private again = false
+  private started = false
+  private lastLoggedError: string | null = null
+  readonly status: FrontDoorStatus = { loaded: null, loadedAt: null, loads: 0, reloadsAfterLoss: 0, failures: 0, lastError: null, routes: [] }
+
+  constructor (init: FrontDoorInit) {
+    this.init = init
+  }
+
+  start (): void {
+    if (this.started) return
+    this.started = true
+    this.poke()
+  }
+
+  async stop (): Promise<void> {
+    if (!this.started) return
+    this.started = false
+    clearTimeout(this.timer)
+    this.controller.abort()
+    await this.running?.catch(() => {})
+  }
+
+  /** Syncs as soon as the running sync (if any) ends. */
+  poke (): void {
+    if (!this.started) return
+    if (this.running !== null) { this.again = true; return }
+    clearTimeout(this.timer)
+    this.running = this.sync().finally(() => {
+      this.running = null
+      if (!this.started) return
+      if (this.again) { this.again = false; this.poke(); return }
+      this.timer = setTimeout(() => { this.poke() }, this.init.intervalMs ?? DEFAULT_INTERVAL_MS)
+    })
+  }
+
+  /** One round: render, and load when Caddy does not run exactly that. Resolves whatever happens. */
+  async sync (): Promise<void> {
+    const signal = AbortSignal.any([this.controller.signal, AbortSignal.timeout(STEP_TIMEOUT_MS)])
+    const { admin, log } = this.init
+    try {
+      const inputs = await this.init.gather(signal)
+      const now = (this.init.now ?? Date.now)()
+      const ca = await this.init.tls.root(inputs.domain)
+      const cert = await this.init.tls.serve(inputs.domain, now)
+      const r = render({
+        ...inputs,
+        self: this.init.self(),
+        adminListen: admin.listen,
+        listen: this.init.listen,
+        peerHttpsPort: this.init.peerHttpsPort,
+        tls: { certPem: cert.certPem, keyPem: cert.keyPem, rootPem: ca.rootPem, rootDer: ca.rootDer }
+      })
+      if (r.id === this.status.loaded) {
+        if (await admin.has(r.id, signal)) { this.recovered(); return }
+        this.status.reloadsAfterLoss++
+        log.warn('Caddy no longer runs the front door\'s configuration (restarted?); loading it again', { id: r.id })
+      }
+      await admin.load(r.config, signal)
+      const changedRoutes = this.status.loaded === null || JSON.stringify(r.routes) !== JSON.stringify(this.status.routes)
+      Object.assign(this.status, { loaded: r.id, loadedAt: Date.now(), loads: this.status.loads + 1, routes: r.routes })
+      if (changedRoutes) log.info('front door configuration loaded', { id: r.id, domain: inputs.domain, routes: r.routes.map(summary).join(' ') || '(no apps)' })
+      else log.debug('front door configuration loaded', { id: r.id })
+      this.recovered()
+    } catch (err) {
+      if (this.controller.signal.aborted) return
+      this.status.failures++
+      const message = (err as Error).message
+      this.status.lastError = message
+      // Once per distinct error: Caddy down for a minute must not write 60 lines.
+      if (message !== this.lastLoggedError) log.warn('front door: Caddy not configured; retrying every second', { error: message })
+      this.lastLoggedError = message
+    }
+  }
+
+  private recovered (): void {
+    if (this.lastLoggedError !== null) this.init.log.info('front door: Caddy configured again')
+    this.lastLoggedError = null
+    this.status.lastError = null
+  }
+}
+
+function summary (d: RouteDecision): string {
+  switch (d.kind) {
+    case 'local': return `${d.name}->local(${d.upstream})`
+    case 'remote': return `${d.name}->${d.nodeName}`
+    default: return `${d.name}:${d.kind}`
+  }
+}
+
+/**
+ * This node's running web containers, by app: their address on the app's
+ * Docker network (127.0.0.1 for one on the host's network). From Docker's
+ * labels, like everything about what runs.
+ */
+export async function localWebAddresses (docker: Docker, apps: ReadonlyArray<{ name: string, webService: string | null }>, signal: AbortSignal): Promise<Record<string, string>> {
+  const wanted = new Map(apps.filter(a => a.webService !== null).map(a => [a.name, a.webService]))
+  if (wanted.size === 0) return {}
+  const containers = await docker.listContainers({ filters: { label: [LABELS.app], status: ['running'] }, abortSignal: signal })
+  const out: Record<string, string> = {}
+  for (const c of containers) {
+    const app = c.Labels[LABELS.app]
+    if (app === undefined || wanted.get(app) !== c.Labels[LABELS.service]) continue
+    // A web service granted the host's network listens on the node itself.
+    if (c.HostConfig?.NetworkMode === 'host') { out[app] = '127.0.0.1'; continue }
+    const ip = c.NetworkSettings?.Networks?.[networkName(app)]?.IPAddress
+    if (ip !== undefined && ip !== '') out[app] = ip
+  }
+  return out
+}
+
+/**
+ * This node's web containers, asked of Docker when something may have
+ * changed (a container event, other apps) and at most every `maxAgeMs`
+ * otherwise: the driver renders every second on every node, and a Pi's
+ * dockerd need not list its containers that often to learn nothing new.
+ */
+export class LocalWebAddresses {
+  private readonly docker: Docker
+  private readonly maxAgeMs: number
+  private last: { at: number, apps: string, value: Record<string, string> } | null = null
+
+  constructor (docker: Docker, maxAgeMs = 5000) {
+    this.docker = docker
+    this.maxAgeMs = maxAgeMs
+  }
+
+  /** A container started, stopped or died: ask Docker at the next call. */
+  invalidate (): void { this.last = null }
+
+  async get (apps: ReadonlyArray<{ name: string, webService: string | null }>, signal: AbortSignal, now = Date.now()): Promise<Record<string, string>> {
+    const key = JSON.stringify(apps)
+    if (this.last !== null && this.last.apps === key && now - this.last.at < this.maxAgeMs) return this.last.value
+    const value = await localWebAddresses(this.docker, apps, signal)
+    this.last = { at: now, apps: key, value }
+    return value
+  }
+}

@@ -1,0 +1,241 @@
+/**
+ * The front door's configuration (agent/frontdoor/render.ts) and names
+ * (proto/frontdoor.ts), pure: where each app's requests go from a node, the
+ * Caddy JSON for each case, the cluster's domain as users give it, reserved
+ * names refused by the replicated state's rules.
+ */
+import { describe, expect, it } from 'vitest'
+import fc from 'fast-check'
+import { HOP_HEADER, render, routeApps, type RenderInput } from '../../agent/frontdoor/render.ts'
+import { LAN_DOMAIN, RESERVED_NAMES, appHost, clusterDomain, decodeClusterDomain, reservedNameReason } from '../../proto/frontdoor.ts'
+import { applyChange, EMPTY_STATE } from '../../agent/cluster/desired-store.ts'
+import { RpcError } from '../../agent/mesh/rpc.ts'
+import type { AppManifest } from '../../proto/app.ts'
+
+const N1 = { id: '12D3KooW1' + 'a'.repeat(43), name: 'n1', address: '10.213.0.11' }
+const N2 = { id: '12D3KooW2' + 'b'.repeat(43), name: 'n2', address: '10.213.0.12' }
+const N3 = { id: '12D3KooW3' + 'c'.repeat(43), name: 'n3', address: '10.213.0.13' }
+const ROOT_DER = Buffer.from('not really a certificate')
+
+function input (over: Partial<RenderInput> = {}): RenderInput {
+  return {
+    domain: 'alice.example.org',
+    self: N1,
+    adminListen: 'unix//run/dcloud-caddy/admin.sock',
+    listen: { https: [':443'], http: [':80'] },
+    peerHttpsPort: 443,
+    tls: { certPem: 'CERT', keyPem: 'KEY', rootPem: 'ROOT', rootDer: ROOT_DER },
+    apps: [{ name: 'notes', web: { port: 8080 } }],
+    nodes: [{ ...N1, apps: [] }, { ...N2, apps: ['notes'] }, { ...N3, apps: [] }],
+    local: {},
+    ...over
+  }
+}
+
+type Route = { match?: Array<{ host?: string[] }>, handle: Array<Record<string, unknown>> }
+const servers = (r: ReturnType<typeof render>): Record<string, { listen: string[], routes: Route[] }> => (r.config.apps as { http: { servers: Record<string, { listen: string[], routes: Route[] }> } }).http.servers
+const routeFor = (r: ReturnType<typeof render>, host: string): Route | undefined => servers(r)['dcloud-https']?.routes.find(x => x.match?.[0]?.host?.includes(host) === true)
+
+describe('where an app\'s requests go', () => {
+  it('to the container on this node, on its network, when its web container runs here', () => {
+    expect(routeApps(input({ local: { notes: '172.18.0.2' } }))).toEqual([{ name: 'notes', host: 'notes.alice.example.org', kind: 'local', upstream: '172.18.0.2:8080', scheme: 'http' }])
+  })
+
+  it('to the front door of the node running it otherwise', () => {
+    expect(routeApps(input())).toEqual([{ name: 'notes', host: 'notes.alice.example.org', kind: 'remote', node: N2.id, nodeName: 'n2', upstream: '10.213.0.12:443' }])
+  })
+
+  it('to the same node from every node while two copies run (a move): the first by id', () => {
+    const nodes = [{ ...N1, apps: [] }, { ...N3, apps: ['notes'] }, { ...N2, apps: ['notes'] }]
+    expect(routeApps(input({ nodes }))[0]).toMatchObject({ kind: 'remote', nodeName: 'n2' })
+    expect(routeApps(input({ nodes, self: N3 }))[0]).toMatchObject({ kind: 'remote', nodeName: 'n2' })
+  })
+
+  it('prefers the copy on this node to another node\'s', () => {
+    const nodes = [{ ...N1, apps: ['notes'] }, { ...N2, apps: ['notes'] }]
+    expect(routeApps(input({ nodes, local: { notes: '172.18.0.9' } }))[0]).toMatchObject({ kind: 'local' })
+  })
+
+  it('nowhere, saying why, when it runs nowhere or on a node whose address is unknown', () => {
+    expect(routeApps(input({ nodes: [{ ...N1, apps: [] }] }))[0]).toMatchObject({ kind: 'down', reason: 'it is not running on any node right now' })
+    expect(routeApps(input({ nodes: [{ ...N2, address: null, apps: ['notes'] }] }))[0]).toMatchObject({ kind: 'down', reason: 'it runs on n2, whose address is not known yet' })
+    // This node's report says it runs here, but no web container is up: not routed to itself.
+    expect(routeApps(input({ nodes: [{ ...N1, apps: ['notes'] }] }))[0]).toMatchObject({ kind: 'down' })
+  })
+
+  it('skips apps without a web UI and names reserved by now', () => {
+    const routes = routeApps(input({ apps: [{ name: 'db', web: null }, { name: 'auth', web: { port: 80 } }] }))
+    expect(routes).toEqual([
+      { name: 'auth', host: 'auth.alice.example.org', kind: 'skipped', reason: expect.stringMatching(/auth is reserved/) as unknown as string },
+      { name: 'db', host: 'db.alice.example.org', kind: 'skipped', reason: 'it has no web UI (x-dcloud web)' }
+    ])
+  })
+
+  it('brackets IPv6 addresses', () => {
+    expect(routeApps(input({ nodes: [{ ...N2, address: 'fd00::12', apps: ['notes'] }] }))[0]).toMatchObject({ upstream: '[fd00::12]:443' })
+    expect(routeApps(input({ local: { notes: 'fd00:18::2' } }))[0]).toMatchObject({ upstream: '[fd00:18::2]:8080' })
+  })
+})
+
+describe('the Caddy configuration', () => {
+  it('proxies a local app to its container, dropping the hop header', () => {
+    const r = render(input({ local: { notes: '172.18.0.2' } }))
+    expect(routeFor(r, 'notes.alice.example.org')?.handle).toEqual([{ handler: 'reverse_proxy', upstreams: [{ dial: '172.18.0.2:8080' }], trusted_proxies: ['10.213.0.12/32', '10.213.0.13/32'], headers: { request: { delete: [HOP_HEADER] } } }])
+    // Alone, it trusts nobody's X-Forwarded-For.
+    expect(routeFor(render(input({ local: { notes: '172.18.0.2' }, nodes: [{ ...N1, apps: [] }] })), 'notes.alice.example.org')?.handle[0]).not.toHaveProperty('trusted_proxies')
+  })
+
+  it('proxies a remote app to the other front door over TLS checked against the cluster root, and cuts loops', () => {
+    const r = render(input())
+    const sub = routeFor(r, 'notes.alice.example.org')?.handle[0] as { handler: string, routes: Route[] & Array<{ match?: unknown }> }
+    expect(sub.handler).toBe('subroute')
+    expect(sub.routes[0]?.match).toEqual([{ header: { [HOP_HEADER]: [N1.id, `${N1.id},*`, `*, ${N1.id}`, `*, ${N1.id},*`] } }])
+    expect(sub.routes[0]?.handle[0]).toMatchObject({ handler: 'static_response', status_code: 508 })
+    expect(sub.routes[1]?.handle[0]).toEqual({
+      handler: 'reverse_proxy',
+      upstreams: [{ dial: '10.213.0.12:443' }],
+      headers: { request: { add: { [HOP_HEADER]: [N1.id] } } },
+      transport: { protocol: 'http', tls: { root_ca_pool: [ROOT_DER.toString('base64')], server_name: 'notes.alice.example.org' } }
+    })
+  })
+
+  it('answers a down app with 503 and the reason', () => {
+    const r = render(input({ nodes: [] }))
+    expect(routeFor(r, 'notes.alice.example.org')?.handle[0]).toMatchObject({ handler: 'static_response', status_code: 503, body: expect.stringMatching(/notes is not reachable: it is not running on any node right now\. `dcloud app why notes`/) as unknown as string })
+  })
+
+  it('keeps the admin endpoint on its Unix socket, loads the certificate, and leaves ACME to the agent', () => {
+    const r = render(input())
+    expect(r.config.admin).toEqual({ listen: 'unix//run/dcloud-caddy/admin.sock', config: { persist: false } })
+    expect(r.config.apps).toMatchObject({ tls: { certificates: { load_pem: [{ certificate: 'CERT', key: 'KEY' }] } } })
+    const https = servers(r)['dcloud-https'] as unknown as Record<string, unknown>
+    expect(https.automatic_https).toEqual({ '@id': r.id, disable: true })
+    expect(https.listen).toEqual([':443'])
+  })
+
+  it('refuses an admin endpoint on a network address', () => {
+    expect(() => render(input({ adminListen: 'localhost:2019' }))).toThrow(/must be a Unix socket/)
+  })
+
+  it('is the same bytes and id for the same input, another id for any change', () => {
+    const a = render(input())
+    expect(render(input())).toEqual(a)
+    expect(render(input({ local: { notes: '172.18.0.2' } })).id).not.toBe(a.id)
+    expect(render(input({ domain: 'bob.example.org' })).id).not.toBe(a.id)
+    expect(render(input({ tls: { ...input().tls, certPem: 'CERT2' } })).id).not.toBe(a.id)
+  })
+
+  it('serves the root at the bare domain and on plain HTTP, and redirects HTTP to HTTPS with the port', () => {
+    const r = render(input({ listen: { https: ['127.0.0.1:18443'], http: ['127.0.0.1:18080'] } }))
+    expect(JSON.stringify(routeFor(r, 'alice.example.org'))).toContain('/ca.pem')
+    const http = servers(r)['dcloud-http']
+    expect(http?.routes.at(-1)?.handle[0]).toMatchObject({ status_code: 308, headers: { Location: ['https://{http.request.host}:18443{http.request.uri}'] } })
+    expect(render(input()).config.apps).toMatchObject({ http: { servers: { 'dcloud-http': { routes: expect.arrayContaining([expect.objectContaining({ handle: [expect.objectContaining({ headers: { Location: ['https://{http.request.host}{http.request.uri}'] } })] })]) } } } })
+  })
+
+  it('ends with a catch-all that names no app: an unknown name never reaches one', () => {
+    const last = servers(render(input()))['dcloud-https']?.routes.at(-1)
+    expect(last?.match).toBeUndefined()
+    expect(last?.handle[0]).toMatchObject({ status_code: 404 })
+  })
+})
+
+describe('the cluster\'s domain', () => {
+  it('defaults to the LAN domain under home.arpa', () => {
+    expect(LAN_DOMAIN).toBe('dcloud.home.arpa')
+    expect(clusterDomain({})).toBe('dcloud.home.arpa')
+    expect(clusterDomain({ domain: 'alice.example.org' })).toBe('alice.example.org')
+    expect(appHost('notes', 'alice.example.org')).toBe('notes.alice.example.org')
+  })
+
+  it('accepts DNS names, lowercased, a trailing dot dropped', () => {
+    expect(decodeClusterDomain('alice.example.org')).toBe('alice.example.org')
+    expect(decodeClusterDomain('Alice.Example.ORG.')).toBe('alice.example.org')
+    expect(decodeClusterDomain('lab.home.arpa')).toBe('lab.home.arpa')
+    expect(decodeClusterDomain('x-1.b.co')).toBe('x-1.b.co')
+  })
+
+  it.each([
+    ['one label', 'localdomain', /not a domain name/],
+    ['a space', 'alice example.org', /not a domain name/],
+    ['an underscore', 'a_b.example.org', /not a domain name/],
+    ['a leading dash', '-a.example.org', /not a domain name/],
+    ['an empty label', 'a..org', /not a domain name/],
+    ['a numeric top-level label', 'a.b.123', /not a domain name/],
+    ['a label over 63', `${'a'.repeat(64)}.org`, /not a domain name|longer than 63/],
+    ['too long for NAME.DOMAIN', `${'a.'.repeat(100)}org`, /at most 200/],
+    ['.local', 'cluster.local', /mDNS/],
+    ['localhost', 'x.localhost', /this machine/],
+    ['home.arpa itself', 'home.arpa', /take a name under it/],
+    ['reverse zones', '1.168.192.in-addr.arpa', /reverse-lookup/],
+    ['a reserved first label', 'api.alice.example.org', /reserved name api/],
+    ['not a string', 42, /domain/]
+  ])('refuses %s', (_what, raw, why) => {
+    expect(() => decodeClusterDomain(raw)).toThrow(why)
+  })
+
+  it('names the field in its refusals', () => {
+    expect(() => decodeClusterDomain('x', 'change.domain')).toThrow(/^change\.domain: /)
+  })
+
+  it('changes in the replicated state, and back to the default with null; a change to the same is refused', () => {
+    const set = applyChange(EMPTY_STATE, { kind: 'domain', domain: 'alice.example.org' }, { index: 1, term: 1 })
+    expect(set).toMatchObject({ domain: 'alice.example.org', revision: 1 })
+    expect(() => applyChange(set, { kind: 'domain', domain: 'alice.example.org' }, { index: 2, term: 1 })).toThrow(/already: nothing to change/)
+    const back = applyChange(set, { kind: 'domain', domain: null }, { index: 2, term: 1 })
+    expect('domain' in back).toBe(false)
+    expect(clusterDomain(back)).toBe(LAN_DOMAIN)
+  })
+})
+
+describe('reserved app names', () => {
+  const manifest = { id: 'x', web: null, compose: { services: {}, volumes: {} } } as unknown as AppManifest
+
+  it('lists the hosts the cluster needs', () => {
+    for (const n of ['api', 'auth', 'ca', 'www', 'dashboard']) expect(RESERVED_NAMES).toContain(n)
+    expect(reservedNameReason('notes')).toBeNull()
+    expect(reservedNameReason('auth')).toMatch(/auth is reserved for the cluster itself .*pick another --name/)
+  })
+
+  it('are refused by the leader\'s rules at install, naming the field', () => {
+    let err: unknown
+    try { applyChange(EMPTY_STATE, { kind: 'install', app: { name: 'api', manifest, pinnedNode: null } }, { index: 1, term: 1 }) } catch (e) { err = e }
+    expect(err).toBeInstanceOf(RpcError)
+    expect((err as RpcError).code).toBe('bad_request')
+    expect((err as Error).message).toMatch(/^change\.app\.name: api is reserved/)
+  })
+
+  it('are replayed, not skipped, from an entry committed before they were reserved', () => {
+    const s = applyChange(EMPTY_STATE, { kind: 'install', app: { name: 'api', manifest, pinnedNode: null } }, { index: 1, term: 1 }, { committed: true })
+    expect(s.apps.map(a => a.name)).toEqual(['api'])
+  })
+})
+
+describe('properties of the rendering (fast-check)', () => {
+  const nodeArb = fc.record({ id: fc.constantFrom(N1.id, N2.id, N3.id), apps: fc.subarray(['notes', 'hello', 'photos', 'auth']) })
+  const inputArb = fc.record({
+    apps: fc.uniqueArray(fc.record({ name: fc.constantFrom('notes', 'hello', 'photos', 'auth', 'db'), web: fc.option(fc.record({ port: fc.integer({ min: 1, max: 65535 }) }), { nil: null }) }), { selector: a => a.name }),
+    nodes: fc.uniqueArray(nodeArb, { selector: n => n.id }),
+    local: fc.dictionary(fc.constantFrom('notes', 'hello', 'photos'), fc.ipV4()),
+    self: fc.constantFrom(N1, N2, N3)
+  })
+  const byId = Object.fromEntries([N1, N2, N3].map(n => [n.id, n]))
+
+  it('gives every app exactly one route, whatever order the apps and nodes come in (every node renders alike)', () => {
+    fc.assert(fc.property(inputArb, fc.boolean(), (x, reverse) => {
+      const nodes = x.nodes.map(n => ({ ...byId[n.id] ?? N1, apps: n.apps }))
+      const i = input({ apps: x.apps, nodes, local: x.local, self: x.self })
+      const shuffled = input({ apps: reverse ? [...x.apps].reverse() : x.apps, nodes: reverse ? [...nodes].reverse() : nodes, local: x.local, self: x.self })
+      const a = render(i)
+      expect(render(shuffled)).toEqual(a)
+      expect(a.routes.map(r => r.name)).toEqual(x.apps.map(p => p.name).sort())
+      const hosts = servers(a)['dcloud-https']?.routes.flatMap(r => r.match?.[0]?.host ?? []) ?? []
+      expect(new Set(hosts).size).toBe(hosts.length)
+      for (const r of a.routes) {
+        // Never forwarded to itself, and never to a node that does not report the app.
+        if (r.kind === 'remote') expect(r.node !== x.self.id && nodes.some(n => n.id === r.node && n.apps.includes(r.name))).toBe(true)
+        if (r.kind === 'local') expect(x.local[r.name]).toBeDefined()
+      }
+    }), { numRuns: 300 })
+  })
+})
