@@ -89,10 +89,11 @@ function hostPort (address: string, port: number): string {
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json }
 
+/** A plain-text answer of the front door itself; never sniffed as HTML (the 404's body echoes the Host asked for). */
 const text = (status: number, body: string, headers: Record<string, string[]> = {}): Json => ({
   handler: 'static_response',
   status_code: status,
-  headers: { 'Content-Type': ['text/plain; charset=utf-8'], ...headers },
+  headers: { 'Content-Type': ['text/plain; charset=utf-8'], 'X-Content-Type-Options': ['nosniff'], ...headers },
   body
 })
 
