@@ -13,7 +13,8 @@ dcloud domain ca [-o FILE]          the cluster CA's root certificate (PEM), to 
                                     browsers (docs/frontdoor.md); also at http://DOMAIN/ca.pem`
 
 export async function domainCommand (argv: string[]): Promise<number> {
-  const [sub = 'show', ...rest] = argv
+  // `dcloud domain --json` is `dcloud domain show --json`.
+  const [sub = 'show', ...rest] = argv[0]?.startsWith('-') === true ? ['show', ...argv] : argv
   switch (sub) {
     case 'show': {
       const { values } = parseCommand(rest, { usage: 'dcloud domain show [--json]', options: { json: { type: 'boolean', default: false } } })
