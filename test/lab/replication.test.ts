@@ -117,9 +117,14 @@ describe('the replicated desired state in the lab', () => {
     const final = await converged(NODES, acked2)
     expect(final.revision).toBeGreaterThanOrEqual(acked2)
     // Both acknowledged drains are in the committed state every node holds.
+    // Read through each node's status, whose node list fills from gossip: the returning node lists its peers a beat after it starts.
     for (const n of NODES) {
-      const drained = (await lab.status(n)).nodes.filter(x => x.drained).map(x => x.name)
-      expect(drained, `drained nodes as ${n} sees them`).toEqual(expect.arrayContaining([followers[0], first.name]))
+      const want = [followers[0] as string, first.name]
+      const { value: drained } = await waitFor(async () => {
+        const d = (await lab.status(n)).nodes.filter(x => x.drained).map(x => x.name)
+        return want.every(w => d.includes(w)) ? d : undefined
+      }, 15_000, `${n} to list ${want.join(' and ')} as drained`, 250)
+      expect(drained, `drained nodes as ${n} sees them`).toEqual(expect.arrayContaining(want))
     }
     const kept = (await lab.status(first.name)).nodes.find(x => x.name === followers[1])?.drained === true
     console.log(`leader ${first.name} killed with an uncommitted entry; ${second.name} leads term ${second.term}; the unacknowledged change was ${kept ? 'kept (a follower had received it)' : 'dropped'}`)
