@@ -477,7 +477,10 @@ export function decodeWhyReply (raw: unknown): WhyView {
     }),
     planTerm: nullable(r.planTerm, v => number(v, 'why.planTerm', { min: 0, max: MAX_INT, integer: true })),
     planAt: nullable(r.planAt, v => number(v, 'why.planAt', { min: 0, max: MAX_INT, integer: true })),
-    detail: string(r.detail, 'why.detail', { max: 16 * 1024 })
+    detail: string(r.detail, 'why.detail', { max: 16 * 1024 }),
+    // What the app runs with (the permissions granted, and those it asks for but runs without): kept, not dropped, on the way from the leader.
+    ...(r.grants !== undefined ? { grants: array(r.grants, 'why.grants', 1024, (v, f) => string(v, f, { max: 4096 })) } : {}),
+    ...(r.ungranted !== undefined ? { ungranted: array(r.ungranted, 'why.ungranted', 1024, (v, f) => string(v, f, { max: 4096 })) } : {})
   }
 }
 

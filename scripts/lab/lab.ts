@@ -428,7 +428,8 @@ export class Lab {
       for (const dev of devices) await tryRun('losetup', ['-d', dev])
       return loopDevicesUnder(this.stateDir).length === 0
     }
-    await waitUntilAsync(detach, 15_000, 'the lab\'s loop devices to detach').catch(() => {})
+    // A container killed with its dockerd (postgres under load, say) can hold the disk for a while after.
+    await waitUntilAsync(detach, 60_000, 'the lab\'s loop devices to detach').catch(() => {})
   }
 
   /** The node's data disk: its size, what is free (for root: nothing is reserved) and what `lab fill` holds. */

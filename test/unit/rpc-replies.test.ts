@@ -15,6 +15,10 @@ const snap = { id: 'a1b2c3d4', app: 'notes', time: 1_700_000_000_000, purpose: '
 describe('reply decoders', () => {
   it('take good answers as they are', () => {
     expect(decodeWhyReply(why)).toEqual(why)
+    // The leader's answer keeps what the app runs with (found by the permissions lab test: a follower's `app why` lost it).
+    const withGrants = { ...why, grants: ['path:/srv/x:ro'], ungranted: ['net_admin'] }
+    expect(decodeWhyReply(withGrants)).toEqual(withGrants)
+    expect(() => decodeWhyReply({ ...why, grants: 'net_admin' })).toThrow(/why\.grants/)
     expect(decodeWhyReply({ ...why, node: null, planTerm: null, planAt: null })).toMatchObject({ node: null, planTerm: null })
     expect(decodeLogsReply({ node: PEER, text: 'line 1\nline 2\n' })).toEqual({ node: PEER, text: 'line 1\nline 2\n' })
     expect(decodeReplicateReply({ files: 12, bytes: 4096 })).toEqual({ files: 12, bytes: 4096 })
