@@ -12,7 +12,7 @@
  * bridge, the lab's switch.
  */
 import { spawn } from 'node:child_process'
-import { existsSync, openSync, closeSync, readFileSync, readdirSync, statSync, readlinkSync } from 'node:fs'
+import { existsSync, openSync, closeSync, readFileSync, readdirSync, statSync, readlinkSync, writeFileSync } from 'node:fs'
 import { chmod, mkdir, open, readdir, readFile, rm, stat, statfs, writeFile, copyFile, rename } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { run, tryRun } from './sh.ts'
@@ -428,8 +428,15 @@ export class Lab {
       for (const dev of devices) await tryRun('losetup', ['-d', dev])
       return loopDevicesUnder(this.stateDir).length === 0
     }
-    // A container killed with its dockerd (postgres under load, say) can hold the disk for a while after.
-    await waitUntilAsync(detach, 60_000, 'the lab\'s loop devices to detach').catch(() => {})
+    if (await waitUntilAsync(detach, 15_000, 'the lab\'s loop devices to detach').then(() => true, () => false)) return
+    // Still held: by a container whose dockerd was killed while the container was paused (a
+    // fence pauses before it stops). Its frozen processes outlive the engine and cannot die
+    // until thawed. Found by the disk they hold, thawed, killed; then the devices detach.
+    for (const pid of pidsHolding(loopDevicesUnder(this.stateDir))) {
+      thawCgroupOf(pid)
+      try { process.kill(pid, 'SIGKILL') } catch {}
+    }
+    await waitUntilAsync(detach, 15_000, 'the lab\'s loop devices to detach').catch(() => {})
   }
 
   /** The node's data disk: its size, what is free (for root: nothing is reserved) and what `lab fill` holds. */
@@ -736,6 +743,32 @@ export function leftovers (lab: Lab): string[] {
  * /sys/block/loopN/loop/backing_file (the kernel appends " (deleted)" to a
  * file removed while attached).
  */
+/** Processes whose mounts come from one of `devices` (/dev/loopN): a lab disk's last holders, containers included. */
+function pidsHolding (devices: string[]): number[] {
+  if (devices.length === 0) return []
+  const out: number[] = []
+  for (const entry of readdirSync('/proc').filter(e => /^\d+$/.test(e))) {
+    let info = ''
+    try { info = readFileSync(`/proc/${entry}/mountinfo`, 'utf8') } catch { continue }
+    if (info.split('\n').some(line => devices.some(d => line.includes(` ${d} `)))) out.push(Number(entry))
+  }
+  return out.filter(pid => pid !== process.pid)
+}
+
+/** Thaws the freezer cgroup of `pid` (v1 freezer.state, v2 cgroup.freeze), so a kill can end it. */
+function thawCgroupOf (pid: number): void {
+  let lines: string[] = []
+  try { lines = readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n') } catch { return }
+  for (const line of lines) {
+    const [, controllers, path] = line.split(':')
+    if (path === undefined) continue
+    try {
+      if (controllers === 'freezer') writeFileSync(`/sys/fs/cgroup/freezer${path}/freezer.state`, 'THAWED')
+      else if (controllers === '' && existsSync(`/sys/fs/cgroup${path}/cgroup.freeze`)) writeFileSync(`/sys/fs/cgroup${path}/cgroup.freeze`, '0')
+    } catch {}
+  }
+}
+
 export function loopDevicesUnder (path: string): string[] {
   const prefix = path.endsWith('/') ? path : `${path}/`
   const found: string[] = []
