@@ -8,7 +8,8 @@ import type { AppStorage, DesiredApp, Relocation } from './plan.ts'
 import { DEVICE_PATH, SYSCTL_NAME, decodeGrants, grandfatheredGrants } from './permissions.ts'
 import type { WhyView } from './api.ts'
 import { decodeClusterDomain } from './frontdoor.ts'
-import { DOCKER_NAME, LABEL_KEY, PEER_ID, ValidationError, array, number, record, string, stringMap } from './validate.ts'
+import { decodeJournal, type Journal } from './journal.ts'
+import { DOCKER_NAME, LABEL_KEY, MAX_INT, PEER_ID, SNAPSHOT_ID, ValidationError, array, number, record, string, stringMap } from './validate.ts'
 
 export const VOTE_PROTOCOL = '/dcloud/vote/1'
 export const HEARTBEAT_PROTOCOL = '/dcloud/leader-heartbeat/1'
@@ -20,7 +21,6 @@ export const APP_QUERY_PROTOCOL = '/dcloud/app-query/1'
 export const SNAPSHOT_QUERY_PROTOCOL = '/dcloud/snapshot-query/1'
 
 export const APP_NAME = /^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$|^[a-z0-9]$/
-const MAX_INT = 2 ** 53 - 1
 
 /**
  * `preVote`: only asks whether the voter would vote in `term`; the voter changes nothing.
@@ -57,6 +57,8 @@ export type DesiredChange =
   | { kind: 'drain', node: string, drained: boolean }
   /** Made by the leader itself: the app's data now lives in a new generation (restored from a snapshot). */
   | { kind: 'relocate', name: string, generation: number, relocation: Relocation | null }
+  /** Made by the leader itself: how far a long operation on the app got (null: it is over). */
+  | { kind: 'journal', name: string, journal: Journal | null }
 
 /** `revision`: the log index the change was committed at; `replicatedTo`: how many nodes held it then (this one included). */
 export interface ChangeResponse { revision: number, replicatedTo: number }
@@ -213,7 +215,6 @@ export function decodeDesiredState (raw: unknown): DesiredState {
 }
 
 const PURPOSES = ['scheduled', 'manual', 'pre-move', 'final', 'fenced', 'divergent', 'replaced', 'backup', 'imported'] as const
-const SNAP_ID = /^[0-9a-f]{8,64}$/
 
 function decodeRelocation (raw: unknown, field: string): Relocation {
   const r = record(raw, field)
@@ -221,7 +222,7 @@ function decodeRelocation (raw: unknown, field: string): Relocation {
   if (kind !== 'failover' && kind !== 'move' && kind !== 'rollback' && kind !== 'restore') throw new ValidationError(`${field}.kind`, 'must be failover, move, rollback or restore')
   return {
     kind,
-    snapshot: string(r.snapshot, `${field}.snapshot`, { max: 64, pattern: SNAP_ID }),
+    snapshot: string(r.snapshot, `${field}.snapshot`, { max: 64, pattern: SNAPSHOT_ID }),
     snapshotTime: number(r.snapshotTime, `${field}.snapshotTime`, { min: 0, max: MAX_INT, integer: true }),
     from: r.from === null ? null : string(r.from, `${field}.from`, { max: 64, pattern: PEER_ID }),
     to: string(r.to, `${field}.to`, { max: 64, pattern: PEER_ID }),
@@ -233,7 +234,7 @@ function decodeRelocation (raw: unknown, field: string): Relocation {
 function decodeSeed (raw: unknown, field: string): NonNullable<DesiredApp['seed']> {
   const r = record(raw, field)
   return {
-    snapshot: string(r.snapshot, `${field}.snapshot`, { max: 64, pattern: SNAP_ID }),
+    snapshot: string(r.snapshot, `${field}.snapshot`, { max: 64, pattern: SNAPSHOT_ID }),
     time: number(r.time, `${field}.time`, { min: 0, max: MAX_INT, integer: true }),
     node: string(r.node, `${field}.node`, { max: 64, pattern: PEER_ID })
   }
@@ -244,7 +245,7 @@ export function decodeSnapshotInfo (raw: unknown, field = 'snapshot'): SnapshotI
   const purpose = r.purpose === 'unknown' || PURPOSES.includes(r.purpose as typeof PURPOSES[number]) ? r.purpose as SnapshotInfo['purpose'] : null
   if (purpose === null) throw new ValidationError(`${field}.purpose`, `must be one of ${PURPOSES.join(', ')} or unknown`)
   return {
-    id: string(r.id, `${field}.id`, { max: 64, pattern: SNAP_ID }),
+    id: string(r.id, `${field}.id`, { max: 64, pattern: SNAPSHOT_ID }),
     app: string(r.app, `${field}.app`, { max: 40, pattern: APP_NAME }),
     time: number(r.time, `${field}.time`, { min: 0, max: MAX_INT, integer: true }),
     purpose,
@@ -280,6 +281,7 @@ export function decodeDesiredApp (raw: unknown, field = 'app'): DesiredApp {
     revision: number(r.revision, `${field}.revision`, { min: 0, max: MAX_INT, integer: true }),
     ...(r.generation !== undefined ? { generation: number(r.generation, `${field}.generation`, { min: 1, max: MAX_INT, integer: true }) } : {}),
     ...(r.relocation !== undefined ? { relocation: r.relocation === null ? null : decodeRelocation(r.relocation, `${field}.relocation`) } : {}),
+    ...(r.journal !== undefined && r.journal !== null ? { journal: decodeJournal(r.journal, `${field}.journal`) } : {}),
     ...(r.seed !== undefined && r.seed !== null ? { seed: decodeSeed(r.seed, `${field}.seed`) } : {}),
     ...(r.storage !== undefined && r.storage !== null ? { storage: decodeStorage(r.storage, `${field}.storage`) } : {}),
     ...(r.grants !== undefined && r.grants !== null ? { grants: decodeGrants(r.grants, `${field}.grants`) } : grandfathered(manifest, r.storage)),
@@ -332,7 +334,12 @@ export function decodeChange (raw: unknown): DesiredChange {
       generation: number(r.generation, 'change.generation', { min: 1, max: MAX_INT, integer: true }),
       relocation: r.relocation === null ? null : decodeRelocation(r.relocation, 'change.relocation')
     }
-    default: throw new ValidationError('change.kind', 'must be install, remove, move, drain, relocate, grants or domain')
+    case 'journal': return {
+      kind: 'journal',
+      name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }),
+      journal: r.journal === null ? null : decodeJournal(r.journal, 'change.journal')
+    }
+    default: throw new ValidationError('change.kind', 'must be install, remove, move, drain, relocate, journal, grants or domain')
   }
 }
 
@@ -402,7 +409,7 @@ export function decodeOpRequest (raw: unknown): OpRequest {
   const r = record(raw, 'op')
   const op = record(r.op, 'op.op')
   const name = (): string => string(op.name, 'op.op.name', { max: 40, pattern: APP_NAME })
-  const snap = (v: unknown, f: string): string => string(v, f, { max: 64, pattern: SNAP_ID })
+  const snap = (v: unknown, f: string): string => string(v, f, { max: 64, pattern: SNAPSHOT_ID })
   let decoded: Op
   switch (op.kind) {
     case 'deploy': decoded = { kind: 'deploy', app: decodeDesiredApp(op.app, 'op.op.app') }; break
@@ -449,7 +456,7 @@ export function decodeAppQuery (raw: unknown): AppQuery {
   const name = string(r.name, 'query.name', { max: 40, pattern: APP_NAME })
   if (r.kind === 'logs') return { kind: 'logs', name, tail: number(r.tail, 'query.tail', { min: 1, max: 10_000, integer: true }) }
   if (r.kind === 'why') return { kind: 'why', name }
-  if (r.kind === 'rollback') return { kind: 'rollback', name, snapshot: string(r.snapshot, 'query.snapshot', { max: 64, pattern: SNAP_ID }) }
+  if (r.kind === 'rollback') return { kind: 'rollback', name, snapshot: string(r.snapshot, 'query.snapshot', { max: 64, pattern: SNAPSHOT_ID }) }
   throw new ValidationError('query.kind', 'must be logs, why or rollback')
 }
 

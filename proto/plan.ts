@@ -3,6 +3,7 @@
  * membership and Docker, the pure scheduler turns it into a Plan, and agents
  * execute the plan's operations, each stamped with the leader's term.
  */
+import type { Journal } from './journal.ts'
 import type { NodeState } from './api.ts'
 import type { AppManifest } from './app.ts'
 
@@ -58,6 +59,11 @@ export interface DesiredApp {
   generation?: number
   /** The last time the app's data came from a snapshot (failover, move, restore): shown to the user. */
   relocation?: Relocation | null
+  /**
+   * The long operation under way on the app's data (a move, a failover, a
+   * rollback), as far as it got: a new leader resumes it. Absent: none.
+   */
+  journal?: Journal
   /**
    * An app restored from a backup file: the snapshot its data starts from,
    * and the node holding it. Its first placement restores it.

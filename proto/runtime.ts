@@ -7,7 +7,7 @@
  * a small grammar, and a hostile one (a path, a flag, 10 MB of text) must be
  * refused before it reaches the Docker API.
  */
-import { ValidationError, number, parseJsonBytes, record, string } from './validate.ts'
+import { MAX_INT, ValidationError, number, parseJsonBytes, record, string } from './validate.ts'
 
 /** Labels on every object the runtime creates. `list()` needs nothing else to rebuild what runs. */
 export const LABELS = {
@@ -164,7 +164,7 @@ export function decodeImageHeader (raw: unknown): ImageHeader {
   const r = record(raw, 'header')
   if (r.ok === true) {
     if (r.size === undefined || r.size === null) return { ok: true }
-    return { ok: true, size: number(r.size, 'header.size', { min: 0, max: 2 ** 53 - 1, integer: true }) }
+    return { ok: true, size: number(r.size, 'header.size', { min: 0, max: MAX_INT, integer: true }) }
   }
   if (r.ok !== false) throw new ValidationError('header.ok', 'must be true or false')
   const e = record(r.error, 'header.error')

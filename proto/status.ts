@@ -11,7 +11,7 @@
  * signed the gossip message.
  */
 import {
-  DOCKER_NAME, NODE_LABEL_KEY, PEER_ID, ValidationError, array, number, parseJsonBytes, record, string, stringMap
+  DOCKER_NAME, MAX_INT, NODE_LABEL_KEY, PEER_ID, SNAPSHOT_ID, ValidationError, array, number, parseJsonBytes, record, string, stringMap
 } from './validate.ts'
 import { DEVICE_PATH } from './permissions.ts'
 
@@ -104,7 +104,7 @@ export class StatusDropError extends Error {
   }
 }
 
-const MAX_BYTES_VALUE = 2 ** 53 - 1
+const MAX_BYTES_VALUE = MAX_INT
 /** A cluster is a handful of machines; a membership table holds at most a few hundred. */
 const MAX_HEARD = 256
 
@@ -213,7 +213,7 @@ function validateResources (raw: Record<string, unknown>): NodeResources {
       const s = record(v, fi)
       return {
         app: string(s.app, `${fi}.app`, { max: 63, pattern: DOCKER_NAME }),
-        id: string(s.id, `${fi}.id`, { max: 64, pattern: /^[0-9a-f]{8,64}$/ }),
+        id: string(s.id, `${fi}.id`, { max: 64, pattern: SNAPSHOT_ID }),
         time: number(s.time, `${fi}.time`, { min: 0, max: MAX_BYTES_VALUE, integer: true })
       }
     })

@@ -29,6 +29,10 @@ export const NODE_LABEL_KEY = /^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$/
 
 /** A libp2p peer id as libp2p prints it (base58btc): a node's id. */
 export const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{40,60}$/
+/** A snapshot's id as restic prints it: the short id (8 hex digits) or the full one. */
+export const SNAPSHOT_ID = /^[0-9a-f]{8,64}$/
+/** The largest integer a JSON number carries exactly. */
+export const MAX_INT = 2 ** 53 - 1
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json }
 

@@ -34,6 +34,7 @@ import { hasImage } from '../runtime/images.ts'
 import type { SnapshotService } from '../snapshots/service.ts'
 import { backupToFile, importBackup, readBackupMeta, type BackupFileResult } from '../snapshots/app-file.ts'
 import { DataPlane } from './stateful.ts'
+import { Procedures, operationOf } from './procedures.ts'
 import type Docker from 'dockerode'
 import { ThrottledLog, type Logger } from '../util/log.ts'
 
@@ -84,8 +85,10 @@ export class Coordinator {
   private started = false
   private readonly controller = new AbortController()
 
-  /** Snapshots, replication, fencing, and the leader's moves of data. */
+  /** Snapshots, replication and fencing, on every node. */
   readonly data: DataPlane
+  /** The leader's long operations on data (moves, failovers, rollbacks), journalled in the replicated state. */
+  readonly procedures: Procedures
 
   constructor (init: CoordinatorInit) {
     this.init = init
@@ -102,16 +105,24 @@ export class Coordinator {
       log: init.log.child('data'),
       selfName: () => init.gossip.current().name,
       nodeName: (id) => this.nodeName(id),
-      send: async (node, op, term) => await this.send(node, op, term),
       deploy: async (app, term, signal, restored) => { await this.deploy(app, term, signal, restored) },
       prefetchImages: async (app, signal) => {
         for (const ref of new Set(Object.values(app.manifest.compose.services).map(s => s.image))) {
           if (!(await hasImage(this.init.docker, ref, signal))) await this.fetchImage(ref, signal)
         }
       },
-      commit: async (change) => { await this.commit(change) },
       localApps: () => this.init.gossip.current().resources.appStates,
       announce: () => { this.init.gossip.announceChange() }
+    })
+    this.procedures = new Procedures({
+      store: init.store,
+      membership: init.membership,
+      selfId: () => this.selfId,
+      nodeName: (id) => this.nodeName(id),
+      send: async (node, op, term) => await this.send(node, op, term),
+      commit: async (change) => { await this.commit(change) },
+      snapshots: async (name, signal) => await this.data.list(name, signal),
+      log: init.log.child('data')
     })
   }
 
@@ -383,23 +394,16 @@ export class Coordinator {
     this.reconciling = true
     try {
       const term = election.term
+      this.resumeJournals(term)
       const p = makePlan({ snapshot: this.snapshot(), term, now: Date.now(), seed: term, policy: this.init.policy ?? DEFAULT_POLICY })
       this.lastPlan = p
       this.counters.plans++
+      const journalled = new Set(this.init.store.current().apps.filter(a => a.journal !== undefined).map(a => a.name))
       for (const op of p.operations) {
-        if (this.inflight.has(op.app)) continue
-        const entry: Inflight = { op, startedAt: Date.now(), done: false, error: null }
-        this.inflight.set(op.app, entry)
+        // An app whose long operation is under way is that operation's until it ends or gives up.
+        if (this.inflight.has(op.app) || journalled.has(op.app) || this.procedures.isRunning(op.app)) continue
         this.init.log.info('plan', { term, op: formatOp(op, (id) => this.nodeName(id)) })
-        void this.perform(op, term).then(() => { entry.done = true }, (err: Error) => {
-          entry.done = true
-          entry.error = err.message
-          const target = targetOf(op) ?? (op.op === 'retire' ? op.node : '')
-          this.cooling.set(target, { until: Date.now() + FAILED_NODE_COOLDOWN_MS, reason: err.message.slice(0, 200) })
-          this.init.log.warn('operation failed', { op: formatOp(op, (id) => this.nodeName(id)), error: err.message })
-          // Let the next plan try again (elsewhere, if the node cannot take it).
-          this.inflight.delete(op.app)
-        })
+        this.track(op, term, async () => { await this.perform(op, term) })
       }
     } catch (err) {
       this.init.log.error('planning failed', { error: (err as Error).stack })
@@ -408,8 +412,36 @@ export class Coordinator {
     }
   }
 
+  /**
+   * Journals found with apps in the committed state and not running here: an
+   * earlier leader's (or this node's before a restart) long operations. Each
+   * goes on from the step it reached.
+   */
+  private resumeJournals (term: number): void {
+    for (const app of this.init.store.current().apps) {
+      const j = app.journal
+      if (j === undefined || this.procedures.isRunning(app.name)) continue
+      this.track(operationOf(j), term, async () => { await this.procedures.resume(j, term) })
+    }
+  }
+
+  /** Runs an operation, visible as in flight (to plans, `why`) until it ends; a failure cools its node down. */
+  private track (op: Operation, term: number, run: () => Promise<void>): void {
+    const entry: Inflight = { op, startedAt: Date.now(), done: false, error: null }
+    this.inflight.set(op.app, entry)
+    void run().then(() => { entry.done = true }, (err: Error) => {
+      entry.done = true
+      entry.error = err.message
+      const target = targetOf(op) ?? (op.op === 'retire' ? op.node : '')
+      this.cooling.set(target, { until: Date.now() + FAILED_NODE_COOLDOWN_MS, reason: err.message.slice(0, 200) })
+      this.init.log.warn('operation failed', { term, op: formatOp(op, (id) => this.nodeName(id)), error: err.message })
+      // Let the next plan try again (elsewhere, if the node cannot take it).
+      this.inflight.delete(op.app)
+    })
+  }
+
   private async perform (op: Operation, term: number): Promise<void> {
-    if (await this.data.perform(op, term)) return
+    if (await this.procedures.perform(op, term)) return
     const app = this.init.store.current().apps.find(a => a.name === op.app)
     switch (op.op) {
       case 'place':
@@ -442,7 +474,7 @@ export class Coordinator {
     const entry: Inflight = { op: { op: 'retire', app: name, node: view.nodeId ?? this.selfId, reason: `rollback to ${snapshot}` }, startedAt: Date.now(), done: false, error: null }
     this.inflight.set(name, entry)
     try {
-      return await this.data.rollback(name, snapshot, term, view.nodeId, signal ?? AbortSignal.timeout(OP_TIMEOUT_MS))
+      return await this.procedures.rollback(name, snapshot, term, view.nodeId, signal ?? AbortSignal.timeout(OP_TIMEOUT_MS))
     } finally {
       this.inflight.delete(name)
     }

@@ -19,6 +19,8 @@ import { constants } from 'node:fs'
 import { copyFile, mkdir, open, readFile, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { decodeDesiredState, decodeLogEntry, type DesiredChange, type DesiredState, type LogEntry } from '../../proto/cluster.ts'
+import type { Journal } from '../../proto/journal.ts'
+import type { DesiredApp } from '../../proto/plan.ts'
 import { reservedNameReason } from '../../proto/frontdoor.ts'
 import { checkGrants, grandfatheredGrants, storagePermission } from '../../proto/permissions.ts'
 import { ValidationError } from '../../proto/validate.ts'
@@ -102,7 +104,19 @@ export function applyChange (state: DesiredState, change: DesiredChange, at: { i
       // Not a user's change: the app's revision (what its containers are labelled with) stays.
       return { ...state, revision, term, apps: state.apps.map(a => a.name === change.name ? { ...a, generation: change.generation, relocation: change.relocation } : a) }
     }
+    case 'journal': {
+      const app = state.apps.find(a => a.name === change.name)
+      if (app === undefined) throw new RpcError('not_found', `no app named ${change.name}`)
+      if (change.journal !== null && change.journal.app !== change.name) throw new RpcError('bad_request', `the journal of ${change.journal.app} cannot be kept with ${change.name}`)
+      // Not a user's change either: the revision its containers carry stays.
+      return { ...state, revision, term, apps: state.apps.map(a => a.name !== change.name ? a : withJournal(a, change.journal)) }
+    }
   }
+}
+
+function withJournal (app: DesiredApp, journal: Journal | null): DesiredApp {
+  const { journal: _old, ...rest } = app
+  return journal === null ? rest : { ...rest, journal }
 }
 
 /** A grant check's ValidationError as the RPC error a client sees (bad_request, naming the field). */

@@ -9,23 +9,18 @@
  * - fences: a node that no longer sees a quorum stops its stateful apps, well
  *   before the majority's failover restores them elsewhere (invariant 1).
  *
- * On the leader, the three ways data moves, each a sequence of operations:
- * - migrate (planned): snapshot while the app runs, the target pulls it, the
- *   source stops the app and takes the final increment, the new data
- *   generation is committed by a majority, the target pulls the increment,
- *   restores and starts, and only then the source's copy is removed;
- * - failover (its node is dead): commit a new generation, restore the newest
- *   snapshot a live node holds on the chosen node;
- * - retire (a stale copy of an older generation, back from a partition): its
- *   data becomes a labelled snapshot, listed to the user; its containers go.
+ * The leader's side, the long operations that send these (a move, a
+ * failover, a rollback), is journalled steps: procedures.ts and
+ * scheduler/procedure.ts. A retired stale copy (an older generation, back
+ * from a partition) keeps its data as a labelled snapshot listed to the user.
  */
 import { peerIdFromString } from '@libp2p/peer-id'
 import {
   SNAPSHOT_QUERY_PROTOCOL, decodeReplicateReply, decodeSnapshotList, decodeSnapshotQuery, decodeTakeReply,
-  type DesiredChange, type Op, type OpResponse, type SnapshotInfo, type SnapshotQuery
+  type Op, type OpResponse, type SnapshotInfo, type SnapshotQuery
 } from '../../proto/cluster.ts'
 import { isStateful } from '../../proto/app.ts'
-import type { DesiredApp, Operation } from '../../proto/plan.ts'
+import type { DesiredApp } from '../../proto/plan.ts'
 import type { SnapshotView } from '../../proto/api.ts'
 import { RpcError, rpcCall, type RpcServer } from '../mesh/rpc.ts'
 import type { Mesh } from '../mesh/mesh.ts'
@@ -45,20 +40,7 @@ const FENCE_AFTER_MS = 500
  * up before it judges the quorum (its apps kept running while it restarted).
  */
 const FENCE_START_GRACE_MS = 5000
-/**
- * The leader restores a dead node's stateful app only once the node has been
- * dead this long: a cut-off node fences about 3 s after losing the majority,
- * the majority declares it dead after 4 s, this keeps a margin on top.
- */
-export const FAILOVER_MARGIN_MS = 2000
 const SCHEDULE_CHECK_MS = 5000
-/**
- * A move stages the copy on the target while the app runs (and after the stop
- * applies only the increment) for data of this size and more. Below it, one
- * full restore is quicker than restic's diff and a partial restore: about a
- * second of restic runs against a few hundred MB/s here, tens on a Pi's card.
- */
-export const STAGE_MIN_BYTES = 64 * 1024 * 1024
 const REPLICATE_TIMEOUT_MS = 10 * 60_000
 /** How often each repository held here is checked against the retention rule. */
 const RETENTION_CHECK_MS = 10 * 60_000
@@ -74,14 +56,10 @@ export interface DataPlaneInit {
   log: Logger
   selfName: () => string
   nodeName: (id: string) => string
-  /** Sends an operation stamped with the term to a node (the coordinator's send). */
-  send: (node: string, op: Op, term: number) => Promise<OpResponse>
   /** Runs the app here (the coordinator's deploy, with image transfer); `restored`: its volumes were just restored for its generation. */
   deploy: (app: DesiredApp, term: number, signal: AbortSignal, restored: boolean) => Promise<void>
   /** Gets the app's images from peers ahead of a move, so no transfer happens while it is stopped. */
   prefetchImages: (app: DesiredApp, signal: AbortSignal) => Promise<void>
-  /** Commits a change of the desired state on a majority (leader only); throws when no majority holds it. */
-  commit: (change: DesiredChange) => Promise<void>
   /** The local apps' states (from the last Docker refresh). */
   localApps: () => Array<{ name: string, state: string, generation?: number }>
   /** Something changed that peers should hear of now (holdings, app states). */
@@ -90,10 +68,10 @@ export interface DataPlaneInit {
   retentionEveryMs?: number
 }
 
-export interface DataCounters { snapshots: number, snapshotFailures: number, replications: number, fenced: number, migrations: number, failovers: number, retired: number }
+export interface DataCounters { snapshots: number, snapshotFailures: number, replications: number, fenced: number, retired: number }
 
 export class DataPlane {
-  readonly counters: DataCounters = { snapshots: 0, snapshotFailures: 0, replications: 0, fenced: 0, migrations: 0, failovers: 0, retired: 0 }
+  readonly counters: DataCounters = { snapshots: 0, snapshotFailures: 0, replications: 0, fenced: 0, retired: 0 }
   private readonly init: DataPlaneInit
   private timers: NodeJS.Timeout[] = []
   private holdingsCache: Array<{ app: string, id: string, time: number }> = []
@@ -214,6 +192,14 @@ export class DataPlane {
         return { done: true, detail: `stopped; final snapshot ${info.id}`, snapshot: info }
       }
       case 'restore': {
+        // Sent again by a leader that resumed a journal (the first one died after the restore, before
+        // recording it): the copy here already runs this generation and may have taken writes since.
+        // Restoring over it would lose them; it only has to run.
+        const here = (await runtime.list(signal)).find(a => a.app === op.app.name)
+        if (here !== undefined && here.generation >= (op.app.generation ?? 1)) {
+          await this.init.deploy(op.app, term, signal, false)
+          return { done: true, detail: `runs data generation ${here.generation} already: not restored again` }
+        }
         // Fetch what is missing first (only the last increment on a move: the bulk came with `sync`).
         if (op.from !== null) {
           const r = await snapshots.pullFrom(op.from, op.app.name, signal)
@@ -401,93 +387,6 @@ export class DataPlane {
     }
   }
 
-  // ---- the leader's side -----------------------------------------------------
-
-  /** Carries out a data-moving operation of a plan; false for operations that are not. */
-  async perform (op: Operation, term: number): Promise<boolean> {
-    if (op.op !== 'migrate' && op.op !== 'restore' && op.op !== 'retire') return false
-    const app = this.init.store.current().apps.find(a => a.name === op.app)
-    if (app === undefined) return true
-    if (op.op === 'retire') {
-      await this.init.send(op.node, { kind: 'retire', name: op.app, liveSnapshot: app.relocation?.snapshot ?? null }, term)
-      return true
-    }
-    if (op.op === 'migrate') {
-      await this.migrate(app, op.from, op.to, term)
-      return true
-    }
-    await this.failover(app, op, term)
-    return true
-  }
-
-  private async migrate (app: DesiredApp, from: string, to: string, term: number): Promise<void> {
-    const { send, commit, log, nodeName } = this.init
-    const started = Date.now()
-    log.info('move: copying while the app runs', { app: app.name, from: nodeName(from), to: nodeName(to) })
-    const copy = await send(from, { kind: 'snapshot', name: app.name, purpose: 'pre-move' }, term)
-    // Staged only when restoring it whole would cost more than the two restic runs of an increment.
-    const stage = copy.snapshot !== undefined && copy.snapshot.bytes >= STAGE_MIN_BYTES ? copy.snapshot.id : null
-    await send(to, { kind: 'sync', name: app.name, from, snapshot: stage, ...(copy.snapshot !== undefined ? { restoreBytes: copy.snapshot.bytes } : {}) }, term)
-    const stoppedAt = Date.now()
-    const handoff = await send(from, { kind: 'handoff', name: app.name }, term)
-    const final = handoff.snapshot
-    if (final === undefined) throw new Error(`${nodeName(from)} took no final snapshot of ${app.name}`)
-    const generation = (app.generation ?? 1) + 1
-    // Committed before the target starts: from here on, the old copy is stale wherever it is found.
-    await commit({ kind: 'relocate', name: app.name, generation, relocation: app.relocation ?? null })
-    const moved: DesiredApp = { ...this.desired(app.name), generation }
-    await send(to, { kind: 'restore', app: moved, snapshot: final.id, from }, term)
-    const downtimeMs = Date.now() - stoppedAt
-    this.counters.migrations++
-    log.info('move: done', { app: app.name, from: nodeName(from), to: nodeName(to), snapshot: final.id, downtimeMs, totalMs: Date.now() - started })
-    await commit({ kind: 'relocate', name: app.name, generation, relocation: { kind: 'move', snapshot: final.id, snapshotTime: final.time, from, to, at: Date.now(), downtimeMs } })
-    await send(from, { kind: 'purge', name: app.name, snapshot: final.id }, term).catch((err: Error) => {
-      log.warn('the old copy stays after a move', { app: app.name, node: nodeName(from), error: err.message })
-    })
-  }
-
-  private async failover (app: DesiredApp, op: Extract<Operation, { op: 'restore' }>, term: number): Promise<void> {
-    const { send, commit, log, nodeName, membership } = this.init
-    // The dead node's copy must be fenced before another starts: wait out the margin.
-    const deadSince = membership.list().filter(m => m.state === 'dead').map(m => m.stateSince)
-    const wait = deadSince.length === 0 ? 0 : Math.max(0, Math.max(...deadSince) + FAILOVER_MARGIN_MS - Date.now())
-    if (wait > 0) await new Promise(resolve => setTimeout(resolve, wait))
-    // The node it was lost with: the dead member that last reported it.
-    const previous = membership.list().find(m => m.state === 'dead' && m.resources?.appStates.some(a => a.name === app.name) === true)?.status.peerId ?? app.relocation?.to ?? null
-    const generation = (app.generation ?? 1) + 1
-    await commit({ kind: 'relocate', name: app.name, generation, relocation: app.relocation ?? null })
-    const restored: DesiredApp = { ...this.desired(app.name), generation }
-    log.info('restoring a stateful app from its newest snapshot', { app: app.name, node: nodeName(op.node), snapshot: op.snapshot, snapshotAgeS: Math.round((Date.now() - op.snapshotTime) / 1000) })
-    await send(op.node, { kind: 'restore', app: restored, snapshot: op.snapshot, from: op.source === op.node ? null : op.source }, term)
-    this.counters.failovers++
-    // An app installed from a backup file starts from its seed; any other restore replaces a copy that was lost.
-    const kind = app.seed != null && (app.generation ?? 1) === 1 && (app.relocation ?? null) === null ? 'restore' : 'failover'
-    await commit({ kind: 'relocate', name: app.name, generation, relocation: { kind, snapshot: op.snapshot, snapshotTime: op.snapshotTime, from: previous, to: op.node, at: Date.now(), downtimeMs: null } })
-  }
-
-  /** `dcloud snapshot restore APP SNAPSHOT`: the app goes back to a snapshot where it runs (its current data kept as a snapshot first). */
-  async rollback (name: string, snapshot: string, term: number, where: string | null, signal: AbortSignal): Promise<SnapshotInfo> {
-    const { send, commit, log } = this.init
-    const app = this.desired(name)
-    const views = await this.list(name, signal)
-    const snap = views.find(s => s.id === snapshot || s.id.startsWith(snapshot))
-    if (snap === undefined) throw new RpcError('not_found', `no snapshot ${snapshot} of ${name} (\`dcloud snapshot ls ${name}\` lists them)`)
-    const node = where ?? snap.holderIds[0]
-    if (node === undefined) throw new RpcError('not_found', `no live node holds snapshot ${snapshot}`)
-    if (where !== null) {
-      // Its current data first becomes a snapshot: a rollback loses nothing.
-      await send(where, { kind: 'handoff', name }, term)
-    }
-    const generation = (app.generation ?? 1) + 1
-    await commit({ kind: 'relocate', name, generation, relocation: app.relocation ?? null })
-    const next: DesiredApp = { ...this.desired(name), generation }
-    const source = snap.holderIds.includes(node) ? null : snap.holderIds[0] ?? null
-    const r = await send(node, { kind: 'restore', app: next, snapshot: snap.id, from: source }, term)
-    await commit({ kind: 'relocate', name, generation, relocation: { kind: 'rollback', snapshot: snap.id, snapshotTime: snap.time, from: where, to: node, at: Date.now(), downtimeMs: null } })
-    log.info('rolled back to a snapshot', { app: name, snapshot: snap.id })
-    return r.snapshot ?? snapshotInfoOf(snap)
-  }
-
   // ---- views -------------------------------------------------------------------
 
   /** Every copy of the app's snapshots on live nodes, merged by id, oldest first. */
@@ -529,8 +428,4 @@ export class DataPlane {
 
 function stamp (ms: number): string {
   return new Date(ms).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
-}
-
-function snapshotInfoOf (v: SnapshotView): SnapshotInfo {
-  return { id: v.id, app: v.app, time: v.time, purpose: v.purpose as SnapshotInfo['purpose'], node: v.node, generation: v.generation, label: v.label, bytes: v.bytes, added: v.added, tree: v.tree }
 }

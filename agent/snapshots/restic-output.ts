@@ -13,7 +13,7 @@
  * repository, 11 locked, 12 wrong password) are understood too.
  */
 import { UserError, EXIT } from '../util/errors.ts'
-import { ValidationError, array, isRecord, number, record, string } from '../../proto/validate.ts'
+import { SNAPSHOT_ID, ValidationError, array, isRecord, number, record, string } from '../../proto/validate.ts'
 
 /** A snapshot as `restic snapshots --json` lists it. */
 export interface Snapshot {
@@ -72,7 +72,6 @@ export type BackupLine =
   | { kind: 'other' }
 
 const HEX_ID = /^[0-9a-f]{64}$/
-const SHORT_ID = /^[0-9a-f]{8,64}$/
 const MAX_COUNT = Number.MAX_SAFE_INTEGER
 const count = (v: unknown, f: string): number => number(v, f, { min: 0, max: MAX_COUNT, integer: true })
 const optionalCount = (v: unknown, f: string): number | null => v === undefined ? null : count(v, f)
@@ -110,7 +109,7 @@ export function parseBackupLine (line: string): BackupLine {
       return {
         kind: 'summary',
         summary: {
-          snapshotId: string(raw.snapshot_id, 'summary.snapshot_id', { max: 64, pattern: SHORT_ID }),
+          snapshotId: string(raw.snapshot_id, 'summary.snapshot_id', { max: 64, pattern: SNAPSHOT_ID }),
           filesNew: count(raw.files_new, 'summary.files_new'),
           filesChanged: count(raw.files_changed, 'summary.files_changed'),
           filesUnmodified: count(raw.files_unmodified, 'summary.files_unmodified'),
@@ -159,7 +158,7 @@ export function parseSnapshot (raw: unknown, field = 'snapshot'): Snapshot {
   const id = string(r.id, `${field}.id`, { max: 64, pattern: HEX_ID })
   const time = string(r.time, `${field}.time`, { max: 64, pattern: /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/ })
   if (Number.isNaN(Date.parse(time))) throw new ValidationError(`${field}.time`, 'is not a date')
-  const shortId = r.short_id === undefined ? id.slice(0, 8) : string(r.short_id, `${field}.short_id`, { max: 64, pattern: SHORT_ID })
+  const shortId = r.short_id === undefined ? id.slice(0, 8) : string(r.short_id, `${field}.short_id`, { max: 64, pattern: SNAPSHOT_ID })
   if (!id.startsWith(shortId)) throw new ValidationError(`${field}.short_id`, 'is not a prefix of the id')
   return {
     id,

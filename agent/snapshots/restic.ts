@@ -25,6 +25,7 @@ import { randomBytes } from 'node:crypto'
 import { lstat, mkdtemp, readdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises'
 import { basename, dirname, join, resolve } from 'node:path'
 import { UserError, EXIT } from '../util/errors.ts'
+import { SNAPSHOT_ID } from '../../proto/validate.ts'
 import { mustBeEmptyOrAbsent, renameError } from './restore-target.ts'
 import {
   PasswordFileError, ResticError, ResticMissingError, IncompleteBackupError,
@@ -132,7 +133,6 @@ const PROGRESS_FPS = '4'
 const MAX_STDOUT = 64 * 1024 * 1024
 const MAX_STDERR = 256 * 1024
 const MAX_LINE = 1024 * 1024
-const SNAPSHOT_ID = /^[0-9a-f]{8,64}$/
 /** Tags restic reads back as written: no comma (it splits tag lists on commas). Shared with tar-repo.ts. */
 export const SNAPSHOT_TAG = /^[A-Za-z0-9_.:=/@+-]{1,128}$/
 const HOST = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/
