@@ -10,6 +10,8 @@ import { askGrants } from '../grants.ts'
 import { verifyArchive, type BackupMeta } from '../../snapshots/archive.ts'
 import { UsageError, UserError, EXIT } from '../../util/errors.ts'
 import type { AppView, RestoreView, SnapshotView, StatusResponse } from '../../../proto/api.ts'
+import { decodeStorage } from '../../../proto/cluster.ts'
+import { ValidationError } from '../../../proto/validate.ts'
 
 export const snapshotHelp = `dcloud snapshot COMMAND
   create APP [--json]              snapshot the app's volumes now (quiesced) and replicate it to peers
@@ -183,6 +185,15 @@ export async function restoreCommand (argv: string[]): Promise<number> {
       if ((await rl.question('restore? [y/N] ')).trim().toLowerCase() !== 'y') return EXIT.failure
     } finally {
       rl.close()
+    }
+  }
+  // Refused here, before a byte of a file that may be gigabytes is sent, by the agent's own rule.
+  if (hostPath !== null) {
+    try {
+      decodeStorage({ hostPath }, '--data-dir')
+    } catch (err) {
+      if (err instanceof ValidationError) throw new UsageError(err.message, restoreHelp)
+      throw err
     }
   }
   // The app's own permissions, and its data directory's: asked as `app install` asks.
