@@ -176,6 +176,8 @@ export interface AppView {
   /** Stateful apps: the live data generation, and the last time the data came from a snapshot. */
   generation?: number
   relocation?: RelocationView | null
+  /** A long operation under way on its data (a move, a failover, a rollback), as far as it got; absent: none. */
+  operation?: OperationView
   /** The node directory its data is kept in, when not Docker's volumes (`dcloud restore --data-dir`). */
   hostPath?: string
   /** Where it answers: `https://NAME.DOMAIN/` at any node's front door (docs/frontdoor.md); null when it has no web UI. */
@@ -183,6 +185,19 @@ export interface AppView {
   /** Permissions its manifest requests, and those the owner granted (proto/permissions.ts names). */
   permissions: string[]
   grants: string[]
+}
+
+export interface OperationView {
+  kind: 'move' | 'failover' | 'rollback'
+  /** The journal's id: `move-notes-1733600000000`. */
+  id: string
+  /** Steps finished, of how many. */
+  done: number
+  of: number
+  /** Every step in plain words, the finished ones marked `[x]`. */
+  steps: string[]
+  /** Set once it gave up its plan and recovers: why. */
+  recovery: string | null
 }
 
 export interface RelocationView {

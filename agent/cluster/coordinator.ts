@@ -20,6 +20,7 @@ import type { AppView, RelocationView, SnapshotView, WhyView } from '../../proto
 import type { ClusterBeat, AppReport, NodeResources } from '../../proto/status.ts'
 import type { AppStorage, ClusterSnapshot, DesiredApp, Operation, Placement, Plan, SchedNode, SchedulerPolicy } from '../../proto/plan.ts'
 import { DEFAULT_POLICY, plan as makePlan } from '../../scheduler/plan.ts'
+import { formatProcedure } from '../../scheduler/procedure.ts'
 import { RpcError, rpcCall, type RpcServer } from '../mesh/rpc.ts'
 import type { Mesh } from '../mesh/mesh.ts'
 import type { Membership } from '../status/membership.ts'
@@ -518,6 +519,7 @@ export class Coordinator {
         endpoints,
         revision: app.revision,
         ...(stateful ? { generation: app.generation ?? 1, relocation: this.relocationView(app) } : {}),
+        ...(app.journal !== undefined ? { operation: { kind: app.journal.kind, id: app.journal.id, done: app.journal.done, of: app.journal.steps.length, steps: formatProcedure(app.journal, (id) => this.nodeName(id)), recovery: app.journal.recovery ?? null } } : {}),
         ...(app.storage != null ? { hostPath: app.storage.hostPath } : {}),
         permissions: requestedPermissions(app.manifest, app.storage).map(p => p.name),
         grants: app.grants ?? []

@@ -78,7 +78,8 @@ done
 /**
  * pgbench -i until it succeeds (unless the tables exist: an earlier instance
  * made them), then back-to-back standard (TPC-B-like) runs
- * until the deadline. A run whose connections break aborts and reports what
+ * until the deadline, which a change of target pushes to at least 15 s after
+ * it (a slow move must not leave the new server without load). A run whose connections break aborts and reports what
  * it committed so far; the next run picks up on the current target. Every run
  * has -n: without it pgbench truncates pgbench_history first, and the history
  * is what the verification counts.
@@ -99,6 +100,9 @@ echo "$start" > /w/started
 end=$((start + seconds))
 i=0
 while [ ! -e /w/stop ]; do
+  # A new target (the db moved) gets at least 15 s of load, however long the move took.
+  moved=$(date -r /w/target +%s 2>/dev/null || echo 0)
+  [ $((moved + 15)) -le "$end" ] || end=$((moved + 15))
   left=$((end - $(date +%s)))
   [ "$left" -gt 0 ] || break
   if ! c=$(conninfo pgbench); then sleep 0.2; continue; fi

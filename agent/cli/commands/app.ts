@@ -19,8 +19,9 @@ export const appHelp = `dcloud app COMMAND
   revoke NAME PERM...                                    take permissions away (it is redeployed without them)
   ls [--json]                                            every app: its URL (https://NAME.DOMAIN/), node, state, endpoints, permissions granted
   rm NAME                                                remove an app (its volumes are kept)
-  move NAME NODE                                         move an app to another node (a stateful app with its data;
-                                                         prints the downtime)
+  move NAME NODE [--no-wait]                             move an app to another node (a stateful app with its data;
+                                                         prints the downtime; --no-wait: return once accepted, and
+                                                         follow its steps in \`app ls\`)
   logs NAME [--tail N]                                   the app's container logs (the last N lines, 1 to 10000; default 200)
   why NAME [--json]                                      why the app runs where it does, or nowhere`
 
@@ -137,6 +138,11 @@ async function list (argv: string[]): Promise<number> {
     const what = r.kind === 'failover' ? `came back on ${r.to} after ${r.from ?? 'its node'} died` : r.kind === 'move' ? `moved from ${r.from ?? '?'} to ${r.to} (downtime ${r.downtimeMs ?? '?'} ms)` : r.kind === 'rollback' ? `rolled back on ${r.to}` : `restored from a backup on ${r.to}`
     process.stdout.write(`${a.name}: ${what}, at ${r.at}, from snapshot ${r.snapshot} taken ${r.snapshotTime}\n`)
   }
+  for (const a of apps) {
+    const o = a.operation
+    if (o === undefined) continue
+    process.stdout.write(`${a.name}: ${o.kind} under way, ${o.done} of ${o.of} steps done${o.recovery !== null ? `; recovering: ${o.recovery}` : ''}\n${o.steps.map(s => `  ${s}\n`).join('')}`)
+  }
   return 0
 }
 
@@ -148,7 +154,7 @@ async function remove (argv: string[]): Promise<number> {
 }
 
 async function move (argv: string[]): Promise<number> {
-  const { args: [name, node] } = parseCommand(argv, { usage: 'dcloud app move NAME NODE', args: ['NAME', 'NODE'] })
+  const { values, args: [name, node] } = parseCommand(argv, { usage: 'dcloud app move NAME NODE [--no-wait]', args: ['NAME', 'NODE'], options: { 'no-wait': { type: 'boolean', default: false } } })
   const nodeId = await nodeIdByName(node)
   const current = (await apiGet<AppView[]>('/v1/apps')).find(a => a.name === name)
   if (current === undefined) throw new UserError(`no app named ${name}`, { exitCode: EXIT.noInput })
@@ -160,6 +166,10 @@ async function move (argv: string[]): Promise<number> {
     return 0
   }
   await apiRequest('POST', `/v1/apps/${encodeURIComponent(name)}/move`, { node: nodeId }, undefined, 30_000)
+  if (values['no-wait'] === true) {
+    process.stdout.write(`${name}: move to ${node} accepted; \`dcloud app ls\` shows its steps as they go\n`)
+    return 0
+  }
   // A stateful app has moved once its data did: the leader records the move, with its downtime, when the copy runs.
   const moved = (a: AppView): boolean => a.nodeId === nodeId && a.state === 'running' &&
     (!a.stateful || (a.relocation != null && a.relocation.kind === 'move' && Date.parse(a.relocation.at) >= started - 1000))
