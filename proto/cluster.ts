@@ -57,8 +57,12 @@ export type DesiredChange =
   | { kind: 'drain', node: string, drained: boolean }
   /** Made by the leader itself: the app's data now lives in a new generation (restored from a snapshot). */
   | { kind: 'relocate', name: string, generation: number, relocation: Relocation | null }
-  /** Made by the leader itself: how far a long operation on the app got (null: it is over). */
-  | { kind: 'journal', name: string, journal: Journal | null }
+  /**
+   * Made by the leader itself: how far a long operation on the app got (null:
+   * it is over), in place of the journal with id `replaces` (null: none);
+   * refused when the app holds another.
+   */
+  | { kind: 'journal', name: string, journal: Journal | null, replaces: string | null }
 
 /** `revision`: the log index the change was committed at; `replicatedTo`: how many nodes held it then (this one included). */
 export interface ChangeResponse { revision: number, replicatedTo: number }
@@ -337,7 +341,8 @@ export function decodeChange (raw: unknown): DesiredChange {
     case 'journal': return {
       kind: 'journal',
       name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }),
-      journal: r.journal === null ? null : decodeJournal(r.journal, 'change.journal')
+      journal: r.journal === null ? null : decodeJournal(r.journal, 'change.journal'),
+      replaces: r.replaces === null || r.replaces === undefined ? null : string(r.replaces, 'change.replaces', { max: 100 })
     }
     default: throw new ValidationError('change.kind', 'must be install, remove, move, drain, relocate, journal, grants or domain')
   }

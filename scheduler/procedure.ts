@@ -119,9 +119,21 @@ export interface ProcedurePort {
   perform: (step: Step, j: Journal) => Promise<(SnapshotRef & { bytes: number }) | undefined>
   /** Commits the new generation, or the relocation record; throws when no majority holds it. */
   commit: (step: Extract<Step, { do: 'generation' | 'record' }>, j: Journal) => Promise<void>
-  /** Commits the app's journal (null: the procedure is over); throws when no majority holds it. */
-  save: (app: string, j: Journal | null) => Promise<void>
+  /**
+   * Commits the app's journal (null: the procedure is over) in place of the
+   * one with id `replaces` (null: none), compare-and-set: refused when the
+   * app holds another (removed and installed again, or taken over). Throws
+   * when refused or when no majority holds it.
+   */
+  save: (app: string, j: Journal | null, replaces: string | null) => Promise<void>
   alive: (node: string) => boolean
+  /**
+   * Whether the committed state still holds this journal with its app: false
+   * once the app was removed (and perhaps installed again under the same
+   * name) or another leader replaced the journal. The executor then stops
+   * without touching anything: the steps are no longer its to take.
+   */
+  holds: (j: Journal) => boolean
   now: () => number
   sleep: (ms: number) => Promise<void>
   log?: (line: string, j: Journal) => void
@@ -139,9 +151,10 @@ export class LeadershipLost extends Error {}
  */
 export async function runProcedure (j: Journal, port: ProcedurePort, opts: { fresh: boolean }): Promise<ProcedureOutcome> {
   let cur = j
-  if (opts.fresh) await saveOrLose(port, cur.app, cur)
+  if (opts.fresh) await saveOrLose(port, cur.app, cur, null)
   let why: string | null = null
   while (cur.done < cur.steps.length) {
+    if (!port.holds(cur)) throw new LeadershipLost(`${cur.id} is no longer the journal of ${cur.app}: stopped`)
     const step = cur.steps[cur.done] as Step
     const node = nodeOf(step)
     let taken: (SnapshotRef & { bytes: number }) | undefined
@@ -169,22 +182,22 @@ export async function runProcedure (j: Journal, port: ProcedurePort, opts: { fre
       port.log?.(`recovery: ${r.then}: ${r.why}`, cur)
       why = r.why
       if (r.then === 'abandon') {
-        await saveOrLose(port, cur.app, null)
+        await saveOrLose(port, cur.app, null, cur.id)
         return { journal: cur, outcome: 'abandoned', why }
       }
       cur = { ...cur, steps: [...cur.steps.slice(0, cur.done), ...r.steps], recovery: r.why }
-      await saveOrLose(port, cur.app, cur)
+      await saveOrLose(port, cur.app, cur, cur.id)
       continue
     }
     cur = advance(cur, step, taken)
-    await saveOrLose(port, cur.app, cur.done === cur.steps.length ? null : cur)
+    await saveOrLose(port, cur.app, cur.done === cur.steps.length ? null : cur, cur.id)
   }
   return { journal: cur, outcome: cur.recovery === undefined ? 'done' : 'abandoned', why }
 }
 
-async function saveOrLose (port: ProcedurePort, app: string, j: Journal | null): Promise<void> {
+async function saveOrLose (port: ProcedurePort, app: string, j: Journal | null, replaces: string | null): Promise<void> {
   try {
-    await port.save(app, j)
+    await port.save(app, j, replaces)
   } catch (err) {
     throw new LeadershipLost((err as Error).message)
   }

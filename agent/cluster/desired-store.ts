@@ -108,6 +108,9 @@ export function applyChange (state: DesiredState, change: DesiredChange, at: { i
       const app = state.apps.find(a => a.name === change.name)
       if (app === undefined) throw new RpcError('not_found', `no app named ${change.name}`)
       if (change.journal !== null && change.journal.app !== change.name) throw new RpcError('bad_request', `the journal of ${change.journal.app} cannot be kept with ${change.name}`)
+      // Compare-and-set: an executor whose app was removed and installed again, or whose journal another leader took over, writes nothing.
+      const held = app.journal?.id ?? null
+      if (held !== change.replaces) throw new RpcError('conflict', `${change.name} holds ${held === null ? 'no journal' : `journal ${held}`}, not ${change.replaces ?? 'none'}`)
       // Not a user's change either: the revision its containers carry stays.
       return { ...state, revision, term, apps: state.apps.map(a => a.name !== change.name ? a : withJournal(a, change.journal)) }
     }

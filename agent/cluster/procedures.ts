@@ -155,7 +155,8 @@ export class Procedures {
         if (step.kind === 'move') log.info('move: done', { app: j.app, from: step.from === null ? null : nodeName(step.from), to: nodeName(step.to), snapshot: snap.id, downtimeMs, totalMs: now - j.startedAt })
         await commit({ kind: 'relocate', name: j.app, generation: app.generation ?? 1, relocation: { kind: step.kind, snapshot: snap.id, snapshotTime: snap.time, from: step.from, to: step.to, at: now, downtimeMs } })
       },
-      save: async (app, journal) => { await commit({ kind: 'journal', name: app, journal }) },
+      save: async (app, journal, replaces) => { await commit({ kind: 'journal', name: app, journal, replaces }) },
+      holds: (j) => this.init.store.current().apps.find(a => a.name === j.app)?.journal?.id === j.id,
       alive: (node) => node === this.init.selfId() || (this.init.membership.get(node)?.state ?? 'dead') !== 'dead',
       now: () => Date.now(),
       sleep: async (ms) => { await sleep(ms, AbortSignal.timeout(ms + 60_000)) },

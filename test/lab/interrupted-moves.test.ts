@@ -90,9 +90,28 @@ describe('moves interrupted by a death', () => {
     await lab.down()
   }, 120_000)
 
-  async function installOn (node: string): Promise<void> {
+  /**
+   * A fresh notes with 200 MB on a node that is not the leader, every node
+   * alive; returns the two nodes of the move: `from` (where it runs) and
+   * `to`, and the leader, which is neither (elections on a loaded machine
+   * can move the lead meanwhile: it is read again just before the move).
+   */
+  async function prepare (): Promise<{ from: string, to: string, leader: string }> {
+    await waitFor(async () => {
+      const views = await Promise.all(NODES.map(async n => await lab.view(n)))
+      return views.every(v => Object.values(v).filter(s => s === 'alive').length === NODES.length) ? true : undefined
+    }, 120_000, 'every node alive to every other', 500)
     const existing = await app('n1', 'notes').catch(() => undefined)
     if (existing !== undefined) await dcOk('n1', ['app', 'rm', 'notes'])
+    const first = await leaderName()
+    const home = NODES.find(n => n !== first) as string
+    await installOn(home)
+    const leader = await leaderName()
+    if (leader === home) throw new Error(`the lead moved to ${home}, where notes runs; this case needs them apart`)
+    return { from: home, to: NODES.find(n => n !== home && n !== leader) as string, leader }
+  }
+
+  async function installOn (node: string): Promise<void> {
     await dcOk(node, ['app', 'install', NOTES, '--node', node])
     await waitFor(async () => (await appVia(node))?.state === 'running' ? true : undefined, 60_000, 'notes running', 500)
     // 200 MB besides the log: a copy and a sync that take seconds.
@@ -103,9 +122,7 @@ describe('moves interrupted by a death', () => {
   }
 
   it('the leader killed mid-move: the next leader resumes the journal; one copy, nothing lost', async () => {
-    const leader = await leaderName()
-    const [from, to] = NODES.filter(n => n !== leader) as [string, string]
-    await installOn(from)
+    const { from, to, leader } = await prepare()
     const { acked, step } = await moveAndKill(from, to, leader, 1, to)
     expect(step, 'killed inside the move').toBeLessThan(8)
     const a = await appVia(from)
@@ -121,9 +138,7 @@ describe('moves interrupted by a death', () => {
   }, 420_000)
 
   it('the target killed mid-move: the app stays (or starts again) on the source; one copy, nothing lost', async () => {
-    const leader = await leaderName()
-    const [from, to] = NODES.filter(n => n !== leader) as [string, string]
-    await installOn(from)
+    const { from, to, leader } = await prepare()
     const { acked, step } = await moveAndKill(from, to, to, 1, leader)
     expect(step).toBeLessThan(8)
     const a = await appVia(leader)
@@ -141,9 +156,7 @@ describe('moves interrupted by a death', () => {
   }, 420_000)
 
   it('the source killed mid-move: the app comes back from a snapshot; what only the source had is kept in a snapshot when it returns', async () => {
-    const leader = await leaderName()
-    const [from, to] = NODES.filter(n => n !== leader) as [string, string]
-    await installOn(from)
+    const { from, to, leader } = await prepare()
     const { acked, step } = await moveAndKill(from, to, from, 1, leader)
     expect(step).toBeLessThan(8)
     const live = await readNotesInLab(lab.name, leader, { app: 'notes' })

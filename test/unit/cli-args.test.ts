@@ -68,7 +68,7 @@ describe('every command, with bad arguments and no agent', () => {
   afterAll(() => { if (saved === undefined) delete process.env.DCLOUD_API; else process.env.DCLOUD_API = saved })
 
   const cases: Array<[string, Run, string[], string]> = [
-    ['app move', appCommand, ['move', 'notes', 'n2', '--dry-run'], "unknown option '--dry-run'"],
+    ['app move', appCommand, ['move', 'notes', 'n2', '--force'], "unknown option '--force'"],
     ['app move', appCommand, ['move', 'notes', 'n2', 'n3'], "unexpected argument 'n3'"],
     ['app move', appCommand, ['move', 'notes'], 'missing NODE'],
     ['app move', appCommand, ['move', 'notes', 'n2'], 'unreachable'],
@@ -119,8 +119,8 @@ describe('every command, with bad arguments and no agent', () => {
   })
 
   it('exits 64 from the real entry, saying what is wrong and how to see the usage', () => {
-    const r = spawnSync(process.execPath, [join(PROJECT_ROOT, 'agent', 'cli', 'main.ts'), 'app', 'move', 'notes', 'n2', '--dry-run'], { encoding: 'utf8', env: { ...process.env, DCLOUD_API: 'unix:/nonexistent.sock' }, timeout: 60_000 })
-    expect(r.stderr).toBe("dcloud: unknown option '--dry-run'\n  usage: dcloud app move NAME NODE; see `dcloud app move --help`\n")
+    const r = spawnSync(process.execPath, [join(PROJECT_ROOT, 'agent', 'cli', 'main.ts'), 'app', 'move', 'notes', 'n2', '--force'], { encoding: 'utf8', env: { ...process.env, DCLOUD_API: 'unix:/nonexistent.sock' }, timeout: 60_000 })
+    expect(r.stderr).toBe("dcloud: unknown option '--force'\n  usage: dcloud app move NAME NODE [--dry-run] [--no-wait]; see `dcloud app move --help`\n")
     expect(r.status).toBe(EXIT.usage)
     const v = spawnSync(process.execPath, [join(PROJECT_ROOT, 'agent', 'cli', 'main.ts'), 'version', 'now'], { encoding: 'utf8', timeout: 60_000 })
     expect(v.stderr).toMatch(/^dcloud: unexpected argument 'now'/)

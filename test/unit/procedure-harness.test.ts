@@ -180,8 +180,14 @@ class World {
           else this.desired.relocation = step.kind
         })
       },
-      save: async (_app, j) => { effect(() => { this.desired.journal = j === null ? null : decodeJournal(JSON.parse(JSON.stringify(j))) }) },
+      save: async (_app, j, replaces) => {
+        effect(() => {
+          if ((this.desired.journal?.id ?? null) !== replaces) throw new Error('conflict: the app holds another journal')
+          this.desired.journal = j === null ? null : decodeJournal(JSON.parse(JSON.stringify(j)))
+        })
+      },
       alive: (n) => this.node(n).alive,
+      holds: (j) => this.desired.journal?.id === j.id,
       now: () => this.now(),
       sleep: async () => {}
     }
@@ -260,7 +266,7 @@ async function effectsOf (make: Make): Promise<number> {
   const w = new World(A)
   let n = 0
   const port = w.port()
-  const counted: ProcedurePort = { ...port, perform: async (s, j) => { n++; return await port.perform(s, j) }, commit: async (s, j) => { n++; await port.commit(s, j) }, save: async (a, j) => { n++; await port.save(a, j) } }
+  const counted: ProcedurePort = { ...port, perform: async (s, j) => { n++; return await port.perform(s, j) }, commit: async (s, j) => { n++; await port.commit(s, j) }, save: async (a, j, r) => { n++; await port.save(a, j, r) } }
   await runProcedure(make(w), counted, { fresh: true })
   return n
 }
@@ -337,6 +343,27 @@ describe('long operations interrupted at every step (simulated cluster)', () => 
     const only = onSource.filter(r => !live.includes(r))
     expect(only.length).toBeGreaterThan(0)
     expect(w.lost()).toEqual([])
+  })
+})
+
+describe('an executor whose journal is gone', () => {
+  it('stops without another effect once the app was removed (or reinstalled) under it', async () => {
+    const w = new World(A)
+    const port = w.port()
+    let effects = 0
+    const counted: ProcedurePort = {
+      ...port,
+      perform: async (s, j) => {
+        effects++
+        const r = await port.perform(s, j)
+        // The user removes the app after the copy: its journal goes with it.
+        if (s.do === 'copy') w.desired.journal = null
+        return r
+      }
+    }
+    await expect(runProcedure(moveSteps('notes', A, B, 2, w.now()), counted, { fresh: true })).rejects.toThrow(/holds another journal/)
+    expect(effects).toBe(1)
+    expect(w.runningCopies()).toEqual([A])
   })
 })
 

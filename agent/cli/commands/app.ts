@@ -8,6 +8,7 @@ import { ValidationError } from '../../../proto/validate.ts'
 import type { AppView, DomainView, StatusResponse, WhyView } from '../../../proto/api.ts'
 import type { AppManifest } from '../../../proto/app.ts'
 import { askGrants } from '../grants.ts'
+import { formatStep, moveSteps as planMove } from '../../../scheduler/procedure.ts'
 
 export const appHelp = `dcloud app COMMAND
   install PATH|ID [--name N] [--node NODE] [--set K=V]... [--grant all|P1,P2] [--yes] [--no-wait]
@@ -19,9 +20,10 @@ export const appHelp = `dcloud app COMMAND
   revoke NAME PERM...                                    take permissions away (it is redeployed without them)
   ls [--json]                                            every app: its URL (https://NAME.DOMAIN/), node, state, endpoints, permissions granted
   rm NAME                                                remove an app (its volumes are kept)
-  move NAME NODE [--no-wait]                             move an app to another node (a stateful app with its data;
-                                                         prints the downtime; --no-wait: return once accepted, and
-                                                         follow its steps in \`app ls\`)
+  move NAME NODE [--dry-run] [--no-wait]                 move an app to another node (a stateful app with its data;
+                                                         prints the downtime); --dry-run: print its steps, do
+                                                         nothing; --no-wait: return once accepted, and follow its
+                                                         steps in \`app ls\`
   logs NAME [--tail N]                                   the app's container logs (the last N lines, 1 to 10000; default 200)
   why NAME [--json]                                      why the app runs where it does, or nowhere`
 
@@ -154,10 +156,14 @@ async function remove (argv: string[]): Promise<number> {
 }
 
 async function move (argv: string[]): Promise<number> {
-  const { values, args: [name, node] } = parseCommand(argv, { usage: 'dcloud app move NAME NODE [--no-wait]', args: ['NAME', 'NODE'], options: { 'no-wait': { type: 'boolean', default: false } } })
+  const { values, args: [name, node] } = parseCommand(argv, { usage: 'dcloud app move NAME NODE [--dry-run] [--no-wait]', args: ['NAME', 'NODE'], options: { 'dry-run': { type: 'boolean', default: false }, 'no-wait': { type: 'boolean', default: false } } })
   const nodeId = await nodeIdByName(node)
   const current = (await apiGet<AppView[]>('/v1/apps')).find(a => a.name === name)
   if (current === undefined) throw new UserError(`no app named ${name}`, { exitCode: EXIT.noInput })
+  if (values['dry-run'] === true) {
+    process.stdout.write(await moveSteps(current, nodeId, node))
+    return 0
+  }
   const started = Date.now()
   if (current.nodeId === nodeId && current.state === 'running') {
     // Pin it there all the same, so the scheduler keeps it there; nothing moves.
@@ -178,6 +184,17 @@ async function move (argv: string[]): Promise<number> {
   const r = app.relocation
   if (app.stateful && r != null) process.stdout.write(`data: final snapshot ${r.snapshot}; downtime ${r.downtimeMs ?? '?'} ms (stopped on ${r.from ?? '?'} until running on ${r.to})\n`)
   return 0
+}
+
+/** What `app move` would do, step by step, without doing it: the same steps the leader runs (scheduler/procedure.ts). */
+async function moveSteps (app: AppView, toId: string, to: string): Promise<string> {
+  if (app.nodeId === toId) return `${app.name} already runs on ${to}: it would only be pinned there\n`
+  if (app.nodeId === null) return `${app.name} runs nowhere now: it would be pinned to ${to} and placed there\n`
+  if (!app.stateful) return `${app.name} would start on ${to}, then stop on ${app.node ?? '?'} (stateless: no data moves)\n`
+  const status = await apiGet<StatusResponse>('/v1/status')
+  const name = (id: string): string => status.nodes.find(n => n.id === id)?.name ?? id
+  const steps = planMove(app.name, app.nodeId, toId, (app.generation ?? 1) + 1, Date.now())
+  return `${app.name} would move from ${app.node ?? '?'} to ${to} with its data, in ${steps.steps.length} steps (a journal in the replicated state: a new leader resumes it):\n${steps.steps.map((s, i) => `  ${i + 1}. ${formatStep(s, name)}\n`).join('')}`
 }
 
 async function logs (argv: string[]): Promise<number> {
