@@ -6,8 +6,9 @@
  *   restore, retire, purge);
  * - snapshots the stateful apps it runs on their schedule and has peers pull
  *   each new snapshot (replication);
- * - fences: a node that no longer sees a quorum stops its stateful apps, well
- *   before the majority's failover restores them elsewhere (invariant 1).
+ * - fences, through its QuorumFence (agent/fence/quorum-fence.ts): a node
+ *   that no longer sees a quorum stops its stateful apps, well before the
+ *   majority's failover restores them elsewhere (invariant 1).
  *
  * The leader's side, the long operations that send these (a move, a
  * failover, a rollback), is journalled steps: procedures.ts and
@@ -19,7 +20,6 @@ import {
   SNAPSHOT_QUERY_PROTOCOL, decodeReplicateReply, decodeSnapshotList, decodeSnapshotQuery, decodeTakeReply,
   type Op, type OpResponse, type SnapshotInfo, type SnapshotQuery
 } from '../../proto/cluster.ts'
-import { isStateful } from '../../proto/app.ts'
 import type { DesiredApp } from '../../proto/plan.ts'
 import type { SnapshotView } from '../../proto/api.ts'
 import { RpcError, rpcCall, type RpcServer } from '../mesh/rpc.ts'
@@ -32,14 +32,8 @@ import { snapshotPolicy, type SnapshotService } from '../snapshots/service.ts'
 import { KEEP_DEFAULTS } from '../../scheduler/retention.ts'
 import { nextSnapshotDue } from '../../scheduler/snapshot-cadence.ts'
 import type { Logger } from '../util/log.ts'
+import { QuorumFence } from '../fence/quorum-fence.ts'
 
-/** A node that stops seeing a quorum fences after this long (its peers went suspect seconds ago already). */
-const FENCE_AFTER_MS = 500
-/**
- * A starting agent has heard nobody yet: it gives its peers this long to show
- * up before it judges the quorum (its apps kept running while it restarted).
- */
-const FENCE_START_GRACE_MS = 5000
 const SCHEDULE_CHECK_MS = 5000
 const REPLICATE_TIMEOUT_MS = 10 * 60_000
 /** How often each repository held here is checked against the retention rule. */
@@ -68,25 +62,32 @@ export interface DataPlaneInit {
   retentionEveryMs?: number
 }
 
-export interface DataCounters { snapshots: number, snapshotFailures: number, replications: number, fenced: number, retired: number }
+export interface DataCounters { snapshots: number, snapshotFailures: number, replications: number, retired: number }
 
 export class DataPlane {
-  readonly counters: DataCounters = { snapshots: 0, snapshotFailures: 0, replications: 0, fenced: 0, retired: 0 }
+  readonly counters: DataCounters = { snapshots: 0, snapshotFailures: 0, replications: 0, retired: 0 }
   private readonly init: DataPlaneInit
   private timers: NodeJS.Timeout[] = []
   private holdingsCache: Array<{ app: string, id: string, time: number }> = []
   /** Per app: its newest snapshot's time, how long the last take-and-replicate took, when the last one failed (scheduler/snapshot-cadence.ts). */
   private readonly cadence = new Map<string, { lastSnapshotAt: number | null, lastCycleMs: number, lastFailureAt: number | null }>()
   private readonly taking = new Set<string>()
-  private quorumLostAt: number | null = null
-  private readonly startedAt = Date.now()
-  private fencing = false
+  /** Fencing: this node's stateful apps stop when it no longer sees a quorum. */
+  readonly fence: QuorumFence
   private retaining = false
   private readonly controller = new AbortController()
   private started = false
 
   constructor (init: DataPlaneInit) {
     this.init = init
+    this.fence = new QuorumFence({
+      seesQuorum: () => init.election.seesQuorum(),
+      desired: () => init.store.current().apps,
+      localApps: () => init.localApps(),
+      quiesce: async (app, how, signal, stopTimeoutS) => await init.runtime.quiesce(app, how, signal, stopTimeoutS),
+      announce: () => { init.announce() },
+      log: init.log
+    })
   }
 
   private get selfId (): string {
@@ -105,7 +106,7 @@ export class DataPlane {
       timeoutMs: REPLICATE_TIMEOUT_MS
     })
     await this.refreshHoldings()
-    this.timers.push(setInterval(() => { void this.fenceCheck() }, 250))
+    this.fence.start()
     this.timers.push(setInterval(() => { void this.scheduledSnapshots() }, SCHEDULE_CHECK_MS))
     this.timers.push(setInterval(() => { void this.retention() }, this.init.retentionEveryMs ?? RETENTION_CHECK_MS))
   }
@@ -114,6 +115,7 @@ export class DataPlane {
     if (!this.started) return
     this.started = false
     this.controller.abort()
+    this.fence.stop()
     for (const t of this.timers) clearInterval(t)
     this.timers = []
   }
@@ -348,42 +350,6 @@ export class DataPlane {
       }
     } finally {
       this.retaining = false
-    }
-  }
-
-  // ---- fencing -------------------------------------------------------------
-
-  /**
-   * Invariant 1: a node cut off from the majority stops its stateful apps
-   * before the majority restores them elsewhere. Pausing first freezes every
-   * write at once; the stop that follows may take the app's grace period.
-   */
-  private async fenceCheck (): Promise<void> {
-    if (this.fencing) return
-    const now = Date.now()
-    if (this.init.election.seesQuorum()) {
-      if (this.quorumLostAt !== null) this.init.log.info('quorum seen again')
-      this.quorumLostAt = null
-      return
-    }
-    if (this.quorumLostAt === null) this.quorumLostAt = now
-    if (now - this.quorumLostAt < FENCE_AFTER_MS || now - this.startedAt < FENCE_START_GRACE_MS) return
-    const running = this.init.localApps().filter(a => a.state === 'running' || a.state === 'starting')
-      .filter(a => { const d = this.init.store.current().apps.find(x => x.name === a.name); return d !== undefined && isStateful(d.manifest) })
-    if (running.length === 0) return
-    this.fencing = true
-    try {
-      for (const a of running) {
-        this.init.log.warn('fencing: no quorum in sight, stopping a stateful app so two copies never write at once', { app: a.name })
-        await this.init.runtime.quiesce(a.name, 'pause', AbortSignal.timeout(10_000)).catch(() => [])
-        await this.init.runtime.quiesce(a.name, 'stop', AbortSignal.timeout(30_000), 2)
-        this.counters.fenced++
-      }
-      this.init.announce()
-    } catch (err) {
-      this.init.log.error('fencing failed', { error: (err as Error).message })
-    } finally {
-      this.fencing = false
     }
   }
 
