@@ -92,3 +92,14 @@ export function decodeAcmeChange (r: Record<string, unknown>): DesiredChange {
     default: throw new ValidationError('change.kind', 'is not an ACME or secret change')
   }
 }
+
+/** A certificate as its replicated secret holds it: the chain the CA returned and its key. */
+export interface StoredCertificate { certPem: string, keyPem: string }
+
+export function decodeStoredCertificate (raw: unknown, field = 'certificate'): StoredCertificate {
+  const r = record(raw, field)
+  return {
+    certPem: string(r.certPem, `${field}.certPem`, { min: 60, max: 32 * 1024, pattern: PEM_CERTS }),
+    keyPem: string(r.keyPem, `${field}.keyPem`, { min: 60, max: 8 * 1024, pattern: /^-----BEGIN (EC |RSA )?PRIVATE KEY-----\r?\n[A-Za-z0-9+/=\r\n]+-----END (EC |RSA )?PRIVATE KEY-----\s*$/ })
+  }
+}
