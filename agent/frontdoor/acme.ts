@@ -19,7 +19,7 @@
  * with a backoff (scheduler/certificates.ts); the cluster CA's certificate
  * keeps serving the host meanwhile.
  */
-import { Agent as HttpsAgent } from 'node:https'
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
 import { request as httpRequest } from 'node:http'
 import { X509Certificate, generateKeyPairSync } from 'node:crypto'
 import * as acme from 'acme-client'
@@ -156,27 +156,28 @@ export class AcmeIssuer {
   private schedule (ms: number): void {
     clearTimeout(this.timer)
     this.timer = setTimeout(() => {
-      this.running = this.tick().finally(() => {
+      this.running = this.tick().then(ordered => {
         this.running = null
-        if (this.started) this.schedule(this.init.intervalMs ?? DEFAULT_INTERVAL_MS)
-      })
+        // The next host at once after a certificate was stored; otherwise at the next round.
+        if (this.started) this.schedule(ordered ? 0 : this.init.intervalMs ?? DEFAULT_INTERVAL_MS)
+      }, () => { this.running = null })
     }, ms)
   }
 
-  /** One round: on the leader with ACME set, the first host that needs a certificate gets one. */
-  async tick (): Promise<void> {
+  /** One round: on the leader with ACME set, the first host that needs a certificate gets one. Whether one was stored. */
+  async tick (): Promise<boolean> {
     const state = this.init.state()
     const settings = state.acme
     if (!this.init.isLeader() || settings === undefined) {
       this.status.plan = []
-      return
+      return false
     }
     const now = (this.init.now ?? Date.now)()
     const hosts = wantedHosts(clusterDomain(state), state.apps.map(a => ({ name: a.name, web: a.manifest.web })))
     const plan = certificatePlan(hosts, this.init.certificates.all(state), this.failures, now)
     this.status.plan = plan.map(viewOf)
     const next = plan.find(p => p.action === 'order')
-    if (next === undefined) return
+    if (next === undefined) return false
     const signal = AbortSignal.any([this.controller.signal, AbortSignal.timeout(ORDER_TIMEOUT_MS)])
     this.init.log.info('ordering a certificate', { host: next.host, why: next.reason, from: settings.directory })
     this.status.orders++
@@ -189,10 +190,15 @@ export class AcmeIssuer {
       this.lastLoggedError = null
       this.status.lastError = null
       if (this.init.state().acmeFailure !== undefined) await this.init.change({ kind: 'acme-failure', failure: null }, signal).catch(() => {})
+      return true
     } catch (err) {
-      if (this.controller.signal.aborted) return
-      const failed = this.failures.get(next.host)
-      this.failures.set(next.host, { count: (failed?.count ?? 0) + 1, lastAt: (this.init.now ?? Date.now)() })
+      if (this.controller.signal.aborted) return false
+      // A CA that does not answer fails every host alike: all of them wait, not one after the other.
+      const hit = err instanceof CaUnreachable ? plan.filter(p => p.action === 'order').map(p => p.host) : [next.host]
+      for (const host of hit) {
+        const failed = this.failures.get(host)
+        this.failures.set(host, { count: (failed?.count ?? 0) + 1, lastAt: (this.init.now ?? Date.now)() })
+      }
       this.status.failures++
       const message = `ordering a certificate for ${next.host} from ${settings.directory}: ${describe(err)}`
       this.status.lastError = message
@@ -200,12 +206,16 @@ export class AcmeIssuer {
       this.lastLoggedError = message
       // In the replicated state only when it changes: a CA down for a day writes one entry, not one per retry.
       if (this.init.state().acmeFailure?.message !== message) await this.init.change({ kind: 'acme-failure', failure: { message, at: Date.now(), host: next.host } }).catch(() => {})
+      return false
     }
   }
 
   private async order (host: string, settings: AcmeSettings, signal: AbortSignal): Promise<void> {
     if (this.init.httpPort === null) throw new Error('the front door\'s plain HTTP port is off (--http-port off): HTTP-01 is answered on port 80')
     configureHttp(settings)
+    // acme-client loses a connection's error (its retry interceptor reads the response a refused connection never had):
+    // the directory asked first, with the same trust, says plainly whether the CA answers at all.
+    await probeDirectory(settings, signal)
     const client = new acme.Client({ directoryUrl: settings.directory, accountKey: await this.accountKey(signal), backoffAttempts: 30, backoffMin: 300, backoffMax: 3000 })
     await client.createAccount({ termsOfServiceAgreed: true, ...(settings.email !== null ? { contact: [`mailto:${settings.email}`] } : {}) })
     let order = await client.createOrder({ identifiers: [{ type: 'dns', value: host }] })
@@ -283,10 +293,34 @@ function configureHttp (settings: AcmeSettings): void {
 
 /** An error as a user reads it: the server's problem document, or the network error's code and address. */
 function describe (err: unknown): string {
-  const e = err as Error & { code?: string, address?: string, port?: number, response?: { status?: number } }
+  // axios wraps the socket's error: its code is axios's, the address the cause's.
+  type NetError = Error & { code?: string, address?: string, port?: number, cause?: unknown }
+  const e = err as NetError
+  const cause = (e.cause ?? {}) as NetError
+  if (e.address === undefined && cause.address !== undefined) { e.address = cause.address; e.port = cause.port }
+  if (e.code === undefined && cause.code !== undefined) e.code = cause.code
   if (e.code === 'ECONNREFUSED' || e.code === 'EHOSTUNREACH' || e.code === 'ENETUNREACH' || e.code === 'ETIMEDOUT' || e.code === 'ECONNABORTED' || e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN') return `the ACME server is unreachable (${e.code}${e.address !== undefined ? ` ${e.address}${e.port !== undefined ? `:${e.port}` : ''}` : ''}); is the directory URL right, and the server up?`
   if (e.code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' || e.code === 'SELF_SIGNED_CERT_IN_CHAIN' || e.code === 'DEPTH_ZERO_SELF_SIGNED_CERT' || e.code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `the ACME server's HTTPS certificate is not trusted (${e.code}); for a test CA, give its root with --acme-ca-root FILE`
+  // What acme-client's retry interceptor throws when a connection fails mid-order (see probeDirectory).
+  if (e instanceof TypeError && /reading 'config'/.test(e.message)) return 'the connection to the ACME server failed (it stopped answering during the order)'
   return e.message
+}
+
+/** The CA's directory did not answer: no host can be ordered now. */
+class CaUnreachable extends Error {
+  override name = 'CaUnreachable'
+}
+
+async function probeDirectory (settings: AcmeSettings, signal: AbortSignal): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const req = httpsRequest(settings.directory, { agent: acme.axios.defaults.httpsAgent as HttpsAgent, signal: AbortSignal.any([signal, AbortSignal.timeout(20_000)]) }, res => {
+      res.resume()
+      if (res.statusCode === 200) resolve()
+      else reject(new Error(`the ACME directory answered HTTP ${res.statusCode ?? 0}; is the URL the CA's directory?`))
+    })
+    req.on('error', err => { reject(Object.assign(new CaUnreachable(describe(err)), { cause: err })) })
+    req.end()
+  })
 }
 
 /** A plain GET with a Host header, the body as text (the challenge answer is short). */
