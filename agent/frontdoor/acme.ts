@@ -174,7 +174,9 @@ export class AcmeIssuer {
     }
     const now = (this.init.now ?? Date.now)()
     const hosts = wantedHosts(clusterDomain(state), state.apps.map(a => ({ name: a.name, web: a.manifest.web })))
-    const plan = certificatePlan(hosts, this.init.certificates.all(state), this.failures, now)
+    const held = this.init.certificates.all(state)
+    await this.tidy(state, hosts, held, now)
+    const plan = certificatePlan(hosts, held, this.failures, now)
     this.status.plan = plan.map(viewOf)
     const next = plan.find(p => p.action === 'order')
     if (next === undefined) return false
@@ -207,6 +209,21 @@ export class AcmeIssuer {
       // In the replicated state only when it changes: a CA down for a day writes one entry, not one per retry.
       if (this.init.state().acmeFailure?.message !== message) await this.init.change({ kind: 'acme-failure', failure: { message, at: Date.now(), host: next.host } }).catch(() => {})
       return false
+    }
+  }
+
+  /**
+   * Between orders (this issuer runs one at a time), a challenge in the state
+   * is a dead leader's, left mid-order: removed. A certificate for a host no
+   * longer wanted (an app removed, another domain) is kept until it expires,
+   * should the app come back, then removed.
+   */
+  private async tidy (state: DesiredState, hosts: string[], held: Map<string, HeldPublicCertificate>, now: number): Promise<void> {
+    try {
+      for (const token of Object.keys(state.challenges ?? {})) await this.init.change({ kind: 'challenge', token, keyAuthorization: null })
+      for (const [host, cert] of held) if (!hosts.includes(host) && cert.notAfter <= now) await this.init.secrets.delete(certSecretName(host))
+    } catch (err) {
+      this.init.log.debug('tidying the ACME state failed; next round', { error: (err as Error).message })
     }
   }
 

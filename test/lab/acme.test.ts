@@ -13,7 +13,7 @@
  * same certificate, verified against Pebble's root (from its management
  * API) only; front doors still reach each other under the cluster CA; the
  * leader killed, the new leader orders nothing and every survivor serves the
- * same certificate.
+ * same certificate; a node added later serves it too, nothing ordered.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { spawn, execFile, type ChildProcess } from 'node:child_process'
@@ -183,4 +183,16 @@ describe('public certificates from Pebble, ordered once for the cluster', () => 
     expect((await lab.metrics(next)).acme).toMatchObject({ orders: 0, issued: 0 })
     expect(await pebbleIssued()).toBe(2)
   }, 300_000)
+
+  it('a node that joins serves the same certificate at once, and nothing is ordered for it', async () => {
+    const added = (await lab.cmd('add', '--no-images')).trim()
+    ips = Object.fromEntries((await lab.lab.state()).nodes.map(n => [n.name, n.ip]))
+    const serial = (await domainView('n2')).certificates?.find(c => c.host === HOST)?.serial.replace(/^0+/, '')
+    const root = join(dir, 'pebble-root.pem')
+    const { value, ms } = await waitFor(async () => { const p = await presented(added, added, HOST, root); return p.serial === serial && p.verified ? p : undefined }, 90_000, `${added} serving Pebble's certificate`, 500)
+    console.log(`${added} served the cluster's certificate ${Math.round(ms)} ms after it was added`)
+    expect(value.issuer).toMatch(/Pebble Intermediate CA/)
+    expect(await pebbleIssued()).toBe(2)
+    expect((await lab.metrics(added)).acme).toMatchObject({ orders: 0, issued: 0 })
+  }, 240_000)
 })
