@@ -18,6 +18,13 @@ export const SECRET_NAME_MAX = 240
 export const SECRET_MAX_BYTES = 48 * 1024
 /** Every secret of the state together: it is replicated to every node and kept in each one's snapshot. */
 export const SECRETS_MAX_COUNT = 4096
+/** ... and their sealed bytes together, so that a snapshot of the state stays well within an append (APPEND_MAX_BYTES, 16 MiB). */
+export const SECRETS_MAX_TOTAL = 4 * 1024 * 1024
+
+/** The sealed size of the secrets, as counted against SECRETS_MAX_TOTAL. */
+export function sealedSize (secrets: Record<string, SealedSecret>): number {
+  return Object.entries(secrets).reduce((n, [name, s]) => n + name.length + s.data.length + s.nonce.length, 0)
+}
 
 /** The sealed form: AES-256-GCM, `nonce` 12 bytes, `data` the ciphertext with its 16-byte tag; all base64. */
 export interface SealedSecret {
@@ -52,5 +59,6 @@ export function decodeSecrets (raw: unknown, field = 'desired.secrets'): Record<
   if (names.length > SECRETS_MAX_COUNT) throw new ValidationError(field, `holds ${names.length} secrets; at most ${SECRETS_MAX_COUNT}`)
   const out: Record<string, SealedSecret> = {}
   for (const name of names.sort()) out[decodeSecretName(name, `${field} name`)] = decodeSealedSecret(r[name], `${field}.${name}`)
+  if (sealedSize(out) > SECRETS_MAX_TOTAL) throw new ValidationError(field, `hold more than ${SECRETS_MAX_TOTAL} bytes sealed`)
   return out
 }

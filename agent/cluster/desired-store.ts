@@ -21,7 +21,7 @@ import { join } from 'node:path'
 import { decodeDesiredState, decodeLogEntry, type DesiredChange, type DesiredState, type LogEntry } from '../../proto/cluster.ts'
 import { reservedNameReason } from '../../proto/frontdoor.ts'
 import { CHALLENGES_MAX } from '../../proto/acme.ts'
-import { SECRETS_MAX_COUNT } from '../../proto/secrets.ts'
+import { SECRETS_MAX_COUNT, SECRETS_MAX_TOTAL, sealedSize } from '../../proto/secrets.ts'
 import { checkGrants, grandfatheredGrants, storagePermission } from '../../proto/permissions.ts'
 import { ValidationError } from '../../proto/validate.ts'
 import { lastIndex, lastTerm, termAt, type LogView } from '../../scheduler/replication.ts'
@@ -106,6 +106,7 @@ export function applyChange (state: DesiredState, change: DesiredChange, at: { i
       if (change.sealed === null && had === undefined) throw new RpcError('not_found', `no secret named ${change.name}`)
       if (change.sealed !== null && had === undefined && Object.keys(others).length >= SECRETS_MAX_COUNT) throw new RpcError('bad_request', `the cluster holds ${SECRETS_MAX_COUNT} secrets already`)
       const secrets = change.sealed === null ? others : { ...others, [change.name]: change.sealed }
+      if (change.sealed !== null && sealedSize(secrets) > SECRETS_MAX_TOTAL) throw new RpcError('bad_request', `the cluster's secrets would take more than ${SECRETS_MAX_TOTAL} bytes`)
       const { secrets: _old, ...rest } = state
       return { ...rest, revision, term, ...(Object.keys(secrets).length > 0 ? { secrets } : {}) }
     }

@@ -28,7 +28,7 @@ import type { AcmeView, PublicCertificateView } from '../../proto/api.ts'
 import type { ChangeResponse, DesiredChange, DesiredState } from '../../proto/cluster.ts'
 import { clusterDomain } from '../../proto/frontdoor.ts'
 import { certificatePlan, wantedHosts, type CertificateAction, type HostFailures } from '../../scheduler/certificates.ts'
-import type { ReplicatedSecrets } from '../secrets/secrets.ts'
+import { SecretError, type ReplicatedSecrets } from '../secrets/secrets.ts'
 import type { Logger } from '../util/log.ts'
 import type { PublicCertificate } from './render.ts'
 
@@ -263,7 +263,14 @@ export class AcmeIssuer {
 
   /** The account key: a replicated secret, created once; a new leader uses the same account. */
   private async accountKey (signal: AbortSignal): Promise<string> {
-    const held = this.init.secrets.get(ACME_ACCOUNT_SECRET)
+    let held: Buffer | null = null
+    try {
+      held = this.init.secrets.get(ACME_ACCOUNT_SECRET)
+    } catch (err) {
+      // Sealed under another cluster key (rotated) or damaged: a new account; the CA's orders do not depend on the old one.
+      if (!(err instanceof SecretError)) throw err
+      this.init.log.warn('the ACME account key in the replicated state cannot be opened; creating a new account', { error: err.message })
+    }
     if (held !== null) return held.toString('utf8')
     const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
     await this.init.secrets.put(ACME_ACCOUNT_SECRET, key, signal)
