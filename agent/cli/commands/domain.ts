@@ -2,7 +2,7 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { apiGet, apiRequest, apiText } from '../client.ts'
 import { parseCommand } from '../args.ts'
-import { UsageError } from '../../util/errors.ts'
+import { EXIT, UsageError, UserError } from '../../util/errors.ts'
 import type { DomainView, FrontDoorView, MetricsResponse } from '../../../proto/api.ts'
 
 export const domainHelp = `dcloud domain [show] [--json]      the cluster's domain, where apps are, the CA root's fingerprint
@@ -43,7 +43,7 @@ export async function domainCommand (argv: string[]): Promise<number> {
         if (p.values.acme === undefined && (p.values.email !== undefined || p.values['acme-ca-root'] !== undefined)) throw new UsageError('--email and --acme-ca-root go with --acme URL', `usage: ${usage}`)
         acme = p.values['no-acme'] === true ? null : p.values.acme === undefined ? undefined : { directory: p.values.acme, email: p.values.email ?? null, caRootFile: p.values['acme-ca-root'] ?? null }
       }
-      const acmeBody = acme === undefined ? {} : acme === null ? { acme: null } : { acme: { directory: acme.directory, email: acme.email, caRootPem: acme.caRootFile === null ? null : await readFile(acme.caRootFile, 'utf8') } }
+      const acmeBody = acme === undefined ? {} : acme === null ? { acme: null } : { acme: { directory: acme.directory, email: acme.email, caRootPem: acme.caRootFile === null ? null : await readRoot(acme.caRootFile) } }
       const before = acme === undefined ? null : await apiGet<DomainView>('/v1/domain')
       const r = await apiRequest<{ revision: number, replicatedTo: number }>('POST', '/v1/domain', { domain, ...acmeBody }, undefined, 30_000)
       const d = await apiGet<DomainView>('/v1/domain')
@@ -66,6 +66,14 @@ export async function domainCommand (argv: string[]): Promise<number> {
       return 0
     }
     default: throw new UsageError(`unknown domain command '${sub}'`, domainHelp)
+  }
+}
+
+async function readRoot (file: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8')
+  } catch (err) {
+    throw new UserError(`--acme-ca-root ${file}: ${(err as Error).message}`, { exitCode: EXIT.noInput, hint: 'give the PEM file of the root that signs the ACME server\'s HTTPS certificate' })
   }
 }
 
