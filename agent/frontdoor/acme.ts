@@ -131,6 +131,8 @@ export class AcmeIssuer {
   private started = false
   private readonly failures = new Map<string, HostFailures>()
   private lastLoggedError: string | null = null
+  /** The settings the backoff was counted under: new settings (a fixed URL, another CA) are tried at once. */
+  private settingsKey = ''
   readonly status: AcmeView = { orders: 0, issued: 0, failures: 0, lastError: null, plan: [] }
 
   constructor (init: AcmeIssuerInit) { this.init = init }
@@ -172,6 +174,8 @@ export class AcmeIssuer {
       this.status.plan = []
       return false
     }
+    const key = JSON.stringify(settings)
+    if (key !== this.settingsKey) { this.settingsKey = key; this.failures.clear() }
     const now = (this.init.now ?? Date.now)()
     const hosts = wantedHosts(clusterDomain(state), state.apps.map(a => ({ name: a.name, web: a.manifest.web })))
     const held = this.init.certificates.all(state)

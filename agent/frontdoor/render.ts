@@ -163,10 +163,16 @@ function caRoutes (input: RenderInput): Json[] {
 }
 
 const CLUSTER_TAG = 'dcloud-cluster-ca'
+const PUBLIC_TAG = 'dcloud-acme'
+
+/** The hosts a public certificate names (but the peers' own name, which stays the cluster CA's). */
+function publicHosts (input: RenderInput): string[] {
+  return [...new Set((input.tls.public ?? []).flatMap(c => c.names))].filter(h => h !== peerServerName(input.domain)).sort()
+}
 
 /** The public certificates, in the order of the hosts they name (every node renders the same bytes). */
 function publicCertificates (input: RenderInput): Json[] {
-  return [...(input.tls.public ?? [])].sort((a, b) => (a.names[0] ?? '').localeCompare(b.names[0] ?? '')).map(c => ({ certificate: c.certPem, key: c.keyPem, tags: ['dcloud-acme'] }))
+  return [...(input.tls.public ?? [])].sort((a, b) => (a.names[0] ?? '').localeCompare(b.names[0] ?? '')).map(c => ({ certificate: c.certPem, key: c.keyPem, tags: [PUBLIC_TAG] }))
 }
 
 /** An open ACME order's HTTP-01 answers, ahead of the redirect to HTTPS: the CA asks over plain HTTP, at whichever node the name resolves to. */
@@ -196,8 +202,13 @@ export function render (input: RenderInput): Rendered {
     listen: input.listen.https,
     // Certificates come from the agent (the cluster CA now, ACME later), never from Caddy's own ACME client.
     automatic_https: { disable: true },
-    // Front doors asking each other get the cluster CA's certificate; browsers get a public one where one names the host.
-    tls_connection_policies: [{ match: { sni: [peerServerName(domain)] }, certificate_selection: { any_tag: [CLUSTER_TAG] } }, {}],
+    // Front doors asking each other get the cluster CA's certificate; browsers get a public one where one names the host
+    // (chosen by tag: the bare DOMAIN is named by both, and Caddy would take either), the cluster CA's otherwise.
+    tls_connection_policies: [
+      { match: { sni: [peerServerName(domain)] }, certificate_selection: { any_tag: [CLUSTER_TAG] } },
+      ...(publicHosts(input).length > 0 ? [{ match: { sni: publicHosts(input) }, certificate_selection: { any_tag: [PUBLIC_TAG] } }] : []),
+      {}
+    ],
     routes: [
       ...appRoutes,
       // The bare domain is the dashboard's and the API's (not built yet); the CA's root is there already.

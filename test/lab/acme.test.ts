@@ -146,6 +146,10 @@ describe('public certificates from Pebble, ordered once for the cluster', () => 
       expect(p, `${node}: ${p.output}`).toMatchObject({ serial, verified: true })
       expect(p.issuer).toMatch(/Pebble Intermediate CA/)
     }
+    // The bare domain's certificate is Pebble's too (the cluster CA's names it as well: chosen by tag).
+    const bare = await presented('n1', 'n3', DOMAIN, root)
+    expect(bare.verified, bare.output).toBe(true)
+    expect(bare.issuer).toMatch(/Pebble Intermediate CA/)
     // The cluster CA's root no longer vouches for the name (it is Pebble's certificate now) ...
     expect((await curl('n1', 'n1', join(dir, 'cluster-ca.pem'))).code).toBe(60)
     // ... but front doors reach each other under dcloud.DOMAIN with the cluster CA's, which is how n1 and n3 forwarded above.

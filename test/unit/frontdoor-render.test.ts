@@ -142,6 +142,12 @@ describe('the Caddy configuration', () => {
       { certificate: 'PUB-NOTES', key: 'K2', tags: ['dcloud-acme'] }
     ] } } })
     expect((servers(r)['dcloud-https'] as unknown as Record<string, unknown>).tls_connection_policies).toEqual([
+      { match: { sni: ['dcloud.alice.example.org'] }, certificate_selection: { any_tag: ['dcloud-cluster-ca'] } },
+      // The bare domain is named by the cluster CA's certificate too: the public one is chosen by tag.
+      { match: { sni: ['alice.example.org', 'notes.alice.example.org'] }, certificate_selection: { any_tag: ['dcloud-acme'] } },
+      {}
+    ])
+    expect((servers(render(input()))['dcloud-https'] as unknown as Record<string, unknown>).tls_connection_policies).toEqual([
       { match: { sni: ['dcloud.alice.example.org'] }, certificate_selection: { any_tag: ['dcloud-cluster-ca'] } }, {}
     ])
     // The same certificates in another order: the same configuration (every node renders alike).
