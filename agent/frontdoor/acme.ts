@@ -162,7 +162,11 @@ export class AcmeIssuer {
         this.running = null
         // The next host at once after a certificate was stored; otherwise at the next round.
         if (this.started) this.schedule(ordered ? 0 : this.init.intervalMs ?? DEFAULT_INTERVAL_MS)
-      }, () => { this.running = null })
+      }, (err: unknown) => {
+        this.running = null
+        this.init.log.warn('ACME round failed; next round', { error: (err as Error).message })
+        if (this.started) this.schedule(this.init.intervalMs ?? DEFAULT_INTERVAL_MS)
+      })
     }, ms)
   }
 
