@@ -22,11 +22,14 @@ export function wantedHosts (domain: string, apps: ReadonlyArray<{ name: string,
 /**
  * Whether a certificate is due for renewal: once two thirds of its lifetime
  * have passed (Let's Encrypt's 90 days: at day 60, a month of retries left
- * before it expires), or at once when it is not valid now (expired, or not
- * yet valid: a clock far off).
+ * before it expires), at once when it has expired. Not when it is not valid
+ * yet: this node's clock is behind the CA's, and a new certificate would be
+ * just as early (ordering again would only spend the CA's rate limits; the
+ * cluster CA's certificate serves the host until it is valid).
  */
 export function renewalDue (now: number, notBefore: number, notAfter: number): boolean {
-  if (now < notBefore || now >= notAfter) return true
+  if (now >= notAfter) return true
+  if (now < notBefore) return false
   return now >= notBefore + (notAfter - notBefore) * 2 / 3
 }
 
@@ -60,6 +63,6 @@ export function certificatePlan (hosts: readonly string[], held: ReadonlyMap<str
     }
     if (cert === undefined) return { host, action: 'order', reason: 'no certificate yet' }
     if (!covers) return { host, action: 'order', reason: 'the certificate held does not name it' }
-    return { host, action: 'order', reason: now >= cert.notAfter ? 'expired' : now < cert.notBefore ? 'not valid yet' : 'two thirds of its lifetime passed' }
+    return { host, action: 'order', reason: now >= cert.notAfter ? 'expired' : 'two thirds of its lifetime passed' }
   })
 }

@@ -23,10 +23,11 @@ describe('renewalDue', () => {
     expect(renewalDue(T0 + 60 * DAY, nb, na)).toBe(true)
     expect(renewalDue(T0 + 89 * DAY, nb, na)).toBe(true)
   })
-  it('renews a certificate that is not valid now: expired, or not valid yet', () => {
+  it('renews an expired certificate at once, but not one valid only later (this clock is behind: another would be too)', () => {
     expect(renewalDue(T0 + 90 * DAY, T0, T0 + 90 * DAY)).toBe(true)
     expect(renewalDue(T0 + 400 * DAY, T0, T0 + 90 * DAY)).toBe(true)
-    expect(renewalDue(T0 - 1, T0, T0 + 90 * DAY)).toBe(true)
+    expect(renewalDue(T0 - 1, T0, T0 + 90 * DAY)).toBe(false)
+    expect(renewalDue(T0 - 400 * DAY, T0, T0 + 90 * DAY)).toBe(false)
   })
   it('scales with the lifetime: a 6-day certificate at day 4', () => {
     expect(renewalDue(T0 + 4 * DAY - 1, T0, T0 + 6 * DAY)).toBe(false)
