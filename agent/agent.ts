@@ -10,6 +10,8 @@ import { readClusterKey, writeNewClusterKey } from './mesh/cluster-key.ts'
 import { ClusterTls, clusterSecret } from './frontdoor/ca.ts'
 import { CaddyAdmin } from './frontdoor/caddy-admin.ts'
 import { FrontDoor, LocalWebAddresses, type FrontDoorStatus } from './frontdoor/frontdoor.ts'
+import { AcmeIssuer, PublicCertificates } from './frontdoor/acme.ts'
+import { ReplicatedSecrets } from './secrets/secrets.ts'
 import type { RenderNode } from './frontdoor/render.ts'
 import { clusterDomain } from '../proto/frontdoor.ts'
 import type Docker from 'dockerode'
@@ -102,6 +104,10 @@ export class Agent implements ApiBackend {
   private store: DesiredStore | undefined
   private tls: ClusterTls | undefined
   private frontDoor: FrontDoor | undefined
+  /** Replicated secrets (agent/secrets/secrets.ts), and the public certificates among them. */
+  private secrets: ReplicatedSecrets | undefined
+  private publicCerts: PublicCertificates | undefined
+  private acme: AcmeIssuer | undefined
   private localWeb: LocalWebAddresses | undefined
   /** DATA_DIR/backups: backup files through the API (ApiBackend). */
   readonly backups: BackupFiles
@@ -133,6 +139,7 @@ export class Agent implements ApiBackend {
     const clusterKey = await readClusterKey(opts.keyFile)
     // The cluster CA: the same on every node, from the key alone (agent/frontdoor/ca.ts).
     this.tls = new ClusterTls(clusterSecret(clusterKey))
+    const secret = clusterSecret(clusterKey)
     const privateKey = await loadOrCreateIdentity(p.identity)
     const incarnation = await nextIncarnation(p.incarnation)
     const token = await loadOrCreateToken(p.token)
@@ -196,6 +203,8 @@ export class Agent implements ApiBackend {
       log: log.child('snapshots'),
       ...(opts.restic !== undefined ? { restic: opts.restic } : {})
     })
+    this.secrets = new ReplicatedSecrets({ clusterSecret: secret, state: () => store.current(), change: async (c, signal) => await this.cluster().change(c, signal) })
+    this.publicCerts = new PublicCertificates(this.secrets, log.child('acme'))
     this.coordinator = new Coordinator({ mesh, rpc: this.rpc, membership: this.membership, gossip: this.gossip, collector: this.collector, store, election: this.election, replicator: this.replicator, runtime, docker, snapshots, ...(opts.retentionEveryMs !== undefined ? { retentionEveryMs: opts.retentionEveryMs } : {}), log: log.child('cluster') })
 
     await mesh.start()
@@ -210,7 +219,9 @@ export class Agent implements ApiBackend {
     if (opts.frontDoor != null) {
       this.frontDoor = this.makeFrontDoor(opts.frontDoor, this.tls, docker, store)
       this.frontDoor.start()
-      store.onCommitted(() => { this.frontDoor?.poke() })
+      this.acme = this.makeAcmeIssuer(opts.frontDoor, store)
+      this.acme.start()
+      store.onCommitted(() => { this.frontDoor?.poke(); this.acme?.poke() })
     }
     log.info('agent listening', { name: opts.name, peerId: mesh.peerId.toString(), addrs: mesh.listenAddrs(), mdns: opts.mdns })
 
@@ -260,6 +271,7 @@ export class Agent implements ApiBackend {
     for (const t of this.timers) clearInterval(t)
     this.timers = []
     this.gossip?.stop()
+    await this.acme?.stop()
     await this.frontDoor?.stop()
     await this.api?.stop()
     this.lease?.stop()
@@ -304,6 +316,7 @@ export class Agent implements ApiBackend {
       rpc: this.rpc?.counters ?? { served: 0, rejected: 0, failed: 0 },
       backups: { ...this.backups.counters },
       frontDoor: this.frontDoor === undefined ? null : frontDoorView(this.frontDoor.status),
+      acme: this.acme === undefined ? null : { ...this.acme.status, plan: [...this.acme.status.plan] },
       ...memory(),
       cpuSeconds: (usage.user + usage.system) / 1e6
     }
@@ -322,7 +335,15 @@ export class Agent implements ApiBackend {
     if (this.tls === undefined || this.store === undefined) throw new ApiError('internal', 'agent not started')
     const state = this.store.current()
     const ca = await this.tls.root(clusterDomain(state))
-    return { domain: ca.domain, isDefault: state.domain === undefined, rootPem: ca.rootPem, fingerprint: ca.fingerprint }
+    return {
+      domain: ca.domain,
+      isDefault: state.domain === undefined,
+      rootPem: ca.rootPem,
+      fingerprint: ca.fingerprint,
+      acme: state.acme === undefined ? null : { directory: state.acme.directory, email: state.acme.email, customRoot: state.acme.caRootPem !== null },
+      certificates: this.publicCerts?.view(state) ?? [],
+      acmeFailure: state.acmeFailure ?? null
+    }
   }
 
   /**
@@ -354,9 +375,33 @@ export class Agent implements ApiBackend {
           nodes.push({ id: m.status.peerId, name: m.status.name, address: m.resources.address, apps: serving(m.resources.appStates) })
         }
         const local = await localWeb.get(state.apps.map(a => ({ name: a.name, webService: a.manifest.web?.service ?? null })), signal)
-        return { domain: clusterDomain(state), apps: state.apps.map(a => ({ name: a.name, web: a.manifest.web })), nodes, local }
+        const pub = this.publicCerts?.serving(state, Date.now()).map(c => ({ certPem: c.certPem, keyPem: c.keyPem, names: c.names })) ?? []
+        return { domain: clusterDomain(state), apps: state.apps.map(a => ({ name: a.name, web: a.manifest.web })), nodes, local, public: pub, ...(state.challenges !== undefined ? { challenges: state.challenges } : {}) }
       },
       log: this.log.child('frontdoor')
+    })
+  }
+
+  /**
+   * The ACME issuer (agent/frontdoor/acme.ts): on every node with a front
+   * door, ordering only while this node leads.
+   */
+  private makeAcmeIssuer (fd: NonNullable<AgentOptions['frontDoor']>, store: DesiredStore): AcmeIssuer {
+    const { secrets, publicCerts } = this
+    if (secrets === undefined || publicCerts === undefined) throw new Error('agent not started')
+    return new AcmeIssuer({
+      secrets,
+      certificates: publicCerts,
+      state: () => store.current(),
+      isLeader: () => this.election?.isLeader === true,
+      change: async (c, signal) => await this.cluster().change(c, signal),
+      frontDoors: () => {
+        const { gossip, membership } = this.requireStarted()
+        const addresses = [gossip.current().resources.address, ...membership.list().filter(m => m.state === 'alive').map(m => m.resources?.address ?? null)]
+        return [...new Set(addresses.filter((a): a is string => a !== null))]
+      },
+      httpPort: fd.httpPort,
+      log: this.log.child('acme')
     })
   }
 

@@ -90,6 +90,8 @@ export interface MetricsResponse {
   cpuSeconds: number
   /** This node's front door (docs/frontdoor.md): null when it runs without one (`--caddy-admin off`). */
   frontDoor: FrontDoorView | null
+  /** This node's ACME issuer (it orders only while it leads): absent on an agent without a front door. */
+  acme?: AcmeView | null
   /** The local API's own counters. */
   api: ApiMetrics
 }
@@ -108,6 +110,28 @@ export interface FrontDoorView {
   routes: Array<{ name: string, host: string, kind: 'local' | 'remote' | 'down' | 'skipped', node?: string, reason?: string }>
 }
 
+/** What this node's ACME issuer did since it started (agent/frontdoor/acme.ts). */
+export interface AcmeView {
+  /** Orders started, certificates stored, attempts failed, by this node. */
+  orders: number
+  issued: number
+  failures: number
+  lastError: string | null
+  /** What it does for each host now: keep (until renewAt), order, wait (backoff). Empty on a follower. */
+  plan: Array<{ host: string, action: 'keep' | 'order' | 'wait', renewAt?: number, until?: number, reason?: string }>
+}
+
+/** A public certificate the front doors serve: from the replicated secrets, the same on every node. */
+export interface PublicCertificateView {
+  host: string
+  issuer: string
+  serial: string
+  notBefore: number
+  notAfter: number
+  /** When the leader orders its successor (two thirds of its lifetime). */
+  renewAt: number
+}
+
 /** `GET /v1/domain`: the cluster's names. */
 export interface DomainView {
   domain: string
@@ -119,6 +143,12 @@ export interface DomainView {
   /** The cluster CA's root: SHA-256 fingerprint, and where to download it (also `GET /v1/ca.pem`). */
   caFingerprint: string
   caUrl: string
+  /** The ACME CA certificates come from (`domain set --acme`), or null: the cluster CA's only. */
+  acme?: { directory: string, email: string | null, customRoot: boolean } | null
+  /** Public certificates held for the domain's hosts; a host without one is served the cluster CA's. */
+  certificates?: PublicCertificateView[]
+  /** The last ACME failure (from the replicated state): what, when, for which host. */
+  acmeFailure?: { message: string, at: number, host: string } | null
 }
 
 /** Why the API refused a request before any handler ran: one counter per guard. */

@@ -9,6 +9,8 @@ import { DEVICE_PATH, SYSCTL_NAME, decodeGrants, grandfatheredGrants } from './p
 import type { WhyView } from './api.ts'
 import { decodeClusterDomain } from './frontdoor.ts'
 import { decodeJournal, type Journal } from './journal.ts'
+import { decodeAcmeChange, decodeAcmeFailure, decodeAcmeSettings, decodeChallenges, type AcmeFailure, type AcmeSettings } from './acme.ts'
+import { decodeSecrets, type SealedSecret } from './secrets.ts'
 import { DOCKER_NAME, LABEL_KEY, MAX_INT, PEER_ID, SNAPSHOT_ID, ValidationError, array, number, record, string, stringMap } from './validate.ts'
 
 export const VOTE_PROTOCOL = '/dcloud/vote/1'
@@ -44,12 +46,28 @@ export interface DesiredState {
   drained?: string[]
   /** The cluster's domain (`dcloud domain set`): apps are NAME.DOMAIN. Absent: the LAN default (proto/frontdoor.ts). */
   domain?: string
+  /** Certificates from this ACME CA (`dcloud domain set --acme`); absent: the cluster CA's only (proto/acme.ts). */
+  acme?: AcmeSettings
+  /** HTTP-01 answers every node's front door serves while an order is open: token -> key authorization. */
+  challenges?: Record<string, string>
+  /** The last ACME failure; absent once an order succeeds. */
+  acmeFailure?: AcmeFailure
+  /** Replicated secrets, sealed with a key derived from the cluster key (agent/secrets/secrets.ts). */
+  secrets?: Record<string, SealedSecret>
 }
 
 export type DesiredChange =
   | { kind: 'install', app: { name: string, manifest: AppManifest, pinnedNode: string | null, seed?: DesiredApp['seed'], storage?: AppStorage | null, grants?: string[] } }
   /** The cluster's domain (`dcloud domain set`); null: back to the LAN default. */
   | { kind: 'domain', domain: string | null }
+  /** Certificates from an ACME CA (null: the cluster CA's only). */
+  | { kind: 'acme', acme: AcmeSettings | null }
+  /** A replicated secret put (sealed) or deleted (null). */
+  | { kind: 'secret', name: string, sealed: SealedSecret | null }
+  /** An HTTP-01 answer every front door serves (null: the order is over). */
+  | { kind: 'challenge', token: string, keyAuthorization: string | null }
+  /** The ordering node's last failure (null: the last order succeeded). */
+  | { kind: 'acme-failure', failure: AcmeFailure | null }
   /** The owner grants or revokes permissions of an installed app (`dcloud app grant`, `app revoke`). */
   | { kind: 'grants', name: string, grant: string[], revoke: string[] }
   | { kind: 'remove', name: string }
@@ -215,6 +233,10 @@ export function decodeDesiredState (raw: unknown): DesiredState {
   }
   if (r.drained !== undefined) state.drained = array(r.drained, 'desired.drained', 1000, (v, f) => string(v, f, { max: 64, pattern: PEER_ID }))
   if (r.domain !== undefined && r.domain !== null) state.domain = decodeClusterDomain(r.domain, 'desired.domain')
+  if (r.acme !== undefined && r.acme !== null) state.acme = decodeAcmeSettings(r.acme, 'desired.acme')
+  if (r.challenges !== undefined && r.challenges !== null) state.challenges = decodeChallenges(r.challenges)
+  if (r.acmeFailure !== undefined && r.acmeFailure !== null) state.acmeFailure = decodeAcmeFailure(r.acmeFailure, 'desired.acmeFailure')
+  if (r.secrets !== undefined && r.secrets !== null) state.secrets = decodeSecrets(r.secrets)
   return state
 }
 
@@ -344,7 +366,8 @@ export function decodeChange (raw: unknown): DesiredChange {
       journal: r.journal === null ? null : decodeJournal(r.journal, 'change.journal'),
       replaces: r.replaces === null || r.replaces === undefined ? null : string(r.replaces, 'change.replaces', { max: 100 })
     }
-    default: throw new ValidationError('change.kind', 'must be install, remove, move, drain, relocate, journal, grants or domain')
+    case 'acme': case 'secret': case 'challenge': case 'acme-failure': return decodeAcmeChange(r)
+    default: throw new ValidationError('change.kind', 'must be install, remove, move, drain, relocate, journal, grants, domain, acme, secret, challenge or acme-failure')
   }
 }
 

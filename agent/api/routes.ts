@@ -7,6 +7,7 @@
 import { Readable } from 'node:stream'
 import { ApiError, StreamResponse, type Routes } from './server.ts'
 import { decodeChange } from '../../proto/cluster.ts'
+import { LAN_DOMAIN } from '../../proto/frontdoor.ts'
 import type { ApiMetrics, DomainView, MetricsResponse, StatusResponse } from '../../proto/api.ts'
 import type { Coordinator } from '../cluster/coordinator.ts'
 import type { BackupFiles } from '../snapshots/backup-files.ts'
@@ -32,7 +33,7 @@ export interface ApiBackend {
   names?: () => Promise<ClusterNames>
 }
 
-export interface ClusterNames { domain: string, isDefault: boolean, rootPem: string, fingerprint: string }
+export interface ClusterNames { domain: string, isDefault: boolean, rootPem: string, fingerprint: string, acme?: DomainView['acme'], certificates?: DomainView['certificates'], acmeFailure?: DomainView['acmeFailure'] }
 
 /** Snapshots, backups and restores of large volumes take long; the caller's connection waits. */
 export const LONG_OP_MS = 60 * 60_000
@@ -60,11 +61,17 @@ export function apiRoutes (backend: ApiBackend, apiMetrics: () => ApiMetrics): R
     },
     'GET /v1/domain': async (): Promise<DomainView> => {
       const n = await names()
-      return { domain: n.domain, isDefault: n.isDefault, url: `https://${n.domain}/`, apps: `https://NAME.${n.domain}/`, caFingerprint: n.fingerprint, caUrl: `http://${n.domain}/ca.pem` }
+      return { domain: n.domain, isDefault: n.isDefault, url: `https://${n.domain}/`, apps: `https://NAME.${n.domain}/`, caFingerprint: n.fingerprint, caUrl: `http://${n.domain}/ca.pem`, acme: n.acme ?? null, certificates: n.certificates ?? [], acmeFailure: n.acmeFailure ?? null }
     },
     'POST /v1/domain': async ({ body }) => {
-      const change = decodeOrBadRequest(() => decodeChange({ kind: 'domain', domain: (body as { domain?: unknown } | undefined)?.domain ?? null }))
-      return await cluster().change(change)
+      const b = (body ?? {}) as { domain?: unknown, acme?: unknown }
+      const change = decodeOrBadRequest(() => decodeChange({ kind: 'domain', domain: b.domain ?? null }))
+      // `domain set D --acme URL`: the domain (when it changes) and the CA, two entries of the log; `acme: null` goes back to the cluster CA only.
+      if (b.acme === undefined) return await cluster().change(change)
+      const acme = decodeOrBadRequest(() => decodeChange({ kind: 'acme', acme: b.acme }))
+      const current = (await names()).domain
+      if (change.kind === 'domain' && (change.domain ?? LAN_DOMAIN) !== current) await cluster().change(change)
+      return await cluster().change(acme)
     },
     'GET /v1/status': () => backend.status(),
     'GET /v1/metrics': (): MetricsResponse => ({ ...backend.metrics(), api: apiMetrics() }),

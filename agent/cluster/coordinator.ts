@@ -179,7 +179,7 @@ export class Coordinator {
     }
     if ((change.kind === 'move' || change.kind === 'drain') && !this.isKnownNode(change.node)) throw new RpcError('not_found', `no node ${change.node} in the cluster`)
     const r = await replicator.propose(change, signal)
-    this.init.log.info('desired state changed', { revision: r.revision, change: change.kind, app: change.kind === 'install' ? change.app.name : change.kind === 'drain' || change.kind === 'domain' ? undefined : change.name, domain: change.kind === 'domain' ? change.domain ?? 'default' : undefined, node: change.kind === 'drain' || change.kind === 'move' ? this.nodeName(change.node) : undefined })
+    this.init.log.info('desired state changed', { revision: r.revision, change: change.kind, app: change.kind === 'install' ? change.app.name : 'name' in change && change.kind !== 'secret' ? change.name : undefined, secret: change.kind === 'secret' ? change.name : undefined, domain: change.kind === 'domain' ? change.domain ?? 'default' : undefined, node: change.kind === 'drain' || change.kind === 'move' ? this.nodeName(change.node) : undefined })
     return r
   }
 

@@ -22,6 +22,8 @@ import { decodeDesiredState, decodeLogEntry, type DesiredChange, type DesiredSta
 import type { Journal } from '../../proto/journal.ts'
 import type { DesiredApp } from '../../proto/plan.ts'
 import { reservedNameReason } from '../../proto/frontdoor.ts'
+import { CHALLENGES_MAX } from '../../proto/acme.ts'
+import { SECRETS_MAX_COUNT, SECRETS_MAX_TOTAL, sealedSize } from '../../proto/secrets.ts'
 import { checkGrants, grandfatheredGrants, storagePermission } from '../../proto/permissions.ts'
 import { ValidationError } from '../../proto/validate.ts'
 import { lastIndex, lastTerm, termAt, type LogView } from '../../scheduler/replication.ts'
@@ -96,6 +98,30 @@ export function applyChange (state: DesiredState, change: DesiredChange, at: { i
       if ((state.domain ?? null) === change.domain) throw new RpcError('bad_request', `the cluster's domain is ${change.domain ?? 'the default'} already: nothing to change`)
       const { domain: _old, ...rest } = state
       return { ...rest, revision, term, ...(change.domain !== null ? { domain: change.domain } : {}) }
+    }
+    case 'acme': {
+      const { acme: _old, acmeFailure: _failure, ...rest } = state
+      return { ...rest, revision, term, ...(change.acme !== null ? { acme: change.acme } : {}) }
+    }
+    case 'secret': {
+      const { [change.name]: had, ...others } = state.secrets ?? {}
+      if (change.sealed === null && had === undefined) throw new RpcError('not_found', `no secret named ${change.name}`)
+      if (change.sealed !== null && had === undefined && Object.keys(others).length >= SECRETS_MAX_COUNT) throw new RpcError('bad_request', `the cluster holds ${SECRETS_MAX_COUNT} secrets already`)
+      const secrets = change.sealed === null ? others : { ...others, [change.name]: change.sealed }
+      if (change.sealed !== null && sealedSize(secrets) > SECRETS_MAX_TOTAL) throw new RpcError('bad_request', `the cluster's secrets would take more than ${SECRETS_MAX_TOTAL} bytes`)
+      const { secrets: _old, ...rest } = state
+      return { ...rest, revision, term, ...(Object.keys(secrets).length > 0 ? { secrets } : {}) }
+    }
+    case 'challenge': {
+      const { [change.token]: _had, ...others } = state.challenges ?? {}
+      if (change.keyAuthorization !== null && Object.keys(others).length >= CHALLENGES_MAX) throw new RpcError('bad_request', `${CHALLENGES_MAX} ACME challenges are open already`)
+      const challenges = change.keyAuthorization === null ? others : { ...others, [change.token]: change.keyAuthorization }
+      const { challenges: _old, ...rest } = state
+      return { ...rest, revision, term, ...(Object.keys(challenges).length > 0 ? { challenges } : {}) }
+    }
+    case 'acme-failure': {
+      const { acmeFailure: _old, ...rest } = state
+      return { ...rest, revision, term, ...(change.failure !== null ? { acmeFailure: change.failure } : {}) }
     }
     case 'relocate': {
       const app = state.apps.find(a => a.name === change.name)

@@ -17,13 +17,17 @@ import type { FrontDoorView } from '../../proto/api.ts'
 import type { Logger } from '../util/log.ts'
 import type { CaddyAdmin } from './caddy-admin.ts'
 import type { ClusterTls } from './ca.ts'
-import { render, type RenderApp, type RenderInput, type RenderNode, type RouteDecision } from './render.ts'
+import { render, type PublicCertificate, type RenderApp, type RenderInput, type RenderNode, type RouteDecision } from './render.ts'
 
 export interface FrontDoorInputs {
   domain: string
   apps: RenderApp[]
   nodes: RenderInput['nodes']
   local: Record<string, string>
+  /** Public (ACME) certificates valid now, from the replicated secrets. */
+  public?: PublicCertificate[]
+  /** Open ACME orders' HTTP-01 answers, from the replicated state. */
+  challenges?: Record<string, string>
 }
 
 export interface FrontDoorInit {
@@ -97,13 +101,14 @@ export class FrontDoor {
       const now = (this.init.now ?? Date.now)()
       const ca = await this.init.tls.root(inputs.domain)
       const cert = await this.init.tls.serve(inputs.domain, now)
+      const { public: publicCerts, ...rest } = inputs
       const r = render({
-        ...inputs,
+        ...rest,
         self: this.init.self(),
         adminListen: admin.listen,
         listen: this.init.listen,
         peerHttpsPort: this.init.peerHttpsPort,
-        tls: { certPem: cert.certPem, keyPem: cert.keyPem, rootPem: ca.rootPem, rootDer: ca.rootDer }
+        tls: { certPem: cert.certPem, keyPem: cert.keyPem, rootPem: ca.rootPem, rootDer: ca.rootDer, ...(publicCerts !== undefined && publicCerts.length > 0 ? { public: publicCerts } : {}) }
       })
       if (r.id === this.status.loaded) {
         if (await admin.has(r.id, signal)) { this.recovered(); return }

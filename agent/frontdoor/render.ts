@@ -43,12 +43,32 @@ export interface RenderInput {
   listen: { https: string[], http: string[] }
   /** The HTTPS port of other nodes' front doors (the same across a cluster). */
   peerHttpsPort: number
-  tls: { certPem: string, keyPem: string, rootPem: string, rootDer: Buffer }
+  /**
+   * The cluster CA's certificate (`*.DOMAIN`, always: what front doors check each other with)
+   * and, in `public`, certificates from an ACME CA that the driver found valid now, one per
+   * host they name: a browser asking for a host one names gets it, any other the cluster CA's.
+   */
+  tls: { certPem: string, keyPem: string, rootPem: string, rootDer: Buffer, public?: PublicCertificate[] }
+  /** HTTP-01 answers of an open ACME order (token -> key authorization), served on HTTP by every node. */
+  challenges?: Record<string, string>
   apps: RenderApp[]
   /** Live nodes (this one included) and the apps running on each, from their status reports. */
   nodes: Array<RenderNode & { apps: string[] }>
   /** Apps whose web container runs here, by name: its address on the app's network. */
   local: Record<string, string>
+}
+
+export interface PublicCertificate { certPem: string, keyPem: string, names: string[] }
+
+/**
+ * The name front doors use with each other (TLS SNI, and the name checked
+ * against the cluster CA): a host no app can take (`dcloud` is reserved) and
+ * no public certificate names, so the certificate a peer presents there is
+ * always the cluster CA's, whatever public certificates the apps' hosts have.
+ * The request's Host stays the app's.
+ */
+export function peerServerName (domain: string): string {
+  return `dcloud.${domain}`
 }
 
 export type RouteDecision =
@@ -122,8 +142,8 @@ function handlersFor (d: RouteDecision, input: RenderInput): Json[] {
             handler: 'reverse_proxy',
             upstreams: [{ dial: d.upstream }],
             headers: { request: { add: { [HOP_HEADER]: [input.self.id] } } },
-            // The other node's front door serves the same certificate, checked against the cluster CA only.
-            transport: { protocol: 'http', tls: { root_ca_pool: [input.tls.rootDer.toString('base64')], server_name: d.host } }
+            // The other node's front door, checked against the cluster CA only, under the peers' own name (peerServerName).
+            transport: { protocol: 'http', tls: { root_ca_pool: [input.tls.rootDer.toString('base64')], server_name: peerServerName(input.domain) } }
           }]
         }
       ]
@@ -140,6 +160,28 @@ function caRoutes (input: RenderInput): Json[] {
     // The type Android and iOS open as "install a certificate" (PEM content is accepted under it).
     { match: [{ path: ['/ca.crt'] }], handle: [{ handler: 'static_response', status_code: 200, headers: { 'Content-Type': ['application/x-x509-ca-cert'], 'Content-Disposition': [`attachment; filename="${input.domain}-ca.crt"`] }, body: input.tls.rootPem }], terminal: true }
   ]
+}
+
+const CLUSTER_TAG = 'dcloud-cluster-ca'
+const PUBLIC_TAG = 'dcloud-acme'
+
+/** The hosts a public certificate names (but the peers' own name, which stays the cluster CA's). */
+function publicHosts (input: RenderInput): string[] {
+  return [...new Set((input.tls.public ?? []).flatMap(c => c.names))].filter(h => h !== peerServerName(input.domain)).sort()
+}
+
+/** The public certificates, in the order of the hosts they name (every node renders the same bytes). */
+function publicCertificates (input: RenderInput): Json[] {
+  return [...(input.tls.public ?? [])].sort((a, b) => (a.names[0] ?? '').localeCompare(b.names[0] ?? '')).map(c => ({ certificate: c.certPem, key: c.keyPem, tags: [PUBLIC_TAG] }))
+}
+
+/** An open ACME order's HTTP-01 answers, ahead of the redirect to HTTPS: the CA asks over plain HTTP, at whichever node the name resolves to. */
+function challengeRoutes (input: RenderInput): Json[] {
+  return Object.entries(input.challenges ?? {}).sort(([a], [b]) => a.localeCompare(b)).map(([token, auth]) => ({
+    match: [{ path: [`/.well-known/acme-challenge/${token}`] }],
+    handle: [{ handler: 'static_response', status_code: 200, headers: { 'Content-Type': ['application/octet-stream'] }, body: auth }],
+    terminal: true
+  }))
 }
 
 export interface Rendered {
@@ -160,7 +202,13 @@ export function render (input: RenderInput): Rendered {
     listen: input.listen.https,
     // Certificates come from the agent (the cluster CA now, ACME later), never from Caddy's own ACME client.
     automatic_https: { disable: true },
-    tls_connection_policies: [{}],
+    // Front doors asking each other get the cluster CA's certificate; browsers get a public one where one names the host
+    // (chosen by tag: the bare DOMAIN is named by both, and Caddy would take either), the cluster CA's otherwise.
+    tls_connection_policies: [
+      { match: { sni: [peerServerName(domain)] }, certificate_selection: { any_tag: [CLUSTER_TAG] } },
+      ...(publicHosts(input).length > 0 ? [{ match: { sni: publicHosts(input) }, certificate_selection: { any_tag: [PUBLIC_TAG] } }] : []),
+      {}
+    ],
     routes: [
       ...appRoutes,
       // The bare domain is the dashboard's and the API's (not built yet); the CA's root is there already.
@@ -172,6 +220,7 @@ export function render (input: RenderInput): Rendered {
     listen: input.listen.http,
     automatic_https: { disable: true },
     routes: [
+      ...challengeRoutes(input),
       ...caRoutes(input),
       // Plain HTTP serves nothing else: to HTTPS, same host and path.
       { handle: [{ handler: 'static_response', status_code: 308, headers: { Location: [`https://{http.request.host}${httpsPort === 443 ? '' : `:${httpsPort}`}{http.request.uri}`] } }] }
@@ -181,7 +230,7 @@ export function render (input: RenderInput): Rendered {
     // Kept in every configuration: a /load without it would move the admin endpoint to Caddy's default, localhost:2019.
     admin: { listen: input.adminListen, config: { persist: false } },
     apps: {
-      tls: { certificates: { load_pem: [{ certificate: input.tls.certPem, key: input.tls.keyPem, tags: ['dcloud-cluster-ca'] }] } },
+      tls: { certificates: { load_pem: [{ certificate: input.tls.certPem, key: input.tls.keyPem, tags: [CLUSTER_TAG] }, ...publicCertificates(input)] } },
       http: { servers: { 'dcloud-https': https, ...(input.listen.http.length > 0 ? { 'dcloud-http': http } : {}) } }
     }
   }

@@ -30,6 +30,7 @@ import { FrontDoor, type FrontDoorInputs } from '../../agent/frontdoor/frontdoor
 import { HOP_HEADER } from '../../agent/frontdoor/render.ts'
 import { createLogger } from '../../agent/util/log.ts'
 import { need } from './need.ts'
+import { freePort } from './ports.ts'
 
 const DOMAIN = 'test.home.arpa'
 const HOST = `notes.${DOMAIN}`
@@ -46,14 +47,6 @@ let dir: string
 let backend: Server
 let backendPort: number
 const seen: IncomingHttpHeaders[] = []
-
-async function freePort (): Promise<number> {
-  const s = createTcpServer()
-  await new Promise<void>(resolve => s.listen(0, '127.0.0.1', resolve))
-  const port = (s.address() as AddressInfo).port
-  await new Promise(resolve => s.close(resolve))
-  return port
-}
 
 interface Door {
   name: string

@@ -352,7 +352,7 @@ describe('API server through the real route table', () => {
 
   it('shows the cluster\'s names, and takes a new domain as a change, refusing a bad one by field', async () => {
     const view = (await call({ path: '/v1/domain', headers: auth })).json
-    expect(view).toEqual({ domain: 'dcloud.home.arpa', isDefault: true, url: 'https://dcloud.home.arpa/', apps: 'https://NAME.dcloud.home.arpa/', caFingerprint: 'AA:BB', caUrl: 'http://dcloud.home.arpa/ca.pem' })
+    expect(view).toEqual({ domain: 'dcloud.home.arpa', isDefault: true, url: 'https://dcloud.home.arpa/', apps: 'https://NAME.dcloud.home.arpa/', caFingerprint: 'AA:BB', caUrl: 'http://dcloud.home.arpa/ca.pem', acme: null, certificates: [], acmeFailure: null })
     const pem = await call({ path: '/v1/ca.pem' })
     expect(pem.headers['content-type']).toBe('application/x-pem-file')
     const before = backend.installs.length
@@ -362,6 +362,14 @@ describe('API server through the real route table', () => {
     const ok = await call({ path: '/v1/domain', method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ domain: 'Alice.Example.org' }) })
     expect(ok.status).toBe(200)
     expect(backend.installs.slice(before)).toEqual([{ kind: 'domain', domain: 'alice.example.org' }])
+    // With --acme: the CA as a change of its own (the domain too, when it is another), checked by field.
+    const acme = { directory: 'https://acme.example.org/dir', email: 'me@example.org', caRootPem: null }
+    const badAcme = await call({ path: '/v1/domain', method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ domain: 'bob.example.org', acme: { ...acme, directory: 'http://acme.example.org/dir' } }) })
+    expect(badAcme.status).toBe(400)
+    expect(badAcme.json.error.message).toMatch(/^change\.acme\.directory: must be an https:\/\/ URL/)
+    const withAcme = await call({ path: '/v1/domain', method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ domain: 'bob.example.org', acme }) })
+    expect(withAcme.status).toBe(200)
+    expect(backend.installs.slice(before + 1)).toEqual([{ kind: 'domain', domain: 'bob.example.org' }, { kind: 'acme', acme }])
   })
 
   it('refuses a wrong token, then blocks the address with Retry-After; a good token does not lift it', async () => {

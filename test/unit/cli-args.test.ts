@@ -16,6 +16,7 @@ import { backupCommand, restoreCommand, snapshotCommand } from '../../agent/cli/
 import { statusCommand } from '../../agent/cli/commands/status.ts'
 import { initCommand } from '../../agent/cli/commands/init.ts'
 import { flashCommand } from '../../agent/cli/commands/flash.ts'
+import { domainCommand } from '../../agent/cli/commands/domain.ts'
 import { agentCommand } from '../../agent/cli/commands/agent.ts'
 import { labCommand } from '../../scripts/lab/cli.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
@@ -106,6 +107,11 @@ describe('every command, with bad arguments and no agent', () => {
     ['agent', agentCommand, ['--dta-dir', '/tmp/x'], "unknown option '--dta-dir'"],
     ['agent', agentCommand, ['start'], "unexpected argument 'start'"],
     ['flash', flashCommand, ['/dev/sdb'], "unexpected argument '/dev/sdb'"],
+    ['domain set', domainCommand, ['set', 'a.example.org', '--email', 'me@a.example.org'], '--email and --acme-ca-root go with --acme URL'],
+    ['domain set', domainCommand, ['set', 'a.example.org', '--acme', 'https://x/dir', '--no-acme'], '--acme and --no-acme together'],
+    ['domain set', domainCommand, ['set', 'a.example.org', '--acme'], "option '--acme <value>' argument missing"],
+    ['domain set', domainCommand, ['set', 'a.example.org', '--acme', 'https://x/dir', '--email', 'me@a.example.org'], 'unreachable'],
+    ['domain set', domainCommand, ['set', 'a.example.org', '--no-acme'], 'unreachable'],
     ['lab kill', labCommand, ['kill', 'n1', 'n2'], "unexpected argument 'n2'"],
     ['lab start', labCommand, ['start', 'n1', '--agnet-only'], "unknown option '--agnet-only'"],
     ['lab heal', labCommand, ['heal', 'now'], "unexpected argument 'now'"],

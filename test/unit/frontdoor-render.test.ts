@@ -95,7 +95,7 @@ describe('the Caddy configuration', () => {
       handler: 'reverse_proxy',
       upstreams: [{ dial: '10.213.0.12:443' }],
       headers: { request: { add: { [HOP_HEADER]: [N1.id] } } },
-      transport: { protocol: 'http', tls: { root_ca_pool: [ROOT_DER.toString('base64')], server_name: 'notes.alice.example.org' } }
+      transport: { protocol: 'http', tls: { root_ca_pool: [ROOT_DER.toString('base64')], server_name: 'dcloud.alice.example.org' } }
     })
   })
 
@@ -131,6 +131,37 @@ describe('the Caddy configuration', () => {
     const http = servers(r)['dcloud-http']
     expect(http?.routes.at(-1)?.handle[0]).toMatchObject({ status_code: 308, headers: { Location: ['https://{http.request.host}:18443{http.request.uri}'] } })
     expect(render(input()).config.apps).toMatchObject({ http: { servers: { 'dcloud-http': { routes: expect.arrayContaining([expect.objectContaining({ handle: [expect.objectContaining({ headers: { Location: ['https://{http.request.host}{http.request.uri}'] } })] })]) } } } })
+  })
+
+  it('loads public certificates beside the cluster CA\'s, which front doors keep getting from each other under their own name', () => {
+    const pub = [{ certPem: 'PUB-NOTES', keyPem: 'K2', names: ['notes.alice.example.org'] }, { certPem: 'PUB-BARE', keyPem: 'K1', names: ['alice.example.org'] }]
+    const r = render(input({ tls: { ...input().tls, public: pub } }))
+    expect(r.config.apps).toMatchObject({ tls: { certificates: { load_pem: [
+      { certificate: 'CERT', key: 'KEY', tags: ['dcloud-cluster-ca'] },
+      { certificate: 'PUB-BARE', key: 'K1', tags: ['dcloud-acme'] },
+      { certificate: 'PUB-NOTES', key: 'K2', tags: ['dcloud-acme'] }
+    ] } } })
+    expect((servers(r)['dcloud-https'] as unknown as Record<string, unknown>).tls_connection_policies).toEqual([
+      { match: { sni: ['dcloud.alice.example.org'] }, certificate_selection: { any_tag: ['dcloud-cluster-ca'] } },
+      // The bare domain is named by the cluster CA's certificate too: the public one is chosen by tag.
+      { match: { sni: ['alice.example.org', 'notes.alice.example.org'] }, certificate_selection: { any_tag: ['dcloud-acme'] } },
+      {}
+    ])
+    expect((servers(render(input()))['dcloud-https'] as unknown as Record<string, unknown>).tls_connection_policies).toEqual([
+      { match: { sni: ['dcloud.alice.example.org'] }, certificate_selection: { any_tag: ['dcloud-cluster-ca'] } }, {}
+    ])
+    // The same certificates in another order: the same configuration (every node renders alike).
+    expect(render(input({ tls: { ...input().tls, public: [...pub].reverse() } })).id).toBe(r.id)
+    expect(r.id).not.toBe(render(input()).id)
+  })
+
+  it('answers an open ACME order\'s HTTP-01 challenges on plain HTTP, ahead of the redirect', () => {
+    const token = 'A'.repeat(43)
+    const auth = `${token}.${'b'.repeat(43)}`
+    const r = render(input({ challenges: { [token]: auth } }))
+    const http = servers(r)['dcloud-http']
+    expect(http?.routes[0]).toEqual({ match: [{ path: [`/.well-known/acme-challenge/${token}`] }], handle: [{ handler: 'static_response', status_code: 200, headers: { 'Content-Type': ['application/octet-stream'] }, body: auth }], terminal: true })
+    expect(http?.routes.at(-1)?.handle[0]).toMatchObject({ status_code: 308 })
   })
 
   it('ends with a catch-all that names no app: an unknown name never reaches one', () => {
