@@ -11,6 +11,9 @@ import { ClusterTls, clusterSecret } from './frontdoor/ca.ts'
 import { CaddyAdmin } from './frontdoor/caddy-admin.ts'
 import { FrontDoor, LocalWebAddresses, type FrontDoorStatus } from './frontdoor/frontdoor.ts'
 import type { RenderNode } from './frontdoor/render.ts'
+import { AccessLog } from './access/service.ts'
+import type { RetentionLimits } from './access/lines.ts'
+import type { AccessRequest, AccessView } from '../proto/access.ts'
 import { clusterDomain } from '../proto/frontdoor.ts'
 import type Docker from 'dockerode'
 import { loadOrCreateIdentity } from './mesh/identity.ts'
@@ -71,8 +74,11 @@ export interface AgentOptions {
    * serves on (every node of a cluster uses the same HTTPS port: front doors
    * forward to each other on it). Absent or null: this node runs none.
    */
-  frontDoor?: { adminSocket: string, httpsPort: number, httpPort: number | null } | null
+  frontDoor?: { adminSocket: string, httpsPort: number, httpPort: number | null, accessLog?: AccessLogOptions | null } | null
 }
+
+/** The front door's access log (agent/access/): the file Caddy writes it to, and how long and how much is kept. */
+export interface AccessLogOptions { caddyLog: string, retention?: Partial<RetentionLimits> }
 
 /** Members of this group reach the API's Unix socket, i.e. administer the node (as with `docker`). */
 export const SOCKET_GROUP = 'dcloud'
@@ -103,6 +109,7 @@ export class Agent implements ApiBackend {
   private tls: ClusterTls | undefined
   private frontDoor: FrontDoor | undefined
   private localWeb: LocalWebAddresses | undefined
+  private accessLog: AccessLog | undefined
   /** DATA_DIR/backups: backup files through the API (ApiBackend). */
   readonly backups: BackupFiles
   /** The agent's own directories, which no ordinary path grant reaches (ApiBackend). */
@@ -207,6 +214,11 @@ export class Agent implements ApiBackend {
     await this.election.start()
 
     this.gossip.start()
+    if (opts.frontDoor?.accessLog != null) {
+      // Before the front door: its first configuration names the file the access log tails.
+      this.accessLog = this.makeAccessLog(opts.frontDoor.accessLog)
+      await this.accessLog.start()
+    }
     if (opts.frontDoor != null) {
       this.frontDoor = this.makeFrontDoor(opts.frontDoor, this.tls, docker, store)
       this.frontDoor.start()
@@ -261,6 +273,7 @@ export class Agent implements ApiBackend {
     this.timers = []
     this.gossip?.stop()
     await this.frontDoor?.stop()
+    await this.accessLog?.stop()
     await this.api?.stop()
     this.lease?.stop()
     await this.election?.stop()
@@ -304,6 +317,7 @@ export class Agent implements ApiBackend {
       rpc: this.rpc?.counters ?? { served: 0, rejected: 0, failed: 0 },
       backups: { ...this.backups.counters },
       frontDoor: this.frontDoor === undefined ? null : frontDoorView(this.frontDoor.status),
+      accessLog: this.accessLog === undefined ? null : { ...this.accessLog.counters },
       ...memory(),
       cpuSeconds: (usage.user + usage.system) / 1e6
     }
@@ -342,6 +356,7 @@ export class Agent implements ApiBackend {
       tls,
       listen: { https: [`:${fd.httpsPort}`], http: fd.httpPort === null ? [] : [`:${fd.httpPort}`] },
       peerHttpsPort: fd.httpsPort,
+      accessLog: fd.accessLog?.caddyLog ?? null,
       self,
       gather: async (signal) => {
         const { gossip, membership } = this.requireStarted()
@@ -358,6 +373,31 @@ export class Agent implements ApiBackend {
       },
       log: this.log.child('frontdoor')
     })
+  }
+
+  /**
+   * The access log's service: its replicas and queries go to the live
+   * nodes; a node's address tells a request another front door forwarded.
+   */
+  private makeAccessLog (opts: AccessLogOptions): AccessLog {
+    const { mesh, rpc, membership } = { ...this.requireStarted(), rpc: this.rpc }
+    if (rpc === undefined) throw new Error('agent not started')
+    return new AccessLog({
+      dataDir: this.opts.dataDir,
+      caddyLog: opts.caddyLog,
+      mesh,
+      rpc,
+      log: this.log.child('access'),
+      peers: () => membership.list().filter(m => m.state !== 'dead').map(m => ({ id: m.status.peerId, address: m.resources?.address ?? null })),
+      nodeName: (id) => id === mesh.peerId.toString() ? this.opts.name : membership.list().find(m => m.status.peerId === id)?.status.name ?? null,
+      ...(opts.retention !== undefined ? { retention: opts.retention } : {})
+    })
+  }
+
+  /** An app's access log across the cluster (ApiBackend). */
+  async access (app: string, q: AccessRequest, signal: AbortSignal): Promise<AccessView> {
+    if (this.accessLog === undefined) throw new ApiError('unavailable', 'this node keeps no access log: its front door is off (--caddy-admin off, or --caddy-access-log off)')
+    return await this.accessLog.query(app, q, signal)
   }
 
   cluster (): ClusterApi {

@@ -3,6 +3,7 @@
  * The CLI and the dashboard speak only this.
  */
 import type { DropReason } from './status.ts'
+import type { AccessLogCounters } from './access.ts'
 
 export const API_VERSION_PREFIX = '/v1'
 
@@ -90,6 +91,8 @@ export interface MetricsResponse {
   cpuSeconds: number
   /** This node's front door (docs/frontdoor.md): null when it runs without one (`--caddy-admin off`). */
   frontDoor: FrontDoorView | null
+  /** This node's access log (docs/frontdoor.md, "Access log"): null when it keeps none. Optional: an older agent has none. */
+  accessLog?: AccessLogCounters | null
   /** The local API's own counters. */
   api: ApiMetrics
 }
