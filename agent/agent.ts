@@ -388,7 +388,8 @@ export class Agent implements ApiBackend {
       mesh,
       rpc,
       log: this.log.child('access'),
-      peers: () => membership.list().filter(m => m.state !== 'dead').map(m => ({ id: m.status.peerId, address: m.resources?.address ?? null })),
+      peers: () => membership.list().filter(m => m.state !== 'dead').map(m => ({ id: m.status.peerId })),
+      nodeAddresses: () => membership.list().map(m => m.resources?.address).filter((a): a is string => typeof a === 'string'),
       nodeName: (id) => id === mesh.peerId.toString() ? this.opts.name : membership.list().find(m => m.status.peerId === id)?.status.name ?? null,
       ...(opts.retention !== undefined ? { retention: opts.retention } : {})
     })

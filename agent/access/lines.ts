@@ -216,7 +216,11 @@ export function retentionPlan (segments: Segment[], limits: RetentionLimits, now
   for (const s of segments) if (s.mtimeMs < now - limits.maxAgeMs) gone.add(s)
   const oldestFirst = (a: Segment, b: Segment): number => a.mtimeMs - b.mtimeMs || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
   const apps = new Map<string, Segment[]>()
-  for (const s of live()) apps.set(s.app, [...(apps.get(s.app) ?? []), s])
+  for (const s of live()) {
+    const list = apps.get(s.app)
+    if (list === undefined) apps.set(s.app, [s])
+    else list.push(s)
+  }
   for (const list of apps.values()) {
     let total = list.reduce((n, s) => n + s.bytes, 0)
     for (const s of list.sort(oldestFirst)) {
@@ -255,7 +259,11 @@ export function assignOrigins (holdings: ReadonlyMap<string, readonly string[]>,
   const origins = new Set<string>()
   for (const list of holdings.values()) for (const o of list) origins.add(o)
   const out = new Map<string, string[]>()
-  const give = (node: string, origin: string): void => { out.set(node, [...(out.get(node) ?? []), origin]) }
+  const give = (node: string, origin: string): void => {
+    const list = out.get(node)
+    if (list === undefined) out.set(node, [origin])
+    else list.push(origin)
+  }
   for (const origin of [...origins].sort()) {
     if (holdings.get(origin)?.includes(origin) === true) give(origin, origin)
     else if (holdings.get(self)?.includes(origin) === true) give(self, origin)

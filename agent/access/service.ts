@@ -44,8 +44,14 @@ export interface AccessLogInit {
   mesh: Mesh
   rpc: RpcServer
   log: Logger
-  /** Live peers (not this node), by peer id, with their address (null while unknown). */
-  peers: () => Array<{ id: string, address: string | null }>
+  /** Live peers (not this node), by peer id: replicas and queries go to them. */
+  peers: () => Array<{ id: string }>
+  /**
+   * The addresses of every other node heard of, dead ones too: a node whose
+   * agent died still has a Caddy that forwards (found by the lab test: a
+   * forwarded request counted twice while the forwarding node was dead).
+   */
+  nodeAddresses: () => Iterable<string>
   /** Any node's name by peer id (dead ones too), for display. */
   nodeName: (id: string) => string | null
   retention?: Partial<RetentionLimits>
@@ -69,6 +75,8 @@ export class AccessLog {
   private pushing = false
   private started = false
   private lastInvalid: string | null = null
+  /** Other nodes' addresses, as ever heard of in this agent's life (a few per node). */
+  private readonly addresses = new Set<string>()
 
   constructor (init: AccessLogInit) {
     this.init = init
@@ -104,7 +112,8 @@ export class AccessLog {
 
   /** Caddy's raw lines: this node's own requests are stored and queued for the replicas. */
   private async fromCaddy (raw: string[]): Promise<void> {
-    const peerAddresses = new Set(this.init.peers().map(p => p.address).filter((a): a is string => a !== null))
+    for (const a of this.init.nodeAddresses()) this.addresses.add(a)
+    const peerAddresses = this.addresses
     const lines: AccessLine[] = []
     for (const text of raw) {
       const d = decodeCaddyAccess(text, this.self, peerAddresses)

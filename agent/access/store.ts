@@ -51,7 +51,9 @@ export class AccessStore {
     const groups = new Map<string, AccessLine[]>()
     for (const l of lines) {
       const key = `${l.app}/${l.node}`
-      groups.set(key, [...(groups.get(key) ?? []), l])
+      const group = groups.get(key)
+      if (group === undefined) groups.set(key, [l])
+      else group.push(l)
     }
     let added = 0
     for (const [key, group] of groups) {

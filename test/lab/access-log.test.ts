@@ -134,6 +134,30 @@ describe('the access log on a 3-node lab', () => {
     expect(bound).toBeLessThan(3000)
   }, 120_000)
 
+  it('loses no line and counts none twice when the agent is killed, or Caddy restarted, between requests', async () => {
+    const since = Date.now()
+    const sent: Sent[] = []
+    for (let i = 0; i < 3; i++) sent.push(await request('n3', 'n1', `/restart/before-${i}`))
+    // The agent dies at once (SIGKILL: its cursor is up to 2 s behind what it had read); Caddy keeps serving meanwhile.
+    const pid = (await lab.lab.state()).nodes.find(n => n.name === 'n1')?.agentPid
+    expect(pid).toBeGreaterThan(0)
+    process.kill(pid as number, 'SIGKILL')
+    await waitFor(async () => { try { process.kill(pid as number, 0); return undefined } catch { return true } }, 10_000, 'n1\'s agent to die')
+    for (let i = 0; i < 3; i++) sent.push(await request('n3', 'n1', `/restart/agent-down-${i}`))
+    await lab.cmd('start', 'n1', '--agent-only')
+    // Caddy killed and started: the agent loads its configuration again, and Caddy appends to the same file.
+    await lab.cmd('caddy', 'n1', '--kill')
+    await lab.cmd('caddy', 'n1', '--start')
+    await waitFor(async () => (await lab.exec('n3', ['curl', '-s', '-o', '/dev/null', '--max-time', '2', '--resolve', `${HOST}:443:${ips.n1 ?? '?'}`, '--cacert', ca, `https://${HOST}/restart/probe`])).code === 0 ? true : undefined, 20_000, 'n1 serving again')
+    for (let i = 0; i < 3; i++) sent.push(await request('n3', 'n1', `/restart/after-${i}`))
+    // Each once, and as n1's (n2, which n1 forwarded them to, counts none of them, even while n1's agent is dead).
+    const wanted = sent.map(s => `${s.path}@n1`).sort()
+    const restartLines = async (node: string): Promise<string[]> => (await access(node, since)).lines.filter(l => l.path.startsWith('/restart/') && l.path !== '/restart/probe').map(l => `${l.path}@${l.nodeName ?? '?'}`).sort()
+    await waitFor(async () => (await restartLines('n2')).length >= wanted.length ? true : undefined, 20_000, 'the lines of n1 around its restarts')
+    await new Promise(resolve => setTimeout(resolve, 1500))
+    for (const node of NODES) expect(await restartLines(node), node).toEqual(wanted)
+  }, 180_000)
+
   it('shows the lines of a node killed shortly after requests entered through it, from a survivor', async () => {
     const since = Date.now()
     const sent: Sent[] = []
