@@ -74,11 +74,17 @@ export interface AgentOptions {
    * serves on (every node of a cluster uses the same HTTPS port: front doors
    * forward to each other on it). Absent or null: this node runs none.
    */
-  frontDoor?: { adminSocket: string, httpsPort: number, httpPort: number | null, accessLog?: AccessLogOptions | null } | null
+  frontDoor?: { adminSocket: string, httpsPort: number, httpPort: number | null } | null
+  /** The front door's access log (agent/access/): kept, replicated and answered on every node; read from Caddy where there is a front door. */
+  accessLog?: AccessLogOptions
 }
 
-/** The front door's access log (agent/access/): the file Caddy writes it to, and how long and how much is kept. */
-export interface AccessLogOptions { caddyLog: string, retention?: Partial<RetentionLimits> }
+/**
+ * The file this node's Caddy writes the access log to (null: it logs none,
+ * e.g. no front door; the node still holds its peers' replicas and answers
+ * queries), and how long and how much is kept.
+ */
+export interface AccessLogOptions { caddyLog: string | null, retention?: Partial<RetentionLimits> }
 
 /** Members of this group reach the API's Unix socket, i.e. administer the node (as with `docker`). */
 export const SOCKET_GROUP = 'dcloud'
@@ -214,11 +220,10 @@ export class Agent implements ApiBackend {
     await this.election.start()
 
     this.gossip.start()
-    if (opts.frontDoor?.accessLog != null) {
-      // Before the front door: its first configuration names the file the access log tails.
-      this.accessLog = this.makeAccessLog(opts.frontDoor.accessLog)
-      await this.accessLog.start()
-    }
+    // Before the front door: its first configuration names the file the access log tails.
+    const accessLog = { caddyLog: opts.frontDoor != null ? opts.accessLog?.caddyLog ?? null : null, retention: opts.accessLog?.retention }
+    this.accessLog = this.makeAccessLog(accessLog)
+    await this.accessLog.start()
     if (opts.frontDoor != null) {
       this.frontDoor = this.makeFrontDoor(opts.frontDoor, this.tls, docker, store)
       this.frontDoor.start()
@@ -356,7 +361,7 @@ export class Agent implements ApiBackend {
       tls,
       listen: { https: [`:${fd.httpsPort}`], http: fd.httpPort === null ? [] : [`:${fd.httpPort}`] },
       peerHttpsPort: fd.httpsPort,
-      accessLog: fd.accessLog?.caddyLog ?? null,
+      accessLog: this.opts.accessLog?.caddyLog ?? null,
       self,
       gather: async (signal) => {
         const { gossip, membership } = this.requireStarted()
@@ -397,7 +402,7 @@ export class Agent implements ApiBackend {
 
   /** An app's access log across the cluster (ApiBackend). */
   async access (app: string, q: AccessRequest, signal: AbortSignal): Promise<AccessView> {
-    if (this.accessLog === undefined) throw new ApiError('unavailable', 'this node keeps no access log: its front door is off (--caddy-admin off, or --caddy-access-log off)')
+    if (this.accessLog === undefined) throw new ApiError('internal', 'agent not started')
     return await this.accessLog.query(app, q, signal)
   }
 

@@ -15,13 +15,13 @@
  */
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { PeerId } from '@libp2p/interface'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { mkdir, readdir } from 'node:fs/promises'
 import type { Mesh } from '../mesh/mesh.ts'
 import { RpcError, rpcCall, type RpcServer } from '../mesh/rpc.ts'
 import type { Logger } from '../util/log.ts'
 import { decodeAccessAnswer, decodeAccessPush, decodeAccessPushReply, decodeAccessQuery, PUSH_MAX_LINES, type AccessAnswer, type AccessLine, type AccessQuery, type AccessLogCounters, type AccessRequest, type AccessView, type SummaryPart } from '../../proto/access.ts'
-import { AccessStore } from './store.ts'
+import { AccessStore, RECENT_IDS } from './store.ts'
 import { CaddyLogTail } from './tail.ts'
 import { assignOrigins, byTime, decodeCaddyAccess, DEFAULT_RETENTION, mergeSummaries, replicaTargets, type RetentionLimits } from './lines.ts'
 
@@ -32,15 +32,21 @@ const PUSH_EVERY_MS = 500
 const RETAIN_EVERY_MS = 60_000
 /** Own lines kept in memory for replicas that have not taken them yet; beyond, the oldest are dropped (still on this node's disk). */
 const QUEUE_MAX = 20_000
-/** After a start, and for a node that becomes a replica, the own lines of this last while are (re)sent: replicas dedupe. */
+/**
+ * After a start, and to a node that becomes a replica, the own lines of this
+ * last while are (re)sent, at most RESEND_MAX_LINES of them: what a replica
+ * recognises by the ids it remembers (store.ts RECENT_IDS), so a re-sent line
+ * is never stored twice.
+ */
 const RESEND_MS = 60_000
+const RESEND_MAX_LINES = RECENT_IDS / 2
 const QUERY_TIMEOUT_MS = 10_000
 const ANSWER_MAX_BYTES = 16 * 1024 * 1024
 
 export interface AccessLogInit {
   dataDir: string
-  /** Caddy's access log file, as render.ts writes it into the configuration. */
-  caddyLog: string
+  /** Caddy's access log file, as render.ts writes it into the configuration; null: this node logs none (it still holds replicas and answers queries). */
+  caddyLog: string | null
   mesh: Mesh
   rpc: RpcServer
   log: Logger
@@ -64,7 +70,7 @@ export class AccessLog {
   readonly counters: AccessLogCounters = { logged: 0, forwarded: 0, invalid: 0, pushed: 0, pushFailures: 0, replicated: 0, dropped: 0, maxReplicationMs: 0, lastReplicationMs: null, storedBytes: 0 }
   readonly store: AccessStore
   private readonly init: AccessLogInit
-  private readonly tail: CaddyLogTail
+  private readonly tail: CaddyLogTail | null
   private readonly self: string
   private readonly limits: RetentionLimits
   /** Own lines not yet taken by every replica; `base` is the sequence number of queue[0]. */
@@ -83,7 +89,7 @@ export class AccessLog {
     this.self = init.mesh.peerId.toString()
     this.store = new AccessStore(join(init.dataDir, 'access'))
     this.limits = { ...DEFAULT_RETENTION, ...init.retention }
-    this.tail = new CaddyLogTail({ path: init.caddyLog, cursorFile: join(init.dataDir, 'access', 'caddy-cursor.json'), onLines: async (lines) => { await this.fromCaddy(lines) }, log: init.log })
+    this.tail = init.caddyLog === null ? null : new CaddyLogTail({ path: init.caddyLog, cursorFile: join(init.dataDir, 'access', 'caddy-cursor.json'), onLines: async (lines) => { await this.fromCaddy(lines) }, log: init.log })
   }
 
   async start (): Promise<void> {
@@ -91,12 +97,12 @@ export class AccessLog {
     this.started = true
     await this.store.open()
     // Caddy writes there; the agent's directory for it exists before the first configuration names it.
-    await mkdir(join(this.init.caddyLog, '..'), { recursive: true }).catch(() => {})
+    if (this.init.caddyLog !== null) await mkdir(dirname(this.init.caddyLog), { recursive: true }).catch(() => {})
     const { rpc } = this.init
     await rpc.register({ protocol: PUSH_PROTOCOL, decode: decodeAccessPush, handle: async (req, from) => await this.received(req.lines, from), maxRequestBytes: 2 * 1024 * 1024 })
     await rpc.register({ protocol: QUERY_PROTOCOL, decode: decodeAccessQuery, handle: async (q) => await this.answer(q), timeoutMs: QUERY_TIMEOUT_MS })
     await this.requeueRecent()
-    this.tail.start()
+    this.tail?.start()
     this.timers.push(setInterval(() => { void this.push() }, PUSH_EVERY_MS))
     this.timers.push(setInterval(() => { void this.retain() }, RETAIN_EVERY_MS))
     void this.retain()
@@ -107,7 +113,7 @@ export class AccessLog {
     this.started = false
     for (const t of this.timers) clearInterval(t)
     this.timers = []
-    await this.tail.stop()
+    await this.tail?.stop()
   }
 
   /** Caddy's raw lines: this node's own requests are stored and queued for the replicas. */
@@ -147,8 +153,8 @@ export class AccessLog {
   private async requeueRecent (): Promise<void> {
     const since = Date.now() - RESEND_MS
     const mine: AccessLine[] = []
-    for (const app of await this.apps()) mine.push(...(await this.store.read(app, [this.self], since, PUSH_MAX_LINES * 4, false)).lines)
-    this.enqueue(mine.sort(byTime))
+    for (const app of await this.apps()) mine.push(...(await this.store.read(app, [this.self], since, RESEND_MAX_LINES, false)).lines)
+    this.enqueue(mine.sort(byTime).slice(-RESEND_MAX_LINES))
   }
 
   private async apps (): Promise<string[]> {
@@ -174,8 +180,9 @@ export class AccessLog {
   private async pushTo (target: string): Promise<void> {
     if (!this.cursors.has(target)) {
       // A new replica: this node's last minute, then everything after.
-      const from = this.queue.findIndex(l => l.ts >= Date.now() - RESEND_MS)
-      this.cursors.set(target, from < 0 ? this.base + this.queue.length : this.base + from)
+      const recent = this.queue.findIndex(l => l.ts >= Date.now() - RESEND_MS)
+      const from = recent < 0 ? this.queue.length : Math.max(recent, this.queue.length - RESEND_MAX_LINES)
+      this.cursors.set(target, this.base + from)
     }
     for (;;) {
       const at = Math.max(this.cursors.get(target) ?? this.base, this.base)

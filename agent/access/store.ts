@@ -22,16 +22,25 @@ import { NewestLines, SummaryBuilder, retentionPlan, type RetentionLimits, type 
 const SEGMENT_MAX_BYTES = 1024 * 1024
 const SEGMENT_MAX_AGE_MS = 3600_000
 /** Ids remembered per app and origin: duplicates come from re-sent pushes and re-read tails, seconds apart. */
-const RECENT_IDS = 4096
+export const RECENT_IDS = 4096
+/** An app and origin not appended to for this long forgets its ids (a duplicate comes within seconds): memory follows the apps with traffic. */
+const RECENT_IDLE_MS = 5 * 60_000
 const APP_DIR = /^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$/
 const SEGMENT_FILE = /^(\d{13,16})\.jsonl$/
+/**
+ * A segment whose last write is older than a query's start by more than this
+ * is skipped unread. Not by the exact time: a line's time is its origin's
+ * clock, the write time this node's (and the kernel's coarse one); nodes'
+ * clocks may differ by minutes before NTP settles.
+ */
+const CLOCK_SLACK_MS = 10 * 60_000
 
 interface Active { name: string, bytes: number, started: number }
 
 export class AccessStore {
   readonly dir: string
   private readonly active = new Map<string, Active>()
-  private readonly recent = new Map<string, { set: Set<string>, order: string[] }>()
+  private readonly recent = new Map<string, { set: Set<string>, order: string[], usedAt: number }>()
   /** Appends of one app and origin never interleave. */
   private readonly chains = new Map<string, Promise<unknown>>()
 
@@ -60,7 +69,11 @@ export class AccessStore {
       const previous = this.chains.get(key) ?? Promise.resolve()
       const next = previous.catch(() => {}).then(async () => await this.appendGroup(key, group, now))
       this.chains.set(key, next)
-      added += await next
+      try {
+        added += await next
+      } finally {
+        if (this.chains.get(key) === next) this.chains.delete(key)
+      }
     }
     return added
   }
@@ -68,6 +81,7 @@ export class AccessStore {
   private async appendGroup (key: string, lines: AccessLine[], now: number): Promise<number> {
     const [app, origin] = key.split('/') as [string, string]
     const seen = await this.recentIds(app, origin)
+    seen.usedAt = now
     const fresh: AccessLine[] = []
     for (const l of lines) {
       if (seen.set.has(l.id)) continue
@@ -92,11 +106,11 @@ export class AccessStore {
   }
 
   /** The ids of the newest segment's lines, read once per app and origin after a start: a re-read tail or re-sent push is then recognised. */
-  private async recentIds (app: string, origin: string): Promise<{ set: Set<string>, order: string[] }> {
+  private async recentIds (app: string, origin: string): Promise<{ set: Set<string>, order: string[], usedAt: number }> {
     const key = `${app}/${origin}`
     let r = this.recent.get(key)
     if (r !== undefined) return r
-    r = { set: new Set(), order: [] }
+    r = { set: new Set(), order: [], usedAt: 0 }
     const segs = await this.segmentsOf(app, origin)
     const last = segs.at(-1)
     if (last !== undefined) {
@@ -116,7 +130,7 @@ export class AccessStore {
   async origins (app: string, since: number): Promise<string[]> {
     const out: string[] = []
     for (const origin of await dirs(join(this.dir, app), PEER_ID)) {
-      if ((await this.segmentsOf(app, origin)).some(s => s.mtimeMs >= since)) out.push(origin)
+      if ((await this.segmentsOf(app, origin)).some(s => s.mtimeMs >= since - CLOCK_SLACK_MS)) out.push(origin)
     }
     return out.sort()
   }
@@ -127,8 +141,8 @@ export class AccessStore {
     const sum = summary ? new SummaryBuilder() : null
     for (const origin of origins) {
       for (const s of await this.segmentsOf(app, origin)) {
-        // Every line of a segment is older than its last write.
-        if (s.mtimeMs < since) continue
+        // Every line of a segment is older than its last write (give or take the clocks).
+        if (s.mtimeMs < since - CLOCK_SLACK_MS) continue
         await eachLine(join(this.dir, app, origin, s.name), l => {
           if (l.ts < since) return
           if (limit > 0) newest.add(l)
@@ -140,8 +154,11 @@ export class AccessStore {
     return { lines: newest.lines(), more: newest.more, summary: sum?.part() ?? null }
   }
 
-  /** Deletes what the limits say (lines.ts retentionPlan); returns the segments deleted. */
+  /** Deletes what the limits say (lines.ts retentionPlan); returns the segments deleted. Also forgets the ids of idle apps and origins. */
   async retain (limits: RetentionLimits, now = Date.now()): Promise<Segment[]> {
+    for (const [key, r] of this.recent) {
+      if (now - r.usedAt > RECENT_IDLE_MS && !this.chains.has(key)) { this.recent.delete(key); this.active.delete(key) }
+    }
     const all: Segment[] = []
     for (const app of await dirs(this.dir, APP_DIR)) {
       for (const origin of await dirs(join(this.dir, app), PEER_ID)) all.push(...await this.segmentsOf(app, origin))

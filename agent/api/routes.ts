@@ -99,7 +99,7 @@ export function apiRoutes (backend: ApiBackend, apiMetrics: () => ApiMetrics): R
       return await cluster().logs(params.name ?? '', tail)
     },
     'GET /v1/apps/:name/access': async ({ params, query }) => {
-      if (backend.access === undefined) throw new ApiError('unavailable', 'this node keeps no access log (its front door is off)')
+      if (backend.access === undefined) throw new ApiError('unavailable', 'this agent keeps no access log')
       const app = appName(params.name)
       const since = query.get('since') ?? '0'
       const limit = query.get('limit') ?? '1000'

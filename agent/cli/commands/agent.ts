@@ -101,7 +101,7 @@ export async function agentCommand (argv: string[]): Promise<number> {
   try { if (devicesText !== undefined) devices = parseDeviceList(devicesText, '--devices') } catch (err) { throw new UsageError((err as Error).message) }
 
   const frontDoor = frontDoorOptions(values['caddy-admin'] ?? process.env.DCLOUD_CADDY_ADMIN, values['https-port'], values['http-port'], dataDir)
-  if (frontDoor != null) frontDoor.accessLog = accessLogOptions(values, dataDir)
+  const accessLog = accessLogOptions(values, dataDir)
 
   const log = createLogger('agent')
   const agent = new Agent({
@@ -120,6 +120,7 @@ export async function agentCommand (argv: string[]): Promise<number> {
     trustedProxies,
     devices,
     frontDoor,
+    accessLog,
     ...(values.restic !== undefined ? { restic: values.restic } : {})
   }, log)
 
@@ -138,10 +139,9 @@ export async function agentCommand (argv: string[]): Promise<number> {
   return 0
 }
 
-function accessLogOptions (values: { 'caddy-access-log'?: string, 'access-keep-days'?: string, 'access-keep-mb'?: string, 'access-keep-total-mb'?: string }, dataDir: string): AccessLogOptions | null {
+function accessLogOptions (values: { 'caddy-access-log'?: string, 'access-keep-days'?: string, 'access-keep-mb'?: string, 'access-keep-total-mb'?: string }, dataDir: string): AccessLogOptions {
   const file = values['caddy-access-log'] ?? (dataDir.replace(/\/+$/, '') === SYSTEM_DATA_DIR ? SYSTEM_CADDY_ACCESS_LOG : join(dataDir, 'caddy-access', 'access.log'))
-  if (file === 'off') return null
-  if (!file.startsWith('/')) throw new UsageError(`--caddy-access-log ${file}: expected an absolute path, or off`)
+  if (file !== 'off' && !file.startsWith('/')) throw new UsageError(`--caddy-access-log ${file}: expected an absolute path, or off`)
   const int = (v: string | undefined, flag: string, max: number): number | undefined => {
     if (v === undefined) return undefined
     const n = Number(v)
@@ -152,7 +152,7 @@ function accessLogOptions (values: { 'caddy-access-log'?: string, 'access-keep-d
   const perApp = int(values['access-keep-mb'], '--access-keep-mb', 1_000_000)
   const total = int(values['access-keep-total-mb'], '--access-keep-total-mb', 1_000_000)
   return {
-    caddyLog: file,
+    caddyLog: file === 'off' ? null : file,
     retention: {
       ...(days !== undefined ? { maxAgeMs: days * 86_400_000 } : {}),
       ...(perApp !== undefined ? { maxBytesPerApp: perApp * 1024 * 1024 } : {}),
