@@ -6,14 +6,17 @@
  * bytes curl saw and the client address curl used, logged by the front door
  * the client reached, whichever node forwarded to which. Then the delay
  * from a request's answer to its line being held by another node is measured
- * (each node's own store, `local=1`), and a node killed that long after
- * requests entered through it still has them shown by a survivor.
+ * (each node's own store, `local=1`); `--follow` prints new requests once
+ * each; killing n1's agent and restarting its Caddy between requests loses
+ * none and counts none twice; and a node killed that long after requests
+ * entered through it still has them shown by a survivor.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { LabHandle, dcloudOk, waitFor } from './harness.ts'
+import { DCLOUD, LabHandle, dcloudOk, waitFor } from './harness.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
 import { apiGet } from '../../agent/cli/client.ts'
 import type { AppView } from '../../proto/api.ts'
@@ -109,6 +112,22 @@ describe('the access log on a 3-node lab', () => {
     for (const node of NODES) expect((await lab.metrics(node)).accessLog?.invalid, node).toBe(0)
     expect((await lab.metrics('n2')).accessLog?.forwarded).toBeGreaterThanOrEqual(6)
   }, 180_000)
+
+  it('follows new requests as they come (--follow --json), each once', async () => {
+    const follower = spawn(DCLOUD, ['app', 'access', 'hello', '--since', '5s', '--follow', '--json'], { env: { ...process.env, DCLOUD_API: `unix:${lab.lab.agentSocket('n2')}` }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    follower.stdout.on('data', (d: Buffer) => { out += d.toString() })
+    try {
+      await new Promise(resolve => setTimeout(resolve, 2000))
+      const sent = [await request('n1', 'n3', '/follow/0'), await request('n3', 'n1', '/follow/1'), await request('n2', 'n2', '/follow/2')]
+      const followed = async (): Promise<Array<{ path: string, client: string, nodeName: string }>> => out.split('\n').filter(l => l.includes('"/follow/')).map(l => JSON.parse(l) as { path: string, client: string, nodeName: string })
+      await waitFor(async () => (await followed()).length >= 3 ? true : undefined, 15_000, 'the follower to print 3 lines')
+      await new Promise(resolve => setTimeout(resolve, 2500))
+      expect((await followed()).map(l => `${l.path} ${l.client} ${l.nodeName}`)).toEqual(sent.map(s => `${s.path} ${s.localIp} ${s.door}`))
+    } finally {
+      if (follower.pid !== undefined) process.kill(follower.pid, 'SIGTERM')
+    }
+  }, 60_000)
 
   let bound = 0
 
