@@ -274,3 +274,12 @@ export function assignOrigins (holdings: ReadonlyMap<string, readonly string[]>,
   }
   return out
 }
+
+/**
+ * Why a peer's push is refused, or null: a node pushes only its own lines
+ * (each names its origin), so no peer can put lines in another node's name.
+ */
+export function pushRefusal (lines: readonly AccessLine[], sender: string): string | null {
+  const foreign = lines.find(l => l.node !== sender)
+  return foreign === undefined ? null : `a node pushes only its own access lines; this push has a line of ${foreign.node}`
+}

@@ -23,7 +23,7 @@ import type { Logger } from '../util/log.ts'
 import { decodeAccessAnswer, decodeAccessPush, decodeAccessPushReply, decodeAccessQuery, PUSH_MAX_LINES, type AccessAnswer, type AccessLine, type AccessQuery, type AccessLogCounters, type AccessRequest, type AccessView, type SummaryPart } from '../../proto/access.ts'
 import { AccessStore, RECENT_IDS } from './store.ts'
 import { CaddyLogTail } from './tail.ts'
-import { assignOrigins, byTime, decodeCaddyAccess, DEFAULT_RETENTION, mergeSummaries, replicaTargets, type RetentionLimits } from './lines.ts'
+import { assignOrigins, byTime, pushRefusal, decodeCaddyAccess, DEFAULT_RETENTION, mergeSummaries, replicaTargets, type RetentionLimits } from './lines.ts'
 
 export const PUSH_PROTOCOL = '/dcloud/access-push/1'
 export const QUERY_PROTOCOL = '/dcloud/access-query/1'
@@ -206,9 +206,8 @@ export class AccessLog {
 
   /** A peer's push: only its own lines. */
   private async received (lines: AccessLine[], from: PeerId): Promise<{ stored: number }> {
-    const sender = from.toString()
-    const foreign = lines.find(l => l.node !== sender)
-    if (foreign !== undefined) throw new RpcError('forbidden', `a node pushes only its own access lines; this push has a line of ${foreign.node}`)
+    const refusal = pushRefusal(lines, from.toString())
+    if (refusal !== null) throw new RpcError('forbidden', refusal)
     const stored = await this.store.append(lines)
     this.counters.replicated += stored
     return { stored }

@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { appendFile, mkdtemp, readdir, rename, rm, utimes, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { assignOrigins, decodeCaddyAccess, lineId, mergeSummaries, NewestLines, replicaTargets, retentionPlan, SummaryBuilder, type Segment } from '../../agent/access/lines.ts'
+import { assignOrigins, pushRefusal, decodeCaddyAccess, lineId, mergeSummaries, NewestLines, replicaTargets, retentionPlan, SummaryBuilder, type Segment } from '../../agent/access/lines.ts'
 import { AccessStore } from '../../agent/access/store.ts'
 import { CaddyLogTail } from '../../agent/access/tail.ts'
 import { decodeAccessAnswer, decodeAccessLine, decodeAccessPush, decodeAccessQuery, parseSince, type AccessLine } from '../../proto/access.ts'
@@ -172,6 +172,12 @@ describe('replicas and queries', () => {
     expect(replicaTargets(B, [A, B, C], 2)).toEqual([C, A])
     expect(replicaTargets(C, [A, B, C], 1)).toEqual([A])
     expect(replicaTargets(A, [], 2)).toEqual([])
+  })
+
+  it('takes from a peer only that peer\'s own lines', () => {
+    expect(pushRefusal([line({ node: B }), line({ node: B })], B)).toBeNull()
+    expect(pushRefusal([line({ node: B }), line({ node: C })], B)).toMatch(/only its own access lines; this push has a line of 12D3KooW3/)
+    expect(pushRefusal([], B)).toBeNull()
   })
 
   it('has each origin read by one node: itself when it answers, else the asking node, else the first holder', () => {

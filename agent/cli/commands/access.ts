@@ -15,10 +15,11 @@ export async function accessCommand (argv: string[]): Promise<number> {
   const { values, args: [name] } = parseCommand(argv, {
     usage: accessUsage,
     args: ['NAME'],
-    options: { since: { type: 'string', default: '1h' }, limit: { type: 'string', default: '1000' }, summary: { type: 'boolean', default: false }, json: { type: 'boolean', default: false }, follow: { type: 'boolean', short: 'f', default: false }, local: { type: 'boolean', default: false } }
+    options: { since: { type: 'string' }, limit: { type: 'string', default: '1000' }, summary: { type: 'boolean', default: false }, json: { type: 'boolean', default: false }, follow: { type: 'boolean', short: 'f', default: false }, local: { type: 'boolean', default: false } }
   })
+  // Visitors per day want days: the summary looks back a week unless told otherwise, the lines an hour.
   let since: number
-  try { since = parseSince(values.since ?? '1h', Date.now()) } catch (err) { throw new UsageError((err as Error).message, `usage: ${accessUsage}`) }
+  try { since = parseSince(values.since ?? (values.summary === true ? '7d' : '1h'), Date.now()) } catch (err) { throw new UsageError((err as Error).message, `usage: ${accessUsage}`) }
   const limit = intOption(values.limit, 'limit', 0, QUERY_MAX_LINES) ?? 1000
   if (values.follow === true && values.summary === true) throw new UsageError('--follow and --summary do not go together', `usage: ${accessUsage}`)
   const local = values.local === true

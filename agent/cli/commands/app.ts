@@ -25,7 +25,8 @@ export const appHelp = `dcloud app COMMAND
   logs NAME [--tail N]                                   the app's container logs (the last N lines, 1 to 10000; default 200)
   why NAME [--json]                                      why the app runs where it does, or nowhere
   access NAME [--since 1h] [--limit N] [--json] [--follow] [--summary] [--local]
-                                                         requests to the app's web UI, from every node's front door;
+                                                         requests to the app's web UI, from every node's front door
+                                                         (--since: 15m, 1h, 7d, or a date; default 1h, 7d with --summary);
                                                          --summary: visitors per day, top paths and addresses;
                                                          --local: only what this node holds (its lines and replicas)`
 
