@@ -242,18 +242,26 @@ export class AccessLog {
     const seen = new Set<string>()
     let lines: AccessLine[] = []
     let more = false
-    await Promise.all([...assignOrigins(holdings, this.self)].map(async ([node, origins]) => {
-      try {
-        const a = await this.ask(node, { kind: 'read', app, since, origins, limit, summary }, signal)
-        if (a.kind !== 'read') return
-        if (a.summary !== null) parts.push(a.summary)
-        if (a.lines.length >= limit && limit > 0) more = true
-        for (const l of a.lines) if (!seen.has(l.id)) { seen.add(l.id); lines.push(l) }
-      } catch (err) {
-        unreachable.push(this.init.nodeName(node) ?? node)
-        this.init.log.debug('access log: a node did not answer', { node, error: (err as Error).message })
-      }
-    }))
+    // A node that fails its read (it died since it answered) has its origins read from another holder.
+    let plan = assignOrigins(holdings, this.self)
+    for (let round = 0; round < 2 && plan.size > 0; round++) {
+      const retry = new Set<string>()
+      await Promise.all([...plan].map(async ([node, origins]) => {
+        try {
+          const a = await this.ask(node, { kind: 'read', app, since, origins, limit, summary }, signal)
+          if (a.kind !== 'read') return
+          if (a.summary !== null) parts.push(a.summary)
+          if (a.lines.length >= limit && limit > 0) more = true
+          for (const l of a.lines) if (!seen.has(l.id)) { seen.add(l.id); lines.push(l) }
+        } catch (err) {
+          unreachable.push(this.init.nodeName(node) ?? node)
+          holdings.delete(node)
+          for (const o of origins) retry.add(o)
+          this.init.log.debug('access log: a node did not answer', { node, error: (err as Error).message })
+        }
+      }))
+      plan = assignOrigins(new Map([...holdings].map(([n, os]) => [n, os.filter(o => retry.has(o))])), this.self)
+    }
     lines.sort(byTime)
     if (lines.length > limit) { more = true; lines = lines.slice(lines.length - limit) }
     return {
