@@ -30,8 +30,8 @@ export const QUERY_PROTOCOL = '/dcloud/access-query/1'
 
 const PUSH_EVERY_MS = 500
 const RETAIN_EVERY_MS = 60_000
-/** Own lines kept in memory for replicas that have not taken them yet; beyond, the oldest are dropped (still on this node's disk). */
-const QUEUE_MAX = 20_000
+/** Own lines kept in memory for replicas that have not taken them yet (about 2.5 MB at most); beyond, the oldest are dropped from it (still on this node's disk; counted in `dropped`). */
+const QUEUE_MAX = 5000
 /**
  * After a start, and to a node that becomes a replica, the own lines of this
  * last while are (re)sent, at most RESEND_MAX_LINES of them: what a replica
