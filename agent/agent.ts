@@ -13,6 +13,9 @@ import { FrontDoor, LocalWebAddresses, type FrontDoorStatus } from './frontdoor/
 import { AcmeIssuer, PublicCertificates } from './frontdoor/acme.ts'
 import { ReplicatedSecrets } from './secrets/secrets.ts'
 import type { RenderNode } from './frontdoor/render.ts'
+import { AccessLog } from './access/service.ts'
+import type { RetentionLimits } from './access/lines.ts'
+import type { AccessRequest, AccessView } from '../proto/access.ts'
 import { clusterDomain } from '../proto/frontdoor.ts'
 import type Docker from 'dockerode'
 import { loadOrCreateIdentity } from './mesh/identity.ts'
@@ -74,7 +77,16 @@ export interface AgentOptions {
    * forward to each other on it). Absent or null: this node runs none.
    */
   frontDoor?: { adminSocket: string, httpsPort: number, httpPort: number | null } | null
+  /** The front door's access log (agent/access/): kept, replicated and answered on every node; read from Caddy where there is a front door. */
+  accessLog?: AccessLogOptions
 }
+
+/**
+ * The file this node's Caddy writes the access log to (null: it logs none,
+ * e.g. no front door; the node still holds its peers' replicas and answers
+ * queries), and how long and how much is kept.
+ */
+export interface AccessLogOptions { caddyLog: string | null, retention?: Partial<RetentionLimits> }
 
 /** Members of this group reach the API's Unix socket, i.e. administer the node (as with `docker`). */
 export const SOCKET_GROUP = 'dcloud'
@@ -109,6 +121,7 @@ export class Agent implements ApiBackend {
   private publicCerts: PublicCertificates | undefined
   private acme: AcmeIssuer | undefined
   private localWeb: LocalWebAddresses | undefined
+  private accessLog: AccessLog | undefined
   /** DATA_DIR/backups: backup files through the API (ApiBackend). */
   readonly backups: BackupFiles
   /** The agent's own directories, which no ordinary path grant reaches (ApiBackend). */
@@ -216,6 +229,10 @@ export class Agent implements ApiBackend {
     await this.election.start()
 
     this.gossip.start()
+    // Before the front door: its first configuration names the file the access log tails.
+    const accessLog = { caddyLog: opts.frontDoor != null ? opts.accessLog?.caddyLog ?? null : null, retention: opts.accessLog?.retention }
+    this.accessLog = this.makeAccessLog(accessLog)
+    await this.accessLog.start()
     if (opts.frontDoor != null) {
       this.frontDoor = this.makeFrontDoor(opts.frontDoor, this.tls, docker, store)
       this.frontDoor.start()
@@ -273,6 +290,7 @@ export class Agent implements ApiBackend {
     this.gossip?.stop()
     await this.acme?.stop()
     await this.frontDoor?.stop()
+    await this.accessLog?.stop()
     await this.api?.stop()
     this.lease?.stop()
     await this.election?.stop()
@@ -317,6 +335,7 @@ export class Agent implements ApiBackend {
       backups: { ...this.backups.counters },
       frontDoor: this.frontDoor === undefined ? null : frontDoorView(this.frontDoor.status),
       acme: this.acme === undefined ? null : { ...this.acme.status, plan: [...this.acme.status.plan] },
+      accessLog: this.accessLog === undefined ? null : { ...this.accessLog.counters },
       ...memory(),
       cpuSeconds: (usage.user + usage.system) / 1e6
     }
@@ -363,6 +382,7 @@ export class Agent implements ApiBackend {
       tls,
       listen: { https: [`:${fd.httpsPort}`], http: fd.httpPort === null ? [] : [`:${fd.httpPort}`] },
       peerHttpsPort: fd.httpsPort,
+      accessLog: this.opts.accessLog?.caddyLog ?? null,
       self,
       gather: async (signal) => {
         const { gossip, membership } = this.requireStarted()
@@ -403,6 +423,32 @@ export class Agent implements ApiBackend {
       httpPort: fd.httpPort,
       log: this.log.child('acme')
     })
+  }
+
+  /**
+   * The access log's service: its replicas and queries go to the live
+   * nodes; a node's address tells a request another front door forwarded.
+   */
+  private makeAccessLog (opts: AccessLogOptions): AccessLog {
+    const { mesh, rpc, membership } = { ...this.requireStarted(), rpc: this.rpc }
+    if (rpc === undefined) throw new Error('agent not started')
+    return new AccessLog({
+      dataDir: this.opts.dataDir,
+      caddyLog: opts.caddyLog,
+      mesh,
+      rpc,
+      log: this.log.child('access'),
+      peers: () => membership.list().filter(m => m.state !== 'dead').map(m => ({ id: m.status.peerId })),
+      nodeAddresses: () => membership.list().map(m => m.resources?.address).filter((a): a is string => typeof a === 'string'),
+      nodeName: (id) => id === mesh.peerId.toString() ? this.opts.name : membership.list().find(m => m.status.peerId === id)?.status.name ?? null,
+      ...(opts.retention !== undefined ? { retention: opts.retention } : {})
+    })
+  }
+
+  /** An app's access log across the cluster (ApiBackend). */
+  async access (app: string, q: AccessRequest, signal: AbortSignal): Promise<AccessView> {
+    if (this.accessLog === undefined) throw new ApiError('internal', 'agent not started')
+    return await this.accessLog.query(app, q, signal)
   }
 
   cluster (): ClusterApi {

@@ -24,6 +24,8 @@ export const SYSTEM_DATA_DIR = '/var/lib/dcloud'
 export const SYSTEM_RUNTIME_DIR = '/run/dcloud'
 /** Caddy's admin socket on an installed node (scripts/systemd/dcloud-caddy.service's RuntimeDirectory): the front door. */
 export const SYSTEM_CADDY_ADMIN = '/run/dcloud-caddy/admin.sock'
+/** Where an installed node's Caddy writes the apps' access log (dcloud-caddy.service's LogsDirectory, group dcloud): the agent reads it. */
+export const SYSTEM_CADDY_ACCESS_LOG = '/var/log/dcloud-caddy/access.log'
 
 export function defaultDataDir (): string {
   if (process.env.DCLOUD_DATA_DIR !== undefined && process.env.DCLOUD_DATA_DIR !== '') return process.env.DCLOUD_DATA_DIR

@@ -3,6 +3,7 @@
  * The CLI and the dashboard speak only this.
  */
 import type { DropReason } from './status.ts'
+import type { AccessLogCounters } from './access.ts'
 
 export const API_VERSION_PREFIX = '/v1'
 
@@ -92,6 +93,8 @@ export interface MetricsResponse {
   frontDoor: FrontDoorView | null
   /** This node's ACME issuer (it orders only while it leads): absent on an agent without a front door. */
   acme?: AcmeView | null
+  /** This node's access log (docs/frontdoor.md, "Access log"): null when it keeps none. Optional: an older agent has none. */
+  accessLog?: AccessLogCounters | null
   /** The local API's own counters. */
   api: ApiMetrics
 }

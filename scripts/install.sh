@@ -100,7 +100,8 @@ if [ "$UNINSTALL" -eq 1 ]; then
   [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$PREFIX/bin/dcloud" ] && rm -f "$LINK"
   rm -rf "$PREFIX" "$PREFIX.new" "$PREFIX.old"
   if [ "$PURGE" -eq 1 ]; then
-    rm -rf "$DATA_DIR" "$CONF_DIR" /etc/systemd/system/dcloud.service.d
+    # The front door's access log (clients' addresses) goes with the data.
+    rm -rf "$DATA_DIR" "$CONF_DIR" /etc/systemd/system/dcloud.service.d /var/log/dcloud-caddy
     if getent passwd "$USER_NAME" >/dev/null; then userdel "$USER_NAME"; fi
     if getent group "$USER_NAME" >/dev/null; then groupdel "$USER_NAME" 2>/dev/null || true; fi
     say "removed the agent, its data ($DATA_DIR), its settings ($CONF_DIR) and the $USER_NAME user"

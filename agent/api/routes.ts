@@ -8,6 +8,7 @@ import { Readable } from 'node:stream'
 import { ApiError, StreamResponse, type Routes } from './server.ts'
 import { decodeChange } from '../../proto/cluster.ts'
 import { LAN_DOMAIN } from '../../proto/frontdoor.ts'
+import { QUERY_MAX_LINES, type AccessRequest, type AccessView } from '../../proto/access.ts'
 import type { ApiMetrics, DomainView, MetricsResponse, StatusResponse } from '../../proto/api.ts'
 import type { Coordinator } from '../cluster/coordinator.ts'
 import type { BackupFiles } from '../snapshots/backup-files.ts'
@@ -31,6 +32,8 @@ export interface ApiBackend {
   ownDirs?: string[]
   /** The cluster's domain and CA root, as this node derives them (agent/frontdoor/ca.ts). */
   names?: () => Promise<ClusterNames>
+  /** An app's access log across the cluster (agent/access/service.ts); absent: this node keeps none. */
+  access?: (app: string, q: AccessRequest, signal: AbortSignal) => Promise<AccessView>
 }
 
 export interface ClusterNames { domain: string, isDefault: boolean, rootPem: string, fingerprint: string, acme?: DomainView['acme'], certificates?: DomainView['certificates'], acmeFailure?: DomainView['acmeFailure'] }
@@ -101,6 +104,16 @@ export function apiRoutes (backend: ApiBackend, apiMetrics: () => ApiMetrics): R
     'GET /v1/apps/:name/logs': async ({ params, query }) => {
       const tail = Math.min(10_000, Math.max(1, Number(query.get('tail') ?? 200) || 200))
       return await cluster().logs(params.name ?? '', tail)
+    },
+    'GET /v1/apps/:name/access': async ({ params, query }) => {
+      if (backend.access === undefined) throw new ApiError('unavailable', 'this agent keeps no access log')
+      const app = appName(params.name)
+      const since = query.get('since') ?? '0'
+      const limit = query.get('limit') ?? '1000'
+      if (!/^\d{1,16}$/.test(since)) throw new ApiError('bad_request', 'since: expected a time in ms since the epoch')
+      if (!/^\d{1,5}$/.test(limit) || Number(limit) > QUERY_MAX_LINES) throw new ApiError('bad_request', `limit: expected 0 to ${QUERY_MAX_LINES} lines`)
+      // local=1: only what this node holds (its own lines and its replicas of others'), without asking anyone.
+      return await backend.access(app, { since: Number(since), limit: Number(limit), summary: query.get('summary') === '1', local: query.get('local') === '1' }, AbortSignal.timeout(30_000))
     },
     'GET /v1/apps/:name/why': async ({ params }) => await cluster().why(params.name ?? ''),
     'GET /v1/apps/:name/snapshots': async ({ params }) => await cluster().snapshotList(appName(params.name), AbortSignal.timeout(120_000)),

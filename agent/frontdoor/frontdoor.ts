@@ -35,6 +35,8 @@ export interface FrontDoorInit {
   tls: ClusterTls
   listen: RenderInput['listen']
   peerHttpsPort: number
+  /** The file Caddy writes the access log to (agent/access/ tails it); absent: none. */
+  accessLog?: string | null
   self: () => RenderNode
   /** What the node knows now: the desired state, the nodes' reports, its own web containers. */
   gather: (signal: AbortSignal) => Promise<FrontDoorInputs>
@@ -108,6 +110,7 @@ export class FrontDoor {
         adminListen: admin.listen,
         listen: this.init.listen,
         peerHttpsPort: this.init.peerHttpsPort,
+        accessLog: this.init.accessLog ?? null,
         tls: { certPem: cert.certPem, keyPem: cert.keyPem, rootPem: ca.rootPem, rootDer: ca.rootDer, ...(publicCerts !== undefined && publicCerts.length > 0 ? { public: publicCerts } : {}) }
       })
       if (r.id === this.status.loaded) {

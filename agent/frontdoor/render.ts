@@ -56,6 +56,11 @@ export interface RenderInput {
   nodes: Array<RenderNode & { apps: string[] }>
   /** Apps whose web container runs here, by name: its address on the app's network. */
   local: Record<string, string>
+  /**
+   * The file Caddy writes the apps' access log to, which the agent tails
+   * (agent/access/); absent or null: no access log.
+   */
+  accessLog?: string | null
 }
 
 export interface PublicCertificate { certPem: string, keyPem: string, names: string[] }
@@ -184,6 +189,29 @@ function challengeRoutes (input: RenderInput): Json[] {
   }))
 }
 
+/** Caddy rolls its access log at this size, keeping one rolled file: at most about 2 MiB on disk whatever the traffic (the agent reads it within a second). */
+export const ACCESS_LOG_ROLL_MB = 1
+
+/**
+ * Caddy's `logging` section: the apps' access loggers (`http.log.access.APP`,
+ * named per host in the server's `logs`) go, as JSON, to one file the agent
+ * tails; nowhere else (Caddy's own log, on stderr, keeps the rest). A file,
+ * not a socket: Caddy keeps writing while the agent restarts, and the agent
+ * resumes where it stopped.
+ */
+function accessLogging (file: string): Json {
+  return {
+    logs: {
+      default: { exclude: ['http.log.access'] },
+      'dcloud-access': {
+        writer: { output: 'file', filename: file, roll: true, roll_size_mb: ACCESS_LOG_ROLL_MB, roll_keep: 1, roll_keep_days: 1, roll_gzip: false },
+        encoder: { format: 'json' },
+        include: ['http.log.access']
+      }
+    }
+  }
+}
+
 export interface Rendered {
   /** The whole configuration for POST /load. */
   config: Record<string, Json>
@@ -200,6 +228,8 @@ export function render (input: RenderInput): Rendered {
   const appRoutes: Json[] = routes.map(d => ({ match: [{ host: [d.host] }], handle: handlersFor(d, input), terminal: true }))
   const https: Record<string, Json> = {
     listen: input.listen.https,
+    // Each app's host logs under the app's name; the bare domain and unknown hosts are not an app's, and are not logged.
+    ...(input.accessLog != null ? { logs: { logger_names: Object.fromEntries(routes.map(d => [d.host, d.name])), skip_unmapped_hosts: true } } : {}),
     // Certificates come from the agent (the cluster CA now, ACME later), never from Caddy's own ACME client.
     automatic_https: { disable: true },
     // Front doors asking each other get the cluster CA's certificate; browsers get a public one where one names the host
@@ -229,6 +259,7 @@ export function render (input: RenderInput): Rendered {
   const body: Record<string, Json> = {
     // Kept in every configuration: a /load without it would move the admin endpoint to Caddy's default, localhost:2019.
     admin: { listen: input.adminListen, config: { persist: false } },
+    ...(input.accessLog != null ? { logging: accessLogging(input.accessLog) } : {}),
     apps: {
       tls: { certificates: { load_pem: [{ certificate: input.tls.certPem, key: input.tls.keyPem, tags: [CLUSTER_TAG] }, ...publicCertificates(input)] } },
       http: { servers: { 'dcloud-https': https, ...(input.listen.http.length > 0 ? { 'dcloud-http': http } : {}) } }

@@ -16,7 +16,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer, request as httpRequest, type IncomingHttpHeaders, type Server } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import { createServer as createTcpServer, type AddressInfo } from 'node:net'
@@ -28,6 +28,7 @@ import { CaddyAdmin } from '../../agent/frontdoor/caddy-admin.ts'
 import { ClusterTls, type ClusterCa } from '../../agent/frontdoor/ca.ts'
 import { FrontDoor, type FrontDoorInputs } from '../../agent/frontdoor/frontdoor.ts'
 import { HOP_HEADER } from '../../agent/frontdoor/render.ts'
+import { decodeCaddyAccess, type CaddyDecoded } from '../../agent/access/lines.ts'
 import { createLogger } from '../../agent/util/log.ts'
 import { need } from './need.ts'
 import { freePort } from './ports.ts'
@@ -98,6 +99,7 @@ async function makeDoor (name: string, self: typeof A, peerHttpsPort: (() => num
     listen: { https: [`127.0.0.1:${door.https}`], http: [`127.0.0.1:${door.http}`] },
     // Nodes of a cluster share one HTTPS port; here both doors are on one address, so A is told B's.
     get peerHttpsPort () { return peerHttpsPort?.() ?? door.https },
+    accessLog: join(dir, `${name}-access.log`),
     self: () => self,
     gather: async () => door.inputs,
     log,
@@ -213,6 +215,18 @@ describe('the front door on real Caddy', () => {
     expect(seen.at(-1)?.['x-forwarded-for']).toBe('127.0.0.3, 127.0.0.1')
     await get(b.https, HOST, { from: '127.0.0.3', headers: { 'X-Forwarded-For': '203.0.113.66' } })
     expect(seen.at(-1)?.['x-forwarded-for']).toBe('127.0.0.3')
+  })
+
+  it('logs each request once, as JSON, at the door the client reached (the access log, from Caddy\'s own lines)', async () => {
+    // Both doors are at 127.0.0.1: to each, that is the other node's address.
+    const decoded = async (d: Door): Promise<CaddyDecoded[]> => (await readFile(join(dir, `${d.name}-access.log`), 'utf8').catch(() => '')).split('\n').filter(l => l.includes('/log/') || l.includes('nothing.')).map(l => decodeCaddyAccess(l, d === a ? A.id : B.id, new Set(['127.0.0.1'])))
+    const through = await get(a.https, HOST, { from: '127.0.0.3', path: '/log/through-a?token=x' })
+    const direct = await get(b.https, HOST, { from: '127.0.0.4', path: '/log/at-b', headers: { [HOP_HEADER]: 'a client sending it' } })
+    await get(a.https, `nothing.${DOMAIN}`, { from: '127.0.0.3' })
+    await until(async () => (await decoded(a)).length >= 1 && (await decoded(b)).length >= 2, 5000, 'the access log lines')
+    expect(await decoded(a)).toEqual([{ kind: 'line', line: expect.objectContaining({ node: A.id, app: 'notes', client: '127.0.0.3', method: 'GET', host: HOST, path: '/log/through-a', status: 200, bytes: Buffer.byteLength(through.body), user: null }) }])
+    // B saw the forwarded one too, from A's address with the hop header: left to A. The client's own header does not hide it.
+    expect(await decoded(b)).toEqual([{ kind: 'forwarded' }, { kind: 'line', line: expect.objectContaining({ node: B.id, client: '127.0.0.4', path: '/log/at-b', status: 200, bytes: Buffer.byteLength(direct.body) }) }])
   })
 
   it('serves the same certificate on every node, issued by the root for *.DOMAIN', async () => {

@@ -1,13 +1,14 @@
 /** `dcloud agent`: runs this node's agent in the foreground (systemd runs it the same way). */
 import { parseCommand } from '../args.ts'
-import { Agent, type AgentOptions } from '../../agent.ts'
-import { API_PORT, P2P_PORT, SYSTEM_CADDY_ADMIN, SYSTEM_DATA_DIR, defaultDataDir, defaultNodeName, paths } from '../../config.ts'
+import { Agent, type AccessLogOptions, type AgentOptions } from '../../agent.ts'
+import { API_PORT, P2P_PORT, SYSTEM_CADDY_ACCESS_LOG, SYSTEM_CADDY_ADMIN, SYSTEM_DATA_DIR, defaultDataDir, defaultNodeName, paths } from '../../config.ts'
 import { createLogger } from '../../util/log.ts'
 import { UsageError } from '../../util/errors.ts'
 import { TrustedProxies } from '../../api/auth.ts'
 import { parseHostHeader } from '../../api/guards.ts'
 import { parseDeviceList } from '../../status/devices.ts'
 import { parseDuration } from '../../../apps/units.ts'
+import { join } from 'node:path'
 
 export const agentHelp = `dcloud agent [options]
   --data-dir DIR        where the node keeps its identity, key and state (default ${defaultDataDir()})
@@ -34,7 +35,12 @@ export const agentHelp = `dcloud agent [options]
   --caddy-admin PATH    the front door: Caddy's admin Unix socket (default ${SYSTEM_CADDY_ADMIN} for the
                         system data directory, else off; also DCLOUD_CADDY_ADMIN); "off": no front door
   --https-port N        the front door's HTTPS port, the same on every node (default 443)
-  --http-port N         its plain HTTP port (the CA root, redirects to HTTPS; default 80); "off" for none`
+  --http-port N         its plain HTTP port (the CA root, redirects to HTTPS; default 80); "off" for none
+  --caddy-access-log PATH  the file Caddy writes the apps' access log to, which the agent reads (default
+                        ${SYSTEM_CADDY_ACCESS_LOG} for the system data directory, else DATA_DIR/caddy-access/access.log); "off": none
+  --access-keep-days N  access log lines older than N days are deleted (default 30)
+  --access-keep-mb N    at most N MiB of access log lines per app, this node's and its peers' replicas (default 32)
+  --access-keep-total-mb N  at most N MiB of access log lines in all (default 256)`
 
 export async function agentCommand (argv: string[]): Promise<number> {
   const { values } = parseCommand(argv, {
@@ -57,7 +63,11 @@ export async function agentCommand (argv: string[]): Promise<number> {
       'trusted-proxy': { type: 'string', multiple: true, default: [] },
       'caddy-admin': { type: 'string' },
       'https-port': { type: 'string' },
-      'http-port': { type: 'string' }
+      'http-port': { type: 'string' },
+      'caddy-access-log': { type: 'string' },
+      'access-keep-days': { type: 'string' },
+      'access-keep-mb': { type: 'string' },
+      'access-keep-total-mb': { type: 'string' }
     }
   })
   const dataDir = values['data-dir'] ?? defaultDataDir()
@@ -91,6 +101,7 @@ export async function agentCommand (argv: string[]): Promise<number> {
   try { if (devicesText !== undefined) devices = parseDeviceList(devicesText, '--devices') } catch (err) { throw new UsageError((err as Error).message) }
 
   const frontDoor = frontDoorOptions(values['caddy-admin'] ?? process.env.DCLOUD_CADDY_ADMIN, values['https-port'], values['http-port'], dataDir)
+  const accessLog = accessLogOptions(values, dataDir)
 
   const log = createLogger('agent')
   const agent = new Agent({
@@ -109,6 +120,7 @@ export async function agentCommand (argv: string[]): Promise<number> {
     trustedProxies,
     devices,
     frontDoor,
+    accessLog,
     ...(values.restic !== undefined ? { restic: values.restic } : {})
   }, log)
 
@@ -125,6 +137,28 @@ export async function agentCommand (argv: string[]): Promise<number> {
     process.once('SIGTERM', () => { shutdown('SIGTERM') })
   })
   return 0
+}
+
+function accessLogOptions (values: { 'caddy-access-log'?: string, 'access-keep-days'?: string, 'access-keep-mb'?: string, 'access-keep-total-mb'?: string }, dataDir: string): AccessLogOptions {
+  const file = values['caddy-access-log'] ?? (dataDir.replace(/\/+$/, '') === SYSTEM_DATA_DIR ? SYSTEM_CADDY_ACCESS_LOG : join(dataDir, 'caddy-access', 'access.log'))
+  if (file !== 'off' && !file.startsWith('/')) throw new UsageError(`--caddy-access-log ${file}: expected an absolute path, or off`)
+  const int = (v: string | undefined, flag: string, max: number): number | undefined => {
+    if (v === undefined) return undefined
+    const n = Number(v)
+    if (!Number.isInteger(n) || n < 1 || n > max) throw new UsageError(`${flag} ${v}: expected a whole number, 1 to ${max}`)
+    return n
+  }
+  const days = int(values['access-keep-days'], '--access-keep-days', 3650)
+  const perApp = int(values['access-keep-mb'], '--access-keep-mb', 1_000_000)
+  const total = int(values['access-keep-total-mb'], '--access-keep-total-mb', 1_000_000)
+  return {
+    caddyLog: file === 'off' ? null : file,
+    retention: {
+      ...(days !== undefined ? { maxAgeMs: days * 86_400_000 } : {}),
+      ...(perApp !== undefined ? { maxBytesPerApp: perApp * 1024 * 1024 } : {}),
+      ...(total !== undefined ? { maxBytesTotal: total * 1024 * 1024 } : {})
+    }
+  }
 }
 
 function frontDoorOptions (admin: string | undefined, https: string | undefined, http: string | undefined, dataDir: string): AgentOptions['frontDoor'] {

@@ -9,6 +9,7 @@ import type { AppView, DomainView, StatusResponse, WhyView } from '../../../prot
 import type { AppManifest } from '../../../proto/app.ts'
 import { askGrants } from '../grants.ts'
 import { formatStep, moveSteps as planMove } from '../../../scheduler/procedure.ts'
+import { accessCommand } from './access.ts'
 
 export const appHelp = `dcloud app COMMAND
   install PATH|ID [--name N] [--node NODE] [--set K=V]... [--grant all|P1,P2] [--yes] [--no-wait]
@@ -25,7 +26,12 @@ export const appHelp = `dcloud app COMMAND
                                                          nothing; --no-wait: return once accepted, and follow its
                                                          steps in \`app ls\`
   logs NAME [--tail N]                                   the app's container logs (the last N lines, 1 to 10000; default 200)
-  why NAME [--json]                                      why the app runs where it does, or nowhere`
+  why NAME [--json]                                      why the app runs where it does, or nowhere
+  access NAME [--since 1h] [--limit N] [--json] [--follow] [--summary] [--local]
+                                                         requests to the app's web UI, from every node's front door
+                                                         (--since: 15m, 1h, 7d, or a date; default 1h, 7d with --summary);
+                                                         --summary: visitors per day, top paths and addresses;
+                                                         --local: only what this node holds (its lines and replicas)`
 
 const WAIT_MS = 180_000
 const FAILED_GIVE_UP_MS = 5000
@@ -39,6 +45,7 @@ export async function appCommand (argv: string[]): Promise<number> {
     case 'move': return await move(rest)
     case 'logs': return await logs(rest)
     case 'why': return await why(rest)
+    case 'access': return await accessCommand(rest)
     case 'grant': return await changeGrants(rest, 'grant')
     case 'revoke': return await changeGrants(rest, 'revoke')
     default: throw new UsageError(sub === undefined ? 'missing app command' : `unknown app command '${sub}'`, appHelp)
