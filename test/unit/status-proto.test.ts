@@ -23,7 +23,7 @@ function mockResources (over: Partial<NodeResources> = {}): NodeResources {
     agentVersion: '0.1.0',
     labels: { ssd: 'true' },
     apps: ['nextcloud'],
-    appStates: [{ name: 'nextcloud', state: 'running', revision: 3, webPort: 8080 }],
+    appStates: [{ name: 'nextcloud', state: 'running', revision: 3, ports: [{ port: 53, protocol: 'udp' }] }],
     containers: 2,
     address: '192.168.1.20',
     images: ['nextcloud:29'],

@@ -17,7 +17,11 @@ export const appHelp = `dcloud app COMMAND
                                                          terminal, or granted by --grant (--yes alone grants none)
   grant NAME PERM...                                     grant permissions the app asks for (it is redeployed with them)
   revoke NAME PERM...                                    take permissions away (it is redeployed without them)
-  ls [--json]                                            every app: its URL (https://NAME.DOMAIN/), node, state, endpoints, permissions granted
+  expose NAME lan|internet                               who reaches the app at its URL: lan (the default: clients on private and
+                                                         link-local addresses only) or internet (anyone who reaches a node);
+                                                         every node's front door applies it within about a second
+  ls [--json]                                            every app: its URL (https://NAME.DOMAIN/), node, state, reach, raw ports
+                                                         (ENDPOINTS: tcp/udp services published on its node), permissions granted
   rm NAME                                                remove an app (its volumes are kept)
   move NAME NODE                                         move an app to another node (a stateful app with its data;
                                                          prints the downtime)
@@ -36,6 +40,7 @@ export async function appCommand (argv: string[]): Promise<number> {
     case 'move': return await move(rest)
     case 'logs': return await logs(rest)
     case 'why': return await why(rest)
+    case 'expose': return await expose(rest)
     case 'grant': return await changeGrants(rest, 'grant')
     case 'revoke': return await changeGrants(rest, 'revoke')
     default: throw new UsageError(sub === undefined ? 'missing app command' : `unknown app command '${sub}'`, appHelp)
@@ -86,6 +91,17 @@ async function install (argv: string[]): Promise<number> {
   return 0
 }
 
+async function expose (argv: string[]): Promise<number> {
+  const usage = 'dcloud app expose NAME lan|internet'
+  const { args: [name, reach] } = parseCommand(argv, { usage, args: ['NAME', 'lan|internet'] })
+  if (reach !== 'lan' && reach !== 'internet') throw new UsageError(`'${reach}' is not a reach: lan (clients on private and link-local addresses only) or internet (anyone who reaches a node)`, `usage: ${usage}`)
+  const res = await apiRequest<{ revision: number }>('POST', `/v1/apps/${encodeURIComponent(name)}/expose`, { reach }, undefined, 30_000)
+  process.stdout.write(reach === 'internet'
+    ? `${name} is answered for anyone who reaches a node's front door (revision ${res.revision}); \`dcloud app expose ${name} lan\` takes it back to the LAN\n`
+    : `${name} is answered for clients on the LAN only (revision ${res.revision}); others get a 403\n`)
+  return 0
+}
+
 async function changeGrants (argv: string[], how: 'grant' | 'revoke'): Promise<number> {
   const { args: [name], rest } = parseCommand(argv, { usage: `dcloud app ${how} NAME PERMISSION...`, args: ['NAME'], rest: 'PERMISSION' })
   const names = rest.flatMap(p => p.split(',')).filter(p => p !== '')
@@ -130,7 +146,8 @@ async function list (argv: string[]): Promise<number> {
     return 0
   }
   // The name first, as the URL people open (any node's front door answers it).
-  process.stdout.write(table(['URL', 'APP', 'NODE', 'STATE', 'STATEFUL', 'ENDPOINTS', 'GRANTED'], apps.map(a => [a.url ?? `${a.name} (no web UI)`, `${a.app} ${a.version}`, a.node ?? '-', a.state, a.stateful ? 'yes' : 'no', a.endpoints.join(' ') || '-', grantsText(a.grants, a.permissions)])))
+  // REACH from an older agent (no reach): lan, what it served before the switch existed.
+  process.stdout.write(table(['URL', 'APP', 'NODE', 'STATE', 'REACH', 'STATEFUL', 'ENDPOINTS', 'GRANTED'], apps.map(a => [a.url ?? `${a.name} (no web UI)`, `${a.app} ${a.version}`, a.node ?? '-', a.state, a.url === null ? '-' : a.reach ?? 'lan', a.stateful ? 'yes' : 'no', a.endpoints.join(' ') || '-', grantsText(a.grants, a.permissions)])))
   for (const a of apps) {
     const r = a.relocation
     if (r == null) continue
