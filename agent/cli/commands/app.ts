@@ -87,7 +87,7 @@ async function install (argv: string[]): Promise<number> {
   process.stderr.write(`${name}: accepted (desired state revision ${res.revision}, on ${res.replicatedTo} node(s))\n`)
   if (values['no-wait'] === true) return 0
   const app = await waitForApp(name, (a) => a.state === 'running', started)
-  process.stdout.write(`${app.name} is running on ${app.node ?? '?'}${app.endpoints.length > 0 ? ` at ${app.endpoints.join(' ')}` : ''}\n`)
+  process.stdout.write(`${app.name} is running on ${app.node ?? '?'}${whereText(app)}\n`)
   return 0
 }
 
@@ -181,7 +181,7 @@ async function move (argv: string[]): Promise<number> {
   const moved = (a: AppView): boolean => a.nodeId === nodeId && a.state === 'running' &&
     (!a.stateful || (a.relocation != null && a.relocation.kind === 'move' && Date.parse(a.relocation.at) >= started - 1000))
   const app = await waitForApp(name, moved, started)
-  process.stdout.write(`${name} moved to ${app.node ?? node} in ${((Date.now() - started) / 1000).toFixed(1)} s${app.endpoints.length > 0 ? `; now at ${app.endpoints.join(' ')}` : ''}\n`)
+  process.stdout.write(`${name} moved to ${app.node ?? node} in ${((Date.now() - started) / 1000).toFixed(1)} s${whereText(app)}\n`)
   const r = app.relocation
   if (app.stateful && r != null) process.stdout.write(`data: final snapshot ${r.snapshot}; downtime ${r.downtimeMs ?? '?'} ms (stopped on ${r.from ?? '?'} until running on ${r.to})\n`)
   return 0
@@ -214,6 +214,11 @@ async function why (argv: string[]): Promise<number> {
   if ((w.grants ?? []).length > 0) process.stdout.write(`granted: ${(w.grants ?? []).join(', ')}\n`)
   if ((w.ungranted ?? []).length > 0) process.stdout.write(`asks for but not granted (runs without): ${(w.ungranted ?? []).join(', ')}\n`)
   return 0
+}
+
+/** Where an app answers, after its node: its URL (any node's front door), and its raw ports on that node. */
+function whereText (app: Pick<AppView, 'url' | 'endpoints'>): string {
+  return `${app.url !== null ? `: ${app.url}` : ''}${app.endpoints.length > 0 ? `${app.url !== null ? ';' : ':'} raw ports ${app.endpoints.join(' ')}` : ''}`
 }
 
 /** The GRANTED column: the grants, and what is asked for but not granted. */
