@@ -105,6 +105,9 @@ describe('reach per app on a 2-node lab', () => {
     const table = await dcloudOk(['lab', '--lab', lab.name, 'exec', 'n2', '--', 'dcloud', 'app', 'ls'])
     expect(table.split('\n')[0]).toMatch(/^URL\s+APP\s+NODE\s+STATE\s+REACH\s+STATEFUL\s+ENDPOINTS/)
     expect(table).toMatch(new RegExp(`^https://${HOST.replace(/\./g, '\\.')}/\\s+portal 1\\.0\\.0\\s+n2\\s+running\\s+lan\\s+no\\s+tcp://${(ips.n2 ?? '').replace(/\./g, '\\.')}:7000`, 'm'))
+    const why = await dcloudOk(['lab', '--lab', lab.name, 'exec', 'n1', '--', 'dcloud', 'app', 'why', 'portal'])
+    expect(why).toContain(`at https://${HOST}/, for clients on the LAN only`)
+    expect(why).toContain(`raw ports on n2: tcp://${ips.n2 ?? '?'}:7000`)
   }, 60_000)
 
   it('publishes the raw port on n2 and not the web port: the page is reached through the front door only', async () => {

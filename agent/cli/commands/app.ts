@@ -210,6 +210,10 @@ async function why (argv: string[]): Promise<number> {
   }
   process.stdout.write(`${w.app}: ${w.node !== null ? `runs on ${w.node}` : 'not placed'}${w.planTerm !== null ? ` (plan of term ${w.planTerm})` : ''}\n`)
   if (w.detail !== '') process.stdout.write(`${w.detail}\n`)
+  // Where it answers: the URL and its reach (the front door), the raw ports (published on its node).
+  const view = (await apiGet<AppView[]>('/v1/apps')).find(a => a.name === name)
+  if (view?.url != null) process.stdout.write(`at ${view.url}, ${view.reach === 'internet' ? 'for anyone (reach internet)' : 'for clients on the LAN only (reach lan; `dcloud app expose ' + name + ' internet` opens it)'}\n`)
+  if (view !== undefined && view.endpoints.length > 0) process.stdout.write(`raw ports on ${view.node ?? '?'}: ${view.endpoints.join(' ')}\n`)
   for (const r of w.rejections) process.stdout.write(`  ${r.node}: ${r.reason}\n`)
   if ((w.grants ?? []).length > 0) process.stdout.write(`granted: ${(w.grants ?? []).join(', ')}\n`)
   if ((w.ungranted ?? []).length > 0) process.stdout.write(`asks for but not granted (runs without): ${(w.ungranted ?? []).join(', ')}\n`)
