@@ -326,7 +326,14 @@ export async function runningFrontDoor (lab: string, app: string): Promise<{ url
   return node === undefined ? null : { url: `https://${node.ip}/`, host: new URL(view.url).hostname }
 }
 
-/** A target pinned to the front door at `address` (a node's), for the app whose URL is `url` (https://NAME.DOMAIN/). */
+/**
+ * A target pinned to the front door at `address` (a node's), for the app whose
+ * URL is `url` (https://NAME.DOMAIN/). That front door serves its own node's
+ * copy while it runs there (a local container comes first). Once its agent
+ * hears that the app runs elsewhere, it forwards instead: the fencing and
+ * partition tests pin to nodes that cannot (no agent, or cut off), so what
+ * acknowledges there is the old copy.
+ */
 export function pinnedTo (url: string, address: string): NotesTarget {
   return { url: `https://${address}/`, host: new URL(url).hostname }
 }
