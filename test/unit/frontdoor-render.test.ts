@@ -225,7 +225,7 @@ describe('reserved app names', () => {
 describe('properties of the rendering (fast-check)', () => {
   const nodeArb = fc.record({ id: fc.constantFrom(N1.id, N2.id, N3.id), apps: fc.subarray(['notes', 'hello', 'photos', 'auth']) })
   const inputArb = fc.record({
-    apps: fc.uniqueArray(fc.record({ name: fc.constantFrom('notes', 'hello', 'photos', 'auth', 'db'), web: fc.option(fc.record({ port: fc.integer({ min: 1, max: 65535 }) }), { nil: null }) }), { selector: a => a.name }),
+    apps: fc.uniqueArray(fc.record({ name: fc.constantFrom('notes', 'hello', 'photos', 'auth', 'db'), web: fc.option(fc.record({ port: fc.integer({ min: 1, max: 65535 }) }), { nil: null }), reach: fc.constantFrom('lan' as const, 'internet' as const, undefined) }), { selector: a => a.name }),
     nodes: fc.uniqueArray(nodeArb, { selector: n => n.id }),
     local: fc.dictionary(fc.constantFrom('notes', 'hello', 'photos'), fc.ipV4()),
     self: fc.constantFrom(N1, N2, N3)
@@ -242,6 +242,14 @@ describe('properties of the rendering (fast-check)', () => {
       expect(a.routes.map(r => r.name)).toEqual(x.apps.map(p => p.name).sort())
       const hosts = servers(a)['dcloud-https']?.routes.filter(r => !isRefusal(r)).flatMap(r => r.match?.[0]?.host ?? []) ?? []
       expect(new Set(hosts).size).toBe(hosts.length)
+      // Exactly one reach check ahead of each lan app's route, none for an internet app.
+      const all = servers(a)['dcloud-https']?.routes ?? []
+      for (const app of x.apps) {
+        const host = `${app.name}.alice.example.org`
+        const refusals = all.filter(r => isRefusal(r) && r.match?.[0]?.host?.includes(host) === true)
+        expect(refusals.length, host).toBe(app.reach === 'internet' ? 0 : 1)
+        if (refusals[0] !== undefined) expect(all.indexOf(refusals[0])).toBeLessThan(all.indexOf(routeFor(a, host) as Route))
+      }
       for (const r of a.routes) {
         // Never forwarded to itself, and never to a node that does not report the app.
         if (r.kind === 'remote') expect(r.node !== x.self.id && nodes.some(n => n.id === r.node && n.apps.includes(r.name))).toBe(true)
