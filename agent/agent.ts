@@ -376,7 +376,7 @@ function reportApps (apps: AppActual[]): AppReport[] {
   return apps.map(a => {
     const ports = [...new Map(a.services.flatMap(s => s.ports).filter(p => p.host !== null).map(p => [`${p.host}/${p.protocol}`, { port: p.host as number, protocol: p.protocol }])).values()]
       .sort((x, y) => x.port - y.port || x.protocol.localeCompare(y.protocol))
-    return { name: a.app, state: a.state, revision: a.revision, ports, generation: a.generation }
+    return { name: a.app, state: a.state, revision: a.revision, ports, webPort: null, generation: a.generation }
   })
 }
 

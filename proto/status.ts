@@ -81,6 +81,12 @@ export interface AppReport {
    * reaches on the app's Docker network. Absent from older agents.
    */
   ports?: Array<{ port: number, protocol: 'tcp' | 'udp' }>
+  /**
+   * Always null now (the web UI is not published); sent because agents before
+   * that refuse a report without it, and a node whose status is refused is
+   * soon declared dead: a cluster upgraded one node at a time needs it.
+   */
+  webPort: null
   /** Stateful apps: the data generation the copy runs (label dcloud.generation); absent means 1. */
   generation?: number
 }
@@ -204,7 +210,8 @@ function validateResources (raw: Record<string, unknown>): NodeResources {
         name: string(a.name, `${fi}.name`, { max: 63, pattern: DOCKER_NAME }),
         state,
         revision: number(a.revision, `${fi}.revision`, { min: 0, max: MAX_BYTES_VALUE, integer: true }),
-        // An older agent's webPort (its published web UI) is not read: the front door is the way to the UI.
+        // An older agent's webPort (its published web UI) is not kept: the front door is the way to the UI.
+        webPort: null,
         ...(a.ports !== undefined ? {
           ports: array(a.ports, `${fi}.ports`, 128, (pv, pf) => {
             const p = record(pv, pf)
