@@ -16,7 +16,7 @@ import type { RenderNode } from './frontdoor/render.ts'
 import { AccessLog } from './access/service.ts'
 import type { RetentionLimits } from './access/lines.ts'
 import type { AccessRequest, AccessView } from '../proto/access.ts'
-import { clusterDomain } from '../proto/frontdoor.ts'
+import { appReach, clusterDomain } from '../proto/frontdoor.ts'
 import type Docker from 'dockerode'
 import { loadOrCreateIdentity } from './mesh/identity.ts'
 import { Membership, type Member } from './status/membership.ts'
@@ -165,7 +165,7 @@ export class Agent implements ApiBackend {
     await store.load()
     this.store = store
     this.collector = new ResourceCollector(new DockerRuntime(docker), log.child('resources'), opts.devices ?? null)
-    this.collector.useAppReporter(async (signal) => reportApps(await runtime.list(signal ?? AbortSignal.timeout(10_000)), store))
+    this.collector.useAppReporter(async (signal) => reportApps(await runtime.list(signal ?? AbortSignal.timeout(10_000))))
     await this.collector.sampleLoad()
     await this.collector.refresh(AbortSignal.timeout(5000)).catch(err => { log.warn('first resource sample failed', { error: (err as Error).message }) })
 
@@ -396,7 +396,7 @@ export class Agent implements ApiBackend {
         }
         const local = await localWeb.get(state.apps.map(a => ({ name: a.name, webService: a.manifest.web?.service ?? null })), signal)
         const pub = this.publicCerts?.serving(state, Date.now()).map(c => ({ certPem: c.certPem, keyPem: c.keyPem, names: c.names })) ?? []
-        return { domain: clusterDomain(state), apps: state.apps.map(a => ({ name: a.name, web: a.manifest.web })), nodes, local, public: pub, ...(state.challenges !== undefined ? { challenges: state.challenges } : {}) }
+        return { domain: clusterDomain(state), apps: state.apps.map(a => ({ name: a.name, web: a.manifest.web, reach: appReach(a) })), nodes, local, public: pub, ...(state.challenges !== undefined ? { challenges: state.challenges } : {}) }
       },
       log: this.log.child('frontdoor')
     })
@@ -462,14 +462,12 @@ export class Agent implements ApiBackend {
   }
 }
 
-/** What the runtime found, as this node reports it: with the host port of each app's web UI. */
-function reportApps (apps: AppActual[], store: DesiredStore): AppReport[] {
-  const desired = new Map(store.current().apps.map(a => [a.name, a]))
+/** What the runtime found, as this node reports it: with the host ports its containers publish (raw TCP/UDP services). */
+function reportApps (apps: AppActual[]): AppReport[] {
   return apps.map(a => {
-    const web = desired.get(a.app)?.manifest.web
-    const svc = web != null ? a.services.find(s => s.service === web.service) : undefined
-    const port = svc?.ports.find(p => p.container === web?.port && p.host !== null)
-    return { name: a.app, state: a.state, revision: a.revision, webPort: port?.host ?? null, generation: a.generation }
+    const ports = [...new Map(a.services.flatMap(s => s.ports).filter(p => p.host !== null).map(p => [`${p.host}/${p.protocol}`, { port: p.host as number, protocol: p.protocol }])).values()]
+      .sort((x, y) => x.port - y.port || x.protocol.localeCompare(y.protocol))
+    return { name: a.app, state: a.state, revision: a.revision, ports, webPort: null, generation: a.generation }
   })
 }
 

@@ -4,6 +4,7 @@
  */
 import type { DropReason } from './status.ts'
 import type { AccessLogCounters } from './access.ts'
+import type { Reach } from './frontdoor.ts'
 
 export const API_VERSION_PREFIX = '/v1'
 
@@ -204,7 +205,14 @@ export interface AppView {
   /** running: every container runs and answers its healthcheck. */
   state: AppState
   stateful: boolean
+  /**
+   * The raw TCP/UDP ports the app publishes on the node running it, as
+   * `tcp://ADDRESS:PORT` / `udp://ADDRESS:PORT` (DNS, a game server). The web
+   * UI is never one: it is at `url`, through any node's front door.
+   */
   endpoints: string[]
+  /** Who reaches it at `url`: `lan` (private and link-local clients only, the default) or `internet` (`dcloud app expose`). */
+  reach: Reach
   revision: number
   /** Stateful apps: the live data generation, and the last time the data came from a snapshot. */
   generation?: number

@@ -187,12 +187,29 @@ export function isStateful (manifest: AppManifest): boolean {
 }
 
 /**
+ * The app as a node runs it: the web UI's container port is not published on
+ * the node. The front door reaches the web container on the app's Docker
+ * network (docs/frontdoor.md), and a port on the node would let any client of
+ * the LAN, or the internet, around the front door's reach check. Other ports
+ * (raw TCP/UDP services: DNS on 53, a game server) stay published. A web
+ * service on the host's network listens on the node itself: nothing to take.
+ */
+export function withoutWebPort (manifest: AppManifest): AppManifest {
+  const web = manifest.web
+  const svc = web == null ? undefined : manifest.compose.services[web.service]
+  if (web == null || svc === undefined || svc.networkMode === 'host') return manifest
+  const ports = svc.ports.filter(p => !(p.container === web.port && p.protocol === 'tcp'))
+  if (ports.length === svc.ports.length) return manifest
+  return { ...manifest, compose: { ...manifest.compose, services: { ...manifest.compose.services, [web.service]: { ...svc, ports } } } }
+}
+
+/**
  * Host ports an app holds on its node, as "port/protocol": those it publishes
  * and, for a service on the host's network, the ports its `ports` name (there
  * the container's own port is the node's; Docker ignores the mapping).
  */
 export function hostPorts (manifest: AppManifest): string[] {
-  return Object.values(manifest.compose.services).flatMap(s => s.networkMode === 'host'
+  return Object.values(withoutWebPort(manifest).compose.services).flatMap(s => s.networkMode === 'host'
     ? s.ports.map(p => `${p.container}/${p.protocol}`)
     : s.ports.filter(p => p.host !== null).map(p => `${p.host}/${p.protocol}`))
 }

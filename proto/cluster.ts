@@ -7,7 +7,7 @@ import { CONFIG_LIMITS, HOST_NAME, KEEP_MAX, TMPFS_OPTION, ULIMIT_NAMES, isIpAdd
 import type { AppStorage, DesiredApp, Relocation } from './plan.ts'
 import { DEVICE_PATH, SYSCTL_NAME, decodeGrants, grandfatheredGrants } from './permissions.ts'
 import type { WhyView } from './api.ts'
-import { decodeClusterDomain } from './frontdoor.ts'
+import { decodeClusterDomain, decodeReach, type Reach } from './frontdoor.ts'
 import { decodeJournal, type Journal } from './journal.ts'
 import { decodeAcmeChange, decodeAcmeFailure, decodeAcmeSettings, decodeChallenges, type AcmeFailure, type AcmeSettings } from './acme.ts'
 import { decodeSecrets, type SealedSecret } from './secrets.ts'
@@ -70,6 +70,8 @@ export type DesiredChange =
   | { kind: 'acme-failure', failure: AcmeFailure | null }
   /** The owner grants or revokes permissions of an installed app (`dcloud app grant`, `app revoke`). */
   | { kind: 'grants', name: string, grant: string[], revoke: string[] }
+  /** Who reaches the app at its name (`dcloud app expose NAME lan|internet`); the front door of every node applies it on commit. */
+  | { kind: 'expose', name: string, reach: Reach }
   | { kind: 'remove', name: string }
   | { kind: 'move', name: string, node: string }
   | { kind: 'drain', node: string, drained: boolean }
@@ -311,7 +313,9 @@ export function decodeDesiredApp (raw: unknown, field = 'app'): DesiredApp {
     ...(r.seed !== undefined && r.seed !== null ? { seed: decodeSeed(r.seed, `${field}.seed`) } : {}),
     ...(r.storage !== undefined && r.storage !== null ? { storage: decodeStorage(r.storage, `${field}.storage`) } : {}),
     ...(r.grants !== undefined && r.grants !== null ? { grants: decodeGrants(r.grants, `${field}.grants`) } : grandfathered(manifest, r.storage)),
-    ...(r.grantsRevision !== undefined ? { grantsRevision: number(r.grantsRevision, `${field}.grantsRevision`, { min: 0, max: MAX_INT, integer: true }) } : {})
+    ...(r.grantsRevision !== undefined ? { grantsRevision: number(r.grantsRevision, `${field}.grantsRevision`, { min: 0, max: MAX_INT, integer: true }) } : {}),
+    // Only `internet` is kept: absent is lan.
+    ...(r.reach !== undefined && r.reach !== null && decodeReach(r.reach, `${field}.reach`) === 'internet' ? { reach: 'internet' as const } : {})
   }
 }
 
@@ -350,6 +354,7 @@ export function decodeChange (raw: unknown): DesiredChange {
       grant: r.grant === undefined ? [] : decodeGrants(r.grant, 'change.grant'),
       revoke: r.revoke === undefined ? [] : decodeGrants(r.revoke, 'change.revoke')
     }
+    case 'expose': return { kind: 'expose', name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }), reach: decodeReach(r.reach, 'change.reach') }
     case 'remove': return { kind: 'remove', name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }) }
     case 'move': return { kind: 'move', name: string(r.name, 'change.name', { max: 40, pattern: APP_NAME }), node: string(r.node, 'change.node', { max: 64, pattern: PEER_ID }) }
     case 'drain': return { kind: 'drain', node: string(r.node, 'change.node', { max: 64, pattern: PEER_ID }), drained: bool(r.drained, 'change.drained') }
@@ -367,7 +372,7 @@ export function decodeChange (raw: unknown): DesiredChange {
       replaces: r.replaces === null || r.replaces === undefined ? null : string(r.replaces, 'change.replaces', { max: 100 })
     }
     case 'acme': case 'secret': case 'challenge': case 'acme-failure': return decodeAcmeChange(r)
-    default: throw new ValidationError('change.kind', 'must be install, remove, move, drain, relocate, journal, grants, domain, acme, secret, challenge or acme-failure')
+    default: throw new ValidationError('change.kind', 'must be install, remove, move, drain, relocate, journal, grants, expose, domain, acme, secret, challenge or acme-failure')
   }
 }
 

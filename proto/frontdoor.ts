@@ -79,3 +79,46 @@ export function decodeClusterDomain (raw: unknown, field = 'domain'): string {
 export function clusterDomain (state: { domain?: string }): string {
   return state.domain ?? LAN_DOMAIN
 }
+
+/**
+ * An app's reach at the front door (`dcloud app expose NAME lan|internet`).
+ * `lan`: answered only for clients on private, shared (CGNAT) and
+ * link-local addresses; `internet`: for everyone. A switch about the
+ * network only: who may open the app (signed in, shared with) comes later.
+ */
+export type Reach = 'lan' | 'internet'
+export const REACHES: readonly Reach[] = ['lan', 'internet']
+
+export function decodeReach (raw: unknown, field = 'reach'): Reach {
+  if (raw === 'lan' || raw === 'internet') return raw
+  throw new ValidationError(field, `must be lan or internet${typeof raw === 'string' ? `, not ${JSON.stringify(raw.slice(0, 40))}` : ''} (lan: only clients on the home network; internet: anyone who reaches a node)`)
+}
+
+/** The reach in force for an app of the desired state: absent is `lan`. */
+export function appReach (app: { reach?: 'internet' }): Reach {
+  return app.reach === 'internet' ? 'internet' : 'lan'
+}
+
+/**
+ * The client addresses a `lan` app (and the dashboard and API at the bare
+ * DOMAIN) answers, as CIDRs:
+ * - loopback, `127.0.0.0/8` and `::1`;
+ * - RFC 1918, `10/8`, `172.16/12`, `192.168/16`: home and office LANs;
+ * - link-local, `169.254/16` and `fe80::/10`: a device without DHCP, a cable between two machines;
+ * - IPv6 unique local addresses, `fc00::/7`;
+ * - RFC 6598's shared space, `100.64/10`: taken in. It is where an ISP's
+ *   carrier-grade NAT puts its customers, but a connection from the internet
+ *   to a home never arrives from it (the ISP's NAT rewrites it first, and a
+ *   forwarded port shows the public address); what does arrive from it is a
+ *   Tailscale or Headscale tailnet (100.64/10 is their address space), i.e.
+ *   the owner's own devices away from home, which `lan` is meant to let in.
+ *   On a VPS whose provider routes other customers' CGNAT space to it, use
+ *   the firewall or keep apps off that node.
+ * Not included: global IPv6 addresses, even those of the home's own prefix (a
+ * LAN client reaching a node by its global IPv6 address is judged as from the
+ * internet; names resolve to the nodes' IPv4 or ULA addresses).
+ */
+export const LAN_RANGES: readonly string[] = [
+  '127.0.0.0/8', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '169.254.0.0/16', '100.64.0.0/10',
+  '::1/128', 'fc00::/7', 'fe80::/10'
+]

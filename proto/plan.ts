@@ -83,6 +83,13 @@ export interface DesiredApp {
    * Absent: never changed since the install.
    */
   grantsRevision?: number
+  /**
+   * Who reaches the app at its name on the network (`dcloud app expose`,
+   * proto/frontdoor.ts): only `internet` is written; absent means `lan`, the
+   * default, so a state written before the switch existed keeps every app on
+   * the LAN.
+   */
+  reach?: 'internet'
 }
 
 /**

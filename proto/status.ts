@@ -75,8 +75,18 @@ export interface AppReport {
   name: string
   state: 'running' | 'starting' | 'stopped' | 'failed'
   revision: number
-  /** Host port of the app's web UI, when it has one and it is published. */
-  webPort: number | null
+  /**
+   * Host ports the app's containers publish on the node: its raw TCP/UDP
+   * services (DNS, a game server). Never the web UI's, which the front door
+   * reaches on the app's Docker network. Absent from older agents.
+   */
+  ports?: Array<{ port: number, protocol: 'tcp' | 'udp' }>
+  /**
+   * Always null now (the web UI is not published); sent because agents before
+   * that refuse a report without it, and a node whose status is refused is
+   * soon declared dead: a cluster upgraded one node at a time needs it.
+   */
+  webPort: null
   /** Stateful apps: the data generation the copy runs (label dcloud.generation); absent means 1. */
   generation?: number
 }
@@ -200,7 +210,15 @@ function validateResources (raw: Record<string, unknown>): NodeResources {
         name: string(a.name, `${fi}.name`, { max: 63, pattern: DOCKER_NAME }),
         state,
         revision: number(a.revision, `${fi}.revision`, { min: 0, max: MAX_BYTES_VALUE, integer: true }),
-        webPort: a.webPort === null ? null : number(a.webPort, `${fi}.webPort`, { min: 1, max: 65_535, integer: true }),
+        // An older agent's webPort (its published web UI) is not kept: the front door is the way to the UI.
+        webPort: null,
+        ...(a.ports !== undefined ? {
+          ports: array(a.ports, `${fi}.ports`, 128, (pv, pf) => {
+            const p = record(pv, pf)
+            if (p.protocol !== 'tcp' && p.protocol !== 'udp') throw new ValidationError(`${pf}.protocol`, 'must be tcp or udp')
+            return { port: number(p.port, `${pf}.port`, { min: 1, max: 65_535, integer: true }), protocol: p.protocol }
+          })
+        } : {}),
         ...(a.generation !== undefined ? { generation: number(a.generation, `${fi}.generation`, { min: 1, max: MAX_BYTES_VALUE, integer: true }) } : {})
       }
     }),

@@ -93,6 +93,10 @@ export function apiRoutes (backend: ApiBackend, apiMetrics: () => ApiMetrics): R
       const change = decodeOrBadRequest(() => decodeChange({ kind: 'grants', name: params.name, grant: b.grant ?? [], revoke: b.revoke ?? [] }))
       return await cluster().change(change)
     },
+    'POST /v1/apps/:name/expose': async ({ params, body }) => {
+      const change = decodeOrBadRequest(() => decodeChange({ kind: 'expose', name: params.name, reach: (body as { reach?: unknown } | undefined)?.reach }))
+      return await cluster().change(change)
+    },
     'DELETE /v1/apps/:name': async ({ params }) => {
       const change = decodeOrBadRequest(() => decodeChange({ kind: 'remove', name: params.name }))
       return await cluster().change(change)

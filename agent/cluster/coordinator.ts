@@ -15,7 +15,7 @@ import {
 import { isStateful } from '../../proto/app.ts'
 import { checkGrants, requestedPermissions } from '../../proto/permissions.ts'
 import { ValidationError } from '../../proto/validate.ts'
-import { appHost, clusterDomain } from '../../proto/frontdoor.ts'
+import { appHost, appReach, clusterDomain } from '../../proto/frontdoor.ts'
 import type { AppView, RelocationView, SnapshotView, WhyView } from '../../proto/api.ts'
 import type { ClusterBeat, AppReport, NodeResources } from '../../proto/status.ts'
 import type { AppStorage, ClusterSnapshot, DesiredApp, Operation, Placement, Plan, SchedNode, SchedulerPolicy } from '../../proto/plan.ts'
@@ -179,7 +179,7 @@ export class Coordinator {
     }
     if ((change.kind === 'move' || change.kind === 'drain') && !this.isKnownNode(change.node)) throw new RpcError('not_found', `no node ${change.node} in the cluster`)
     const r = await replicator.propose(change, signal)
-    this.init.log.info('desired state changed', { revision: r.revision, change: change.kind, app: change.kind === 'install' ? change.app.name : 'name' in change && change.kind !== 'secret' ? change.name : undefined, secret: change.kind === 'secret' ? change.name : undefined, domain: change.kind === 'domain' ? change.domain ?? 'default' : undefined, node: change.kind === 'drain' || change.kind === 'move' ? this.nodeName(change.node) : undefined })
+    this.init.log.info('desired state changed', { revision: r.revision, change: change.kind, app: change.kind === 'install' ? change.app.name : 'name' in change && change.kind !== 'secret' ? change.name : undefined, secret: change.kind === 'secret' ? change.name : undefined, domain: change.kind === 'domain' ? change.domain ?? 'default' : undefined, reach: change.kind === 'expose' ? change.reach : undefined, node: change.kind === 'drain' || change.kind === 'move' ? this.nodeName(change.node) : undefined })
     return r
   }
 
@@ -504,9 +504,8 @@ export class Coordinator {
       else if (this.lastPlan?.waiting.some(w => w.app === app.name) === true) state = 'waiting'
       else if (this.lastPlan?.unplaced.includes(app.name) === true) state = 'failed'
       const web = app.manifest.web
-      const endpoints = best !== undefined && best.r.webPort !== null && best.n.address !== null
-        ? [`${web?.scheme ?? 'http'}://${best.n.address}:${best.r.webPort}${web?.path !== undefined && web.path !== '/' ? web.path : ''}`]
-        : []
+      const address = best?.n.address ?? null
+      const endpoints = address === null ? [] : (best?.r.ports ?? []).map(p => `${p.protocol}://${address.includes(':') ? `[${address}]` : address}:${p.port}`)
       return {
         name: app.name,
         url: web != null ? `https://${appHost(app.name, domain)}${web.path !== undefined && web.path !== '/' ? web.path : '/'}` : null,
@@ -517,6 +516,7 @@ export class Coordinator {
         state,
         stateful,
         endpoints,
+        reach: appReach(app),
         revision: app.revision,
         ...(stateful ? { generation: app.generation ?? 1, relocation: this.relocationView(app) } : {}),
         ...(app.journal !== undefined ? { operation: { kind: app.journal.kind, id: app.journal.id, done: app.journal.done, of: app.journal.steps.length, steps: formatProcedure(app.journal, (id) => this.nodeName(id)), recovery: app.journal.recovery ?? null } } : {}),

@@ -21,7 +21,7 @@ import { join } from 'node:path'
 import { decodeDesiredState, decodeLogEntry, type DesiredChange, type DesiredState, type LogEntry } from '../../proto/cluster.ts'
 import type { Journal } from '../../proto/journal.ts'
 import type { DesiredApp } from '../../proto/plan.ts'
-import { reservedNameReason } from '../../proto/frontdoor.ts'
+import { appReach, reservedNameReason } from '../../proto/frontdoor.ts'
 import { CHALLENGES_MAX } from '../../proto/acme.ts'
 import { SECRETS_MAX_COUNT, SECRETS_MAX_TOTAL, sealedSize } from '../../proto/secrets.ts'
 import { checkGrants, grandfatheredGrants, storagePermission } from '../../proto/permissions.ts'
@@ -78,6 +78,14 @@ export function applyChange (state: DesiredState, change: DesiredChange, at: { i
       if (grants.join('\n') === before.join('\n')) throw new RpcError('bad_request', `${change.name} already runs with ${change.grant.length > 0 ? `${change.grant.join(', ')} granted` : `${change.revoke.join(', ')} not granted`}: nothing to change`)
       // A new revision, and the one the grants changed at: the copy running is deployed again (scheduler/reconcile.ts), its containers with exactly these powers.
       return { ...state, revision, term, apps: state.apps.map(a => a.name === change.name ? { ...a, grants, revision, grantsRevision: revision } : a) }
+    }
+    case 'expose': {
+      const app = state.apps.find(a => a.name === change.name)
+      if (app === undefined) throw new RpcError('not_found', `no app named ${change.name}`)
+      if (appReach(app) === change.reach) throw new RpcError('bad_request', `${change.name} is reachable from ${change.reach === 'lan' ? 'the LAN only' : 'the internet'} already: nothing to change`)
+      // Not the app's revision: its containers stay as they are; only the front doors change (on commit).
+      const { reach: _old, ...rest } = app
+      return { ...state, revision, term, apps: state.apps.map(a => a.name === change.name ? { ...rest, ...(change.reach === 'internet' ? { reach: 'internet' as const } : {}) } : a) }
     }
     case 'remove': {
       if (!state.apps.some(a => a.name === change.name)) throw new RpcError('not_found', `no app named ${change.name}`)

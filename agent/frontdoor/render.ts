@@ -13,9 +13,12 @@
  *   gossiped a second ago) forwards once more, and a request that comes back
  *   to a node it went through ends in a 508 instead of circling;
  * - it runs nowhere (or is reserved): an answer that says so.
+ *
+ * In front of each `lan` app's route (and of the bare DOMAIN, the dashboard's
+ * and the API's), a route that refuses clients off the LAN (`lanOnly`).
  */
 import { createHash } from 'node:crypto'
-import { appHost, reservedNameReason } from '../../proto/frontdoor.ts'
+import { LAN_RANGES, appHost, reservedNameReason, type Reach } from '../../proto/frontdoor.ts'
 
 /** Each front door that forwards adds its node id; one that finds its own id there has seen the request before (a loop). */
 export const HOP_HEADER = 'X-Dcloud-Hop'
@@ -24,6 +27,8 @@ export interface RenderApp {
   name: string
   /** The manifest's web UI (x-dcloud web), or null: no route. */
   web: { port: number, scheme?: 'http' | 'https', path?: string } | null
+  /** `dcloud app expose`: absent is `lan`, answered only for clients on LAN_RANGES. */
+  reach?: Reach
 }
 
 export interface RenderNode {
@@ -108,6 +113,44 @@ function peerRanges (input: RenderInput): string[] {
   return [...peers].sort().map(a => a.includes(':') ? `${a}/128` : `${a}/32`)
 }
 
+/**
+ * Reach: a route ahead of a `lan` host's own that answers 403 to a client
+ * whose address is not on LAN_RANGES. The client is the peer of the
+ * connection, or, when the connection comes from another node's front door,
+ * the first X-Forwarded-For entry: the front door the request entered by put
+ * the client's address there (Caddy drops a client's own header at the first
+ * hop, its reverse_proxy trusting only the nodes), and nodes forwarding again
+ * keep it first. Caddy 2.6's `remote_ip` with `forwarded` reads exactly that
+ * entry; it is consulted only for the nodes' own addresses, so a client's own
+ * X-Forwarded-For is never believed. (2.6 has no `client_ip` matcher.)
+ */
+function lanOnly (host: string, refusal: string, input: RenderInput): Json {
+  const peers = peerRanges(input)
+  const lan = { remote_ip: { ranges: [...LAN_RANGES] } }
+  return {
+    match: [
+      // Straight from a client: judged by the connection's address.
+      { host: [host], not: peers.length > 0 ? [lan, { remote_ip: { ranges: peers } }] : [lan] },
+      // Through another node: judged by the client that node saw.
+      ...(peers.length > 0 ? [{ host: [host], remote_ip: { ranges: peers }, not: [{ remote_ip: { ranges: [...LAN_RANGES], forwarded: true } }] }] : [])
+    ],
+    handle: [text(403, refusal)],
+    terminal: true
+  }
+}
+
+/**
+ * Where the access check of "People" (`dcloud app share`) goes: a
+ * `forward_auth` (Caddy's reverse_proxy to the agent's sign-in endpoint,
+ * copying the user's headers on 2xx and returning its answer otherwise),
+ * ahead of the app's own handler, on every route of an app that is local or
+ * forwarded. None yet: reach (`lanOnly`) is about the network only, and no
+ * handler pretends to check who the client is.
+ */
+function accessHandlers (_d: RouteDecision, _input: RenderInput): Json[] {
+  return []
+}
+
 function hostPort (address: string, port: number): string {
   return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`
 }
@@ -124,7 +167,7 @@ const text = (status: number, body: string, headers: Record<string, string[]> = 
 
 function handlersFor (d: RouteDecision, input: RenderInput): Json[] {
   switch (d.kind) {
-    case 'local': return [{
+    case 'local': return [...accessHandlers(d, input), {
       handler: 'reverse_proxy',
       upstreams: [{ dial: d.upstream }],
       // Other nodes' front doors forward with the client's address in X-Forwarded-For: believed from
@@ -137,7 +180,7 @@ function handlersFor (d: RouteDecision, input: RenderInput): Json[] {
       // Docker network only this node reaches: the name cannot be checked.
       ...(d.scheme === 'https' ? { transport: { protocol: 'http', tls: { insecure_skip_verify: true } } } : {})
     }]
-    case 'remote': return [{
+    case 'remote': return [...accessHandlers(d, input), {
       handler: 'subroute',
       routes: [
         // Its own id among the hops (one header line each; also as a comma-joined list, should a proxy between join them).
@@ -146,6 +189,8 @@ function handlersFor (d: RouteDecision, input: RenderInput): Json[] {
           handle: [{
             handler: 'reverse_proxy',
             upstreams: [{ dial: d.upstream }],
+            // A request another node forwarded here keeps its client first in X-Forwarded-For (the reach check there reads it).
+            ...(peerRanges(input).length > 0 ? { trusted_proxies: peerRanges(input) } : {}),
             headers: { request: { add: { [HOP_HEADER]: [input.self.id] } } },
             // The other node's front door, checked against the cluster CA only, under the peers' own name (peerServerName).
             transport: { protocol: 'http', tls: { root_ca_pool: [input.tls.rootDer.toString('base64')], server_name: peerServerName(input.domain) } }
@@ -225,7 +270,12 @@ export function render (input: RenderInput): Rendered {
   const routes = routeApps(input)
   const domain = input.domain
   const httpsPort = Number(input.listen.https[0]?.split(':').pop() ?? 443)
-  const appRoutes: Json[] = routes.map(d => ({ match: [{ host: [d.host] }], handle: handlersFor(d, input), terminal: true }))
+  const internet = new Set(input.apps.filter(a => a.reach === 'internet').map(a => a.name))
+  const appRoutes: Json[] = routes.flatMap(d => [
+    // Every answer about a lan app, a 503 included, is refused off the LAN: it tells nothing there.
+    ...(internet.has(d.name) ? [] : [lanOnly(d.host, `${d.name} answers on the LAN only: this address is not on a private network. Its owner can open it to the internet with \`dcloud app expose ${d.name} internet\`.\n`, input)]),
+    { match: [{ host: [d.host] }], handle: handlersFor(d, input), terminal: true }
+  ])
   const https: Record<string, Json> = {
     listen: input.listen.https,
     // Each app's host logs under the app's name; the bare domain and unknown hosts are not an app's, and are not logged.
@@ -242,6 +292,8 @@ export function render (input: RenderInput): Rendered {
     routes: [
       ...appRoutes,
       // The bare domain is the dashboard's and the API's (not built yet); the CA's root is there already.
+      // Never on the internet before sign-in exists: LAN only.
+      lanOnly(domain, `The dashboard and the API of ${domain} answer on the LAN only. Apps opened to the internet (\`dcloud app expose NAME internet\`) are at https://NAME.${domain}/.\n`, input),
       { match: [{ host: [domain] }], handle: [{ handler: 'subroute', routes: [...caRoutes(input), { handle: [text(404, `This is the front door of ${domain}. The dashboard is not built yet; apps are at https://NAME.${domain}/.\n`)] }] }], terminal: true },
       { handle: [text(404, `No app answers at {http.request.host}. Apps are at https://NAME.${domain}/; \`dcloud app ls\` lists them.\n`)] }
     ]

@@ -16,7 +16,7 @@ import { createHash } from 'node:crypto'
 import { chmod, mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import type Docker from 'dockerode'
-import type { ComposeProject, ComposeService, ConfigMount, PortMapping } from '../../proto/app.ts'
+import { withoutWebPort, type ComposeProject, type ComposeService, type ConfigMount, type PortMapping } from '../../proto/app.ts'
 import type { DesiredApp } from '../../proto/plan.ts'
 import {
   LABELS, appState, isImageRef, isRegistryRef,
@@ -207,7 +207,7 @@ export function specHash (app: string, svc: ComposeService, configs: ComposeProj
 
 /** The spec hash every service of `app` should carry (with the powers granted: a revoke changes it); compare with `AppActual.services[].spec`. */
 export function desiredSpecs (app: DesiredApp): Record<string, string> {
-  const manifest = effectiveManifest(app.manifest, app.grants)
+  const manifest = withoutWebPort(effectiveManifest(app.manifest, app.grants))
   return Object.fromEntries(Object.entries(manifest.compose.services).map(([name, svc]) => [name, specHash(app.name, svc, manifest.compose.configs)]))
 }
 
@@ -374,7 +374,8 @@ export class AppRuntime {
       if (!(err instanceof ValidationError)) throw err
       throw new UserError(`${app.name} is not deployed: ${err.message}`, { exitCode: EXIT.dataError, hint: `see \`dcloud app why ${app.name}\`; \`dcloud app revoke\` takes a permission away` })
     }
-    return { ...app, manifest: effectiveManifest(app.manifest, grants) }
+    // Its web UI's port unpublished: the front door reaches it on the app's network.
+    return { ...app, manifest: withoutWebPort(effectiveManifest(app.manifest, grants)) }
   }
 
   private async deployLocked (app: DesiredApp, opts: DeployOptions): Promise<AppActual> {

@@ -31,11 +31,11 @@ import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { LabHandle, waitFor, DCLOUD, type Run } from '../../test/lab/harness.ts'
-import { startLabWriters } from '../lab/notes-client.ts'
+import { frontDoorFetch, runningFrontDoor, startLabWriters } from '../lab/notes-client.ts'
 import { run } from '../lab/sh.ts'
 import { writeBenchSection, median, fmtMs } from './report.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
-import { apiGet } from '../../agent/cli/client.ts'
+import { apiGet, apiText } from '../../agent/cli/client.ts'
 import { loadApp } from '../../apps/catalog.ts'
 import type { AppView, SnapshotView } from '../../proto/api.ts'
 
@@ -50,23 +50,30 @@ const ip = (node: string): string => `10.213.0.${10 + Number(node.slice(1))}`
 // ---- the probe, run inside a lab node ---------------------------------------
 
 /**
- * `migration.ts probe (--app NAME | --url URL) [--every MS] [--timeout MS]`:
+ * `migration.ts probe (--app NAME --lab LAB | --url URL) [--every MS] [--timeout MS]`:
  * sends a GET every MS (default 50) without waiting for the previous one, so a
  * hung request does not slow the cadence, and prints one JSON line per answer
  * or failure: {"t":"r","s":SENT,"at":DONE,"ok":BOOL,"url":URL} (ms since the
- * epoch). --app follows the app's endpoint through this node's agent, looked
- * up every 100 ms. Stops when stdin closes.
+ * epoch). --app follows the app through this node's agent, looked up every
+ * 100 ms, to the front door of the node running it (the web port is not
+ * published on the node), asked for https://NAME.DOMAIN and trusting only the
+ * cluster's root; --url asks a fixed URL (the naive baseline's own published
+ * port). Stops when stdin closes.
  */
 async function probeMain (argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { app: { type: 'string' }, url: { type: 'string' }, every: { type: 'string', default: '50' }, timeout: { type: 'string', default: '2000' } } })
+  const { values } = parseArgs({ args: argv, options: { app: { type: 'string' }, lab: { type: 'string' }, url: { type: 'string' }, every: { type: 'string', default: '50' }, timeout: { type: 'string', default: '2000' } } })
+  if ((values.app === undefined) === (values.url === undefined) || (values.app !== undefined && values.lab === undefined)) throw new Error('usage: migration.ts probe (--app NAME --lab LAB | --url URL) [--every MS] [--timeout MS]')
+  let host = ''
+  const fetchImpl = values.app === undefined ? fetch : frontDoorFetch(() => host, await apiText('/v1/ca.pem', undefined, 10_000))
   const every = Number(values.every)
   const timeout = Number(values.timeout)
   const emit = (m: object): void => { process.stdout.write(`${JSON.stringify(m)}\n`) }
   let current: string | null = values.url ?? null
   let running = true
   const lookup = async (): Promise<string | null> => {
-    const apps = await apiGet<AppView[]>('/v1/apps', undefined, 2000)
-    return apps.find(a => a.name === values.app)?.endpoints[0] ?? null
+    const found = await runningFrontDoor(values.lab as string, values.app as string)
+    if (found !== null) host = found.host
+    return found?.url ?? null
   }
   const follow = (async () => {
     while (running && values.app !== undefined) {
@@ -81,7 +88,7 @@ async function probeMain (argv: string[]): Promise<void> {
       const sent = Date.now()
       const url = current
       if (url !== null) {
-        const p = fetch(url, { signal: AbortSignal.timeout(timeout) })
+        const p = fetchImpl(url, { signal: AbortSignal.timeout(timeout) })
           .then(async r => { await r.arrayBuffer(); return r.status === 200 })
           .catch(() => false)
           .then(ok => { emit({ t: 'r', s: sent, at: Date.now(), ok, url }) })
@@ -114,7 +121,7 @@ class Probe {
   private readonly exited: Promise<void>
 
   constructor (lab: string, node: string, target: { app: string } | { url: string }) {
-    const args = ['lab', '--lab', lab, 'exec', node, '--', NODE_BIN, SELF, 'probe', ...('app' in target ? ['--app', target.app] : ['--url', target.url])]
+    const args = ['lab', '--lab', lab, 'exec', node, '--', NODE_BIN, SELF, 'probe', ...('app' in target ? ['--app', target.app, '--lab', lab] : ['--url', target.url])]
     this.child = spawn(DCLOUD, args, { stdio: ['pipe', 'pipe', 'pipe'] })
     this.child.stderr?.on('data', (b: Buffer) => { this.stderr = (this.stderr + b.toString()).slice(-4096) })
     createInterface({ input: this.child.stdout as NodeJS.ReadableStream }).on('line', line => {
@@ -316,7 +323,7 @@ async function moveOnce (i: number, from: string, to: string, prober: string): P
     const m = /downtime (\d+) ms/.exec(r.stdout)
     if (m !== null) res.reportedMs = Number(m[1])
     if (res.reportedMs === null && r.code === 0) problems.push(`move run ${i + 1}: \`dcloud app move\` printed no downtime: ${r.stdout.trim()}`)
-    const back = await probe.firstOk(t0, url => url.includes(`//${ip(to)}:`), 60_000).catch(() => null)
+    const back = await probe.firstOk(t0, url => url.includes(`//${ip(to)}/`), 60_000).catch(() => null)
     if (back !== null) {
       res.clientMs = longestGap(probe.oks(), t0, back)
       res.gaps = gapsOver(probe.oks(), t0, back, 200)

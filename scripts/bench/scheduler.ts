@@ -7,7 +7,7 @@
  * Options: --quick (one kill each, a 15 s flapping run).
  */
 import { join } from 'node:path'
-import { LabHandle, waitFor } from '../../test/lab/harness.ts'
+import { LabHandle, viaFrontDoor, waitFor } from '../../test/lab/harness.ts'
 import { benchPlan } from './scheduler-plan.ts'
 import { writeBenchSection, median, fmtMs } from './report.ts'
 import { run, tryRun } from '../lab/sh.ts'
@@ -48,8 +48,9 @@ async function electionAfterKill (lab: LabHandle): Promise<number[]> {
   return times
 }
 
-async function answers (lab: LabHandle, from: string, url: string): Promise<boolean> {
-  const r = await lab.exec(from, ['curl', '-sf', '--max-time', '0.5', url])
+/** A hello page answers curl `target` from `from`: ours at its name through `from`'s front door (viaFrontDoor), Swarm's at its published port. */
+async function answers (lab: LabHandle, from: string, target: string[]): Promise<boolean> {
+  const r = await lab.exec(from, ['curl', '-sf', '--max-time', '0.5', ...target])
   return r.code === 0 && r.stdout.includes('hello')
 }
 
@@ -63,6 +64,7 @@ async function ourFailover (lab: LabHandle): Promise<{ times: number[], falseMov
   const times: number[] = []
   const { value: lead } = await waitFor(async () => await leader(lab, 'n1').catch(() => null) ?? undefined, 30_000, 'a leader')
   const followers = ['n1', 'n2', 'n3'].filter(n => n !== lead.name)
+  const ca = await lab.caFile(lead.name)
   for (let i = 0; i < KILLS; i++) {
     // Not pinned (--node pins an app to its node): install until the scheduler puts one on a follower.
     let app: AppView | undefined
@@ -78,8 +80,8 @@ async function ourFailover (lab: LabHandle): Promise<{ times: number[], falseMov
     await lab.cmd('kill', victim)
     await waitFor(async () => {
       const a = (await apps(lab, lead.name)).find(x => x.name === name)
-      if (a === undefined || a.node === victim || a.state !== 'running' || a.endpoints.length === 0) return undefined
-      return await answers(lab, lead.name, a.endpoints[0] as string) ? true : undefined
+      if (a === undefined || a.node === victim || a.state !== 'running' || a.url === null) return undefined
+      return await answers(lab, lead.name, viaFrontDoor(a.url, '127.0.0.1', ca)) ? true : undefined
     }, 120_000, `${name} answering on a survivor`, 50)
     times.push(performance.now() - t0)
     await lab.cmd('start', victim)
@@ -127,13 +129,13 @@ async function swarmFailover (lab: LabHandle): Promise<{ times: number[], falseM
     await D('n1', 'docker', 'service', 'create', '--detach', '--no-resolve-image', '--name', svc, '--publish', `mode=host,target=8080,published=${port}`,
       'dcloud/busybox:lab', 'sh', '-c', 'mkdir -p /www && echo hello-swarm > /www/index.html && exec httpd -f -p 8080 -h /www')
     const { value: where } = await waitFor(async () => {
-      for (const n of ['n2', 'n3']) if (await answers(lab, 'n1', `http://${ip(n)}:${port}/`)) return n
+      for (const n of ['n2', 'n3']) if (await answers(lab, 'n1', [`http://${ip(n)}:${port}/`])) return n
       return undefined
     }, 60_000, `${svc} running`, 200)
     const survivor = where === 'n2' ? 'n3' : 'n2'
     const t0 = performance.now()
     await lab.cmd('kill', where)
-    await waitFor(async () => await answers(lab, 'n1', `http://${ip(survivor)}:${port}/`) ? true : undefined, 180_000, `${svc} on ${survivor}`, 100)
+    await waitFor(async () => await answers(lab, 'n1', [`http://${ip(survivor)}:${port}/`]) ? true : undefined, 180_000, `${svc} on ${survivor}`, 100)
     times.push(performance.now() - t0)
     await lab.cmd('start', where)
     await sleep(3000)

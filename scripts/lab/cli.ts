@@ -16,6 +16,8 @@ export const labHelp = `dcloud lab [--lab NAME] COMMAND
   add [--key-file F] [--no-images] [-- AGENT_ARGS]
                                  add the next node, optionally holding another cluster key
   exec NODE -- CMD ...           run CMD inside NODE (docker and dcloud talk to that node)
+  client [--public] -- CMD ...   run CMD on a client of the lab that is not a node: on the LAN (10.213.0.250),
+                                 or with --public from the internet (203.0.113.10, reaching only the lab's nodes)
   kill NODE                      abrupt death: all of NODE's processes die, its link goes down
   start NODE [--agent-only]      bring a killed node back (same data, same id), or restart its agent
   restart-docker NODE [--crash] [--down-ms MS]
@@ -41,6 +43,15 @@ function report (node: string, what: string, disk: DiskView, json: boolean): voi
     return
   }
   process.stdout.write(`${node}: ${what}; ${formatBytes(disk.free)} free of ${formatBytes(disk.bytes)} (${disk.free} bytes), the filler holds ${formatBytes(disk.filler)}\n`)
+}
+
+/** Runs `cmd` in the namespace `ns`, its output ours; resolves its exit code. */
+async function runIn (ns: string, cmd: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  return await new Promise<number>((resolve) => {
+    const child = spawn('nsenter', [`--net=/run/netns/${ns}`, '--', ...cmd], { stdio: 'inherit', env })
+    child.on('error', (err) => { process.stderr.write(`lab: ${err.message}\n`); resolve(127) })
+    child.on('exit', (code, signal) => { resolve(code ?? (signal !== null ? 128 + 9 : 1)) })
+  })
 }
 
 export async function labCommand (argv: string[]): Promise<number> {
@@ -84,11 +95,16 @@ export async function labCommand (argv: string[]): Promise<number> {
       const cmd = dash === -1 ? rest.slice(1) : rest.slice(dash + 1)
       if (cmd.length === 0) throw new UsageError('missing CMD', 'usage: dcloud lab exec NODE -- CMD ...')
       await lab.node(node)
-      return await new Promise<number>((resolve) => {
-        const child = spawn('nsenter', [`--net=/run/netns/${lab.nodeNs(node)}`, '--', ...cmd], { stdio: 'inherit', env: lab.nodeEnv(node) })
-        child.on('error', (err) => { process.stderr.write(`lab: ${err.message}\n`); resolve(127) })
-        child.on('exit', (code, signal) => { resolve(code ?? (signal !== null ? 128 + 9 : 1)) })
-      })
+      return await runIn(lab.nodeNs(node), cmd, lab.nodeEnv(node))
+    }
+    case 'client': {
+      const dash = rest.indexOf('--')
+      const usage = 'dcloud lab client [--public] -- CMD ...'
+      const { values } = parseCommand(dash === -1 ? rest : rest.slice(0, dash), { usage, options: { public: { type: 'boolean', default: false } } })
+      const cmd = dash === -1 ? [] : rest.slice(dash + 1)
+      if (cmd.length === 0) throw new UsageError('missing CMD', `usage: ${usage}`)
+      const client = await lab.client(values.public === true ? 'public' : 'lan')
+      return await runIn(client.ns, cmd, { ...process.env })
     }
     case 'kill': {
       const { args: [node] } = parseCommand(rest, { usage: 'dcloud lab kill NODE', args: ['NODE'] })

@@ -27,6 +27,18 @@ const DCLOUD_BIN = join(PROJECT_ROOT, 'bin', 'dcloud')
 export const SUBNET_PREFIX = '10.213.0.'
 /** The lab switch's own address: nodes probe it as their gateway would be probed on a LAN. */
 export const WITNESS_IP = '10.213.0.1'
+/**
+ * Clients of the lab that are not nodes (`lab client`), on the lab's own
+ * bridge: one on the LAN, and one "from the internet", whose address is from
+ * 203.0.113.0/24 (TEST-NET-3, a documentation range no machine here uses).
+ * The public one reaches only the lab's subnet (an on-link route, no default
+ * route); the nodes reach it back by an on-link route of their own.
+ */
+export const PUBLIC_CLIENT_NET = '203.0.113.0/24'
+export const LAB_CLIENTS = {
+  lan: { ns: 'lan', ip: `${SUBNET_PREFIX}250`, prefix: 24, routes: [] as string[] },
+  public: { ns: 'pub', ip: '203.0.113.10', prefix: 24, routes: [`${SUBNET_PREFIX}0/24`] }
+} as const
 const STATE_ROOT = '/var/lib/dcloud-lab'
 const RUN_ROOT = '/run/dcloud-lab'
 /** Each node's data disk unless `lab up --disk-size` says otherwise: a sparse image, so it costs only what is written. */
@@ -253,7 +265,7 @@ export class Lab {
     } else {
       if (node.state === 'running') throw new UserError(`${name} is running; kill it first or pass --agent-only`, { exitCode: EXIT.usage })
       await run('ip', ['-n', this.nodeNs(name), 'link', 'set', 'eth0', 'up'])
-      await tryRun('ip', ['-n', this.nodeNs(name), 'route', 'replace', '224.0.0.0/4', 'dev', 'eth0'])
+      await this.nodeRoutes(this.nodeNs(name), tryRun)
       await this.attachDisk(name, state.diskBytes ?? DEFAULT_DISK_BYTES)
       node.dockerdPid = await this.startDockerd(node)
       await this.save(state)
@@ -511,11 +523,40 @@ export class Lab {
     await run('ip', ['-n', this.hubNs, 'link', 'set', n.name, 'master', 'br0', 'up'])
     await run('ip', ['-n', ns, 'addr', 'add', `${n.ip}/24`, 'dev', 'eth0'])
     await run('ip', ['-n', ns, 'link', 'set', 'eth0', 'up'])
-    // No default route; multicast (mDNS) needs a route of its own, onto the lab's bridge only.
-    await run('ip', ['-n', ns, 'route', 'add', '224.0.0.0/4', 'dev', 'eth0'])
+    await this.nodeRoutes(ns, run)
     await mkdir(this.nodeDir(n.name), { recursive: true, mode: 0o700 })
     await mkdir(this.nodeRunDir(n.name), { recursive: true, mode: 0o700 })
     await chmod(this.nodeRunDir(n.name), 0o711)
+  }
+
+  /**
+   * A node's routes besides its subnet's, all onto the lab's bridge: there is
+   * no default route. Multicast (mDNS); the public client's range (`lab client --public`).
+   */
+  private async nodeRoutes (ns: string, exec: (cmd: string, args: string[]) => Promise<unknown>): Promise<void> {
+    await exec('ip', ['-n', ns, 'route', 'replace', '224.0.0.0/4', 'dev', 'eth0'])
+    await exec('ip', ['-n', ns, 'route', 'replace', PUBLIC_CLIENT_NET, 'dev', 'eth0'])
+  }
+
+  /**
+   * A client of the lab that is not a node (`lab client`): a namespace of its
+   * own with one link on the lab's bridge, made at first use and removed by
+   * `lab down`. It runs no agent and no dockerd: a laptop on the LAN, or a
+   * phone on the internet (`public`), asking the nodes' front doors.
+   */
+  async client (kind: keyof typeof LAB_CLIENTS): Promise<{ ns: string, ip: string }> {
+    await this.state()
+    const c = LAB_CLIENTS[kind]
+    const ns = this.nodeNs(c.ns)
+    if (existsSync(`/run/netns/${ns}`)) return { ns, ip: c.ip }
+    await run('ip', ['netns', 'add', ns])
+    await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
+    await run('ip', ['link', 'add', 'eth0', 'netns', ns, 'type', 'veth', 'peer', 'name', c.ns, 'netns', this.hubNs])
+    await run('ip', ['-n', this.hubNs, 'link', 'set', c.ns, 'master', 'br0', 'up'])
+    await run('ip', ['-n', ns, 'addr', 'add', `${c.ip}/${c.prefix}`, 'dev', 'eth0'])
+    await run('ip', ['-n', ns, 'link', 'set', 'eth0', 'up'])
+    for (const r of c.routes) await run('ip', ['-n', ns, 'route', 'add', r, 'dev', 'eth0'])
+    return { ns, ip: c.ip }
   }
 
   private async startDockerd (n: LabNode): Promise<number> {

@@ -15,9 +15,12 @@
  */
 import { createHash } from 'node:crypto'
 import { spawn, type ChildProcess } from 'node:child_process'
+import { Agent, request as httpsRequest } from 'node:https'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { PROJECT_ROOT } from '../../agent/config.ts'
+import { apiGet } from '../../agent/cli/client.ts'
+import type { AppView } from '../../proto/api.ts'
 import { Lab } from './lab.ts'
 
 export interface NotesRecord { seq: number, line: string }
@@ -90,6 +93,43 @@ export function verifyNotes (text: string, acked: NotesRecord[]): NotesVerdict {
   }
   const missing = acked.filter(r => !seen.has(r.line))
   return { missing, corrupt, duplicates, total: lines.length + (tail === '' ? 0 : 1) }
+}
+
+/**
+ * A fetch for the notes app behind a front door: the URL names the front
+ * door's address (`https://10.213.0.12/cgi-bin/notes`, so an acknowledgement
+ * still says which node gave it), the request asks it for `host()`
+ * (https://notes.DOMAIN, in SNI and Host) and trusts only the cluster's root
+ * `ca`: what `curl --resolve` does. Only what the notes client uses of fetch.
+ */
+export function frontDoorFetch (host: () => string, ca: string): typeof fetch {
+  const agent = new Agent({ keepAlive: true, ca })
+  return (async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+    const url = new URL(input instanceof Request ? input.url : String(input))
+    const name = host()
+    return await new Promise<Response>((resolve, reject) => {
+      const req = httpsRequest({
+        agent,
+        host: url.hostname.replace(/^\[|\]$/g, ''),
+        port: url.port === '' ? 443 : Number(url.port),
+        path: `${url.pathname}${url.search}`,
+        method: init?.method ?? 'GET',
+        servername: name,
+        headers: { ...(init?.headers as Record<string, string> | undefined), host: name },
+        ...(init?.signal != null ? { signal: init.signal } : {})
+      }, (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('error', reject)
+        res.on('end', () => {
+          const status = res.statusCode ?? 502
+          resolve(new Response([101, 204, 205, 304].includes(status) ? null : Buffer.concat(chunks), { status }))
+        })
+      })
+      req.on('error', reject)
+      req.end(init?.body == null ? undefined : String(init.body))
+    })
+  }) as typeof fetch
 }
 
 /** A short description of a verdict for a test's log or failure message. */
@@ -244,8 +284,9 @@ export class NotesWriter {
 function describeError (err: unknown): string {
   if (err instanceof Error) {
     if (err.name === 'TimeoutError' || err.name === 'AbortError') return 'timeout'
-    const cause = (err as { cause?: { code?: unknown } }).cause
-    return typeof cause?.code === 'string' ? `${err.message}: ${cause.code}` : err.message
+    // fetch's errors carry the code in `cause`; node:https's (frontDoorFetch) on the error itself.
+    const code = (err as { cause?: { code?: unknown } }).cause?.code ?? (err as { code?: unknown }).code
+    return typeof code === 'string' && !err.message.includes(code) ? `${err.message}: ${code}` : err.message
   }
   return String(err)
 }
@@ -261,11 +302,44 @@ function spawnInNode (lab: string, node: string, cmd: string[], stdio: ['pipe' |
   return spawn('nsenter', [`--net=/run/netns/${l.nodeNs(node)}`, '--', ...cmd], { stdio, env: l.nodeEnv(node) }) as ChildProcess & { stdout: NodeJS.ReadableStream, stderr: NodeJS.ReadableStream }
 }
 
-/** Where the app is: its instance name (looked up on the node's agent, following it when it moves) or a fixed base URL. */
-export type NotesTarget = { app: string } | { url: string }
+/**
+ * Where the app is: its instance name (looked up on the node's agent: the
+ * front door of the node running it, followed when it moves), or a fixed
+ * front door, `url` (https://ADDRESS/), asked for `host` (NAME.DOMAIN): a
+ * writer pinned to one node's front door, which serves its own copy while
+ * that copy runs.
+ */
+export type NotesTarget = { app: string } | { url: string, host: string }
 
-function targetArgs (target: NotesTarget): string[] {
-  return 'app' in target ? ['--app', target.app] : ['--url', target.url]
+/**
+ * The front door of the node running `app` (`https://ADDRESS/`), and the
+ * app's host to ask it for, as this node's agent (DCLOUD_API) reports it;
+ * null while it runs nowhere. The address comes from the lab's state: a
+ * probe that goes there is served by that node's own copy, so what answers
+ * tells which copy did.
+ */
+export async function runningFrontDoor (lab: string, app: string): Promise<{ url: string, host: string } | null> {
+  const apps = await apiGet<AppView[]>('/v1/apps', undefined, 2000)
+  const view = apps.find(a => a.name === app)
+  if (view?.url == null || view.node === null || view.state !== 'running') return null
+  const node = (await new Lab(lab).state()).nodes.find(n => n.name === view.node)
+  return node === undefined ? null : { url: `https://${node.ip}/`, host: new URL(view.url).hostname }
+}
+
+/**
+ * A target pinned to the front door at `address` (a node's), for the app whose
+ * URL is `url` (https://NAME.DOMAIN/). That front door serves its own node's
+ * copy while it runs there (a local container comes first). Once its agent
+ * hears that the app runs elsewhere, it forwards instead: the fencing and
+ * partition tests pin to nodes that cannot (no agent, or cut off), so what
+ * acknowledges there is the old copy.
+ */
+export function pinnedTo (url: string, address: string): NotesTarget {
+  return { url: `https://${address}/`, host: new URL(url).hostname }
+}
+
+function targetArgs (lab: string, target: NotesTarget): string[] {
+  return 'app' in target ? ['--app', target.app, '--lab', lab] : ['--url', target.url, '--host', target.host]
 }
 
 /** What one writer of a `LabWriters` reported when it stopped. */
@@ -293,7 +367,7 @@ export class LabWriters {
   constructor (lab: string, node: string, target: NotesTarget, clients: string[], opts: { intervalMs?: number, timeoutMs?: number } = {}) {
     this.clients = clients
     for (const c of clients) this.acks.set(c, [])
-    const args = [NODE_BIN, WRITER_SCRIPT, 'write', ...targetArgs(target), '--clients', clients.join(',')]
+    const args = [NODE_BIN, WRITER_SCRIPT, 'write', ...targetArgs(lab, target), '--clients', clients.join(',')]
     if (opts.intervalMs !== undefined) args.push('--interval', String(opts.intervalMs))
     if (opts.timeoutMs !== undefined) args.push('--timeout', String(opts.timeoutMs))
     // stdin is the stop signal: the writer stops when it closes, also when this process dies.
@@ -383,7 +457,7 @@ export function startLabWriters (lab: string, node: string, target: NotesTarget,
 /** The log as read from inside lab node `node`. */
 export async function readNotesInLab (lab: string, node: string, target: NotesTarget, timeoutMs = 30_000): Promise<string> {
   return await new Promise((resolve, reject) => {
-    const child = spawnInNode(lab, node, [NODE_BIN, WRITER_SCRIPT, 'read', ...targetArgs(target)], ['ignore', 'pipe', 'pipe'])
+    const child = spawnInNode(lab, node, [NODE_BIN, WRITER_SCRIPT, 'read', ...targetArgs(lab, target)], ['ignore', 'pipe', 'pipe'])
     const out: Buffer[] = []
     let err = ''
     const timer = setTimeout(() => { child.kill('SIGKILL') }, timeoutMs)

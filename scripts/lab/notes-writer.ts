@@ -2,8 +2,8 @@
  * Runs notes writers (scripts/lab/notes-client.ts) where the app can be reached:
  * inside a lab node's namespace, through `dcloud lab exec NODE -- node ...`.
  *
- *   node scripts/lab/notes-writer.ts write (--app NAME | --url URL) --clients A,B,... [--interval MS] [--timeout MS]
- *   node scripts/lab/notes-writer.ts read (--app NAME | --url URL) [--wait MS]
+ *   node scripts/lab/notes-writer.ts write (--app NAME --lab LAB | --url https://ADDRESS/ --host NAME.DOMAIN) --clients A,B,... [--interval MS] [--timeout MS]
+ *   node scripts/lab/notes-writer.ts read (--app NAME --lab LAB | --url https://ADDRESS/ --host NAME.DOMAIN) [--wait MS]
  *
  * `write` prints one JSON line per acknowledged record, {"t":"ack","c":CLIENT,"s":SEQ,"at":MS,"u":URL}
  * (the line itself follows from CLIENT and SEQ; AT is when the 201 came, URL the app's address that gave it), {"t":"url","url":…} whenever the app's
@@ -11,20 +11,25 @@
  * counts. It stops when its stdin closes (or on SIGTERM/SIGINT). `read`
  * prints the log, retrying until the app answers or MS pass (default 30000).
  *
- * --app follows the app through the node's agent (DCLOUD_API, which `lab exec`
- * sets): its endpoint changes when it moves or its container restarts on a
- * new host port.
+ * The app is reached at its name through a front door (its web port is not
+ * published on any node), trusting only the cluster's root, asked of the
+ * node's agent (DCLOUD_API, which `lab exec` sets). --app follows the app
+ * through that agent: the front door of the node running it (its address from
+ * the lab's state), so that an acknowledgement says which copy gave it, as a
+ * chaos run needs. --url pins one front door (https://ADDRESS/), asked for
+ * --host.
  */
 import { parseArgs } from 'node:util'
-import { apiGet } from '../../agent/cli/client.ts'
-import type { AppView } from '../../proto/api.ts'
-import { NotesWriter, readNotes } from './notes-client.ts'
+import { apiText } from '../../agent/cli/client.ts'
+import { NotesWriter, frontDoorFetch, readNotes, runningFrontDoor } from './notes-client.ts'
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
   options: {
     app: { type: 'string' },
+    lab: { type: 'string' },
     url: { type: 'string' },
+    host: { type: 'string' },
     clients: { type: 'string' },
     interval: { type: 'string' },
     timeout: { type: 'string' },
@@ -32,19 +37,24 @@ const { positionals, values } = parseArgs({
   }
 })
 const mode = positionals[0]
-if ((mode !== 'write' && mode !== 'read') || (values.app === undefined) === (values.url === undefined)) {
-  process.stderr.write('usage: notes-writer.ts write|read (--app NAME | --url URL) [--clients A,B] [--interval MS] [--timeout MS] [--wait MS]\n')
+if ((mode !== 'write' && mode !== 'read') || (values.app === undefined) === (values.url === undefined) || (values.app !== undefined && values.lab === undefined) || (values.url !== undefined && values.host === undefined)) {
+  process.stderr.write('usage: notes-writer.ts write|read (--app NAME --lab LAB | --url https://ADDRESS/ --host NAME.DOMAIN) [--clients A,B] [--interval MS] [--timeout MS] [--wait MS]\n')
   process.exit(64)
 }
+
+/** The app's host (NAME.DOMAIN), as given or as the agent names it; the front door is asked for it. */
+let host = values.host ?? ''
+const fetchImpl = frontDoorFetch(() => host, await apiText('/v1/ca.pem', undefined, 10_000))
 
 function emit (msg: object): void {
   process.stdout.write(`${JSON.stringify(msg)}\n`)
 }
 
-/** The app's base URL as its node's agent reports it, or null while it has none. */
+/** The front door of the node running the app, or null while it runs nowhere. */
 async function lookup (app: string): Promise<string | null> {
-  const apps = await apiGet<AppView[]>('/v1/apps', undefined, 2000)
-  return apps.find(a => a.name === app)?.endpoints[0] ?? null
+  const found = await runningFrontDoor(values.lab as string, app)
+  if (found !== null) host = found.host
+  return found?.url ?? null
 }
 
 /** Exits once stdout is written out: a pipe is asynchronous, and process.exit would cut it short. */
@@ -62,11 +72,11 @@ async function read (waitMs: number): Promise<void> {
     try {
       const url = values.url ?? await lookup(values.app as string)
       if (url !== null) {
-        process.stdout.write(await readNotes(url))
+        process.stdout.write(await readNotes(url, { fetchImpl }))
         exitAfterOutput(0)
         return
       }
-      problem = `app ${values.app ?? ''} has no endpoint`
+      problem = `app ${values.app ?? ''} runs nowhere`
     } catch (err) {
       problem = String(err)
     }
@@ -104,6 +114,7 @@ async function write (): Promise<void> {
     clientId,
     intervalMs: values.interval !== undefined ? Number(values.interval) : undefined,
     timeoutMs: values.timeout !== undefined ? Number(values.timeout) : undefined,
+    fetchImpl,
     // `at`: when the 201 arrived (the lab's one clock), to compare with containers' start and finish times;
     // `u`: the app's address that answered, so a chaos run tells which copy acknowledged it.
     onAck: (r, url) => { emit({ t: 'ack', c: clientId, s: r.seq, at: Date.now(), u: url }) }

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { join } from 'node:path'
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { LabHandle, waitFor, type Run } from './harness.ts'
+import { LabHandle, viaFrontDoor, waitFor, type Run } from './harness.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
 import type { AppView, MetricsResponse } from '../../proto/api.ts'
 
@@ -30,14 +30,20 @@ function perNode (list: AppView[]): Record<string, number> {
 }
 
 /** An HTTP GET from inside a lab node, the way another machine on the LAN would ask. */
-async function httpFrom (node: string, url: string): Promise<Run> {
-  return await lab.exec(node, ['curl', '-sf', '--max-time', '3', url])
+async function httpFrom (node: string, target: string[]): Promise<Run> {
+  return await lab.exec(node, ['curl', '-sf', '--max-time', '3', ...target])
 }
 
+/** The cluster's root, written once: the domain does not change here. */
+let caFile: string | undefined
+
+/** Every app answers at its name through the front door of `from` (whichever node runs it). */
 async function allAnswer (from: string, list: AppView[]): Promise<boolean> {
+  caFile ??= await lab.caFile(from)
+  const ca = caFile
   for (const a of list) {
-    if (a.state !== 'running' || a.endpoints.length === 0) return false
-    const r = await httpFrom(from, a.endpoints[0] as string)
+    if (a.state !== 'running' || a.url === null) return false
+    const r = await httpFrom(from, viaFrontDoor(a.url, '127.0.0.1', ca))
     if (r.code !== 0 || !r.stdout.includes('hello')) return false
   }
   return true
@@ -65,7 +71,7 @@ describe('apps and the elected scheduler in the lab', () => {
     for (const name of APPS) {
       const r = await lab.exec('n1', ['dcloud', 'app', 'install', HELLO, '--name', name])
       expect(r.code, r.stderr).toBe(0)
-      expect(r.stdout).toMatch(new RegExp(`${name} is running on n1 at http://10\\.213\\.0\\.11:\\d+`))
+      expect(r.stdout).toMatch(new RegExp(`${name} is running on n1: https://${name}\\.dcloud\\.home\\.arpa/`))
       expect(r.stderr).toMatch(/accepted/) // progress goes to stderr
     }
     const list = await apps('n1')

@@ -14,7 +14,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LabHandle, waitFor } from './harness.ts'
-import { notesUrl, readNotesInLab, startLabWriters, verifyNotes } from '../../scripts/lab/notes-client.ts'
+import { pinnedTo, readNotesInLab, startLabWriters, verifyNotes } from '../../scripts/lab/notes-client.ts'
 import { NOTES, StatefulKit, type Copy } from './stateful-kit.ts'
 
 const lab = new LabHandle('tfence')
@@ -55,9 +55,9 @@ describe('fencing: never two copies of a stateful app', () => {
     await write(other, 'before-agent-kill', 500)
     await dcOk(other, ['snapshot', 'create', 'notes'])
     const old = (await app(other, 'notes'))!
-    expect(old.endpoints.length).toBe(1)
-    // A writer pinned to the old copy's address: whatever acknowledges there is the old copy.
-    const pinned = startLabWriters(lab.name, other, { url: notesUrl(old.endpoints[0] as string) }, ['pinned'], { timeoutMs: 2000 })
+    expect(old.node).toBe(host)
+    // A writer pinned to the old copy's node's front door (it serves its own copy while that runs): whatever acknowledges there is the old copy.
+    const pinned = startLabWriters(lab.name, other, pinnedTo(old.url as string, (await lab.lab.node(host)).ip), ['pinned'], { timeoutMs: 2000 })
     await waitFor(async () => { pinned.assertRunning(); return pinned.ackCount() > 0 ? true : undefined }, 30_000, 'the pinned writer to get an acknowledgement')
 
     const agentPid = (await lab.lab.node(host)).agentPid as number
@@ -107,7 +107,7 @@ describe('fencing: never two copies of a stateful app', () => {
     await dcOk(other, ['snapshot', 'create', 'notes'])
     const old = (await app(other, 'notes'))!
     const before = (await copies([host])).find(c => c.running)!
-    const pinned = startLabWriters(lab.name, host, { url: notesUrl(old.endpoints[0] as string) }, ['oneway'], { timeoutMs: 2000 })
+    const pinned = startLabWriters(lab.name, host, pinnedTo(old.url as string, (await lab.lab.node(host)).ip), ['oneway'], { timeoutMs: 2000 })
     await waitFor(async () => { pinned.assertRunning(); return pinned.ackCount() > 0 ? true : undefined }, 30_000, 'the pinned writer to get an acknowledgement')
 
     const cutAt = Date.now()

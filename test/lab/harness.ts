@@ -74,11 +74,31 @@ export class LabHandle {
     return await apiGet<MetricsResponse>('/v1/metrics', { socketPath: this.lab.agentSocket(node), describe: node }, 3000)
   }
 
+  /**
+   * The cluster CA's root as a file (`dcloud domain ca` on `node`), for curl's
+   * --cacert: apps are reached at https://NAME.DOMAIN through a front door.
+   * Written again each call (the domain, hence the root, may have changed).
+   */
+  async caFile (node = 'n1'): Promise<string> {
+    const file = join(this.lab.stateDir, 'cluster-ca.pem')
+    await dcloudOk(['lab', '--lab', this.name, 'exec', node, '--', 'dcloud', 'domain', 'ca', '-o', file])
+    return file
+  }
+
   /** Node name -> state, as `node` sees the cluster. */
   async view (node: string): Promise<Record<string, string>> {
     const s = await this.status(node)
     return Object.fromEntries(s.nodes.map(n => [n.name, n.state]))
   }
+}
+
+/**
+ * curl's arguments for `url` (https://NAME.DOMAIN/...) through the front door
+ * at `address` (a node's, or 127.0.0.1 for the node curl runs on), trusting
+ * only the cluster's root: what a browser does once the name resolves.
+ */
+export function viaFrontDoor (url: string, address: string, caFile: string): string[] {
+  return ['--resolve', `${new URL(url).hostname}:443:${address}`, '--cacert', caFile, url]
 }
 
 /** Polls `check` until it returns a value other than undefined; returns it and how long it took. */

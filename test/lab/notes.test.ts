@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { join } from 'node:path'
-import { LabHandle, waitFor } from './harness.ts'
+import { LabHandle, viaFrontDoor, waitFor } from './harness.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
 import type { AppView } from '../../proto/api.ts'
 import { MAX_NOTE_BYTES, describeVerdict, readNotesInLab, startLabWriters, verifyNotes, type LabWriters, type NotesRecord, type NotesTarget, type NotesVerdict, type WriterSummary } from '../../scripts/lab/notes-client.ts'
@@ -26,11 +26,11 @@ async function notesApp (): Promise<AppView | undefined> {
   return (JSON.parse(r.stdout) as AppView[]).find(a => a.name === 'notes')
 }
 
-async function endpoint (): Promise<string> {
+/** curl's arguments for `path` of notes through n1's own front door (https://notes.DOMAIN), trusting the cluster's root. */
+async function viaN1 (path: string): Promise<string[]> {
   const app = await notesApp()
-  const url = app?.endpoints[0]
-  if (url === undefined) throw new Error(`notes has no endpoint: ${JSON.stringify(app)}`)
-  return url
+  if (app?.url == null) throw new Error(`notes has no URL: ${JSON.stringify(app)}`)
+  return viaFrontDoor(new URL(path, app.url).href, '127.0.0.1', await lab.caFile('n1'))
 }
 
 /** Status code of a request made with curl from inside n1. */
@@ -75,7 +75,7 @@ describe('notes: acknowledged writes are durable', () => {
     await waitFor(async () => (await lab.status('n1')).leader !== null ? true : undefined, 15_000, 'n1 to lead')
     const r = await lab.exec('n1', ['dcloud', 'app', 'install', NOTES])
     if (r.code !== 0) throw new Error(`app install exited ${r.code}: ${r.stderr}`)
-    expect(r.stdout).toMatch(/notes is running on n1 at http:\/\/10\.213\.0\.11:\d+/)
+    expect(r.stdout).toMatch(/notes is running on n1: https:\/\/notes\.dcloud\.home\.arpa\//)
   })
 
   afterAll(async () => {
@@ -83,16 +83,15 @@ describe('notes: acknowledged writes are durable', () => {
   })
 
   it('serves an index, an empty log, and refuses what is not one line', async () => {
-    const url = await endpoint()
-    expect((await lab.exec('n1', ['curl', '-sf', '--max-time', '5', url])).stdout).toMatch(/<title>notes<\/title>/)
-    const empty = await lab.exec('n1', ['curl', '-sf', '--max-time', '5', `${url}/cgi-bin/notes`])
+    expect((await lab.exec('n1', ['curl', '-sf', '--max-time', '5', ...await viaN1('/')])).stdout).toMatch(/<title>notes<\/title>/)
+    const notes = await viaN1('/cgi-bin/notes')
+    const empty = await lab.exec('n1', ['curl', '-sf', '--max-time', '5', ...notes])
     expect(empty.code, empty.stderr).toBe(0)
     expect(empty.stdout).toBe('')
-    const notes = `${url}/cgi-bin/notes`
-    expect(await statusOf(['--data-binary', 'two\nlines', notes])).toBe('400')
-    expect(await statusOf(['--data-binary', 'x'.repeat(MAX_NOTE_BYTES + 1), notes])).toBe('400')
-    expect(await statusOf(['-X', 'POST', notes])).toBe('400')
-    expect((await lab.exec('n1', ['curl', '-sf', '--max-time', '5', notes])).stdout).toBe('')
+    expect(await statusOf(['--data-binary', 'two\nlines', ...notes])).toBe('400')
+    expect(await statusOf(['--data-binary', 'x'.repeat(MAX_NOTE_BYTES + 1), ...notes])).toBe('400')
+    expect(await statusOf(['-X', 'POST', ...notes])).toBe('400')
+    expect((await lab.exec('n1', ['curl', '-sf', '--max-time', '5', ...notes])).stdout).toBe('')
   })
 
   it('one writer for 5 s: every acknowledged record is in the log', async () => {

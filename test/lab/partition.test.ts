@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LabHandle, waitFor } from './harness.ts'
-import { notesUrl, readNotesInLab, startLabWriters, verifyNotes } from '../../scripts/lab/notes-client.ts'
+import { pinnedTo, readNotesInLab, startLabWriters, verifyNotes } from '../../scripts/lab/notes-client.ts'
 import { NOTES, StatefulKit } from './stateful-kit.ts'
 
 const lab = new LabHandle('tpart')
@@ -36,8 +36,8 @@ describe('a partition with a stateful app', () => {
     const divergent = await write(cut, 'cutoff', 1000)
     acked.splice(acked.length - divergent.length, divergent.length) // kept in a snapshot, not in the live copy
     // A writer on the cut-off side, pinned to its copy, through the partition: what it gets acknowledged there is the old copy's.
-    const endpoint = (await app(cut, 'notes'))!.endpoints[0] as string
-    const minority = startLabWriters(lab.name, cut, { url: notesUrl(endpoint) }, ['minority'], { timeoutMs: 2000 })
+    const url = (await app(cut, 'notes'))!.url as string
+    const minority = startLabWriters(lab.name, cut, pinnedTo(url, (await lab.lab.node(cut)).ip), ['minority'], { timeoutMs: 2000 })
     await waitFor(async () => { minority.assertRunning(); return minority.ackCount() > 0 ? true : undefined }, 30_000, 'the minority writer to get an acknowledgement')
     await lab.cmd('partition', cut, `${a},${b}`)
     // The cut-off node stops its stateful app by itself.

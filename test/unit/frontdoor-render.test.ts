@@ -7,7 +7,11 @@
 import { describe, expect, it } from 'vitest'
 import fc from 'fast-check'
 import { HOP_HEADER, render, routeApps, type RenderInput } from '../../agent/frontdoor/render.ts'
-import { LAN_DOMAIN, RESERVED_NAMES, appHost, clusterDomain, decodeClusterDomain, reservedNameReason } from '../../proto/frontdoor.ts'
+import { LAN_DOMAIN, RESERVED_NAMES, appHost, appReach, clusterDomain, decodeClusterDomain, reservedNameReason } from '../../proto/frontdoor.ts'
+import { decodeChange, decodeDesiredState } from '../../proto/cluster.ts'
+import { hostPorts, withoutWebPort } from '../../proto/app.ts'
+import type { DesiredApp } from '../../proto/plan.ts'
+import { mockManifest } from '../builders.ts'
 import { applyChange, EMPTY_STATE } from '../../agent/cluster/desired-store.ts'
 import { RpcError } from '../../agent/mesh/rpc.ts'
 import type { AppManifest } from '../../proto/app.ts'
@@ -34,7 +38,12 @@ function input (over: Partial<RenderInput> = {}): RenderInput {
 
 type Route = { match?: Array<{ host?: string[] }>, handle: Array<Record<string, unknown>> }
 const servers = (r: ReturnType<typeof render>): Record<string, { listen: string[], routes: Route[] }> => (r.config.apps as { http: { servers: Record<string, { listen: string[], routes: Route[] }> } }).http.servers
-const routeFor = (r: ReturnType<typeof render>, host: string): Route | undefined => servers(r)['dcloud-https']?.routes.find(x => x.match?.[0]?.host?.includes(host) === true)
+/** A 403 of the front door's own: the reach check ahead of a lan host's route. */
+const isRefusal = (x: Route): boolean => x.handle[0]?.status_code === 403
+/** The route that serves `host` (past its reach check). */
+const routeFor = (r: ReturnType<typeof render>, host: string): Route | undefined => servers(r)['dcloud-https']?.routes.find(x => x.match?.[0]?.host?.includes(host) === true && !isRefusal(x))
+/** The reach check ahead of `host`'s route, if any. */
+const refusalFor = (r: ReturnType<typeof render>, host: string): Route | undefined => servers(r)['dcloud-https']?.routes.find(x => x.match?.[0]?.host?.includes(host) === true && isRefusal(x))
 
 describe('where an app\'s requests go', () => {
   it('to the container on this node, on its network, when its web container runs here', () => {
@@ -94,6 +103,8 @@ describe('the Caddy configuration', () => {
     expect(sub.routes[1]?.handle[0]).toEqual({
       handler: 'reverse_proxy',
       upstreams: [{ dial: '10.213.0.12:443' }],
+      // Forwarded again (a stale view), the client stays first in X-Forwarded-For.
+      trusted_proxies: ['10.213.0.12/32', '10.213.0.13/32'],
       headers: { request: { add: { [HOP_HEADER]: [N1.id] } } },
       transport: { protocol: 'http', tls: { root_ca_pool: [ROOT_DER.toString('base64')], server_name: 'dcloud.alice.example.org' } }
     })
@@ -245,7 +256,7 @@ describe('reserved app names', () => {
 describe('properties of the rendering (fast-check)', () => {
   const nodeArb = fc.record({ id: fc.constantFrom(N1.id, N2.id, N3.id), apps: fc.subarray(['notes', 'hello', 'photos', 'auth']) })
   const inputArb = fc.record({
-    apps: fc.uniqueArray(fc.record({ name: fc.constantFrom('notes', 'hello', 'photos', 'auth', 'db'), web: fc.option(fc.record({ port: fc.integer({ min: 1, max: 65535 }) }), { nil: null }) }), { selector: a => a.name }),
+    apps: fc.uniqueArray(fc.record({ name: fc.constantFrom('notes', 'hello', 'photos', 'auth', 'db'), web: fc.option(fc.record({ port: fc.integer({ min: 1, max: 65535 }) }), { nil: null }), reach: fc.constantFrom('lan' as const, 'internet' as const, undefined) }), { selector: a => a.name }),
     nodes: fc.uniqueArray(nodeArb, { selector: n => n.id }),
     local: fc.dictionary(fc.constantFrom('notes', 'hello', 'photos'), fc.ipV4()),
     self: fc.constantFrom(N1, N2, N3)
@@ -260,13 +271,98 @@ describe('properties of the rendering (fast-check)', () => {
       const a = render(i)
       expect(render(shuffled)).toEqual(a)
       expect(a.routes.map(r => r.name)).toEqual(x.apps.map(p => p.name).sort())
-      const hosts = servers(a)['dcloud-https']?.routes.flatMap(r => r.match?.[0]?.host ?? []) ?? []
+      const hosts = servers(a)['dcloud-https']?.routes.filter(r => !isRefusal(r)).flatMap(r => r.match?.[0]?.host ?? []) ?? []
       expect(new Set(hosts).size).toBe(hosts.length)
+      // Exactly one reach check ahead of each lan app's route, none for an internet app.
+      const all = servers(a)['dcloud-https']?.routes ?? []
+      for (const app of x.apps) {
+        const host = `${app.name}.alice.example.org`
+        const refusals = all.filter(r => isRefusal(r) && r.match?.[0]?.host?.includes(host) === true)
+        expect(refusals.length, host).toBe(app.reach === 'internet' ? 0 : 1)
+        if (refusals[0] !== undefined) expect(all.indexOf(refusals[0])).toBeLessThan(all.indexOf(routeFor(a, host) as Route))
+      }
       for (const r of a.routes) {
         // Never forwarded to itself, and never to a node that does not report the app.
         if (r.kind === 'remote') expect(r.node !== x.self.id && nodes.some(n => n.id === r.node && n.apps.includes(r.name))).toBe(true)
         if (r.kind === 'local') expect(x.local[r.name]).toBeDefined()
       }
     }), { numRuns: 300 })
+  })
+})
+
+describe('reach (dcloud app expose)', () => {
+  const LAN = ['127.0.0.0/8', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '169.254.0.0/16', '100.64.0.0/10', '::1/128', 'fc00::/7', 'fe80::/10']
+
+  it('puts a lan app behind a 403 for clients off the LAN, judging a forwarded request by the client the other node saw', () => {
+    const r = render(input({ local: { notes: '172.18.0.2' } }))
+    const refusal = refusalFor(r, 'notes.alice.example.org') as Route & { match: unknown[], terminal: boolean }
+    expect(refusal.match).toEqual([
+      // Straight from a client: neither on the LAN nor another node.
+      { host: ['notes.alice.example.org'], not: [{ remote_ip: { ranges: LAN } }, { remote_ip: { ranges: ['10.213.0.12/32', '10.213.0.13/32'] } }] },
+      // From another node: the first X-Forwarded-For entry, which that node set.
+      { host: ['notes.alice.example.org'], remote_ip: { ranges: ['10.213.0.12/32', '10.213.0.13/32'] }, not: [{ remote_ip: { ranges: LAN, forwarded: true } }] }
+    ])
+    expect(refusal.terminal).toBe(true)
+    expect(refusal.handle).toEqual([expect.objectContaining({ handler: 'static_response', status_code: 403, body: expect.stringMatching(/notes answers on the LAN only.*`dcloud app expose notes internet`/) as unknown as string })])
+    // Ahead of the app's own route.
+    const routes = servers(r)['dcloud-https']?.routes ?? []
+    expect(routes.indexOf(refusal)).toBeLessThan(routes.indexOf(routeFor(r, 'notes.alice.example.org') as Route))
+    // Alone, no node's header is believed: only the connection's address.
+    expect((refusalFor(render(input({ nodes: [{ ...N1, apps: [] }] })), 'notes.alice.example.org') as Route & { match: unknown[] }).match).toEqual([{ host: ['notes.alice.example.org'], not: [{ remote_ip: { ranges: LAN } }] }])
+  })
+
+  it('refuses off the LAN whatever the route: a down app\'s 503 tells nothing to the internet either', () => {
+    expect(refusalFor(render(input({ nodes: [] })), 'notes.alice.example.org')).toBeDefined()
+  })
+
+  it('leaves an internet app open, and only it', () => {
+    const r = render(input({ apps: [{ name: 'notes', web: { port: 8080 }, reach: 'internet' }, { name: 'hello', web: { port: 8080 } }] }))
+    expect(refusalFor(r, 'notes.alice.example.org')).toBeUndefined()
+    expect(refusalFor(r, 'hello.alice.example.org')).toBeDefined()
+    expect(render(input({ apps: [{ name: 'notes', web: { port: 8080 }, reach: 'lan' }] })).id).toBe(render(input()).id)
+    expect(render(input({ apps: [{ name: 'notes', web: { port: 8080 }, reach: 'internet' }] })).id).not.toBe(render(input()).id)
+  })
+
+  it('keeps the dashboard and the API at the bare domain on the LAN', () => {
+    expect(refusalFor(render(input({ apps: [{ name: 'notes', web: { port: 8080 }, reach: 'internet' }] })), 'alice.example.org')?.handle[0]).toMatchObject({ status_code: 403, body: expect.stringMatching(/dashboard and the API of alice\.example\.org answer on the LAN only/) as unknown as string })
+  })
+
+  it('is a change of the replicated state: decoded, refused for an unknown app or value, applied without touching the app\'s revision', () => {
+    expect(decodeChange({ kind: 'expose', name: 'notes', reach: 'internet' })).toEqual({ kind: 'expose', name: 'notes', reach: 'internet' })
+    expect(() => decodeChange({ kind: 'expose', name: 'notes', reach: 'public' })).toThrow(/change.reach: must be lan or internet, not "public"/)
+    expect(() => decodeChange({ kind: 'expose', name: 'notes' })).toThrow(/change.reach: must be lan or internet/)
+    expect(() => decodeChange({ kind: 'expose', name: 'No Such', reach: 'lan' })).toThrow(/change.name/)
+    const installed = applyChange(EMPTY_STATE, { kind: 'install', app: { name: 'notes', manifest: mockManifest('notes'), pinnedNode: null } }, { index: 1, term: 1 })
+    expect(appReach(installed.apps[0] as DesiredApp)).toBe('lan')
+    const open = applyChange(installed, { kind: 'expose', name: 'notes', reach: 'internet' }, { index: 2, term: 1 })
+    expect(open.apps[0]).toMatchObject({ reach: 'internet', revision: 1 })
+    expect(open.revision).toBe(2)
+    // It survives the trip through the wire and a new leader's copy of the state.
+    expect(decodeDesiredState(JSON.parse(JSON.stringify(open))).apps[0]?.reach).toBe('internet')
+    expect(() => applyChange(open, { kind: 'expose', name: 'notes', reach: 'internet' }, { index: 3, term: 1 })).toThrow(/notes is reachable from the internet already/)
+    expect(() => applyChange(open, { kind: 'expose', name: 'other', reach: 'lan' }, { index: 3, term: 1 })).toThrow(RpcError)
+    const back = applyChange(open, { kind: 'expose', name: 'notes', reach: 'lan' }, { index: 3, term: 1 })
+    expect(back.apps[0]).not.toHaveProperty('reach')
+    expect(() => decodeDesiredState({ ...back, apps: [{ ...back.apps[0], reach: 'everyone' }] })).toThrow(/desired.apps\[0\].reach: must be lan or internet/)
+  })
+})
+
+describe('the web port is not published on the node', () => {
+  const svc = (ports: Array<{ container: number, host: number | null, protocol: 'tcp' | 'udp' }>, networkMode?: 'host'): AppManifest['compose']['services'][string] => ({ ports, ...(networkMode !== undefined ? { networkMode } : {}) }) as unknown as AppManifest['compose']['services'][string]
+  const app = (web: AppManifest['web'], services: AppManifest['compose']['services']): AppManifest => ({ web, compose: { services, volumes: {}, configs: {} } }) as unknown as AppManifest
+
+  it('takes the web UI\'s port out of what the node publishes, keeping raw TCP/UDP ports', () => {
+    const m = app({ service: 'web', port: 8080 }, { web: svc([{ container: 8080, host: null, protocol: 'tcp' }, { container: 53, host: 53, protocol: 'udp' }, { container: 53, host: 53, protocol: 'tcp' }]), db: svc([{ container: 8080, host: 18080, protocol: 'tcp' }]) })
+    expect(withoutWebPort(m).compose.services.web?.ports).toEqual([{ container: 53, host: 53, protocol: 'udp' }, { container: 53, host: 53, protocol: 'tcp' }])
+    expect(withoutWebPort(m).compose.services.db).toBe(m.compose.services.db)
+    expect(hostPorts(app({ service: 'web', port: 8080 }, { web: svc([{ container: 8080, host: 80, protocol: 'tcp' }, { container: 53, host: 53, protocol: 'udp' }]) }))).toEqual(['53/udp'])
+  })
+
+  it('leaves an app without a web UI, and a web service on the host\'s network, as they are', () => {
+    const none = app(null, { dns: svc([{ container: 53, host: 53, protocol: 'udp' }]) })
+    expect(withoutWebPort(none)).toBe(none)
+    const host = app({ service: 'web', port: 8080 }, { web: svc([{ container: 8080, host: null, protocol: 'tcp' }], 'host') })
+    expect(withoutWebPort(host)).toBe(host)
+    expect(hostPorts(host)).toEqual(['8080/tcp'])
   })
 })

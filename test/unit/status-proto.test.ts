@@ -23,7 +23,7 @@ function mockResources (over: Partial<NodeResources> = {}): NodeResources {
     agentVersion: '0.1.0',
     labels: { ssd: 'true' },
     apps: ['nextcloud'],
-    appStates: [{ name: 'nextcloud', state: 'running', revision: 3, webPort: 8080 }],
+    appStates: [{ name: 'nextcloud', state: 'running', revision: 3, ports: [{ port: 53, protocol: 'udp' }], webPort: null }],
     containers: 2,
     address: '192.168.1.20',
     images: ['nextcloud:29'],
@@ -61,6 +61,16 @@ describe('status messages', () => {
     const beat = mockBeat()
     expect(decodeStatus(encodeStatus(beat), PEER)).toEqual(beat)
     expect(encodeStatus(beat).byteLength).toBeLessThan(encodeStatus(s).byteLength / 2)
+  })
+
+  it('reads an older agent\'s app report (its published web port, no raw ports) and keeps webPort null for older decoders', () => {
+    const older = mockStatus({}, { appStates: [{ name: 'hello', state: 'running', revision: 2, webPort: 32768 } as unknown as NodeResources['appStates'][number]] })
+    expect(decodeStatus(encodeStatus(older), PEER).resources?.appStates).toEqual([{ name: 'hello', state: 'running', revision: 2, webPort: null }])
+    // Agents before the front door call number() on webPort: it must be there, null.
+    const sent = JSON.parse(new TextDecoder().decode(encodeStatus(mockStatus()))) as { resources: { appStates: Array<Record<string, unknown>> } }
+    expect(sent.resources.appStates[0]).toHaveProperty('webPort', null)
+    const badPort = mockStatus({}, { appStates: [{ name: 'dns', state: 'running', revision: 1, ports: [{ port: 53, protocol: 'sctp' }], webPort: null } as unknown as NodeResources['appStates'][number]] })
+    expect(dropReason(encodeStatus(badPort), PEER)).toBe('malformed')
   })
 
   it.each([

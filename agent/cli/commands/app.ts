@@ -19,7 +19,11 @@ export const appHelp = `dcloud app COMMAND
                                                          terminal, or granted by --grant (--yes alone grants none)
   grant NAME PERM...                                     grant permissions the app asks for (it is redeployed with them)
   revoke NAME PERM...                                    take permissions away (it is redeployed without them)
-  ls [--json]                                            every app: its URL (https://NAME.DOMAIN/), node, state, endpoints, permissions granted
+  expose NAME lan|internet                               who reaches the app at its URL: lan (the default: clients on private and
+                                                         link-local addresses only) or internet (anyone who reaches a node);
+                                                         every node's front door applies it within about a second
+  ls [--json]                                            every app: its URL (https://NAME.DOMAIN/), node, state, reach, raw ports
+                                                         (ENDPOINTS: tcp/udp services published on its node), permissions granted
   rm NAME                                                remove an app (its volumes are kept)
   move NAME NODE [--dry-run] [--no-wait]                 move an app to another node (a stateful app with its data;
                                                          prints the downtime); --dry-run: print its steps, do
@@ -46,6 +50,7 @@ export async function appCommand (argv: string[]): Promise<number> {
     case 'logs': return await logs(rest)
     case 'why': return await why(rest)
     case 'access': return await accessCommand(rest)
+    case 'expose': return await expose(rest)
     case 'grant': return await changeGrants(rest, 'grant')
     case 'revoke': return await changeGrants(rest, 'revoke')
     default: throw new UsageError(sub === undefined ? 'missing app command' : `unknown app command '${sub}'`, appHelp)
@@ -92,7 +97,18 @@ async function install (argv: string[]): Promise<number> {
   process.stderr.write(`${name}: accepted (desired state revision ${res.revision}, on ${res.replicatedTo} node(s))\n`)
   if (values['no-wait'] === true) return 0
   const app = await waitForApp(name, (a) => a.state === 'running', started)
-  process.stdout.write(`${app.name} is running on ${app.node ?? '?'}${app.endpoints.length > 0 ? ` at ${app.endpoints.join(' ')}` : ''}\n`)
+  process.stdout.write(`${app.name} is running on ${app.node ?? '?'}${whereText(app)}\n`)
+  return 0
+}
+
+async function expose (argv: string[]): Promise<number> {
+  const usage = 'dcloud app expose NAME lan|internet'
+  const { args: [name, reach] } = parseCommand(argv, { usage, args: ['NAME', 'lan|internet'] })
+  if (reach !== 'lan' && reach !== 'internet') throw new UsageError(`'${reach}' is not a reach: lan (clients on private and link-local addresses only) or internet (anyone who reaches a node)`, `usage: ${usage}`)
+  const res = await apiRequest<{ revision: number }>('POST', `/v1/apps/${encodeURIComponent(name)}/expose`, { reach }, undefined, 30_000)
+  process.stdout.write(reach === 'internet'
+    ? `${name} is answered for anyone who reaches a node's front door (revision ${res.revision}); \`dcloud app expose ${name} lan\` takes it back to the LAN\n`
+    : `${name} is answered for clients on the LAN only (revision ${res.revision}); others get a 403\n`)
   return 0
 }
 
@@ -140,7 +156,8 @@ async function list (argv: string[]): Promise<number> {
     return 0
   }
   // The name first, as the URL people open (any node's front door answers it).
-  process.stdout.write(table(['URL', 'APP', 'NODE', 'STATE', 'STATEFUL', 'ENDPOINTS', 'GRANTED'], apps.map(a => [a.url ?? `${a.name} (no web UI)`, `${a.app} ${a.version}`, a.node ?? '-', a.state, a.stateful ? 'yes' : 'no', a.endpoints.join(' ') || '-', grantsText(a.grants, a.permissions)])))
+  // REACH from an older agent (no reach): lan, what it served before the switch existed.
+  process.stdout.write(table(['URL', 'APP', 'NODE', 'STATE', 'REACH', 'STATEFUL', 'ENDPOINTS', 'GRANTED'], apps.map(a => [a.url ?? `${a.name} (no web UI)`, `${a.app} ${a.version}`, a.node ?? '-', a.state, a.url === null ? '-' : a.reach ?? 'lan', a.stateful ? 'yes' : 'no', a.endpoints.join(' ') || '-', grantsText(a.grants, a.permissions)])))
   for (const a of apps) {
     const r = a.relocation
     if (r == null) continue
@@ -187,7 +204,7 @@ async function move (argv: string[]): Promise<number> {
   const moved = (a: AppView): boolean => a.nodeId === nodeId && a.state === 'running' &&
     (!a.stateful || (a.relocation != null && a.relocation.kind === 'move' && Date.parse(a.relocation.at) >= started - 1000))
   const app = await waitForApp(name, moved, started)
-  process.stdout.write(`${name} moved to ${app.node ?? node} in ${((Date.now() - started) / 1000).toFixed(1)} s${app.endpoints.length > 0 ? `; now at ${app.endpoints.join(' ')}` : ''}\n`)
+  process.stdout.write(`${name} moved to ${app.node ?? node} in ${((Date.now() - started) / 1000).toFixed(1)} s${whereText(app)}\n`)
   const r = app.relocation
   if (app.stateful && r != null) process.stdout.write(`data: final snapshot ${r.snapshot}; downtime ${r.downtimeMs ?? '?'} ms (stopped on ${r.from ?? '?'} until running on ${r.to})\n`)
   return 0
@@ -227,10 +244,19 @@ async function why (argv: string[]): Promise<number> {
   }
   process.stdout.write(`${w.app}: ${w.node !== null ? `runs on ${w.node}` : 'not placed'}${w.planTerm !== null ? ` (plan of term ${w.planTerm})` : ''}\n`)
   if (w.detail !== '') process.stdout.write(`${w.detail}\n`)
+  // Where it answers: the URL and its reach (the front door), the raw ports (published on its node).
+  const view = (await apiGet<AppView[]>('/v1/apps')).find(a => a.name === name)
+  if (view?.url != null) process.stdout.write(`at ${view.url}, ${view.reach === 'internet' ? 'for anyone (reach internet)' : 'for clients on the LAN only (reach lan; `dcloud app expose ' + name + ' internet` opens it)'}\n`)
+  if (view !== undefined && view.endpoints.length > 0) process.stdout.write(`raw ports on ${view.node ?? '?'}: ${view.endpoints.join(' ')}\n`)
   for (const r of w.rejections) process.stdout.write(`  ${r.node}: ${r.reason}\n`)
   if ((w.grants ?? []).length > 0) process.stdout.write(`granted: ${(w.grants ?? []).join(', ')}\n`)
   if ((w.ungranted ?? []).length > 0) process.stdout.write(`asks for but not granted (runs without): ${(w.ungranted ?? []).join(', ')}\n`)
   return 0
+}
+
+/** Where an app answers, after its node: its URL (any node's front door), and its raw ports on that node. */
+function whereText (app: Pick<AppView, 'url' | 'endpoints'>): string {
+  return `${app.url !== null ? `: ${app.url}` : ''}${app.endpoints.length > 0 ? `${app.url !== null ? ';' : ':'} raw ports ${app.endpoints.join(' ')}` : ''}`
 }
 
 /** The GRANTED column: the grants, and what is asked for but not granted. */

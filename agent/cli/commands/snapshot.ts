@@ -229,7 +229,7 @@ export async function restoreCommand (argv: string[]): Promise<number> {
     if (app !== undefined && app.state === 'running' && (r.snapshot === null || app.relocation != null)) {
       if (values.json === true) process.stdout.write(JSON.stringify({ ...app, upload: sent }, null, 2) + '\n')
       else {
-        process.stdout.write(`${r.name} restored and running on ${app.node ?? '?'} in ${((Date.now() - started) / 1000).toFixed(1)} s${app.endpoints.length > 0 ? ` at ${app.endpoints.join(' ')}` : ''}\n`)
+        process.stdout.write(`${r.name} restored and running on ${app.node ?? '?'} in ${((Date.now() - started) / 1000).toFixed(1)} s${app.endpoints.length > 0 ? `; raw ports ${app.endpoints.join(' ')}` : ''}\n`)
         if (app.hostPath !== undefined) process.stdout.write(`  data in ${app.hostPath} on ${app.node ?? '?'}\n`)
         if (app.url !== null) process.stdout.write(`  at ${app.url}\n`)
       }
