@@ -13,14 +13,12 @@ import {
   type ChangeResponse, type DesiredChange, type Op, type OpRequest, type OpResponse, type SnapshotInfo
 } from '../../proto/cluster.ts'
 import { isStateful } from '../../proto/app.ts'
-import { checkGrants, requestedPermissions } from '../../proto/permissions.ts'
+import { checkGrants } from '../../proto/permissions.ts'
 import { ValidationError } from '../../proto/validate.ts'
-import { appHost, appReach, clusterDomain } from '../../proto/frontdoor.ts'
-import type { AppView, RelocationView, SnapshotView, WhyView } from '../../proto/api.ts'
+import type { AppView, SnapshotView, WhyView } from '../../proto/api.ts'
 import type { ClusterBeat, AppReport, NodeResources } from '../../proto/status.ts'
 import type { AppStorage, ClusterSnapshot, DesiredApp, Operation, Placement, Plan, SchedNode, SchedulerPolicy } from '../../proto/plan.ts'
 import { DEFAULT_POLICY, plan as makePlan } from '../../scheduler/plan.ts'
-import { formatProcedure } from '../../scheduler/procedure.ts'
 import { RpcError, rpcCall, type RpcServer } from '../mesh/rpc.ts'
 import type { Mesh } from '../mesh/mesh.ts'
 import type { Membership } from '../status/membership.ts'
@@ -35,6 +33,7 @@ import { hasImage } from '../runtime/images.ts'
 import type { SnapshotService } from '../snapshots/service.ts'
 import { backupToFile, importBackup, readBackupMeta, type BackupFileResult } from '../snapshots/app-file.ts'
 import { DataPlane } from './stateful.ts'
+import { appViews, formatOp, whyView, type NodeReports } from './read-model.ts'
 import { Procedures, operationOf } from './procedures.ts'
 import type Docker from 'dockerode'
 import { ThrottledLog, type Logger } from '../util/log.ts'
@@ -491,43 +490,10 @@ export class Coordinator {
   // ---- views for the API -----------------------------------------------
 
   apps (): AppView[] {
-    const nodes = this.reports()
-    const desired = this.init.store.current()
-    const domain = clusterDomain(desired)
-    return desired.apps.map(app => {
-      const where = nodes.flatMap(n => n.reports.filter(r => r.name === app.name).map(r => ({ n, r })))
-      // Prefer a running copy; during a move two copies exist for a moment.
-      const best = where.find(w => w.r.state === 'running') ?? where[0]
-      const stateful = isStateful(app.manifest)
-      let state: AppView['state'] = 'pending'
-      if (best !== undefined) state = best.r.state
-      else if (this.lastPlan?.waiting.some(w => w.app === app.name) === true) state = 'waiting'
-      else if (this.lastPlan?.unplaced.includes(app.name) === true) state = 'failed'
-      const web = app.manifest.web
-      const address = best?.n.address ?? null
-      const endpoints = address === null ? [] : (best?.r.ports ?? []).map(p => `${p.protocol}://${address.includes(':') ? `[${address}]` : address}:${p.port}`)
-      return {
-        name: app.name,
-        url: web != null ? `https://${appHost(app.name, domain)}${web.path !== undefined && web.path !== '/' ? web.path : '/'}` : null,
-        app: app.manifest.id,
-        version: app.manifest.version,
-        node: best?.n.name ?? null,
-        nodeId: best?.n.id ?? null,
-        state,
-        stateful,
-        endpoints,
-        reach: appReach(app),
-        revision: app.revision,
-        ...(stateful ? { generation: app.generation ?? 1, relocation: this.relocationView(app) } : {}),
-        ...(app.journal !== undefined ? { operation: { kind: app.journal.kind, id: app.journal.id, done: app.journal.done, of: app.journal.steps.length, steps: formatProcedure(app.journal, (id) => this.nodeName(id)), recovery: app.journal.recovery ?? null } } : {}),
-        ...(app.storage != null ? { hostPath: app.storage.hostPath } : {}),
-        permissions: requestedPermissions(app.manifest, app.storage).map(p => p.name),
-        grants: app.grants ?? []
-      }
-    })
+    return appViews({ desired: this.init.store.current(), nodes: this.reports(), lastPlan: this.lastPlan, nodeName: (id) => this.nodeName(id) })
   }
 
-  private reports (): Array<{ id: string, name: string, address: string | null, reports: AppReport[] }> {
+  private reports (): NodeReports[] {
     const self = this.init.gossip.current()
     const out = [{ id: self.peerId, name: self.name, address: self.resources.address, reports: self.resources.appStates }]
     for (const m of this.init.membership.list()) {
@@ -547,24 +513,8 @@ export class Coordinator {
   }
 
   private localWhy (name: string): WhyView {
-    const app = this.init.store.current().apps.find(a => a.name === name)
-    if (app === undefined) throw new RpcError('not_found', `no app named ${name}`)
-    const view = this.apps().find(a => a.name === name)
-    const p = this.lastPlan
-    const rejections = (p?.rejections[name] ?? []).map(r => ({ node: this.nodeName(r.node), reason: r.reason }))
     const flight = this.inflight.get(name)
-    let detail = ''
-    const waiting = p?.waiting.find(w => w.app === name)
-    const conflict = p?.conflicts.find(c => c.app === name)
-    if (conflict !== undefined) detail = `runs on ${conflict.nodes.map(n => this.nodeName(n)).join(' and ')}: ${conflict.reason}`
-    else if (waiting !== undefined) detail = `waits on ${this.nodeName(waiting.node)}: ${waiting.reason}`
-    else if (p?.unplaced.includes(name) === true) detail = 'no node can take it: see the reasons below'
-    else if (flight?.error != null) detail = `last operation failed: ${flight.error}`
-    else if (flight !== undefined) detail = `operation under way: ${formatOp(flight.op, (id) => this.nodeName(id))}`
-    else if (app.pinnedNode !== null) detail = `pinned to ${this.nodeName(app.pinnedNode)} by the user`
-    const grants = app.grants ?? []
-    const ungranted = requestedPermissions(app.manifest, app.storage).map(r => r.name).filter(n => !grants.includes(n))
-    return { app: name, node: view?.node ?? null, rejections, planTerm: p?.term ?? null, planAt: p?.createdAt ?? null, detail, grants, ungranted }
+    return whyView(name, { desired: this.init.store.current(), nodes: this.reports(), lastPlan: this.lastPlan, nodeName: (id) => this.nodeName(id) }, flight === undefined ? null : { op: flight.op, error: flight.error })
   }
 
   async logs (name: string, tail: number, signal?: AbortSignal): Promise<{ node: string, text: string }> {
@@ -642,12 +592,6 @@ export class Coordinator {
     if (opts.name !== null && this.init.store.current().apps.some(a => a.name === opts.name)) throw new RpcError('exists', `an app named ${opts.name} is already installed; restore it under another --name`)
   }
 
-  private relocationView (app: DesiredApp): RelocationView | null {
-    const r = app.relocation
-    if (r == null) return null
-    return { kind: r.kind, snapshot: r.snapshot, snapshotTime: new Date(r.snapshotTime).toISOString(), from: r.from === null ? null : this.nodeName(r.from), to: this.nodeName(r.to), at: new Date(r.at).toISOString(), downtimeMs: r.downtimeMs }
-  }
-
   private nodeName (id: string): string {
     if (id === this.selfId) return this.init.gossip.current().name
     return this.init.membership.get(id)?.status.name ?? id
@@ -665,17 +609,6 @@ export class Coordinator {
 
 function placementsOf (node: string, reports: AppReport[]): Placement[] {
   return reports.map(r => ({ app: r.name, node, state: r.state, revision: r.revision, ...(r.generation !== undefined ? { generation: r.generation } : {}) }))
-}
-
-export function formatOp (op: Operation, name: (id: string) => string): string {
-  switch (op.op) {
-    case 'place': return `place ${op.app} on ${name(op.node)}: ${op.reason}`
-    case 'stop': return `stop ${op.app} on ${name(op.node)}: ${op.reason}`
-    case 'move': return `move ${op.app} from ${name(op.from)} to ${name(op.to)}: ${op.reason}`
-    case 'migrate': return `move ${op.app} with its data from ${name(op.from)} to ${name(op.to)}: ${op.reason}`
-    case 'restore': return `restore ${op.app} on ${name(op.node)} from snapshot ${op.snapshot}: ${op.reason}`
-    case 'retire': return `retire the stale copy of ${op.app} on ${name(op.node)}: ${op.reason}`
-  }
 }
 
 /** The node an operation makes the app run on, if any. */
