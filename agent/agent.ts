@@ -11,7 +11,10 @@ import { ClusterTls, clusterSecret } from './frontdoor/ca.ts'
 import { CaddyAdmin } from './frontdoor/caddy-admin.ts'
 import { FrontDoor, LocalWebAddresses, type FrontDoorStatus } from './frontdoor/frontdoor.ts'
 import type { RenderNode } from './frontdoor/render.ts'
-import { clusterDomain } from '../proto/frontdoor.ts'
+import { clusterDomain, reservedNameReason } from '../proto/frontdoor.ts'
+import { dnsZone } from './frontdoor/dns-zone.ts'
+import { ZoneFile } from './frontdoor/dns-server.ts'
+import { AppMdns } from './frontdoor/mdns-names.ts'
 import type Docker from 'dockerode'
 import { loadOrCreateIdentity } from './mesh/identity.ts'
 import { Membership, type Member } from './status/membership.ts'
@@ -72,6 +75,8 @@ export interface AgentOptions {
    * forward to each other on it). Absent or null: this node runs none.
    */
   frontDoor?: { adminSocket: string, httpsPort: number, httpPort: number | null } | null
+  /** Where to write the private DNS zone for dcloud-dns.service (docs/frontdoor.md); absent or null: none. */
+  dnsZone?: string | null
 }
 
 /** Members of this group reach the API's Unix socket, i.e. administer the node (as with `docker`). */
@@ -103,6 +108,7 @@ export class Agent implements ApiBackend {
   private tls: ClusterTls | undefined
   private frontDoor: FrontDoor | undefined
   private localWeb: LocalWebAddresses | undefined
+  private appMdns: AppMdns | undefined
   /** DATA_DIR/backups: backup files through the API (ApiBackend). */
   readonly backups: BackupFiles
   /** The agent's own directories, which no ordinary path grant reaches (ApiBackend). */
@@ -212,6 +218,7 @@ export class Agent implements ApiBackend {
       this.frontDoor.start()
       store.onCommitted(() => { this.frontDoor?.poke() })
     }
+    this.startNames(store)
     log.info('agent listening', { name: opts.name, peerId: mesh.peerId.toString(), addrs: mesh.listenAddrs(), mdns: opts.mdns })
 
     this.api = new ApiServer({
@@ -261,6 +268,7 @@ export class Agent implements ApiBackend {
     this.timers = []
     this.gossip?.stop()
     await this.frontDoor?.stop()
+    this.appMdns?.stop()
     await this.api?.stop()
     this.lease?.stop()
     await this.election?.stop()
@@ -354,10 +362,45 @@ export class Agent implements ApiBackend {
           nodes.push({ id: m.status.peerId, name: m.status.name, address: m.resources.address, apps: serving(m.resources.appStates) })
         }
         const local = await localWeb.get(state.apps.map(a => ({ name: a.name, webService: a.manifest.web?.service ?? null })), signal)
-        return { domain: clusterDomain(state), apps: state.apps.map(a => ({ name: a.name, web: a.manifest.web })), nodes, local }
+        return { domain: clusterDomain(state), apps: state.apps.map(a => ({ name: a.name, web: a.manifest.web })), nodes, local, mdnsHosts: this.appMdns?.hosts() ?? {} }
       },
       log: this.log.child('frontdoor')
     })
+  }
+
+  /**
+   * Names in the home (docs/frontdoor.md): the private DNS zone written for
+   * the responder that holds port 53, and the apps' `.local` names over
+   * mDNS. Both follow the committed state and the live nodes: once a second
+   * and at once on a commit.
+   */
+  private startNames (store: DesiredStore): void {
+    const zoneFile = this.opts.dnsZone != null ? new ZoneFile(this.opts.dnsZone, this.log.child('dns')) : null
+    const appMdns = this.opts.mdns ? new AppMdns(this.log.child('mdns')) : null
+    if (zoneFile === null && appMdns === null) return
+    this.appMdns = appMdns ?? undefined
+    let hosts = '{}'
+    const tick = (): void => {
+      if (!this.started) return
+      const { gossip, membership } = this.requireStarted()
+      const state = store.current()
+      const self = gossip.current().resources.address
+      const members = membership.list().filter(m => m.resources !== null)
+      // Only nodes heard from now: a suspect node may be gone, and a resolver would try it first.
+      const alive = [{ address: self }, ...members.filter(m => m.state === 'alive').map(m => ({ address: m.resources?.address ?? null }))]
+      if (zoneFile !== null) void zoneFile.write(dnsZone({ domain: clusterDomain(state), revision: state.revision, apps: state.apps.map(a => a.name), nodes: alive }))
+      if (appMdns !== null) {
+        const web = state.apps.filter(a => a.manifest.web != null && reservedNameReason(a.name) === null).map(a => a.name)
+        // Any member's address is the cluster's own, never another device's.
+        const cluster = [self, ...members.map(m => m.resources?.address ?? null)].filter((a): a is string => a !== null)
+        appMdns.update(web, self, cluster)
+        const now = JSON.stringify(appMdns.hosts())
+        if (now !== hosts) { hosts = now; this.frontDoor?.poke() }
+      }
+    }
+    tick()
+    this.timers.push(setInterval(tick, 1000))
+    store.onCommitted(tick)
   }
 
   cluster (): ClusterApi {

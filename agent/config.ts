@@ -24,6 +24,8 @@ export const SYSTEM_DATA_DIR = '/var/lib/dcloud'
 export const SYSTEM_RUNTIME_DIR = '/run/dcloud'
 /** Caddy's admin socket on an installed node (scripts/systemd/dcloud-caddy.service's RuntimeDirectory): the front door. */
 export const SYSTEM_CADDY_ADMIN = '/run/dcloud-caddy/admin.sock'
+/** The private DNS zone an installed node's agent writes and dcloud-dns.service reads (docs/frontdoor.md). */
+export const SYSTEM_DNS_ZONE = '/run/dcloud/dns-zone.json'
 
 export function defaultDataDir (): string {
   if (process.env.DCLOUD_DATA_DIR !== undefined && process.env.DCLOUD_DATA_DIR !== '') return process.env.DCLOUD_DATA_DIR

@@ -24,6 +24,8 @@ export interface FrontDoorInputs {
   apps: RenderApp[]
   nodes: RenderInput['nodes']
   local: Record<string, string>
+  /** The `.local` host this node announces for each app (mdns-names.ts). */
+  mdnsHosts?: Record<string, string>
 }
 
 export interface FrontDoorInit {

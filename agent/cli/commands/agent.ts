@@ -1,7 +1,7 @@
 /** `dcloud agent`: runs this node's agent in the foreground (systemd runs it the same way). */
 import { parseCommand } from '../args.ts'
 import { Agent, type AgentOptions } from '../../agent.ts'
-import { API_PORT, P2P_PORT, SYSTEM_CADDY_ADMIN, SYSTEM_DATA_DIR, defaultDataDir, defaultNodeName, paths } from '../../config.ts'
+import { API_PORT, P2P_PORT, SYSTEM_CADDY_ADMIN, SYSTEM_DATA_DIR, SYSTEM_DNS_ZONE, defaultDataDir, defaultNodeName, paths } from '../../config.ts'
 import { createLogger } from '../../util/log.ts'
 import { UsageError } from '../../util/errors.ts'
 import { TrustedProxies } from '../../api/auth.ts'
@@ -22,7 +22,7 @@ export const agentHelp = `dcloud agent [options]
                         loopback names, the node's addresses, hostname and name(.local) are always served
   --trusted-proxy ADDR  a proxy (IP or CIDR, repeatable) whose X-Forwarded-For gives the client's address
                         for rate limits and logs (default: none)
-  --no-mdns             do not discover peers by mDNS (also DCLOUD_MDNS=off)
+  --no-mdns             do not discover peers by mDNS nor announce apps as NAME.local (also DCLOUD_MDNS=off)
   --heartbeat-ms N      status interval (default 1000)
   --retention-every D   how often old snapshots are forgotten and pruned (default 10m; e.g. 30s, 1h)
   --witness HOST[:PORT] what a two-node cluster probes to let its lower-id node lead alone
@@ -34,7 +34,10 @@ export const agentHelp = `dcloud agent [options]
   --caddy-admin PATH    the front door: Caddy's admin Unix socket (default ${SYSTEM_CADDY_ADMIN} for the
                         system data directory, else off; also DCLOUD_CADDY_ADMIN); "off": no front door
   --https-port N        the front door's HTTPS port, the same on every node (default 443)
-  --http-port N         its plain HTTP port (the CA root, redirects to HTTPS; default 80); "off" for none`
+  --http-port N         its plain HTTP port (the CA root, redirects to HTTPS; default 80); "off" for none
+  --dns-zone FILE       where to write the private DNS zone that \`dcloud dns-server\` answers from (default
+                        ${SYSTEM_DNS_ZONE} for the system data directory, else off; also DCLOUD_DNS_ZONE); "off": none
+                        (apps are also announced over mDNS as NAME.local unless --no-mdns)`
 
 export async function agentCommand (argv: string[]): Promise<number> {
   const { values } = parseCommand(argv, {
@@ -57,7 +60,8 @@ export async function agentCommand (argv: string[]): Promise<number> {
       'trusted-proxy': { type: 'string', multiple: true, default: [] },
       'caddy-admin': { type: 'string' },
       'https-port': { type: 'string' },
-      'http-port': { type: 'string' }
+      'http-port': { type: 'string' },
+      'dns-zone': { type: 'string' }
     }
   })
   const dataDir = values['data-dir'] ?? defaultDataDir()
@@ -92,6 +96,9 @@ export async function agentCommand (argv: string[]): Promise<number> {
 
   const frontDoor = frontDoorOptions(values['caddy-admin'] ?? process.env.DCLOUD_CADDY_ADMIN, values['https-port'], values['http-port'], dataDir)
 
+  const dnsZoneArg = values['dns-zone'] ?? process.env.DCLOUD_DNS_ZONE ?? (dataDir.replace(/\/+$/, '') === SYSTEM_DATA_DIR ? SYSTEM_DNS_ZONE : 'off')
+  if (dnsZoneArg !== 'off' && !dnsZoneArg.startsWith('/')) throw new UsageError(`--dns-zone ${dnsZoneArg}: expected an absolute path, or off`)
+
   const log = createLogger('agent')
   const agent = new Agent({
     dataDir,
@@ -109,6 +116,7 @@ export async function agentCommand (argv: string[]): Promise<number> {
     trustedProxies,
     devices,
     frontDoor,
+    dnsZone: dnsZoneArg === 'off' ? null : dnsZoneArg,
     ...(values.restic !== undefined ? { restic: values.restic } : {})
   }, log)
 
