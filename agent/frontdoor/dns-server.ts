@@ -14,7 +14,7 @@
 import dgram from 'node:dgram'
 import net from 'node:net'
 import { watch, type FSWatcher } from 'node:fs'
-import { readFile, rename, stat, writeFile } from 'node:fs/promises'
+import { chmod, readFile, rename, stat, writeFile } from 'node:fs/promises'
 import { basename, dirname } from 'node:path'
 import { answerDns, decodeDnsZone, type DnsZone } from './dns-zone.ts'
 import type { Logger } from '../util/log.ts'
@@ -180,6 +180,8 @@ export class ZoneFile {
     if (text === this.last) return
     try {
       await writeFile(`${this.path}.tmp`, text, { mode: 0o640 })
+      // The agent's umask (0077 under systemd) would leave it 0600: the responder's group must read it.
+      await chmod(`${this.path}.tmp`, 0o640)
       await rename(`${this.path}.tmp`, this.path)
       this.last = text
       this.lastError = null
