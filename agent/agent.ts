@@ -268,7 +268,7 @@ export class Agent implements ApiBackend {
     this.timers = []
     this.gossip?.stop()
     await this.frontDoor?.stop()
-    this.appMdns?.stop()
+    await this.appMdns?.stop()
     await this.api?.stop()
     this.lease?.stop()
     await this.election?.stop()

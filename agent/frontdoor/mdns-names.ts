@@ -90,7 +90,7 @@ export class AppMdns {
     const usable = address !== null && !address.includes(':') ? address : null
     if (usable !== this.address) {
       // A new address (or none): the socket is bound to the interface of the old one.
-      this.stop()
+      void this.stop()
       this.address = usable
     }
     if (this.address === null) return
@@ -102,11 +102,17 @@ export class AppMdns {
     for (const app of this.apps) if (!this.claims.has(app)) this.probe({ app, n: nextChoice(app, 1, this.apps), state: 'probing', timer: undefined })
   }
 
-  stop (): void {
-    for (const c of this.claims.values()) { this.goodbye(c); clearTimeout(c.timer) }
+  /** Says goodbye (TTL 0) for every name announced, then closes the socket once they are sent (at most 500 ms). */
+  async stop (): Promise<void> {
+    const mdns = this.mdns
+    const claims = [...this.claims.values()]
     this.claims.clear()
-    this.mdns?.destroy()
     this.mdns = undefined
+    for (const c of claims) clearTimeout(c.timer)
+    if (mdns === undefined) return
+    const sent = claims.filter(c => c.state === 'announced').map(async c => { await new Promise<void>(resolve => { mdns.respond({ answers: [this.record(c, 0)] }, () => { resolve() }) }) })
+    await Promise.race([Promise.all(sent), new Promise(resolve => setTimeout(resolve, 500).unref())])
+    mdns.destroy()
   }
 
   private open (address: string): ReturnType<typeof makeMdns> {
