@@ -380,6 +380,9 @@ export class Agent implements ApiBackend {
     if (zoneFile === null && appMdns === null) return
     this.appMdns = appMdns ?? undefined
     let hosts = '{}'
+    // The other nodes' answers tell apart from another device's only once their status is heard:
+    // names are probed a few heartbeats after the start (a name given up too early comes back anyway).
+    const mdnsFrom = Date.now() + 3 * (this.opts.heartbeatMs ?? DEFAULT_HEARTBEAT_MS)
     const tick = (): void => {
       if (!this.started) return
       const { gossip, membership } = this.requireStarted()
@@ -389,7 +392,7 @@ export class Agent implements ApiBackend {
       // Only nodes heard from now: a suspect node may be gone, and a resolver would try it first.
       const alive = [{ address: self }, ...members.filter(m => m.state === 'alive').map(m => ({ address: m.resources?.address ?? null }))]
       if (zoneFile !== null) void zoneFile.write(dnsZone({ domain: clusterDomain(state), revision: state.revision, apps: state.apps.map(a => a.name), nodes: alive }))
-      if (appMdns !== null) {
+      if (appMdns !== null && Date.now() >= mdnsFrom) {
         const web = state.apps.filter(a => a.manifest.web != null && reservedNameReason(a.name) === null).map(a => a.name)
         // Any member's address is the cluster's own, never another device's.
         const cluster = [self, ...members.map(m => m.resources?.address ?? null)].filter((a): a is string => a !== null)

@@ -46,13 +46,30 @@ export function nextChoice (app: string, n: number, apps: readonly string[]): nu
 }
 
 /**
- * Whether `records` (a response's answers, or a probe's authority section)
- * claim `name` for another device: an address record for it that is none of
- * the cluster's nodes'. Case-insensitive, as mDNS names are.
+ * The addresses by which `records` (a response's answers, or a probe's
+ * authority section) claim `name` for another device: address records for
+ * it that are none of the cluster's nodes'. Case-insensitive, as mDNS names are.
  */
-export function claimsForeign (records: readonly Answer[], name: string, cluster: ReadonlySet<string>): boolean {
+export function foreignClaims (records: readonly Answer[], name: string, cluster: ReadonlySet<string>): string[] {
   const wanted = name.toLowerCase()
-  return records.some(r => r.name.toLowerCase() === wanted && (r.type === 'A' || r.type === 'AAAA') && typeof r.data === 'string' && !cluster.has(r.data))
+  const out: string[] = []
+  for (const r of records) {
+    if (r.name.toLowerCase() === wanted && (r.type === 'A' || r.type === 'AAAA') && typeof r.data === 'string' && !cluster.has(r.data)) out.push(r.data)
+  }
+  return out
+}
+
+/** A name given up, and the addresses that claimed it then. */
+export interface Yielded { n: number, addresses: string[] }
+
+/**
+ * The earliest name given up only to addresses now known as the cluster's
+ * own, or null. Just after a start a node has not heard from the others yet:
+ * their answers look like another device's; once they are known, the name
+ * comes back.
+ */
+export function takeBack (yielded: readonly Yielded[], cluster: ReadonlySet<string>): number | null {
+  return yielded.find(y => y.addresses.every(a => cluster.has(a)))?.n ?? null
 }
 
 /** The questions of a query that ask for one of `names` (lowercase `.local` names) with an address type. */
@@ -61,7 +78,7 @@ export function askedFor (questions: readonly Question[], names: ReadonlySet<str
   return questions.filter(q => names.has(q.name.toLowerCase()) && (q.type === 'A' || (q.type as string) === 'ANY'))
 }
 
-interface Claim { app: string, n: number, state: 'probing' | 'announced' | 'gave-up', timer: NodeJS.Timeout | undefined }
+interface Claim { app: string, n: number, state: 'probing' | 'announced' | 'gave-up', timer: NodeJS.Timeout | undefined, yielded: Yielded[] }
 
 export class AppMdns {
   private readonly log: Logger
@@ -99,7 +116,15 @@ export class AppMdns {
     for (const [app, c] of this.claims) {
       if (!apps.includes(app)) { this.goodbye(c); clearTimeout(c.timer); this.claims.delete(app) }
     }
-    for (const app of this.apps) if (!this.claims.has(app)) this.probe({ app, n: nextChoice(app, 1, this.apps), state: 'probing', timer: undefined })
+    for (const app of this.apps) if (!this.claims.has(app)) this.probe({ app, n: nextChoice(app, 1, this.apps), state: 'probing', timer: undefined, yielded: [] })
+    for (const c of [...this.claims.values()]) {
+      const n = takeBack(c.yielded, this.cluster)
+      if (n === null) continue
+      clearTimeout(c.timer)
+      this.goodbye(c)
+      this.log.info(`mdns: ${mdnsLabel(c.app, n)}.local was answered by a node of the cluster not known then; taking it back`)
+      this.probe({ app: c.app, n, state: 'probing', timer: undefined, yielded: c.yielded.filter(y => y.n < n) })
+    }
   }
 
   /** Says goodbye (TTL 0) for every name announced, then closes the socket once they are sent (at most 500 ms). */
@@ -161,27 +186,29 @@ export class AppMdns {
   }
 
   /** Another device holds the name: take the next one and probe it. */
-  private yieldName (c: Claim, why: string): void {
+  private yieldName (c: Claim, why: string, addresses: string[]): void {
     clearTimeout(c.timer)
     const from = `${mdnsLabel(c.app, c.n)}.local`
     this.goodbye(c)
     const n = nextChoice(c.app, c.n + 1, this.apps)
     this.log.info(`mdns: ${from} is held by another device (${why}); trying ${mdnsLabel(c.app, n)}.local`)
-    this.probe({ app: c.app, n, state: 'probing', timer: undefined })
+    this.probe({ app: c.app, n, state: 'probing', timer: undefined, yielded: [...c.yielded, { n: c.n, addresses }] })
   }
 
   private onResponse (r: Packet): void {
     const records = [...(r.answers ?? []), ...(r.additionals ?? [])]
     for (const c of [...this.claims.values()]) {
       if (c.state === 'gave-up') continue
-      if (claimsForeign(records, `${mdnsLabel(c.app, c.n)}.local`, this.cluster)) this.yieldName(c, 'an answer')
+      const foreign = foreignClaims(records, `${mdnsLabel(c.app, c.n)}.local`, this.cluster)
+      if (foreign.length > 0) this.yieldName(c, `an answer with ${foreign.join(', ')}`, foreign)
     }
   }
 
   private onQuery (q: Packet, rinfo: RemoteInfo): void {
     // Another device probing a name we are probing too: it keeps it (a simultaneous probe, RFC 6762 8.2, settled the simple way).
     for (const c of [...this.claims.values()]) {
-      if (c.state === 'probing' && claimsForeign(q.authorities ?? [], `${mdnsLabel(c.app, c.n)}.local`, this.cluster)) this.yieldName(c, 'a probe')
+      const foreign = c.state === 'probing' ? foreignClaims(q.authorities ?? [], `${mdnsLabel(c.app, c.n)}.local`, this.cluster) : []
+      if (foreign.length > 0) this.yieldName(c, `a probe for ${foreign.join(', ')}`, foreign)
     }
     const announced = [...this.claims.values()].filter(c => c.state === 'announced')
     const names = new Set(announced.map(c => `${mdnsLabel(c.app, c.n)}.local`))

@@ -11,7 +11,8 @@
  * for hello.local (as a phone asks, and as a one-shot resolver asks) gets the
  * nodes' addresses, and plain HTTP to the name there reaches hello; a name
  * another device holds makes the app NAME-2.local. A killed node's
- * responder dies with it, and the other node stops giving its address.
+ * responder dies with it, and the other node stops giving its address. A
+ * third node added with --no-mdns answers DNS but announces nothing.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
@@ -67,7 +68,7 @@ async function timeUntil (check: () => Promise<boolean>, what: string): Promise<
   return (await waitFor(async () => (await check()) ? true : undefined, 10_000, what, 50)).ms
 }
 
-describe('names in the home on a 2-node lab', () => {
+describe('names in the home on a 2-node lab (a third added at the end)', () => {
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'dcloud-tdns2-'))
     await lab.up(2)
@@ -166,7 +167,7 @@ describe('names in the home on a 2-node lab', () => {
     const pid = (await lab.lab.node('n2')).dnsPid ?? null
     expect(pid).not.toBeNull()
     await lab.cmd('kill', 'n2')
-    expect(isRunning(pid ?? 0)).toBe(false)
+    await waitFor(async () => isRunning(pid ?? 0) ? undefined : true, 5000, 'n2\'s responder to be gone')
     expect((await dig('n1', 'n2', `hello.${DOMAIN}`)).status).toMatch(/^no answer/)
     // Asked in n1's own namespace: n2's, the other client so far, is down with it.
     const dropped = await timeUntil(async () => { const r = await dig('n1', 'n1', `hello.${DOMAIN}`); return r.status === 'NOERROR' && r.addresses.join() === ips.n1 }, 'n2 out of n1\'s answers')
@@ -174,4 +175,18 @@ describe('names in the home on a 2-node lab', () => {
     await lab.cmd('start', 'n2')
     await waitFor(async () => { const r = await dig('n1', 'n2', `hello.${DOMAIN}`); return r.addresses.join() === [ips.n1, ips.n2].sort().join() ? true : undefined }, 30_000, 'n2 answering with both nodes again')
   }, 120_000)
+
+  it('announces nothing over mDNS from a node whose agent runs with --no-mdns, while its DNS answers', async () => {
+    // n3 finds the cluster through --peer, as a node without mDNS must (one per node: it dials only those).
+    const n3 = (await lab.cmd('add', '--no-images', '--', '--no-mdns', '--peer', `/ip4/${ips.n1 ?? '?'}/tcp/7370`, '--peer', `/ip4/${ips.n2 ?? '?'}/tcp/7370`)).trim().split('\n').pop() ?? ''
+    expect(n3).toBe('n3')
+    ips = Object.fromEntries((await lab.lab.state()).nodes.map(n => [n.name, n.ip]))
+    // n3 knows hello (its zone has it, with all three nodes): it could announce it, and does not.
+    const all = [ips.n1, ips.n2, ips.n3].sort().join()
+    await waitFor(async () => (await dig('n1', 'n3', `hello.${DOMAIN}`)).addresses.join() === all ? true : undefined, 60_000, 'n3 answering hello with the three nodes')
+    await waitFor(async () => (await dig('n3', 'n1', `hello.${DOMAIN}`)).addresses.join() === all ? true : undefined, 30_000, 'n1 answering hello with the three nodes')
+    const from = new Set<string>()
+    for (let i = 0; i < 3; i++) for (const h of await mdns('n3', 'query', 'hello.local')) from.add(h.from)
+    expect([...from].sort()).toEqual([ips.n1, ips.n2].sort())
+  }, 180_000)
 })

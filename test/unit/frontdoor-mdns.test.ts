@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest'
 import type { Answer } from 'dns-packet'
-import { askedFor, claimsForeign, mdnsLabel, nextChoice } from '../../agent/frontdoor/mdns-names.ts'
+import { askedFor, foreignClaims, mdnsLabel, nextChoice, takeBack } from '../../agent/frontdoor/mdns-names.ts'
 import { render, type RenderInput } from '../../agent/frontdoor/render.ts'
 
 const CLUSTER = new Set(['10.213.0.11', '10.213.0.12'])
@@ -26,17 +26,24 @@ describe('the names an app tries', () => {
 
 describe('another device holding a name', () => {
   it('is an address record for it that is none of the cluster\'s nodes\'', () => {
-    expect(claimsForeign([a('web.local', '10.213.0.99')], 'web.local', CLUSTER)).toBe(true)
-    expect(claimsForeign([a('WEB.Local', '192.168.1.7')], 'web.local', CLUSTER)).toBe(true)
+    expect(foreignClaims([a('web.local', '10.213.0.99')], 'web.local', CLUSTER)).toEqual(['10.213.0.99'])
+    expect(foreignClaims([a('WEB.Local', '192.168.1.7'), a('web.local', '10.213.0.11')], 'web.local', CLUSTER)).toEqual(['192.168.1.7'])
   })
 
   it('is not another node of the cluster answering with its own address (shared records)', () => {
-    expect(claimsForeign([a('web.local', '10.213.0.12'), a('web.local', '10.213.0.11')], 'web.local', CLUSTER)).toBe(false)
+    expect(foreignClaims([a('web.local', '10.213.0.12'), a('web.local', '10.213.0.11')], 'web.local', CLUSTER)).toEqual([])
   })
 
   it('is not a record for another name, nor of another type', () => {
-    expect(claimsForeign([a('web-2.local', '10.213.0.99')], 'web.local', CLUSTER)).toBe(false)
-    expect(claimsForeign([{ name: 'web.local', type: 'TXT', ttl: 10, data: 'x' }], 'web.local', CLUSTER)).toBe(false)
+    expect(foreignClaims([a('web-2.local', '10.213.0.99')], 'web.local', CLUSTER)).toEqual([])
+    expect(foreignClaims([{ name: 'web.local', type: 'TXT', ttl: 10, data: 'x' }], 'web.local', CLUSTER)).toEqual([])
+  })
+
+  it('gives a name back when what held it turns out to be a node of the cluster (heard before its status was)', () => {
+    const yielded = [{ n: 1, addresses: ['10.213.0.12'] }, { n: 2, addresses: ['10.213.0.99'] }]
+    expect(takeBack(yielded, new Set(['10.213.0.11']))).toBeNull()
+    expect(takeBack(yielded, CLUSTER)).toBe(1)
+    expect(takeBack([{ n: 1, addresses: ['10.213.0.99'] }], CLUSTER)).toBeNull()
   })
 })
 
