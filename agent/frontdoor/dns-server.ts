@@ -16,12 +16,20 @@ import net from 'node:net'
 import { watch, type FSWatcher } from 'node:fs'
 import { chmod, readFile, rename, stat, writeFile } from 'node:fs/promises'
 import { basename, dirname } from 'node:path'
-import { answerDns, decodeDnsZone, type DnsZone } from './dns-zone.ts'
+import { networkInterfaces } from 'node:os'
+import { answerDns, decodeDnsZone, homeSources, type DnsZone } from './dns-zone.ts'
 import type { Logger } from '../util/log.ts'
 
 const RECHECK_MS = 1000
 const TCP_IDLE_MS = 10_000
 const TCP_MAX_CONNECTIONS = 64
+/** How often the node's own subnets are read again (an address from DHCP, a new interface). */
+const SUBNETS_EVERY_MS = 10_000
+
+/** The subnets of this machine's interfaces, as CIDRs (Docker's bridges included: containers are on the node). */
+function ownSubnets (): string[] {
+  return Object.values(networkInterfaces()).flat().map(i => i?.cidr).filter((c): c is string => typeof c === 'string')
+}
 
 export interface DnsListen { host: string, port: number }
 
@@ -41,9 +49,10 @@ export class DnsResponder {
   private readonly servers: net.Server[] = []
   private watcher: FSWatcher | undefined
   private timer: NodeJS.Timeout | undefined
-  readonly counters = { queries: 0, dropped: 0, zoneLoads: 0 }
+  readonly counters = { queries: 0, dropped: 0, notFromHome: 0, zoneLoads: 0 }
 
-  private readonly init: { zoneFile: string, listen: DnsListen[], log: Logger, optional?: (l: DnsListen) => boolean }
+  private readonly init: { zoneFile: string, listen: DnsListen[], log: Logger, optional?: (l: DnsListen) => boolean, anySource?: boolean }
+  private fromHome: { at: number, check: (address: string) => boolean } | null = null
 
   constructor (init: DnsResponder['init']) { this.init = init }
 
@@ -103,6 +112,16 @@ export class DnsResponder {
     }
   }
 
+  /** Whether `address` may ask (HOME_SOURCES in dns-zone.ts), unless --any-source. */
+  private mayAsk (address: string | undefined): boolean {
+    if (this.init.anySource === true) return true
+    const now = Date.now()
+    if (this.fromHome === null || now - this.fromHome.at > SUBNETS_EVERY_MS) this.fromHome = { at: now, check: homeSources(ownSubnets()) }
+    if (address !== undefined && this.fromHome.check(address)) return true
+    this.counters.notFromHome++
+    return false
+  }
+
   private answer (msg: Buffer, transport: 'udp' | 'tcp'): Buffer | null {
     this.counters.queries++
     const out = answerDns(msg, this.zone, transport)
@@ -114,6 +133,7 @@ export class DnsResponder {
     // IPv6 sockets only for IPv6 (IPV6_V6ONLY): the IPv4 address has its own socket; IPv4 ones take no such option (EINVAL).
     const socket = l.host.includes(':') ? dgram.createSocket({ type: 'udp6', ipv6Only: true }) : dgram.createSocket({ type: 'udp4' })
     socket.on('message', (msg, rinfo) => {
+      if (!this.mayAsk(rinfo.address)) return
       const out = this.answer(msg, 'udp')
       if (out !== null) socket.send(out, rinfo.port, rinfo.address, () => {})
     })
@@ -139,6 +159,7 @@ export class DnsResponder {
 
   /** DNS over TCP: each message after its 2-byte length (RFC 1035 4.2.2), several per connection. */
   private serveTcp (conn: net.Socket): void {
+    if (!this.mayAsk(conn.remoteAddress)) { conn.destroy(); return }
     let buffered = Buffer.alloc(0)
     conn.setTimeout(TCP_IDLE_MS, () => conn.destroy())
     conn.on('error', () => {})

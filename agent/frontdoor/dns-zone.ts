@@ -19,6 +19,7 @@ import dnsPacket from 'dns-packet'
 import type { Answer, DecodedPacket, Packet, Question } from 'dns-packet'
 import { reservedNameReason } from '../../proto/frontdoor.ts'
 import { ValidationError, array, number, record, string } from '../../proto/validate.ts'
+import { TrustedProxies } from '../api/auth.ts'
 
 /** Seconds a resolver may keep an answer: short, so a dead node or a removed app drops out soon. */
 export const DNS_TTL = 5
@@ -69,6 +70,22 @@ export function decodeDnsZone (raw: unknown): DnsZone {
     v4: array(r.v4, 'zone.v4', 256, (v, f) => string(v, f, { max: 15, pattern: V4 })),
     v6: array(r.v6, 'zone.v6', 256, (v, f) => string(v, f, { max: 45, pattern: V6 }))
   }
+}
+
+/**
+ * Who the private DNS answers: the home. Private, shared (CGNAT, VPNs like
+ * Tailscale), loopback and link-local addresses, and the subnets of the
+ * node's own interfaces (a LAN with public IPv6 addresses). Anyone else
+ * gets no answer at all: a node on a VPS would otherwise tell the internet
+ * the cluster's addresses, and serve as an amplifier for forged queries.
+ */
+export const HOME_SOURCES = ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10', '127.0.0.0/8', '169.254.0.0/16', 'fc00::/7', 'fe80::/10', '::1/128']
+
+/** An address matcher for the home's sources and `ownSubnets` (CIDRs, e.g. from os.networkInterfaces()). */
+export function homeSources (ownSubnets: readonly string[]): (address: string) => boolean {
+  // The same address-list matcher as the API's trusted proxies (IPv4-mapped IPv6 addresses included).
+  const list = new TrustedProxies([...HOME_SOURCES, ...ownSubnets])
+  return (address) => list.has(address)
 }
 
 const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5 } as const

@@ -12,6 +12,7 @@
  * nodes' addresses, and plain HTTP to the name there reaches hello; a name
  * another device holds makes the app NAME-2.local. A killed node's
  * responder dies with it, and the other node stops giving its address. A
+ * client from outside the home (a 203.0.113.0/24 address) gets no answer. A
  * third node added with --no-mdns answers DNS but announces nothing.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -32,13 +33,18 @@ let dir: string
 let ips: Record<string, string>
 const started: ChildProcess[] = []
 
-/** A program run in `node`'s namespace directly (nsenter: no CLI start-up between polls). */
-async function inNode (node: string, cmd: string[], timeoutMs = 10_000): Promise<Run> {
+/** A command run from the test itself (root, the machine's namespace). */
+async function sh (cmd: string[], timeoutMs = 15_000): Promise<Run> {
   return await new Promise((resolve) => {
-    execFile('nsenter', [`--net=/run/netns/${lab.lab.nodeNs(node)}`, '--', ...cmd], { timeout: timeoutMs }, (err, stdout, stderr) => {
+    execFile(cmd[0] ?? '', cmd.slice(1), { timeout: timeoutMs }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout: String(stdout), stderr: String(stderr) })
     })
   })
+}
+
+/** A program run in `node`'s namespace directly (nsenter: no CLI start-up between polls). */
+async function inNode (node: string, cmd: string[], timeoutMs = 10_000): Promise<Run> {
+  return await sh(['nsenter', `--net=/run/netns/${lab.lab.nodeNs(node)}`, '--', ...cmd], timeoutMs)
 }
 
 /** dig from `from`'s namespace to `server`'s responder: the status and the addresses answered. */
@@ -110,6 +116,38 @@ describe('names in the home on a 2-node lab (a third added at the end)', () => {
       const r = await dig('n1', 'n2', name)
       expect(r.status, name).toBe('NXDOMAIN')
       expect(r.text).toMatch(/AUTHORITY: 1/)
+    }
+  }, 60_000)
+
+  it('gives no answer to a client from outside the home (203.0.113.7 on the lab\'s switch), whose other requests get through', async () => {
+    // A "public" client: a namespace of its own on the lab's switch, with a documentation address;
+    // n2 gets a route back to it, so that only the responder's own check can keep the answer from it.
+    const pub = `dcl-${lab.name}-pub`
+    const ip = async (...args: string[]): Promise<void> => { const r = await sh(['ip', ...args]); if (r.code !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr}`) }
+    await ip('netns', 'add', pub)
+    try {
+      await ip('-n', pub, 'link', 'set', 'lo', 'up')
+      await ip('link', 'add', 'eth0', 'netns', pub, 'type', 'veth', 'peer', 'name', 'pub', 'netns', lab.lab.hubNs)
+      await ip('-n', lab.lab.hubNs, 'link', 'set', 'pub', 'master', 'br0', 'up')
+      await ip('-n', pub, 'addr', 'add', '203.0.113.7/24', 'dev', 'eth0')
+      await ip('-n', pub, 'link', 'set', 'eth0', 'up')
+      await ip('-n', pub, 'route', 'add', '10.213.0.0/24', 'dev', 'eth0')
+      await ip('-n', lab.lab.nodeNs('n2'), 'route', 'add', '203.0.113.0/24', 'dev', 'eth0')
+      const fromPub = async (cmd: string[]): Promise<Run> => await sh(['nsenter', `--net=/run/netns/${pub}`, '--', ...cmd])
+      // The path works both ways: n2's front door answers it.
+      const ca = await fromPub(['curl', '-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', `http://${ips.n2 ?? '?'}/ca.pem`])
+      expect(ca.stdout, ca.stderr).toBe('200')
+      // Its DNS does not, over UDP or TCP.
+      for (const extra of [[], ['+tcp']]) {
+        const r = await fromPub(['dig', '+tries=1', '+timeout=2', `@${ips.n2 ?? '?'}`, `hello.${DOMAIN}`, 'A', ...extra])
+        expect(r.stdout, extra.join()).not.toMatch(/status:/)
+        expect(r.code).not.toBe(0)
+      }
+      // While a client at home still gets its answer.
+      expect((await dig('n1', 'n2', `hello.${DOMAIN}`)).status).toBe('NOERROR')
+    } finally {
+      await sh(['ip', '-n', lab.lab.nodeNs('n2'), 'route', 'del', '203.0.113.0/24', 'dev', 'eth0'])
+      await sh(['ip', 'netns', 'del', pub])
     }
   }, 60_000)
 

@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest'
 import fc from 'fast-check'
 import dnsPacket from 'dns-packet'
 import type { DecodedPacket, RecordType } from 'dns-packet'
-import { DNS_TTL, answerDns, decodeDnsZone, dnsZone, type DnsZone } from '../../agent/frontdoor/dns-zone.ts'
+import { DNS_TTL, answerDns, decodeDnsZone, dnsZone, homeSources, type DnsZone } from '../../agent/frontdoor/dns-zone.ts'
 
 const ZONE: DnsZone = dnsZone({
   domain: 'dcloud.home.arpa',
@@ -129,6 +129,14 @@ describe('answers', () => {
     expect(edns.flag_tc).toBe(false)
     expect(edns.answers).toHaveLength(25)
     expect(edns.additionals?.map(a => a.type)).toEqual(['OPT'])
+  })
+})
+
+describe('who gets an answer', () => {
+  it('the home: private, CGNAT, loopback, link-local addresses and the node\'s own subnets; nobody else', () => {
+    const home = homeSources(['2001:db8:1::/64', '203.0.113.0/24'])
+    for (const a of ['192.168.1.7', '10.213.0.11', '172.31.255.1', '100.100.1.1', '127.0.0.1', '169.254.3.4', 'fd00::5', 'fe80::1', '::1', '::ffff:192.168.1.7', '2001:db8:1::99', '203.0.113.9']) expect(home(a), a).toBe(true)
+    for (const a of ['8.8.8.8', '172.32.0.1', '100.128.0.1', '2001:db8:2::1', '198.51.100.1', '::ffff:8.8.8.8', 'not an address', '']) expect(home(a), a).toBe(false)
   })
 })
 
