@@ -9,7 +9,9 @@
  * The zone is read again when the file changes (inotify on its directory)
  * and, should an event be missed, when a check every second finds another
  * mtime. A missing or bad file keeps the zone it had (or none: SERVFAIL, and
- * resolvers try another node). Nothing a client sends stops it.
+ * resolvers try another node). Only the home gets answers (HOME_SOURCES and
+ * the node's own subnets, dns-zone.ts); others' queries are dropped. Nothing
+ * a client sends stops it.
  */
 import dgram from 'node:dgram'
 import net from 'node:net'
