@@ -27,6 +27,12 @@ export const DNS_TTL = 5
 export const DNS_NEGATIVE_TTL = 5
 /** The one name server's host, under the zone (`ns` is a reserved app name). */
 export const NS_LABEL = 'ns'
+/**
+ * Hosts under the domain the cluster serves itself, answered like apps.
+ * Reserved names (proto/frontdoor.ts) are NXDOMAIN until they are served:
+ * sign-in or the API at their own host go here when they are built.
+ */
+export const CLUSTER_HOSTS: readonly string[] = [NS_LABEL]
 
 export interface DnsZone {
   domain: string
@@ -47,7 +53,7 @@ export function dnsZone (input: { domain: string, revision: number, apps: string
   return {
     domain: input.domain.toLowerCase(),
     serial: input.revision % 2 ** 32,
-    names: [...new Set([NS_LABEL, ...apps])].sort(),
+    names: [...new Set([...CLUSTER_HOSTS, ...apps])].sort(),
     v4: addresses.filter(a => !a.includes(':')),
     v6: addresses.filter(a => a.includes(':'))
   }
@@ -152,7 +158,7 @@ export function answerDns (msg: Buffer, zone: DnsZone | null, transport: 'udp' |
     if (q.class !== 'IN') return reply('REFUSED', [], [], [], false)
     // The agent has not written a zone yet (just started): a resolver tries another node.
     if (zone === null) return reply('SERVFAIL', [], [], [], false)
-    return answerQuestion(q, zone, reply)
+    return answerQuestion(q, id, zone, reply)
   } catch {
     return headerOnly(id, flags, 'SERVFAIL')
   }
@@ -160,7 +166,7 @@ export function answerDns (msg: Buffer, zone: DnsZone | null, transport: 'udp' |
 
 type Reply = (rcode: Rcode, answers?: Answer[], authorities?: Answer[], additionals?: Answer[], aa?: boolean) => Buffer
 
-function answerQuestion (q: Question, zone: DnsZone, reply: Reply): Buffer {
+function answerQuestion (q: Question, id: number, zone: DnsZone, reply: Reply): Buffer {
   // Case-insensitive (RFC 4343); answers keep the case asked in (resolvers that randomise it check the echo).
   const name = q.name.toLowerCase().replace(/\.$/, '')
   const domain = zone.domain
@@ -175,9 +181,11 @@ function answerQuestion (q: Question, zone: DnsZone, reply: Reply): Buffer {
   if (label !== '' && !zone.names.includes(label)) return reply('NXDOMAIN', [], [soa])
   // dns-packet's types know no ANY; it decodes type 255 as 'ANY'.
   const type: string = q.type
+  // Rotated by the query's id (pure, yet it varies): clients that take the first address spread over the nodes.
+  const rotate = (list: string[]): string[] => { const k = list.length === 0 ? 0 : id % list.length; return [...list.slice(k), ...list.slice(0, k)] }
   const addresses = (owner: string, type: string): Answer[] => [
-    ...(type === 'A' || type === 'ANY' ? zone.v4.map((a): Answer => ({ name: owner, type: 'A', ttl: DNS_TTL, data: a })) : []),
-    ...(type === 'AAAA' || type === 'ANY' ? zone.v6.map((a): Answer => ({ name: owner, type: 'AAAA', ttl: DNS_TTL, data: a })) : [])
+    ...(type === 'A' || type === 'ANY' ? rotate(zone.v4).map((a): Answer => ({ name: owner, type: 'A', ttl: DNS_TTL, data: a })) : []),
+    ...(type === 'AAAA' || type === 'ANY' ? rotate(zone.v6).map((a): Answer => ({ name: owner, type: 'AAAA', ttl: DNS_TTL, data: a })) : [])
   ]
   const answers = addresses(q.name, type)
   const glue = addresses(`${NS_LABEL}.${domain}`, 'ANY')

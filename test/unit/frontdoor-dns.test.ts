@@ -61,6 +61,14 @@ describe('answers', () => {
     expect(p.answers?.every(a => (a as { ttl?: number }).ttl === DNS_TTL && a.name === 'notes.dcloud.home.arpa')).toBe(true)
   })
 
+  it('rotates the addresses by the query\'s id, so that clients taking the first spread over the nodes', () => {
+    const three = dnsZone({ domain: 'dcloud.home.arpa', revision: 1, apps: ['notes'], nodes: [{ address: '10.0.0.1' }, { address: '10.0.0.2' }, { address: '10.0.0.3' }] })
+    const first = (id: number): unknown => data(answer(ask('notes.dcloud.home.arpa', 'A', { id }), three), 'A')
+    expect([first(0), first(1), first(2), first(3)]).toEqual([
+      ['10.0.0.1', '10.0.0.2', '10.0.0.3'], ['10.0.0.2', '10.0.0.3', '10.0.0.1'], ['10.0.0.3', '10.0.0.1', '10.0.0.2'], ['10.0.0.1', '10.0.0.2', '10.0.0.3']
+    ])
+  })
+
   it('AAAA of an app, of the bare domain and of ns', () => {
     for (const name of ['hello.dcloud.home.arpa', 'dcloud.home.arpa', 'ns.dcloud.home.arpa']) {
       expect(data(answer(ask(name, 'AAAA')), 'AAAA'), name).toEqual(['fd00::11'])
