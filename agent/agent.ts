@@ -312,6 +312,7 @@ export class Agent implements ApiBackend {
       rpc: this.rpc?.counters ?? { served: 0, rejected: 0, failed: 0 },
       backups: { ...this.backups.counters },
       frontDoor: this.frontDoor === undefined ? null : frontDoorView(this.frontDoor.status),
+      names: { dnsZone: this.opts.dnsZone ?? null, mdns: this.appMdns?.hosts() ?? null },
       ...memory(),
       cpuSeconds: (usage.user + usage.system) / 1e6
     }

@@ -90,6 +90,8 @@ export interface MetricsResponse {
   cpuSeconds: number
   /** This node's front door (docs/frontdoor.md): null when it runs without one (`--caddy-admin off`). */
   frontDoor: FrontDoorView | null
+  /** Names in the home (docs/frontdoor.md): the private DNS zone this node writes, the `.local` name it announces per app (null with --no-mdns). */
+  names?: { dnsZone: string | null, mdns: Record<string, string> | null }
   /** The local API's own counters. */
   api: ApiMetrics
 }
