@@ -35,9 +35,10 @@ export const agentHelp = `dcloud agent [options]
                         system data directory, else off; also DCLOUD_CADDY_ADMIN); "off": no front door
   --https-port N        the front door's HTTPS port, the same on every node (default 443)
   --http-port N         its plain HTTP port (the CA root, redirects to HTTPS; default 80); "off" for none
-  --dns-zone FILE       where to write the private DNS zone that \`dcloud dns-server\` answers from (default
-                        ${SYSTEM_DNS_ZONE} for the system data directory, else off; also DCLOUD_DNS_ZONE); "off": none
-                        (apps are also announced over mDNS as NAME.local unless --no-mdns)`
+  --dns-zone FILE       where to write the private DNS zone that \`dcloud dns-server\` answers from
+                        (default ${SYSTEM_DNS_ZONE} for the system data directory, else off;
+                        also DCLOUD_DNS_ZONE); "off": none. Apps are also announced over mDNS as
+                        NAME.local unless --no-mdns`
 
 export async function agentCommand (argv: string[]): Promise<number> {
   const { values } = parseCommand(argv, {
