@@ -192,13 +192,20 @@ export class ZoneFile {
   private readonly log: Logger
   private last = ''
   private lastError: string | null = null
+  private queue: Promise<void> = Promise.resolve()
 
   constructor (path: string, log: Logger) {
     this.path = path
     this.log = log
   }
 
+  /** One write at a time (a commit and the tick may ask at once): two through one temporary file would mix. */
   async write (zone: DnsZone): Promise<void> {
+    this.queue = this.queue.then(async () => { await this.writeNow(zone) })
+    await this.queue
+  }
+
+  private async writeNow (zone: DnsZone): Promise<void> {
     const text = JSON.stringify(zone) + '\n'
     if (text === this.last) return
     try {

@@ -4,13 +4,13 @@
  * ZoneFile writes, over UDP and TCP; a new zone is answered as soon as it is
  * renamed into place (measured); a bad zone file keeps the last good zone;
  * garbage datagrams and a TCP stream of nonsense leave it answering; no zone
- * yet is SERVFAIL.
+ * yet is SERVFAIL; two writes at once leave the later zone whole.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { execFile } from 'node:child_process'
 import dgram from 'node:dgram'
 import net, { type AddressInfo } from 'node:net'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { DnsResponder, ZoneFile, parseDnsListen } from '../../agent/frontdoor/dns-server.ts'
@@ -86,6 +86,14 @@ describe('dcloud dns-server against dig', () => {
     await writeFile(join(dir, 'zone.json'), '{"domain": "test.home.arpa", "serial": "x"}')
     await new Promise(resolve => setTimeout(resolve, 1200))
     expect(await dig('photos.test.home.arpa')).toEqual({ status: 'NOERROR', addresses: ['192.168.1.20'] })
+  })
+
+  it('writes one zone at a time: two asked at once leave the later one, whole', async () => {
+    await Promise.all([zoneFile.write(zone(['notes', 'one'], ['192.168.1.20'], 3)), zoneFile.write(zone(['notes', 'two'], ['192.168.1.20'], 4))])
+    expect(JSON.parse(await readFile(join(dir, 'zone.json'), 'utf8'))).toMatchObject({ serial: 4, names: ['notes', 'ns', 'two'] })
+    const start = performance.now()
+    while ((await dig('two.test.home.arpa')).status !== 'NOERROR' && performance.now() - start < 3000) { /* poll */ }
+    expect((await dig('one.test.home.arpa')).status).toBe('NXDOMAIN')
   })
 
   it('keeps answering after garbage datagrams and a nonsense TCP stream', async () => {
