@@ -93,6 +93,7 @@ describe('dcloud dns-server against dig', () => {
     expect(JSON.parse(await readFile(join(dir, 'zone.json'), 'utf8'))).toMatchObject({ serial: 4, names: ['notes', 'ns', 'two'] })
     const start = performance.now()
     while ((await dig('two.test.home.arpa')).status !== 'NOERROR' && performance.now() - start < 3000) { /* poll */ }
+    expect((await dig('two.test.home.arpa')).status).toBe('NOERROR')
     expect((await dig('one.test.home.arpa')).status).toBe('NXDOMAIN')
   })
 
