@@ -16,7 +16,10 @@ import type { RenderNode } from './frontdoor/render.ts'
 import { AccessLog } from './access/service.ts'
 import type { RetentionLimits } from './access/lines.ts'
 import type { AccessRequest, AccessView } from '../proto/access.ts'
-import { appReach, clusterDomain } from '../proto/frontdoor.ts'
+import { appReach, clusterDomain, reservedNameReason } from '../proto/frontdoor.ts'
+import { dnsZone } from './frontdoor/dns-zone.ts'
+import { ZoneFile } from './frontdoor/dns-server.ts'
+import { AppMdns } from './frontdoor/mdns-names.ts'
 import type Docker from 'dockerode'
 import { loadOrCreateIdentity } from './mesh/identity.ts'
 import { Membership, type Member } from './status/membership.ts'
@@ -79,6 +82,8 @@ export interface AgentOptions {
   frontDoor?: { adminSocket: string, httpsPort: number, httpPort: number | null } | null
   /** The front door's access log (agent/access/): kept, replicated and answered on every node; read from Caddy where there is a front door. */
   accessLog?: AccessLogOptions
+  /** Where to write the private DNS zone for dcloud-dns.service (docs/frontdoor.md); absent or null: none. */
+  dnsZone?: string | null
 }
 
 /**
@@ -122,6 +127,7 @@ export class Agent implements ApiBackend {
   private acme: AcmeIssuer | undefined
   private localWeb: LocalWebAddresses | undefined
   private accessLog: AccessLog | undefined
+  private appMdns: AppMdns | undefined
   /** DATA_DIR/backups: backup files through the API (ApiBackend). */
   readonly backups: BackupFiles
   /** The agent's own directories, which no ordinary path grant reaches (ApiBackend). */
@@ -240,6 +246,7 @@ export class Agent implements ApiBackend {
       this.acme.start()
       store.onCommitted(() => { this.frontDoor?.poke(); this.acme?.poke() })
     }
+    this.startNames(store)
     log.info('agent listening', { name: opts.name, peerId: mesh.peerId.toString(), addrs: mesh.listenAddrs(), mdns: opts.mdns })
 
     this.api = new ApiServer({
@@ -291,6 +298,7 @@ export class Agent implements ApiBackend {
     await this.acme?.stop()
     await this.frontDoor?.stop()
     await this.accessLog?.stop()
+    await this.appMdns?.stop()
     await this.api?.stop()
     this.lease?.stop()
     await this.election?.stop()
@@ -336,6 +344,7 @@ export class Agent implements ApiBackend {
       frontDoor: this.frontDoor === undefined ? null : frontDoorView(this.frontDoor.status),
       acme: this.acme === undefined ? null : { ...this.acme.status, plan: [...this.acme.status.plan] },
       accessLog: this.accessLog === undefined ? null : { ...this.accessLog.counters },
+      names: { dnsZone: this.opts.dnsZone ?? null, mdns: this.appMdns?.hosts() ?? null },
       ...memory(),
       cpuSeconds: (usage.user + usage.system) / 1e6
     }
@@ -396,7 +405,7 @@ export class Agent implements ApiBackend {
         }
         const local = await localWeb.get(state.apps.map(a => ({ name: a.name, webService: a.manifest.web?.service ?? null })), signal)
         const pub = this.publicCerts?.serving(state, Date.now()).map(c => ({ certPem: c.certPem, keyPem: c.keyPem, names: c.names })) ?? []
-        return { domain: clusterDomain(state), apps: state.apps.map(a => ({ name: a.name, web: a.manifest.web, reach: appReach(a) })), nodes, local, public: pub, ...(state.challenges !== undefined ? { challenges: state.challenges } : {}) }
+        return { domain: clusterDomain(state), apps: state.apps.map(a => ({ name: a.name, web: a.manifest.web, reach: appReach(a) })), nodes, local, public: pub, ...(state.challenges !== undefined ? { challenges: state.challenges } : {}), mdnsHosts: this.appMdns?.hosts() ?? {} }
       },
       log: this.log.child('frontdoor')
     })
@@ -449,6 +458,44 @@ export class Agent implements ApiBackend {
   async access (app: string, q: AccessRequest, signal: AbortSignal): Promise<AccessView> {
     if (this.accessLog === undefined) throw new ApiError('internal', 'agent not started')
     return await this.accessLog.query(app, q, signal)
+  }
+
+  /**
+   * Names in the home (docs/frontdoor.md): the private DNS zone written for
+   * the responder that holds port 53, and the apps' `.local` names over
+   * mDNS. Both follow the committed state and the live nodes: once a second
+   * and at once on a commit.
+   */
+  private startNames (store: DesiredStore): void {
+    const zoneFile = this.opts.dnsZone != null ? new ZoneFile(this.opts.dnsZone, this.log.child('dns')) : null
+    const appMdns = this.opts.mdns ? new AppMdns(this.log.child('mdns')) : null
+    if (zoneFile === null && appMdns === null) return
+    this.appMdns = appMdns ?? undefined
+    let hosts = '{}'
+    // The other nodes' answers tell apart from another device's only once their status is heard:
+    // names are probed a few heartbeats after the start (a name given up too early comes back anyway).
+    const mdnsFrom = Date.now() + 3 * (this.opts.heartbeatMs ?? DEFAULT_HEARTBEAT_MS)
+    const tick = (): void => {
+      if (!this.started) return
+      const { gossip, membership } = this.requireStarted()
+      const state = store.current()
+      const self = gossip.current().resources.address
+      const members = membership.list().filter(m => m.resources !== null)
+      // Only nodes heard from now: a suspect node may be gone, and a resolver would try it first.
+      const alive = [{ address: self }, ...members.filter(m => m.state === 'alive').map(m => ({ address: m.resources?.address ?? null }))]
+      if (zoneFile !== null) void zoneFile.write(dnsZone({ domain: clusterDomain(state), revision: state.revision, apps: state.apps.map(a => a.name), nodes: alive }))
+      if (appMdns !== null && Date.now() >= mdnsFrom) {
+        const web = state.apps.filter(a => a.manifest.web != null && reservedNameReason(a.name) === null).map(a => a.name)
+        // Any member's address is the cluster's own, never another device's.
+        const cluster = [self, ...members.map(m => m.resources?.address ?? null)].filter((a): a is string => a !== null)
+        appMdns.update(web, self, cluster)
+        const now = JSON.stringify(appMdns.hosts())
+        if (now !== hosts) { hosts = now; this.frontDoor?.poke() }
+      }
+    }
+    tick()
+    this.timers.push(setInterval(tick, 1000))
+    store.onCommitted(tick)
   }
 
   cluster (): ClusterApi {

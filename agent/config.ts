@@ -26,6 +26,8 @@ export const SYSTEM_RUNTIME_DIR = '/run/dcloud'
 export const SYSTEM_CADDY_ADMIN = '/run/dcloud-caddy/admin.sock'
 /** Where an installed node's Caddy writes the apps' access log (dcloud-caddy.service's LogsDirectory, group dcloud): the agent reads it. */
 export const SYSTEM_CADDY_ACCESS_LOG = '/var/log/dcloud-caddy/access.log'
+/** The private DNS zone an installed node's agent writes and dcloud-dns.service reads (docs/frontdoor.md). */
+export const SYSTEM_DNS_ZONE = '/run/dcloud/dns-zone.json'
 
 export function defaultDataDir (): string {
   if (process.env.DCLOUD_DATA_DIR !== undefined && process.env.DCLOUD_DATA_DIR !== '') return process.env.DCLOUD_DATA_DIR

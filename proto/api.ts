@@ -96,6 +96,8 @@ export interface MetricsResponse {
   acme?: AcmeView | null
   /** This node's access log (docs/frontdoor.md, "Access log"): null when it keeps none. Optional: an older agent has none. */
   accessLog?: AccessLogCounters | null
+  /** Names in the home (docs/frontdoor.md): the private DNS zone this node writes, the `.local` name it announces per app (null with --no-mdns). */
+  names?: { dnsZone: string | null, mdns: Record<string, string> | null }
   /** The local API's own counters. */
   api: ApiMetrics
 }

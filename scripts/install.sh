@@ -20,8 +20,9 @@ DATA_DIR=/var/lib/dcloud
 CONF_DIR=/etc/dcloud
 UNIT_DIR=/etc/systemd/system
 # The agent, the watchdog that fences its stateful apps when the agent is gone (docs/snapshots.md),
-# and the front door, Caddy configured by the agent through its admin socket (docs/frontdoor.md).
-UNITS="dcloud.service dcloud-watchdog.service dcloud-caddy.service"
+# the front door, Caddy configured by the agent through its admin socket, and the private DNS
+# responder, answering from the zone the agent writes (docs/frontdoor.md).
+UNITS="dcloud.service dcloud-watchdog.service dcloud-caddy.service dcloud-dns.service"
 # Debian's units of the caddy package: its default site on :80 must not run beside our front door.
 DEBIAN_CADDY_UNITS="caddy.service caddy-api.service"
 UNIT=$UNIT_DIR/dcloud.service
@@ -332,6 +333,9 @@ if systemd_running; then
   fi
   if [ "$CHANGED" -eq 1 ] || ! systemctl is-active --quiet dcloud-caddy.service; then
     systemctl restart dcloud-caddy.service || say "warning: the front door did not start; see: journalctl -u dcloud-caddy (is another program on port 80 or 443?)"
+  fi
+  if [ "$CHANGED" -eq 1 ] || ! systemctl is-active --quiet dcloud-dns.service; then
+    systemctl restart dcloud-dns.service || say "warning: the private DNS did not start; see: journalctl -u dcloud-dns (is another DNS server on port 53? see docs/frontdoor.md)"
   fi
   if [ "$CHANGED" -eq 1 ] || ! systemctl is-active --quiet dcloud.service; then
     systemctl restart dcloud.service

@@ -11,6 +11,7 @@ import { installCommand, installHelp } from './commands/install.ts'
 import { backupCommand, backupHelp, restoreCommand, restoreHelp, snapshotCommand, snapshotHelp } from './commands/snapshot.ts'
 import { nodeCommand, nodeHelp } from './commands/node.ts'
 import { domainCommand, domainHelp } from './commands/domain.ts'
+import { dnsServerCommand, dnsServerHelp } from './commands/dns-server.ts'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
@@ -47,6 +48,7 @@ const commands: Record<string, Command> = {
   restore: { run: restoreCommand, help: restoreHelp, summary: 'bring an app back from a backup file, on any cluster' },
   node: { run: nodeCommand, help: nodeHelp, summary: 'drain a node of its apps, or take it back' },
   domain: { run: domainCommand, help: domainHelp, summary: 'the cluster\'s domain (apps are NAME.DOMAIN) and its CA root' },
+  'dns-server': { run: dnsServerCommand, help: dnsServerHelp, summary: 'answer DNS for the cluster\'s domain (dcloud-dns.service runs it)' },
   install: { run: installCommand, help: installHelp, summary: 'install this agent as a service on this machine' },
   flash: { run: flashCommand, help: flashHelp, summary: 'make a Raspberry Pi SD card or image join the cluster at first boot' },
   lab: { run: async (argv) => await (await loadLab()).labCommand(argv), help: async () => (await loadLab()).labHelp, summary: 'a cluster of namespaced nodes on this machine; chaos runs' },

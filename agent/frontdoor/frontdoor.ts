@@ -28,6 +28,8 @@ export interface FrontDoorInputs {
   public?: PublicCertificate[]
   /** Open ACME orders' HTTP-01 answers, from the replicated state. */
   challenges?: Record<string, string>
+  /** The `.local` host this node announces for each app (mdns-names.ts). */
+  mdnsHosts?: Record<string, string>
 }
 
 export interface FrontDoorInit {

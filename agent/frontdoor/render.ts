@@ -62,6 +62,12 @@ export interface RenderInput {
   /** Apps whose web container runs here, by name: its address on the app's network. */
   local: Record<string, string>
   /**
+   * The `.local` host this node announces for each app over mDNS
+   * (mdns-names.ts): served on plain HTTP only (the cluster CA is
+   * name-constrained to the domain), as if asked for NAME.DOMAIN.
+   */
+  mdnsHosts?: Record<string, string>
+  /**
    * The file Caddy writes the apps' access log to, which the agent tails
    * (agent/access/); absent or null: no access log.
    */
@@ -298,11 +304,18 @@ export function render (input: RenderInput): Rendered {
       { handle: [text(404, `No app answers at {http.request.host}. Apps are at https://NAME.${domain}/; \`dcloud app ls\` lists them.\n`)] }
     ]
   }
+  // NAME.local goes where NAME.DOMAIN goes, with the Host the app and the other front doors know it by.
+  const mdnsRoutes: Json[] = routes.filter(d => input.mdnsHosts?.[d.name] !== undefined).map(d => ({
+    match: [{ host: [input.mdnsHosts?.[d.name] ?? ''] }],
+    handle: [{ handler: 'headers', request: { set: { Host: [d.host] } } }, ...handlersFor(d, input)],
+    terminal: true
+  }))
   const http: Record<string, Json> = {
     listen: input.listen.http,
     automatic_https: { disable: true },
     routes: [
       ...challengeRoutes(input),
+      ...mdnsRoutes,
       ...caRoutes(input),
       // Plain HTTP serves nothing else: to HTTPS, same host and path.
       { handle: [{ handler: 'static_response', status_code: 308, headers: { Location: [`https://{http.request.host}${httpsPort === 443 ? '' : `:${httpsPort}`}{http.request.uri}`] } }] }

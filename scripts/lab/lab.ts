@@ -58,6 +58,8 @@ export interface LabNode {
   watchdogPid?: number | null
   /** The node's front door, Caddy (docs/frontdoor.md): like the watchdog, it outlives the agent, not the node. */
   caddyPid?: number | null
+  /** The node's private DNS responder (`dcloud dns-server`, port 53 of the namespace), like Caddy. */
+  dnsPid?: number | null
   /** The agent's extra arguments, kept for restarts. */
   agentArgs: string[]
 }
@@ -197,7 +199,7 @@ export class Lab {
     const rootfs = await buildBusyboxRootfs(join(STATE_ROOT, 'images'))
     await Promise.all(withImages.map(async n => { await loadImageTar(this.dockerSocket(n.name), rootfs) }))
     opts.progress('starting agents')
-    for (const n of state.nodes) { n.watchdogPid = this.startWatchdog(n); n.caddyPid = await this.startCaddy(n); n.agentPid = await this.startAgent(n) }
+    for (const n of state.nodes) { n.watchdogPid = this.startWatchdog(n); n.caddyPid = await this.startCaddy(n); n.dnsPid = await this.startDns(n); n.agentPid = await this.startAgent(n) }
     await this.save(state)
     await Promise.all(state.nodes.map(async n => { await this.waitForAgent(n) }))
     opts.progress(`lab '${this.name}' is up: ${names.join(', ')}`)
@@ -227,6 +229,7 @@ export class Lab {
     if (opts.images !== false) await loadImageTar(this.dockerSocket(name), await buildBusyboxRootfs(join(STATE_ROOT, 'images')))
     node.watchdogPid = this.startWatchdog(node)
     node.caddyPid = await this.startCaddy(node)
+    node.dnsPid = await this.startDns(node)
     node.agentPid = await this.startAgent(node)
     await this.save(state)
     await this.waitForAgent(node)
@@ -241,7 +244,7 @@ export class Lab {
     const node = state.nodes.find(n => n.name === name)
     if (node === undefined) throw new UserError(`lab '${this.name}' has no node '${name}'`, { exitCode: EXIT.usage })
     await tryRun('ip', ['-n', this.nodeNs(name), 'link', 'set', 'eth0', 'down'])
-    killTree(pidsOfNode(this.nodeNs(name), [node.dockerdPid, node.agentPid, node.watchdogPid ?? null, node.caddyPid ?? null]))
+    killTree(pidsOfNode(this.nodeNs(name), [node.dockerdPid, node.agentPid, node.watchdogPid ?? null, node.caddyPid ?? null, node.dnsPid ?? null]))
     // Its disk stays mounted, as a dead machine's disk keeps its data: only what dockerd mounted goes.
     await this.unmountNode(name, { keepDisk: true })
     node.state = 'killed'
@@ -249,6 +252,7 @@ export class Lab {
     node.dockerdPid = null
     node.watchdogPid = null
     node.caddyPid = null
+    node.dnsPid = null
     await this.save(state)
   }
 
@@ -282,6 +286,7 @@ export class Lab {
     // An agent-only restart leaves the watchdog running: that is what it is for.
     if (node.watchdogPid == null || !isRunning(node.watchdogPid)) node.watchdogPid = this.startWatchdog(node)
     if (node.caddyPid == null || !isRunning(node.caddyPid)) node.caddyPid = await this.startCaddy(node)
+    if (node.dnsPid == null || !isRunning(node.dnsPid)) node.dnsPid = await this.startDns(node)
     node.agentPid = await this.startAgent(node)
     node.state = 'running'
     await this.save(state)
@@ -619,6 +624,20 @@ export class Lab {
     await this.save(state)
   }
 
+  /** The zone the node's agent writes and its DNS responder reads. */
+  dnsZoneFile (node: string): string { return join(this.nodeRunDir(node), 'dns', 'zone.json') }
+
+  /**
+   * The node's private DNS responder, `dcloud dns-server`, in the node's
+   * namespace (root there, so port 53 needs nothing more; on an installed
+   * node dcloud-dns.service gives it CAP_NET_BIND_SERVICE only), answering
+   * from the zone the node's agent writes. Its log is dns.log.
+   */
+  private async startDns (n: LabNode): Promise<number> {
+    await mkdir(dirname(this.dnsZoneFile(n.name)), { recursive: true, mode: 0o700 })
+    return spawnDetached('nsenter', [`--net=/run/netns/${this.nodeNs(n.name)}`, '--', DCLOUD_BIN, 'dns-server', '--zone', this.dnsZoneFile(n.name), '--listen', '0.0.0.0:53'], join(this.nodeDir(n.name), 'dns.log'), this.nodeEnv(n.name))
+  }
+
   private async startAgent (n: LabNode): Promise<number> {
     return spawnDetached('nsenter', [
       `--net=/run/netns/${this.nodeNs(n.name)}`, '--', DCLOUD_BIN, 'agent',
@@ -628,6 +647,7 @@ export class Lab {
       '--api', `127.0.0.1:${API_PORT}`,
       '--witness', `${WITNESS_IP}:53`,
       '--caddy-admin', this.caddyAdminSocket(n.name),
+      '--dns-zone', this.dnsZoneFile(n.name),
       ...n.agentArgs
     ], join(this.nodeDir(n.name), 'agent.log'), this.nodeEnv(n.name))
   }

@@ -52,7 +52,7 @@ export class LabHandle {
       await rm(keep, { recursive: true, force: true })
       for (const n of (await this.lab.state()).nodes) {
         await mkdir(join(keep, n.name), { recursive: true })
-        for (const f of ['agent.log', 'dockerd.log', 'watchdog.log', 'caddy.log']) await cp(join(this.lab.nodeDir(n.name), f), join(keep, n.name, f)).catch(() => {})
+        for (const f of ['agent.log', 'dockerd.log', 'watchdog.log', 'caddy.log', 'dns.log']) await cp(join(this.lab.nodeDir(n.name), f), join(keep, n.name, f)).catch(() => {})
       }
     }
     await dcloudOk(['lab', '--lab', this.name, 'down'])

@@ -1,7 +1,7 @@
 /** `dcloud agent`: runs this node's agent in the foreground (systemd runs it the same way). */
 import { parseCommand } from '../args.ts'
 import { Agent, type AccessLogOptions, type AgentOptions } from '../../agent.ts'
-import { API_PORT, P2P_PORT, SYSTEM_CADDY_ACCESS_LOG, SYSTEM_CADDY_ADMIN, SYSTEM_DATA_DIR, defaultDataDir, defaultNodeName, paths } from '../../config.ts'
+import { API_PORT, P2P_PORT, SYSTEM_CADDY_ACCESS_LOG, SYSTEM_CADDY_ADMIN, SYSTEM_DATA_DIR, SYSTEM_DNS_ZONE, defaultDataDir, defaultNodeName, paths } from '../../config.ts'
 import { createLogger } from '../../util/log.ts'
 import { UsageError } from '../../util/errors.ts'
 import { TrustedProxies } from '../../api/auth.ts'
@@ -23,7 +23,7 @@ export const agentHelp = `dcloud agent [options]
                         loopback names, the node's addresses, hostname and name(.local) are always served
   --trusted-proxy ADDR  a proxy (IP or CIDR, repeatable) whose X-Forwarded-For gives the client's address
                         for rate limits and logs (default: none)
-  --no-mdns             do not discover peers by mDNS (also DCLOUD_MDNS=off)
+  --no-mdns             do not discover peers by mDNS nor announce apps as NAME.local (also DCLOUD_MDNS=off)
   --heartbeat-ms N      status interval (default 1000)
   --retention-every D   how often old snapshots are forgotten and pruned (default 10m; e.g. 30s, 1h)
   --witness HOST[:PORT] what a two-node cluster probes to let its lower-id node lead alone
@@ -40,7 +40,11 @@ export const agentHelp = `dcloud agent [options]
                         ${SYSTEM_CADDY_ACCESS_LOG} for the system data directory, else DATA_DIR/caddy-access/access.log); "off": none
   --access-keep-days N  access log lines older than N days are deleted (default 30)
   --access-keep-mb N    at most N MiB of access log lines per app, this node's and its peers' replicas (default 32)
-  --access-keep-total-mb N  at most N MiB of access log lines in all (default 256)`
+  --access-keep-total-mb N  at most N MiB of access log lines in all (default 256)
+  --dns-zone FILE       where to write the private DNS zone that \`dcloud dns-server\` answers from
+                        (default ${SYSTEM_DNS_ZONE} for the system data directory, else off;
+                        also DCLOUD_DNS_ZONE); "off": none. Apps are also announced over mDNS as
+                        NAME.local unless --no-mdns`
 
 export async function agentCommand (argv: string[]): Promise<number> {
   const { values } = parseCommand(argv, {
@@ -67,7 +71,8 @@ export async function agentCommand (argv: string[]): Promise<number> {
       'caddy-access-log': { type: 'string' },
       'access-keep-days': { type: 'string' },
       'access-keep-mb': { type: 'string' },
-      'access-keep-total-mb': { type: 'string' }
+      'access-keep-total-mb': { type: 'string' },
+      'dns-zone': { type: 'string' }
     }
   })
   const dataDir = values['data-dir'] ?? defaultDataDir()
@@ -103,6 +108,9 @@ export async function agentCommand (argv: string[]): Promise<number> {
   const frontDoor = frontDoorOptions(values['caddy-admin'] ?? process.env.DCLOUD_CADDY_ADMIN, values['https-port'], values['http-port'], dataDir)
   const accessLog = accessLogOptions(values, dataDir)
 
+  const dnsZoneArg = values['dns-zone'] ?? process.env.DCLOUD_DNS_ZONE ?? (dataDir.replace(/\/+$/, '') === SYSTEM_DATA_DIR ? SYSTEM_DNS_ZONE : 'off')
+  if (dnsZoneArg !== 'off' && !dnsZoneArg.startsWith('/')) throw new UsageError(`--dns-zone ${dnsZoneArg}: expected an absolute path, or off`)
+
   const log = createLogger('agent')
   const agent = new Agent({
     dataDir,
@@ -121,6 +129,7 @@ export async function agentCommand (argv: string[]): Promise<number> {
     devices,
     frontDoor,
     accessLog,
+    dnsZone: dnsZoneArg === 'off' ? null : dnsZoneArg,
     ...(values.restic !== undefined ? { restic: values.restic } : {})
   }, log)
 
