@@ -17,7 +17,7 @@ want_docker=no
 say() { echo "setup: $*" >&2; }
 
 # command:package pairs the project uses
-requirements="dockerd:docker.io docker:docker.io caddy:caddy restic:restic busybox:busybox-static ip:iproute2 nsenter:util-linux fallocate:util-linux losetup:mount mkfs.ext4:e2fsprogs nft:nftables tar:tar xz:xz-utils curl:curl chromium:chromium pebble:pebble pebble-challtestsrv:pebble openssl:openssl dig:dnsutils"
+requirements="dockerd:docker.io docker:docker.io caddy:caddy restic:restic busybox:busybox-static ip:iproute2 nsenter:util-linux fallocate:util-linux losetup:mount mkfs.ext4:e2fsprogs nft:nftables tar:tar xz:xz-utils curl:curl chromium:chromium pebble:pebble pebble-challtestsrv:pebble openssl:openssl dig:dnsutils wrk:wrk"
 missing=""
 for pair in $requirements; do
   cmd=${pair%%:*}; pkg=${pair#*:}

@@ -23,17 +23,16 @@
  * Options: --quick (one move, one naive copy, no 1 GiB failover), --mb N
  * (volume size, default 1024).
  */
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
 import { open, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { LabHandle, waitFor, DCLOUD, type Run } from '../../test/lab/harness.ts'
+import { LabHandle, waitFor, type Run } from '../../test/lab/harness.ts'
+import { ProbeProcess, stopWhenAsked } from './probe-process.ts'
 import { frontDoorFetch, runningFrontDoor, startLabWriters } from '../lab/notes-client.ts'
 import { run } from '../lab/sh.ts'
-import { writeBenchSection, median, fmtMs } from './report.ts'
+import { writeBenchSection, median, fmtMs, problemLines } from './report.ts'
 import { PROJECT_ROOT } from '../../agent/config.ts'
 import { apiGet, apiText } from '../../agent/cli/client.ts'
 import { loadApp } from '../../apps/catalog.ts'
@@ -98,56 +97,35 @@ async function probeMain (argv: string[]): Promise<void> {
       await sleep(Math.max(1, every - (Date.now() - sent)))
     }
   })()
-  const stop = async (): Promise<void> => {
-    if (!running) return
+  stopWhenAsked(async () => {
     running = false
     await Promise.all([follow, poll, ...inflight])
-    process.stdout.write('', () => process.exit(0))
-  }
-  process.stdin.on('end', () => { void stop() })
-  process.stdin.on('close', () => { void stop() })
-  process.stdin.resume()
-  process.on('SIGTERM', () => { void stop() })
+  })
 }
 
 interface Answer { s: number, at: number, ok: boolean, url: string }
 
 /** The host's side of a probe running in a lab node. */
 class Probe {
-  readonly answers: Answer[] = []
-  private readonly child: ChildProcess
-  private stderr = ''
-  private closed = false
-  private readonly exited: Promise<void>
+  private readonly proc: ProbeProcess<Answer>
 
   constructor (lab: string, node: string, target: { app: string } | { url: string }) {
     const args = ['lab', '--lab', lab, 'exec', node, '--', NODE_BIN, SELF, 'probe', ...('app' in target ? ['--app', target.app, '--lab', lab] : ['--url', target.url])]
-    this.child = spawn(DCLOUD, args, { stdio: ['pipe', 'pipe', 'pipe'] })
-    this.child.stderr?.on('data', (b: Buffer) => { this.stderr = (this.stderr + b.toString()).slice(-4096) })
-    createInterface({ input: this.child.stdout as NodeJS.ReadableStream }).on('line', line => {
-      try {
-        const m = JSON.parse(line) as { t?: string } & Answer
-        if (m.t === 'r') this.answers.push({ s: m.s, at: m.at, ok: m.ok, url: m.url })
-      } catch {}
-    })
-    this.exited = new Promise(resolve => { this.child.on('close', () => { this.closed = true; resolve() }) })
+    this.proc = new ProbeProcess(args, m => m.t === 'r' ? { s: m.s as number, at: m.at as number, ok: m.ok as boolean, url: m.url as string } : undefined)
   }
+
+  get answers (): Answer[] { return this.proc.lines }
 
   /** Time of the first good answer after `after` from a URL `want` accepts. */
   async firstOk (after: number, want: (url: string) => boolean = () => true, timeoutMs = 60_000): Promise<number> {
     const { value } = await waitFor(async () => {
-      if (this.closed) throw new Error(`probe exited: ${this.stderr.trim()}`)
+      this.proc.check()
       return this.answers.find(a => a.ok && a.at > after && want(a.url))?.at
     }, timeoutMs, 'the probe to get an answer', 20)
     return value
   }
 
-  async stop (): Promise<void> {
-    this.child.stdin?.end()
-    const t = setTimeout(() => { this.child.kill('SIGKILL') }, 10_000)
-    await this.exited
-    clearTimeout(t)
-  }
+  async stop (): Promise<void> { await this.proc.stop() }
 
   /** Good answers' times, sorted. */
   oks (): number[] {
@@ -694,7 +672,7 @@ async function main (): Promise<void> {
     '',
     'All lab nodes share this machine\'s disk and page cache: the naive copy is a local `tar | tar` pipe between two engines\' volume directories, no network, no fsync, data still in the page cache. That favours the naive way; over a real network it would add the transfer of the whole volume. Our move copies through restic and libp2p even here. Client-side times are from a probe in ' + `${c}'s namespace sending a GET every 50 ms (not waiting for the previous one, 2 s timeout); it follows the app's endpoint through ${c}'s agent every 100 ms, so a new address costs up to that much more. "Reported" is the product's own figure: from the leader asking the source to stop until the target runs the app. Failover times count from the start of \`dcloud lab kill\`; "dead" is the leader's membership as \`/v1/status\` shows it, polled every 25 ms.`,
     ...(others.size > 0 ? ['', `Another lab (${[...others].join(', ')}) was running on the same machine during this run: its load is in these numbers.`] : []),
-    ...(problems.length > 0 ? ['', 'Problems in this run:', '', ...problems.map(p => `- ${p.replace(/\n/g, ' ')}`)] : [])
+    ...problemLines(problems)
   ].join('\n')
   await writeBenchSection('migration', 'Migration: planned moves, naive copy, failover, snapshot overhead', body)
   process.stdout.write(body + '\n')

@@ -27,3 +27,8 @@ export function median (xs: number[]): number {
 export function fmtMs (ms: number): string {
   return ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${Math.round(ms)} ms`
 }
+
+/** What went wrong in a run, as the end of its section: a benchmark reports a product failure instead of throwing. */
+export function problemLines (problems: string[]): string[] {
+  return problems.length > 0 ? ['', 'Problems in this run:', '', ...problems.map(p => `- ${p.replace(/\n/g, ' ')}`)] : []
+}
