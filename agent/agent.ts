@@ -224,7 +224,7 @@ export class Agent implements ApiBackend {
     })
     this.secrets = new ReplicatedSecrets({ clusterSecret: secret, state: () => store.current(), change: async (c, signal) => await this.cluster().change(c, signal) })
     this.publicCerts = new PublicCertificates(this.secrets, log.child('acme'))
-    this.coordinator = new Coordinator({ mesh, rpc: this.rpc, membership: this.membership, gossip: this.gossip, collector: this.collector, store, election: this.election, replicator: this.replicator, runtime, docker, snapshots, ...(opts.retentionEveryMs !== undefined ? { retentionEveryMs: opts.retentionEveryMs } : {}), log: log.child('cluster') })
+    this.coordinator = new Coordinator({ mesh, rpc: this.rpc, membership: this.membership, gossip: this.gossip, collector: this.collector, store, election: this.election, replicator: this.replicator, runtime, docker, snapshots, frontDoor: { withdraw: async (app) => { await this.frontDoor?.withdraw(app) }, release: (app) => { this.frontDoor?.release(app) } }, ...(opts.retentionEveryMs !== undefined ? { retentionEveryMs: opts.retentionEveryMs } : {}), log: log.child('cluster') })
 
     await mesh.start()
     this.listeningAt = Date.now()

@@ -58,6 +58,8 @@ export interface CoordinatorInit {
   docker: Docker
   snapshots: SnapshotService
   policy?: SchedulerPolicy
+  /** This node's front door, when it runs one: told before a copy of an app stops here. */
+  frontDoor?: { withdraw: (app: string) => Promise<void>, release: (app: string) => void }
   /** How often retention runs (DataPlane); default 10 minutes. */
   retentionEveryMs?: number
   log: Logger
@@ -219,7 +221,9 @@ export class Coordinator {
   private async runOp (op: Op, term: number, signal: AbortSignal): Promise<OpResponse> {
     const { runtime, log } = this.init
     if (op.kind === 'remove') {
-      const kept = await runtime.remove(op.name, signal)
+      // Requests go to the app's other copy (a move) before this one stops.
+      await this.init.frontDoor?.withdraw(op.name)
+      const kept = await runtime.remove(op.name, signal).finally(() => { this.init.frontDoor?.release(op.name) })
       log.info('app removed', { app: op.name, volumesKept: kept })
       return { done: true, detail: kept.length > 0 ? `removed; volumes kept: ${kept.join(', ')}` : 'removed' }
     }

@@ -64,6 +64,8 @@ export class FrontDoor {
   private started = false
   private lastLoggedError: string | null = null
   readonly status: FrontDoorStatus = { loaded: null, loadedAt: null, loads: 0, reloadsAfterLoss: 0, failures: 0, lastError: null, routes: [] }
+  /** Apps whose local copy is about to stop (withdraw): routed as if it ran elsewhere only. */
+  private readonly withdrawn = new Set<string>()
 
   constructor (init: FrontDoorInit) {
     this.init = init
@@ -81,6 +83,38 @@ export class FrontDoor {
     clearTimeout(this.timer)
     this.controller.abort()
     await this.running?.catch(() => {})
+  }
+
+  /**
+   * Before this node stops its copy of an app while another node runs one (a
+   * stateless move starts the new copy first): its requests go to the other
+   * copy first, so none meets a stopped container (found by bench:ingress:
+   * the old node answered 502 for 0.4 to 0.8 s, until a container event's
+   * refresh reached the front door). Resolves once a configuration routing
+   * the app to another node is loaded, or after `timeoutMs` (no other copy
+   * known yet, Caddy down): stopping is never held longer.
+   */
+  async withdraw (app: string, timeoutMs = 3000): Promise<void> {
+    if (!this.started) return
+    this.withdrawn.add(app)
+    const until = Date.now() + timeoutMs
+    for (;;) {
+      await this.settled()
+      const route = this.status.routes.find(r => r.name === app)
+      if (route === undefined || route.kind === 'remote' || Date.now() >= until) return
+      await new Promise(resolve => setTimeout(resolve, 100))
+    }
+  }
+
+  /** The copy is gone (or stays after all): the app is routed by what runs, as before. */
+  release (app: string): void {
+    if (this.withdrawn.delete(app)) this.poke()
+  }
+
+  /** Syncs now and resolves when no sync is running or queued. */
+  private async settled (): Promise<void> {
+    this.poke()
+    while (this.running !== null) await this.running.catch(() => {})
   }
 
   /** Syncs as soon as the running sync (if any) ends. */
@@ -105,9 +139,10 @@ export class FrontDoor {
       const now = (this.init.now ?? Date.now)()
       const ca = await this.init.tls.root(inputs.domain)
       const cert = await this.init.tls.serve(inputs.domain, now)
-      const { public: publicCerts, ...rest } = inputs
+      const { public: publicCerts, local, ...rest } = inputs
       const r = render({
         ...rest,
+        local: Object.fromEntries(Object.entries(local).filter(([app]) => !this.withdrawn.has(app))),
         self: this.init.self(),
         adminListen: admin.listen,
         listen: this.init.listen,

@@ -88,9 +88,25 @@ describe('the front door on a 3-node lab', () => {
     expect(out).toMatch(/^https:\/\/hello\.dcloud\.home\.arpa\/\s+hello 1\.0\.0\s+n2\s+running/m)
   })
 
-  it('follows the app when it moves: every node\'s front door answers with the new container', async () => {
+  it('follows the app when it moves: every node\'s front door answers with the new container, the old node\'s without a failed request', async () => {
     const before = await helloContainer('n2')
+    // A client at the old node's front door throughout the move: its copy stops only once requests go to the new one.
+    const ca0 = join(dir, 'root.pem')
+    let moving = true
+    const answers: string[] = []
+    const poller = (async () => {
+      while (moving) {
+        const r = await curl('n2', 'hello.dcloud.home.arpa', ca0)
+        answers.push(r.code === 0 && r.body.includes('hello from') ? 'ok' : `curl ${r.code}: ${r.body.slice(0, 80)}${r.stderr.slice(0, 80)}`)
+      }
+    })()
     await dcloudOk(['lab', '--lab', lab.name, 'exec', 'n1', '--', 'dcloud', 'app', 'move', 'hello', 'n3'], { timeoutMs: 180_000 })
+    await waitFor(async () => (await helloContainer('n2')) === '' ? true : undefined, 30_000, 'the old copy gone from n2')
+    moving = false
+    await poller
+    process.stderr.write(`stateless move: ${answers.length} requests at n2's front door during the move, ${answers.filter(a => a !== 'ok').length} failed\n`)
+    expect(answers.length).toBeGreaterThan(5)
+    expect(answers.filter(a => a !== 'ok')).toEqual([])
     await waitFor(async () => (await apps()).find(a => a.name === 'hello' && a.state === 'running' && a.node === 'n3'), 90_000, 'hello running on n3')
     const after = await helloContainer('n3')
     expect(after).toMatch(/^[0-9a-f]{12}$/)
