@@ -191,7 +191,11 @@ export class Agent implements ApiBackend {
       onTransition: (m, from) => {
         logTransition(log, m, from)
         if (m.state === 'dead') void mesh.hangUp(m.status.peerId)
-      }
+        // A node's death changes where its apps' requests can go.
+        this.frontDoor?.poke()
+      },
+      // Where apps run changed: the front door routes by it at once, not at its next second.
+      onAppsChanged: () => { this.frontDoor?.poke() }
     })
     this.gossip = new StatusGossip({
       mesh,

@@ -23,6 +23,8 @@ export interface MembershipInit {
   isConnected: (peerId: string) => boolean
   policy?: LivenessPolicy
   onTransition?: (member: Member, from: NodeState | null) => void
+  /** A member's report of the apps running on it changed (or is its first): the front door routes by it. */
+  onAppsChanged?: (member: Member) => void
   /** Beyond this many members, the longest-dead are forgotten first. */
   maxMembers?: number
 }
@@ -45,10 +47,15 @@ export class Membership {
       this.members.set(status.peerId, member)
       this.evictIfFull()
       this.init.onTransition?.(member, null)
+      if (member.resources !== null) this.init.onAppsChanged?.(member)
       return true
     }
     known.status = status
-    if (status.resources !== undefined) known.resources = status.resources
+    if (status.resources !== undefined) {
+      const changed = appsKey(known.resources) !== appsKey(status.resources)
+      known.resources = status.resources
+      if (changed) this.init.onAppsChanged?.(known)
+    }
     known.lastHeardAt = now
     this.setState(known, 'alive', now)
     return true
@@ -102,4 +109,9 @@ export class Membership {
     const dead = [...this.members.values()].filter(m => m.state === 'dead').sort((a, b) => a.lastHeardAt - b.lastHeardAt)
     for (const m of dead.slice(0, this.members.size - max)) this.members.delete(m.status.peerId)
   }
+}
+
+/** What a report says runs where, for telling a change: each app's name, state and generation. */
+function appsKey (r: NodeResources | null): string {
+  return JSON.stringify((r?.appStates ?? []).map(a => [a.name, a.state, a.generation ?? 1]))
 }
