@@ -132,7 +132,8 @@ describe('names in the home on a 2-node lab (a third added at the end)', () => {
       await ip('-n', pub, 'addr', 'add', '203.0.113.7/24', 'dev', 'eth0')
       await ip('-n', pub, 'link', 'set', 'eth0', 'up')
       await ip('-n', pub, 'route', 'add', '10.213.0.0/24', 'dev', 'eth0')
-      await ip('-n', lab.lab.nodeNs('n2'), 'route', 'add', '203.0.113.0/24', 'dev', 'eth0')
+      // The lab gives every node this route already (its public client, `lab client --public`); replace keeps it either way.
+      await ip('-n', lab.lab.nodeNs('n2'), 'route', 'replace', '203.0.113.0/24', 'dev', 'eth0')
       const fromPub = async (cmd: string[]): Promise<Run> => await sh(['nsenter', `--net=/run/netns/${pub}`, '--', ...cmd])
       // The path works both ways: n2's front door answers it.
       const ca = await fromPub(['curl', '-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', `http://${ips.n2 ?? '?'}/ca.pem`])
@@ -146,7 +147,6 @@ describe('names in the home on a 2-node lab (a third added at the end)', () => {
       // While a client at home still gets its answer.
       expect((await dig('n1', 'n2', `hello.${DOMAIN}`)).status).toBe('NOERROR')
     } finally {
-      await sh(['ip', '-n', lab.lab.nodeNs('n2'), 'route', 'del', '203.0.113.0/24', 'dev', 'eth0'])
       await sh(['ip', 'netns', 'del', pub])
     }
   }, 60_000)
