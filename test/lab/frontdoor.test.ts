@@ -105,7 +105,7 @@ describe('the front door on a 3-node lab', () => {
     moving = false
     await poller
     process.stderr.write(`stateless move: ${answers.length} requests at n2's front door during the move, ${answers.filter(a => a !== 'ok').length} failed\n`)
-    expect(answers.length).toBeGreaterThan(5)
+    expect(answers.length).toBeGreaterThan(2)
     expect(answers.filter(a => a !== 'ok')).toEqual([])
     await waitFor(async () => (await apps()).find(a => a.name === 'hello' && a.state === 'running' && a.node === 'n3'), 90_000, 'hello running on n3')
     const after = await helloContainer('n3')
