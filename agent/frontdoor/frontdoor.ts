@@ -54,6 +54,8 @@ export interface FrontDoorStatus extends Omit<FrontDoorView, 'routes'> {
 
 const DEFAULT_INTERVAL_MS = 1000
 const STEP_TIMEOUT_MS = 10_000
+/** A withdrawn app whose copy Docker still lists this long after its stop ended is routed by what runs again. */
+const RELEASE_MS = 10_000
 
 export class FrontDoor {
   private readonly init: FrontDoorInit
@@ -64,8 +66,12 @@ export class FrontDoor {
   private started = false
   private lastLoggedError: string | null = null
   readonly status: FrontDoorStatus = { loaded: null, loadedAt: null, loads: 0, reloadsAfterLoss: 0, failures: 0, lastError: null, routes: [] }
-  /** Apps whose local copy is about to stop (withdraw): routed as if it ran elsewhere only. */
-  private readonly withdrawn = new Set<string>()
+  /**
+   * Apps whose local copy is about to stop (withdraw): routed to another
+   * node's copy as soon as one is known, by the value: null while the stop
+   * runs, the time it ended (release) after.
+   */
+  private readonly withdrawn = new Map<string, number | null>()
 
   constructor (init: FrontDoorInit) {
     this.init = init
@@ -96,7 +102,7 @@ export class FrontDoor {
    */
   async withdraw (app: string, timeoutMs = 3000): Promise<void> {
     if (!this.started) return
-    this.withdrawn.add(app)
+    this.withdrawn.set(app, null)
     const until = Date.now() + timeoutMs
     for (;;) {
       await this.settled()
@@ -106,9 +112,35 @@ export class FrontDoor {
     }
   }
 
-  /** The copy is gone (or stays after all): the app is routed by what runs, as before. */
+  /**
+   * The stop ended. The app is routed by what runs again once Docker no
+   * longer lists the copy here (its address is cached for a few seconds: a
+   * route back to a stopped container was the second source of 502s), or
+   * after RELEASE_MS should the copy stay (the stop failed).
+   */
   release (app: string): void {
-    if (this.withdrawn.delete(app)) this.poke()
+    if (!this.withdrawn.has(app)) return
+    this.withdrawn.set(app, Date.now())
+    this.poke()
+  }
+
+  /**
+   * The local addresses to route to: a withdrawn app's is left out once
+   * another node's copy can take its requests (never for an answer that it
+   * runs nowhere), and until Docker no longer lists it.
+   */
+  private routable (inputs: Pick<FrontDoorInputs, 'local' | 'nodes'>): Record<string, string> {
+    const self = this.init.self().id
+    const out: Record<string, string> = {}
+    for (const [app, address] of Object.entries(inputs.local)) {
+      if (!this.withdrawn.has(app)) { out[app] = address; continue }
+      const elsewhere = inputs.nodes.some(n => n.id !== self && n.address !== null && n.apps.includes(app))
+      if (!elsewhere) out[app] = address
+    }
+    for (const [app, releasedAt] of this.withdrawn) {
+      if (releasedAt !== null && (!(app in inputs.local) || Date.now() - releasedAt > RELEASE_MS)) this.withdrawn.delete(app)
+    }
+    return out
   }
 
   /** Syncs now and resolves when no sync is running or queued. */
@@ -142,7 +174,7 @@ export class FrontDoor {
       const { public: publicCerts, local, ...rest } = inputs
       const r = render({
         ...rest,
-        local: Object.fromEntries(Object.entries(local).filter(([app]) => !this.withdrawn.has(app))),
+        local: this.routable({ local, nodes: rest.nodes }),
         self: this.init.self(),
         adminListen: admin.listen,
         listen: this.init.listen,
