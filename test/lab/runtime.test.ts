@@ -11,7 +11,7 @@ import Docker from 'dockerode'
 import { LabHandle, waitFor } from './harness.ts'
 import { AppRuntime, ImageUnavailableError, StaleTermError, specHash } from '../../agent/runtime/apps.ts'
 import { createLogger } from '../../agent/util/log.ts'
-import { serviceDefaults, type AppManifest, type ComposeService } from '../../proto/app.ts'
+import { serviceDefaults, withoutWebPort, type AppManifest, type ComposeService } from '../../proto/app.ts'
 import type { DesiredApp } from '../../proto/plan.ts'
 import type { AppActual } from '../../proto/runtime.ts'
 
@@ -80,6 +80,14 @@ describe('app runtime on a real engine', () => {
     return out
   }
 
+  /** The web container's address on the app's network: the node reaches the bridge its dockerd made. */
+  async function webAddress (): Promise<string> {
+    const info = await docker.getContainer('dcloud-shop-web').inspect()
+    const ip = info.NetworkSettings.Networks['dcloud-shop']?.IPAddress ?? ''
+    expect(ip).toMatch(/^\d+\.\d+\.\d+\.\d+$/)
+    return ip
+  }
+
   async function running (): Promise<AppActual> {
     const { value } = await waitFor(async () => {
       const a = (await runtime.list(signal())).find(x => x.app === APP)
@@ -108,7 +116,7 @@ describe('app runtime on a real engine', () => {
     rmSync(CONFIG_DIR, { recursive: true, force: true })
   })
 
-  it('deploys a 2-service app: labelled network, volume and containers, in depends_on order, answering on a Docker-picked port', async () => {
+  it('deploys a 2-service app: labelled network, volume and containers, in depends_on order, its web port not published, answering on the app\'s network', async () => {
     const lines: string[] = []
     const t0 = performance.now()
     const deployed = await runtime.deploy(shopApp(), { term: 3, fetchImage: noPeers, signal: signal(), progress: (l) => lines.push(l) })
@@ -129,7 +137,8 @@ describe('app runtime on a real engine', () => {
     const web = await docker.getContainer('dcloud-shop-web').inspect()
     expect(web.Config.Labels).toMatchObject({
       'dcloud.app': APP, 'dcloud.service': 'web', 'dcloud.revision': '1', 'dcloud.term': '3',
-      'dcloud.spec': specHash(APP, shopApp().manifest.compose.services.web!), 'org.example.role': 'frontend'
+      // The web port is the front door's to reach (on the app's network), not published: the hash is of what runs.
+      'dcloud.spec': specHash(APP, withoutWebPort(shopApp().manifest).compose.services.web!), 'org.example.role': 'frontend'
     })
     expect(web.Config.Env).toContain('GREETING=world')
     // A stateful app (shop has a volume) is started only by the agent: no restart policy, and the watchdog's label.
@@ -141,13 +150,12 @@ describe('app runtime on a real engine', () => {
     expect(worker.Mounts.find(m => m.Destination === '/data')?.Name).toBe('dcloud-shop-data')
 
     const actual = await running()
-    const port = actual.services.find(s => s.service === 'web')?.ports[0]
-    expect(port).toMatchObject({ container: 8080, protocol: 'tcp' })
-    expect(port?.host).toBeGreaterThan(1024)
+    expect(actual.services.find(s => s.service === 'web')?.ports).toEqual([])
+    expect(web.HostConfig.PortBindings ?? {}).toEqual({})
     const { value: page } = await waitFor(async () => {
-      const r = await lab.exec('n1', ['wget', '-qO-', `http://127.0.0.1:${port?.host}/`])
+      const r = await lab.exec('n1', ['wget', '-qO-', `http://${await webAddress()}:8080/`])
       return r.code === 0 ? r.stdout : undefined
-    }, 10_000, 'the web port to answer')
+    }, 10_000, 'the web service to answer on the app\'s network')
     expect(page.trim()).toBe('hello world')
     // The worker reaches the web service by its service name on the app's network.
     const byAlias = await lab.exec('n1', ['docker', 'exec', 'dcloud-shop-worker', 'wget', '-qO-', 'http://web:8080/'])
@@ -176,10 +184,9 @@ describe('app runtime on a real engine', () => {
     expect(web?.term).toBe(4)
     expect(changed.services.find(s => s.service === 'worker')?.revision).toBe(1)
     expect(changed.revision).toBe(2)
-    const actual = await running()
-    const port = actual.services.find(s => s.service === 'web')?.ports[0]?.host
+    await running()
     const { value: page } = await waitFor(async () => {
-      const r = await lab.exec('n1', ['wget', '-qO-', `http://127.0.0.1:${port}/`])
+      const r = await lab.exec('n1', ['wget', '-qO-', `http://${await webAddress()}:8080/`])
       return r.code === 0 ? r.stdout : undefined
     }, 10_000, 'the new web container to answer')
     expect(page.trim()).toBe('hello again')
