@@ -43,6 +43,9 @@ scripts/install.sh --uninstall [--purge]
   --name NAME         the node's name in the cluster (default: the host name)
   --label KEY=VALUE   a label other nodes see (repeatable)
   --peer MULTIADDR    a peer to dial where mDNS does not reach (repeatable)
+  --domain DOMAIN     the cluster's domain: apps are https://NAME.DOMAIN/ (asked on a
+                      terminal when this install makes a new cluster; default
+                      dcloud.home.arpa); set once the agent runs, with `dcloud domain set`
   --config FILE       install FILE as /etc/dcloud/agent.env (instead of --name/--label/--peer)
   --no-deps           do not install Docker or restic (you manage them)
   --no-start          do not start or restart services, not even the daemons packages
@@ -61,7 +64,7 @@ die() {
   exit "$code"
 }
 
-BUNDLE="" KEY_FILE="" CONFIG="" NODE_NAME="" REPLACE_KEY=0 NO_DEPS=0 NO_START=0 UNINSTALL=0 PURGE=0
+BUNDLE="" KEY_FILE="" CONFIG="" NODE_NAME="" DOMAIN="" REPLACE_KEY=0 NO_DEPS=0 NO_START=0 UNINSTALL=0 PURGE=0
 LABELS=() PEERS=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -71,6 +74,7 @@ while [ $# -gt 0 ]; do
     --name) NODE_NAME=${2:?--name needs a NAME}; shift 2 ;;
     --label) LABELS+=("${2:?--label needs KEY=VALUE}"); shift 2 ;;
     --peer) PEERS+=("${2:?--peer needs a MULTIADDR}"); shift 2 ;;
+    --domain) DOMAIN=${2:?--domain needs a DOMAIN}; shift 2 ;;
     --config) CONFIG=${2:?--config needs a FILE}; shift 2 ;;
     --no-deps) NO_DEPS=1; shift ;;
     --no-start) NO_START=1; shift ;;
@@ -268,6 +272,10 @@ elif [ ! -f "$KEY" ]; then
   chown "$USER_NAME:$USER_NAME" "$KEY"
   changed "created a NEW cluster: its key is $KEY"
   say "  to add machines to this cluster, copy that file to them and install with --key-file"
+  # A new cluster's first start: its domain is asked for once, where someone can answer.
+  if [ -z "$DOMAIN" ] && [ -t 0 ]; then
+    read -r -p "install: the cluster's domain (apps will be https://NAME.DOMAIN/; Enter for dcloud.home.arpa): " DOMAIN || DOMAIN=""
+  fi
 fi
 if [ "$(owner_mode "$KEY")" != "$USER_NAME:$USER_NAME 600" ]; then
   chown "$USER_NAME:$USER_NAME" "$KEY"; chmod 0600 "$KEY"
@@ -343,8 +351,19 @@ if systemd_running; then
   else
     say "dcloud.service is running; nothing changed"
   fi
+  if [ -n "$DOMAIN" ]; then
+    # The domain is the cluster's, in its replicated state: set through the agent once it leads or follows a leader.
+    set_ok=0
+    for _ in $(seq 30); do
+      if out=$("$PREFIX/bin/dcloud" domain set "$DOMAIN" 2>&1); then set_ok=1; break; fi
+      case "$out" in *"already"*) set_ok=1; break ;; *"unreachable"*|*"no scheduler"*|*"no_leader"*|*"unavailable"*|*"cannot reach"*) sleep 2 ;; *) break ;; esac
+    done
+    if [ "$set_ok" -eq 1 ]; then say "the cluster's domain is $DOMAIN: apps are https://NAME.$DOMAIN/"
+    else say "warning: the domain was not set: ${out:-no answer}"; say "  set it later with: sudo dcloud domain set $DOMAIN"; fi
+  fi
 else
   say "not starting services (--no-start, or systemd is not running); dcloud.service starts at the next boot"
+  if [ -n "$DOMAIN" ]; then say "once it runs, set the cluster's domain with: sudo dcloud domain set $DOMAIN"; fi
 fi
 say "to let a user run dcloud without sudo: usermod -aG $USER_NAME USER (then log in again);"
 say "  members of the $USER_NAME group control this node and its apps, as members of the docker group do"

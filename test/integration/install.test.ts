@@ -154,9 +154,11 @@ describe('scripts/install.sh in a clean Debian 12 chroot', () => {
     const before = await snapshot(root, TOUCHED)
     const since = BigInt(Date.now()) * 1_000_000n
     await sleep(100) // past the file system's coarse clock tick
-    const r = await install('--key-file', '/tmp/in/cluster.key', '--name', 'srv-1', '--label', 'ssd=true')
+    const r = await install('--key-file', '/tmp/in/cluster.key', '--name', 'srv-1', '--label', 'ssd=true', '--domain', 'alice.example.org')
     expect(r.code, r.out).toBe(0)
     expect(r.out).toContain('is up to date')
+    // The domain is the cluster's: without a running agent it is only said how to set it, and nothing on disk changes.
+    expect(r.out).toContain('once it runs, set the cluster\'s domain with: sudo dcloud domain set alice.example.org')
     expect(r.out).not.toMatch(/installing|installed|created|wrote|added|prepared|enabled/)
     const after = await snapshot(root, TOUCHED)
     expect(diff(before, after)).toEqual([])
