@@ -162,14 +162,16 @@ describe('the front door on a 3-node lab', () => {
     }, 120_000, 'hello answering again at its name', 100)
     // The app's own downtime: until its new container started, by the Docker that runs it (asked of
     // both survivors: a view of the cluster may still list the dead node's copy for a few seconds).
-    const found = await Promise.all(['n1', 'n2'].map(async n => ({ n, r: await lab.exec(n, ['docker', 'inspect', '--format', '{{.State.StartedAt}}', answered.container]) })))
+    // Ready means its own healthcheck passed (hello's runs every second): the first passing probe's end, by Docker.
+    const found = await Promise.all(['n1', 'n2'].map(async n => ({ n, r: await lab.exec(n, ['docker', 'inspect', '--format', '{{json .State.Health.Log}}', answered.container]) })))
     const where = found.filter(f => f.r.code === 0)
     expect(where.map(f => f.n)).toHaveLength(1)
     const node = where[0]?.n as string
-    const started = Date.parse(where[0]?.r.stdout.trim() ?? '')
+    const probes = JSON.parse(where[0]?.r.stdout.trim() ?? '[]') as Array<{ End: string, ExitCode: number }>
+    const started = Date.parse(probes.find(p => p.ExitCode === 0)?.End ?? '')
     const downtime = started - killedAt
     const gap = answered.at - killedAt
-    process.stderr.write(`hello's node killed: the app ran again on ${node} after ${downtime} ms; a client at n1's front door got it after ${gap} ms (${gap - downtime} ms more)\n`)
+    process.stderr.write(`hello's node killed: the app was ready again (healthy) on ${node} after ${downtime} ms; a client at n1's front door got it after ${gap} ms (${gap - downtime} ms more)\n`)
     expect(downtime).toBeGreaterThan(0)
     // The name follows within gossip's beat and a render: the client waits for the app, not for the front door.
     expect(gap - downtime).toBeLessThan(2500)
