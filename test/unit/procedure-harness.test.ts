@@ -19,6 +19,9 @@ import {
 } from '../../scheduler/procedure.ts'
 import type { Journal, Step } from '../../proto/journal.ts'
 import { decodeJournal } from '../../proto/journal.ts'
+import { applyChange, EMPTY_STATE } from '../../agent/cluster/desired-store.ts'
+import { decodeChange } from '../../proto/cluster.ts'
+import { parseManifest } from '../../apps/manifest.ts'
 
 interface SimSnapshot { id: string, time: number, data: number[] }
 interface SimNode {
@@ -375,5 +378,31 @@ describe('journals on the wire', () => {
     expect(() => decodeJournal({ ...done, steps: [{ do: 'explode', node: 'x' }] })).toThrow(/journal.steps\[0\].do/)
     expect(() => decodeJournal({ ...done, done: 99 })).toThrow(/journal.done/)
     expect(() => decodeJournal({ ...done, steps: [{ do: 'copy', node: 'not a peer' }] })).toThrow(/journal.steps\[0\].node/)
+  })
+})
+
+describe('the journal change on the replicated state (agent/cluster/desired-store.ts)', () => {
+  const manifest = parseManifest('services: {db: {image: busybox, volumes: ["data:/data"]}}\nvolumes: {data: {}}\nx-dcloud: {id: notes}\n', 'notes.yaml').manifest
+  const installed = applyChange(EMPTY_STATE, { kind: 'install', app: { name: 'notes', manifest, pinnedNode: null } }, { index: 1, term: 1 })
+  const j = moveSteps('notes', A, B, 2, 1_700_000_000_000)
+
+  it('keeps a journal, replaces it by id, clears it, and leaves the revision its containers carry', () => {
+    const started = applyChange(installed, { kind: 'journal', name: 'notes', journal: j, replaces: null }, { index: 2, term: 1 })
+    expect(started.apps[0]?.journal?.id).toBe(j.id)
+    expect(started.apps[0]?.revision).toBe(installed.apps[0]?.revision)
+    const stepped = applyChange(started, { kind: 'journal', name: 'notes', journal: { ...j, done: 1 }, replaces: j.id }, { index: 3, term: 1 })
+    expect(stepped.apps[0]?.journal?.done).toBe(1)
+    const over = applyChange(stepped, { kind: 'journal', name: 'notes', journal: null, replaces: j.id }, { index: 4, term: 1 })
+    expect(over.apps[0]?.journal).toBeUndefined()
+  })
+
+  it('refuses a journal that does not replace the one held, another app\'s journal, an unknown app, and a malformed change', () => {
+    const started = applyChange(installed, { kind: 'journal', name: 'notes', journal: j, replaces: null }, { index: 2, term: 1 })
+    expect(() => applyChange(started, { kind: 'journal', name: 'notes', journal: null, replaces: 'move-notes-1' }, { index: 3, term: 1 })).toThrow(/holds journal move-notes-1700000000000, not move-notes-1/)
+    expect(() => applyChange(installed, { kind: 'journal', name: 'notes', journal: { ...j, done: 1 }, replaces: j.id }, { index: 3, term: 1 })).toThrow(/holds no journal/)
+    expect(() => applyChange(installed, { kind: 'journal', name: 'notes', journal: { ...j, app: 'other' }, replaces: null }, { index: 3, term: 1 })).toThrow(/journal of other cannot be kept with notes/)
+    expect(() => applyChange(installed, { kind: 'journal', name: 'ghost', journal: null, replaces: null }, { index: 3, term: 1 })).toThrow(/no app named ghost/)
+    expect(() => decodeChange({ kind: 'journal', name: 'notes', journal: { ...j, kind: 'teleport' }, replaces: null })).toThrow(/journal.kind/)
+    expect(decodeChange(JSON.parse(JSON.stringify({ kind: 'journal', name: 'notes', journal: j, replaces: null })))).toEqual({ kind: 'journal', name: 'notes', journal: j, replaces: null })
   })
 })
